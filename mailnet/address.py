@@ -1,0 +1,119 @@
+# -*- test-case-name: tests.test_address -*-
+"""
+Mail addresses: validation and normalisation.  No Twisted here.
+
+An address mailnet accepts is C{local@domain} where the local part is a
+dot-atom (RFC 5322 §3.2.3; UTF-8 allowed when C{allowUTF8}, RFC 6531) and
+the domain is a host name (letters, digits, hyphens; U-labels allowed when
+C{allowUTF8}).  Quoted local parts and address literals are refused: they
+are legal but rare, and they cannot be mailbox names on disk.
+
+Normalised form: the whole address lower-cased (mailnet treats local parts
+case-insensitively, as Postfix and Dovecot do by default).
+"""
+
+import re
+from typing import Tuple
+
+from mailnet.errors import BadAddress
+
+# RFC 5321 §4.5.3.1: local part 64, domain 255, path 256 octets.
+MAX_LOCAL_PART = 64
+MAX_DOMAIN = 255
+MAX_PATH = 256
+
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_DOT_ATOM = re.compile(r"[%s]+(\.[%s]+)*\Z" % (_ATEXT, _ATEXT))
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def _hasControl(text: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+def isDomain(domain: str, allowUTF8: bool = False) -> bool:
+    """
+    @return: whether C{domain} is a syntactically valid host name.
+    """
+    if not domain or len(domain.encode("utf-8")) > MAX_DOMAIN:
+        return False
+    if domain.endswith("."):
+        return False
+    for label in domain.split("."):
+        if allowUTF8 and any(ord(c) > 0x7F for c in label):
+            try:
+                ascii = label.encode("idna").decode("ascii")
+            except UnicodeError:
+                return False
+            if not _LABEL.match(ascii):
+                return False
+        elif not _LABEL.match(label):
+            return False
+    return True
+
+
+def normalizeDomain(domain: str, allowUTF8: bool = True) -> str:
+    """
+    @return: the lower-cased domain.
+    @raise BadAddress: it is not a valid host name.
+    """
+    if not isDomain(domain, allowUTF8):
+        raise BadAddress(address=domain, reason="not a valid domain name")
+    return domain.lower()
+
+
+def splitAddress(address: str) -> Tuple[str, str]:
+    """
+    Split at the last C{@}.
+
+    @raise BadAddress: there is no C{@}.
+    """
+    local, at, domain = address.rpartition("@")
+    if not at:
+        raise BadAddress(address=address, reason="it has no @domain")
+    return local, domain
+
+
+def normalizeAddress(address: str, allowUTF8: bool = False) -> str:
+    """
+    Validate C{address} and return its normalised (lower-case) form.
+
+    @param allowUTF8: accept non-ASCII local parts and domains (the client
+        used the SMTPUTF8 extension).
+    @raise BadAddress: with the reason in words.
+    """
+    if _hasControl(address) or " " in address:
+        raise BadAddress(address=address, reason="it contains spaces or control characters")
+    if len(address.encode("utf-8")) > MAX_PATH - 2:
+        raise BadAddress(address=address, reason="it is longer than 254 octets")
+    if not allowUTF8 and any(ord(c) > 0x7F for c in address):
+        raise BadAddress(address=address, reason="non-ASCII addresses need SMTPUTF8")
+    local, domain = splitAddress(address)
+    if not local:
+        raise BadAddress(address=address, reason="the local part is empty")
+    if len(local.encode("utf-8")) > MAX_LOCAL_PART:
+        raise BadAddress(address=address, reason="the local part is longer than 64 octets")
+    asciiLocal = local
+    if allowUTF8:
+        # RFC 6531 §3.3: UTF-8 characters are atext too.
+        asciiLocal = "".join("a" if ord(c) > 0x7F else c for c in local)
+    if not _DOT_ATOM.match(asciiLocal):
+        raise BadAddress(address=address, reason="the local part is not a dot-atom")
+    if not isDomain(domain, allowUTF8):
+        raise BadAddress(address=address, reason="the domain is not a valid host name")
+    return address.lower()
+
+
+def isSafeMailboxName(address: str) -> bool:
+    """
+    @return: whether a normalised address can name a directory under the
+        data dir without escaping it (no separators, no C{..}, nothing
+        hidden, no control characters).
+    """
+    local, _, domain = address.rpartition("@")
+    for part in (local, domain):
+        if not part or part.startswith(".") or ".." in part:
+            return False
+        if "/" in part or "\\" in part or "\0" in part or ":" in part or _hasControl(part):
+            return False
+    return True

@@ -1,0 +1,322 @@
+# -*- test-case-name: tests.test_maildir -*-
+"""
+Maildir storage (the format of qmail, Dovecot and mutt: C{tmp/ new/ cur/}).
+
+Delivery is durable before it is acknowledged: the message is written into
+C{tmp/}, flushed and fsync'd, linked into C{new/} of each mailbox, and the
+directories are fsync'd.  All of that runs in a thread pool; only buffered
+writes happen on the reactor thread.
+
+Files hold the message exactly as received (CRLF line endings), so a
+message's POP3 size is its file size.
+"""
+
+import itertools
+import os
+import socket
+import time
+from typing import IO, Callable, List, Optional, Sequence
+
+import attr
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from mailnet.address import isSafeMailboxName, splitAddress
+from mailnet.errors import BadAddress, MessageGone
+from mailnet.interfaces import IMaildir, IMailStore, IMessageReceiver
+
+log = Logger()
+
+_counter = itertools.count()
+_SUBDIRS = ("tmp", "new", "cur")
+
+
+def uniqueName(hostname: Optional[str] = None) -> str:
+    """
+    A Maildir unique name (the modern form: C{secs.MusecPpidQn.host}).
+    Characters outside 0x21-0x7E and C{/ :} are replaced in the host part,
+    so the name is a valid POP3 UIDL.
+    """
+    now = time.time()
+    host = hostname or socket.gethostname()
+    host = "".join(c if 0x21 <= ord(c) <= 0x7E and c not in "/:," else "_" for c in host)[:30]
+    return "%d.M%dP%dQ%d.%s" % (int(now), int((now % 1) * 1e6), os.getpid(), next(_counter), host)
+
+
+def fsyncDirectory(path: str) -> None:
+    """
+    Make a directory's entries (a rename, a link, an unlink) durable.
+    Windows cannot open directories; NTFS journals metadata, so skip there.
+    """
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensureMaildir(path: str) -> None:
+    for sub in _SUBDIRS:
+        os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class MessageInfo:
+    """
+    One message in a snapshot.
+
+    @ivar uid: the Maildir unique name: stable, 1-70 chars in 0x21-0x7E.
+    @ivar size: octets (the file size).
+    @ivar path: where the file was at snapshot time.
+    @ivar delivered: the delivery time (seconds since the epoch).
+    """
+
+    uid: str
+    size: int
+    path: str
+    delivered: float = 0.0
+
+
+def _uidOf(filename: str) -> str:
+    """The unique name: what precedes the C{,S=size} and C{:2,flags} parts."""
+    return filename.split(":", 1)[0].split(",", 1)[0]
+
+
+@implementer(IMaildir)
+class Maildir:
+    """
+    A Maildir on disk.
+
+    @param run: runs a blocking callable off the reactor thread and returns
+        a L{Deferred} (see L{ThreadRunner}).
+    """
+
+    def __init__(self, path: str, run: Callable[..., Deferred]) -> None:
+        self.path = path
+        self._run = run
+
+    def snapshot(self) -> Deferred:
+        return self._run(self._snapshot)
+
+    def _snapshot(self) -> List[MessageInfo]:
+        found = []
+        for sub in ("new", "cur"):
+            directory = os.path.join(self.path, sub)
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:
+                    continue
+                found.append(MessageInfo(_uidOf(entry.name), stat.st_size, entry.path, stat.st_mtime))
+        found.sort(key=lambda m: (_sortKey(m.uid, m.delivered), m.uid))
+        return found
+
+    def _locate(self, info: MessageInfo) -> str:
+        if os.path.exists(info.path):
+            return info.path
+        cur = os.path.join(self.path, "cur")
+        try:
+            for name in os.listdir(cur):
+                if _uidOf(name) == info.uid:
+                    return os.path.join(cur, name)
+        except FileNotFoundError:
+            pass
+        raise MessageGone(uid=info.uid)
+
+    def open(self, info: MessageInfo) -> IO[bytes]:
+        try:
+            return open(self._locate(info), "rb")
+        except FileNotFoundError:
+            raise MessageGone(uid=info.uid)
+
+    def markSeen(self, infos: Sequence[MessageInfo]) -> Deferred:
+        return self._run(self._markSeen, list(infos))
+
+    def _markSeen(self, infos: List[MessageInfo]) -> None:
+        moved = False
+        for info in infos:
+            directory, name = os.path.split(info.path)
+            if os.path.basename(directory) != "new":
+                continue
+            target = os.path.join(self.path, "cur", name + ":2,S")
+            try:
+                os.rename(info.path, target)
+                moved = True
+            except FileNotFoundError:
+                pass
+        if moved:
+            fsyncDirectory(os.path.join(self.path, "new"))
+            fsyncDirectory(os.path.join(self.path, "cur"))
+
+    def remove(self, infos: Sequence[MessageInfo]) -> Deferred:
+        return self._run(self._remove, list(infos))
+
+    def _remove(self, infos: List[MessageInfo]) -> None:
+        touched = set()
+        for info in infos:
+            try:
+                path = self._locate(info)
+                os.unlink(path)
+                touched.add(os.path.dirname(path))
+            except (MessageGone, FileNotFoundError):
+                pass
+        for directory in touched:
+            fsyncDirectory(directory)
+
+
+def _sortKey(uid: str, delivered: float) -> float:
+    """Arrival order: the delivery second and microsecond in the unique name."""
+    try:
+        secs, rest = uid.split(".", 2)[:2]
+        usec = rest.split("P", 1)[0].lstrip("M") if rest.startswith("M") else "0"
+        return int(secs) + int(usec) / 1e6
+    except ValueError:
+        return delivered
+
+
+class ThreadRunner:
+    """
+    Runs blocking disk work on a thread pool and returns Deferreds.
+    """
+
+    def __init__(self, reactor, pool: Optional[ThreadPool] = None) -> None:
+        self._reactor = reactor
+        self._pool = pool if pool is not None else reactor.getThreadPool()
+
+    def __call__(self, f: Callable, *args, **kwargs) -> Deferred:
+        return deferToThreadPool(self._reactor, self._pool, f, *args, **kwargs)
+
+
+def runSynchronously(f: Callable, *args, **kwargs) -> Deferred:
+    """A runner for tests and tools: do the work now, return a fired Deferred."""
+    from twisted.internet.defer import maybeDeferred
+
+    return maybeDeferred(f, *args, **kwargs)
+
+
+@implementer(IMessageReceiver)
+class MaildirReceiver:
+    """
+    Receives one message and delivers it to one or more Maildirs.
+
+    The bytes go to a file in the first mailbox's C{tmp/} as they arrive;
+    L{finish} fsyncs it, hard-links it into every mailbox's C{new/} (a copy
+    where links are impossible) and fsyncs those directories.
+    """
+
+    def __init__(self, maildirs: Sequence[str], header: bytes, run: Callable[..., Deferred], hostname: str) -> None:
+        self._maildirs = list(maildirs)
+        self._run = run
+        self._name = uniqueName(hostname)
+        self._tmp = os.path.join(self._maildirs[0], "tmp", self._name)
+        self._file: Optional[IO[bytes]] = open(self._tmp, "xb")
+        self._size = 0
+        self.write(header)
+
+    def write(self, data: bytes) -> None:
+        assert self._file is not None, "write after finish or abort"
+        self._file.write(data)
+        self._size += len(data)
+
+    def finish(self) -> Deferred:
+        f, self._file = self._file, None
+        assert f is not None, "finish twice"
+
+        def publish() -> str:
+            try:
+                f.flush()
+                os.fsync(f.fileno())
+            finally:
+                f.close()
+            final = "%s,S=%d" % (self._name, self._size)
+            published = []
+            try:
+                for maildir in self._maildirs:
+                    target = os.path.join(maildir, "new", final)
+                    try:
+                        os.link(self._tmp, target)
+                    except OSError:
+                        _copy(self._tmp, os.path.join(maildir, "tmp", final), target)
+                    published.append(target)
+                for maildir in self._maildirs:
+                    fsyncDirectory(os.path.join(maildir, "new"))
+            except BaseException:
+                for target in published:
+                    _unlinkQuietly(target)
+                raise
+            finally:
+                _unlinkQuietly(self._tmp)
+            return self._name
+
+        return self._run(publish)
+
+    def abort(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            f.close()
+            _unlinkQuietly(self._tmp)
+
+
+def _copy(source: str, tmp: str, target: str) -> None:
+    with open(source, "rb") as src, open(tmp, "xb") as dst:
+        while True:
+            chunk = src.read(1 << 20)
+            if not chunk:
+                break
+            dst.write(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.rename(tmp, target)
+
+
+def _unlinkQuietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def returnPathHeader(returnPath: str) -> bytes:
+    """RFC 5321 §4.4: the final delivery MTA adds C{Return-Path: <sender>}."""
+    return b"Return-Path: <" + returnPath.encode("utf-8") + b">\r\n"
+
+
+@implementer(IMailStore)
+class MaildirStore:
+    """
+    Maildirs under C{root}, one per user: C{root/domain/localpart/}.
+    """
+
+    def __init__(self, root: str, run: Callable[..., Deferred], hostname: str = "") -> None:
+        self.root = root
+        self._run = run
+        self._hostname = hostname or socket.gethostname()
+
+    def pathFor(self, address: str) -> str:
+        address = address.lower()
+        if not isSafeMailboxName(address):
+            raise BadAddress(address=address, reason="it cannot name a mailbox")
+        local, domain = splitAddress(address)
+        return os.path.join(self.root, domain, local)
+
+    def maildir(self, address: str) -> Maildir:
+        path = self.pathFor(address)
+        ensureMaildir(path)
+        return Maildir(path, self._run)
+
+    def receive(self, returnPath: str, mailboxes: Sequence[str]) -> MaildirReceiver:
+        paths = [self.pathFor(a) for a in mailboxes]
+        for path in paths:
+            ensureMaildir(path)
+        return MaildirReceiver(paths, returnPathHeader(returnPath), self._run, self._hostname)
