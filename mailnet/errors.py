@@ -69,3 +69,7 @@ class SMTPReply(MailnetError):
         self.code = code
         self.text = text
         super().__init__(code=code, text=text)
+
+
+class UnknownQueueEntry(MailnetError):
+    """There is no queued message {id}; 'mailnet-admin queue list' shows the queue."""
