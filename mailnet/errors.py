@@ -73,3 +73,51 @@ class SMTPReply(MailnetError):
 
 class UnknownQueueEntry(MailnetError):
     """There is no queued message {id}; 'mailnet-admin queue list' shows the queue."""
+
+
+# --- the mail client (mailnet-cli, mailnet.client) -------------------------
+# The docstrings are what mailnet-cli prints after "mailnet-cli: error: ".
+
+
+class ClientError(MailnetError):
+    """{problem}"""
+
+
+class ConnectFailed(ClientError):
+    """cannot connect to {host} port {port}: {reason}"""
+
+
+class ServerTimeout(ClientError):
+    """{host} port {port} did not answer within {seconds} seconds"""
+
+
+class TLSFailed(ClientError):
+    """TLS with {host} port {port} failed: {reason}"""
+
+
+class TLSUnavailable(ClientError):
+    """{host} port {port} does not offer {command}; not continuing without TLS (try --tls implicit)"""
+
+
+class PlaintextRefused(ClientError):
+    """not sending the password for {user} unencrypted to {host}; use TLS, or --allow-plaintext on a trusted network"""
+
+
+class AuthenticationFailed(ClientError):
+    """{host} refused the login of {user}: {reply}"""
+
+
+class RecipientsRefused(ClientError):
+    """{host} refused {refused}"""
+
+
+class MessageTooLarge(ClientError):
+    """{host} refused the message ({size} octets) as too large: {reply}"""
+
+
+class NoSuchMessage(ClientError):
+    """there is no message {number} (the mailbox has {count})"""
+
+
+class ServerError(ClientError):
+    """{host} answered {command} with: {reply}"""
