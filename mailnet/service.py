@@ -1,0 +1,219 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+Assembles the running mail system from a L{Config}: one account store, one
+Maildir store, one relay queue, one cred portal, and a listener for each
+configured endpoint, all sharing them.
+"""
+
+import os
+import signal
+from typing import Callable, Dict, List, Optional
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.threadpool import ThreadPool
+
+from mailnet.config import LISTENERS, Config
+from mailnet.errors import ConfigError
+from mailnet.store.maildir import MaildirStore, ThreadRunner
+from mailnet.tls import ReloadableContextFactory, ensureCertificate, fingerprint
+
+log = Logger()
+
+# Listeners whose plain tcp: endpoints are wrapped in TLS (RFC 8314).
+IMPLICIT_TLS = ("smtps", "pop3s")
+
+
+class ListenerService(service.Service):
+    """
+    Listens on one endpoint.  Binding happens in C{privilegedStartService}
+    so that twistd can bind ports below 1024 before dropping privileges.
+    """
+
+    def __init__(self, role: str, description: str, endpoint, factory) -> None:
+        self.role = role
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: Optional[IListeningPort] = None
+        self._listening: Optional[Deferred] = None
+
+    def privilegedStartService(self) -> None:
+        service.Service.privilegedStartService(self)
+        self._listening = self.endpoint.listen(self.factory)
+        failures: List = []
+        self._listening.addCallbacks(self._listened, failures.append)
+        if failures:
+            # Bind errors must stop start-up with a message, not be logged later.
+            raise ConfigError(
+                where="listener %s (%s)" % (self.role, self.description),
+                problem=failures[0].getErrorMessage(),
+            )
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        address = port.getHost()
+        log.info(
+            "{role} listening on {host}:{port}",
+            role=self.role,
+            host=getattr(address, "host", "?"),
+            port=getattr(address, "port", "?"),
+        )
+        return port
+
+    def startService(self) -> None:
+        if self._listening is None:
+            self.privilegedStartService()
+        service.Service.startService(self)
+
+    def stopService(self) -> Deferred:
+        service.Service.stopService(self)
+        port, self.port = self.port, None
+        return maybeDeferred(port.stopListening) if port is not None else maybeDeferred(lambda: None)
+
+
+class ThreadPoolService(service.Service):
+    """Starts and stops the pool that runs disk syncs and password hashing."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.pool.start()
+
+    def stopService(self) -> None:
+        service.Service.stopService(self)
+        self.pool.stop()
+
+
+class MailService(service.MultiService):
+    """
+    The whole server.  Attributes give tests and tools the shared parts:
+    C{accounts}, C{mailStore}, C{queue}, C{delivery}, C{authenticator},
+    C{tls}, and C{listeners} (role -> list of L{ListenerService}).
+    """
+
+    def __init__(self, config: Config, reactor) -> None:
+        service.MultiService.__init__(self)
+        from mailnet.cred import Authenticator, makePortal
+        from mailnet.pop3.server import POP3Factory
+        from mailnet.smtp.delivery import DeliveryAgent
+        from mailnet.smtp.relay import RelayService
+        from mailnet.smtp.server import SMTPFactory
+        from mailnet.store.accounts import openAccountStore
+        from mailnet.store.queue import DiskQueue
+
+        self.config = config
+        self.reactor = reactor
+        dataDir = config.data_dir
+        try:
+            os.makedirs(dataDir, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(where="data_dir %s" % (dataDir,), problem="cannot create it: %s" % (e.strerror,))
+
+        pool = ThreadPool(minthreads=1, maxthreads=16, name="mailnet-io")
+        ThreadPoolService(pool).setServiceParent(self)
+        run = ThreadRunner(reactor, pool)
+
+        self.accounts = openAccountStore(dataDir)
+        for domain in config.domains:
+            if not self.accounts.isLocalDomain(domain):
+                self.accounts.addDomain(domain)
+        self.mailStore = MaildirStore(os.path.join(dataDir, "mail"), run, config.hostname)
+        self.queue = DiskQueue(os.path.join(dataDir, "queue"), run, reactor, config.hostname)
+        self.delivery = DeliveryAgent(self.accounts, self.mailStore, self.queue)
+        portal = makePortal(self.accounts, self.mailStore, run)
+        limits = config.limits
+        self.authenticator = Authenticator(
+            portal, reactor, baseDelay=limits.auth_failure_delay, maxDelay=limits.max_auth_failure_delay
+        )
+
+        certPath, keyPath, generated = ensureCertificate(dataDir, config.hostname, config.tls_cert, config.tls_key)
+        self.tls = ReloadableContextFactory(certPath, keyPath)
+        self.certificateGenerated = generated
+
+        relay = RelayService(self.queue, config.relay, config.hostname, reactor, self.delivery.receive)
+        relay.setServiceParent(self)
+
+        common = dict(hostname=config.hostname, authenticator=self.authenticator, limits=limits,
+                      allowPlaintextAuth=config.allow_plaintext_auth, clock=reactor)
+        makers: Dict[str, Callable[[], object]] = {
+            "smtp": lambda: SMTPFactory(role="mta", delivery=self.delivery, tlsOptions=self.tls, **common),
+            "submission": lambda: SMTPFactory(role="submission", delivery=self.delivery, tlsOptions=self.tls, **common),
+            "smtps": lambda: SMTPFactory(role="smtps", delivery=self.delivery, tlsOptions=None, **common),
+            "pop3": lambda: POP3Factory(tlsOptions=self.tls, implicitTLS=False, **common),
+            "pop3s": lambda: POP3Factory(tlsOptions=None, implicitTLS=True, **common),
+        }
+        self.listeners: Dict[str, List[ListenerService]] = {}
+        for role in LISTENERS:
+            for description in config.listen.get(role, ()):
+                factory = makers[role]()
+                if role in IMPLICIT_TLS and not description.startswith("ssl:"):
+                    factory = TLSMemoryBIOFactory(self.tls, False, factory)
+                try:
+                    endpoint = serverFromString(reactor, description)
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ConfigError(where="listener %s" % (role,), problem="bad endpoint %r: %s" % (description, e))
+                listener = ListenerService(role, description, endpoint, factory)
+                listener.setServiceParent(self)
+                self.listeners.setdefault(role, []).append(listener)
+
+    def startService(self) -> None:
+        service.MultiService.startService(self)
+        self._installSignalHandler()
+        self._logStartup()
+
+    def _logStartup(self) -> None:
+        config = self.config
+        log.info("mailnet {hostname}: data in {dataDir}", hostname=config.hostname, dataDir=os.path.abspath(config.data_dir))
+        domains = self.accounts.domains()
+        log.info("local domains: {domains}", domains=", ".join(domains) or "(none)")
+        log.info(
+            "TLS certificate {path}{generated}, SHA-256 fingerprint {fp}",
+            path=self.tls.certPath,
+            generated=" (self-signed, generated now)" if self.certificateGenerated else "",
+            fp=fingerprint(self.tls.certPath),
+        )
+        if not domains:
+            log.warn(
+                "no local domain yet: add one with 'mailnet-admin --data-dir {dataDir} domain add example.test' "
+                "or start with --domain example.test",
+                dataDir=config.data_dir,
+            )
+        if not self.accounts.users():
+            log.warn(
+                "no users yet: add one with 'mailnet-admin --data-dir {dataDir} user add alice@{domain}'",
+                dataDir=config.data_dir,
+                domain=domains[0] if domains else "example.test",
+            )
+
+    def reloadCertificate(self) -> None:
+        """SIGHUP: use a renewed certificate for new connections."""
+        try:
+            self.tls.reload()
+        except ConfigError as e:
+            log.error("TLS certificate not reloaded, keeping the old one: {error}", error=str(e))
+        else:
+            log.info("TLS certificate reloaded: {fp}", fp=fingerprint(self.tls.certPath))
+
+    def _installSignalHandler(self) -> None:
+        sighup = getattr(signal, "SIGHUP", None)
+        if sighup is None or not hasattr(self.reactor, "callFromThread"):
+            return
+        try:
+            signal.signal(sighup, lambda *_: self.reactor.callFromThread(self.reloadCertificate))
+        except ValueError:
+            pass  # not the main thread (tests): no signal handling
+
+    def ports(self) -> Dict[str, int]:
+        """The bound port of each role's first listener (for tests and logs)."""
+        return {
+            role: listeners[0].port.getHost().port
+            for role, listeners in self.listeners.items()
+            if listeners and listeners[0].port is not None
+        }
