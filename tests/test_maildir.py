@@ -1,0 +1,150 @@
+# -*- test-case-name: tests.test_maildir -*-
+"""
+Tests for L{mailnet.store.maildir}.
+"""
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from mailnet.errors import BadAddress, MessageGone
+from mailnet.interfaces import IMaildir, IMailStore, IMessageReceiver
+from mailnet.store.maildir import MaildirStore, runSynchronously, uniqueName
+
+
+class MaildirStoreTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        self.store = MaildirStore(self.root, runSynchronously, "mx.example.test")
+
+    def deliver(self, body: bytes, mailboxes=("alice@example.test",), returnPath="bob@remote.test") -> str:
+        receiver = self.store.receive(returnPath, list(mailboxes))
+        receiver.write(body)
+        return self.successResultOf(receiver.finish())
+
+    def newFiles(self, address: str) -> list:
+        directory = os.path.join(self.store.pathFor(address), "new")
+        return sorted(os.listdir(directory))
+
+    def test_interfaces(self) -> None:
+        verifyObject(IMailStore, self.store)
+        verifyObject(IMaildir, self.store.maildir("alice@example.test"))
+        receiver = self.store.receive("", ["alice@example.test"])
+        verifyObject(IMessageReceiver, receiver)
+        receiver.abort()
+
+    def test_layout(self) -> None:
+        maildir = self.store.maildir("Alice@Example.test")
+        self.assertEqual(maildir.path, os.path.join(self.root, "example.test", "alice"))
+        for sub in ("cur", "new", "tmp"):
+            self.assertTrue(os.path.isdir(os.path.join(maildir.path, sub)))
+
+    def test_deliveredByteForByte(self) -> None:
+        """
+        The stored file is the Return-Path header and then exactly the bytes
+        written; nothing is left in tmp/.
+        """
+        body = b"Subject: hi\r\n\r\nline one\r\n.leading dot\r\n\xff binary\r\n"
+        self.deliver(body)
+        [name] = self.newFiles("alice@example.test")
+        path = os.path.join(self.store.pathFor("alice@example.test"), "new", name)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"Return-Path: <bob@remote.test>\r\n" + body)
+        self.assertIn(",S=%d" % (os.path.getsize(path),), name)
+        self.assertEqual(os.listdir(os.path.join(self.store.pathFor("alice@example.test"), "tmp")), [])
+
+    def test_nullSender(self) -> None:
+        self.deliver(b"x\r\n", returnPath="")
+        [info] = self.successResultOf(self.store.maildir("alice@example.test").snapshot())
+        with self.store.maildir("alice@example.test").open(info) as f:
+            self.assertTrue(f.read().startswith(b"Return-Path: <>\r\n"))
+
+    def test_severalMailboxes(self) -> None:
+        self.deliver(b"hello\r\n", ["alice@example.test", "bob@example.test", "carol@other.test"])
+        for address in ["alice@example.test", "bob@example.test", "carol@other.test"]:
+            self.assertEqual(len(self.newFiles(address)), 1)
+        self.assertEqual(os.listdir(os.path.join(self.store.pathFor("alice@example.test"), "tmp")), [])
+
+    def test_abortPublishesNothing(self) -> None:
+        receiver = self.store.receive("", ["alice@example.test"])
+        receiver.write(b"partial")
+        receiver.abort()
+        self.assertEqual(self.newFiles("alice@example.test"), [])
+        self.assertEqual(os.listdir(os.path.join(self.store.pathFor("alice@example.test"), "tmp")), [])
+
+    def test_failedSyncPublishesNothing(self) -> None:
+        """If the fsync fails, nothing reaches new/ and the failure is reported."""
+        receiver = self.store.receive("", ["alice@example.test"])
+        receiver.write(b"data")
+        self.patch(os, "fsync", self.raiseOSError)
+        self.failureResultOf(receiver.finish(), OSError)
+        self.assertEqual(self.newFiles("alice@example.test"), [])
+
+    def raiseOSError(self, *args) -> None:
+        raise OSError(5, "I/O error")
+
+    def test_unsafeNames(self) -> None:
+        for bad in ["../../etc@example.test", "a/b@example.test", "alice@.."]:
+            self.assertRaises(BadAddress, self.store.maildir, bad)
+            self.assertRaises(BadAddress, self.store.receive, "", [bad])
+
+    def test_snapshotOrderAndSizes(self) -> None:
+        for i in range(5):
+            self.deliver(b"message %d\r\n" % (i,))
+        maildir = self.store.maildir("alice@example.test")
+        infos = self.successResultOf(maildir.snapshot())
+        self.assertEqual(len(infos), 5)
+        contents = []
+        for info in infos:
+            with maildir.open(info) as f:
+                data = f.read()
+            self.assertEqual(len(data), info.size)
+            contents.append(data.split(b"\r\n")[1])
+        self.assertEqual(contents, [b"message %d" % (i,) for i in range(5)])
+        for info in infos:
+            self.assertTrue(1 <= len(info.uid) <= 70)
+            self.assertTrue(all(0x21 <= ord(c) <= 0x7E for c in info.uid))
+
+    def test_markSeenKeepsUid(self) -> None:
+        self.deliver(b"one\r\n")
+        maildir = self.store.maildir("alice@example.test")
+        [before] = self.successResultOf(maildir.snapshot())
+        self.successResultOf(maildir.markSeen([before]))
+        self.assertEqual(self.newFiles("alice@example.test"), [])
+        [after] = self.successResultOf(maildir.snapshot())
+        self.assertEqual(after.uid, before.uid)
+        self.assertTrue(after.path.endswith(":2,S"))
+        # A stale snapshot entry still opens: the message is found in cur/.
+        with maildir.open(before) as f:
+            self.assertEqual(f.read()[-5:], b"one\r\n")
+
+    def test_remove(self) -> None:
+        self.deliver(b"one\r\n")
+        self.deliver(b"two\r\n")
+        maildir = self.store.maildir("alice@example.test")
+        first, second = self.successResultOf(maildir.snapshot())
+        self.successResultOf(maildir.remove([first]))
+        self.assertEqual([i.uid for i in self.successResultOf(maildir.snapshot())], [second.uid])
+        self.assertRaises(MessageGone, maildir.open, first)
+        # Removing again is harmless.
+        self.successResultOf(maildir.remove([first]))
+
+    def test_foreignFilesTolerated(self) -> None:
+        """Files written by other MDAs (Dovecot-style names) are listed too."""
+        maildir = self.store.maildir("alice@example.test")
+        with open(os.path.join(maildir.path, "cur", "1700000000.M1P2.host,S=3,W=4:2,S"), "wb") as f:
+            f.write(b"abc")
+        with open(os.path.join(maildir.path, "new", ".hidden"), "wb") as f:
+            f.write(b"x")
+        [info] = self.successResultOf(maildir.snapshot())
+        self.assertEqual(info.uid, "1700000000.M1P2.host")
+        self.assertEqual(info.size, 3)
+
+    def test_uniqueNamesDiffer(self) -> None:
+        names = {uniqueName("h/o:s,t") for _ in range(100)}
+        self.assertEqual(len(names), 100)
+        for name in names:
+            self.assertNotIn("/", name)
+            self.assertNotIn(":", name)
+            self.assertNotIn(",", name)
