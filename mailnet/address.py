@@ -15,7 +15,7 @@ case-insensitively, as Postfix and Dovecot do by default).
 import re
 from typing import Tuple
 
-from mailnet.errors import BadAddress
+from mailnet.errors import BadAddress, BadDomain
 
 # RFC 5321 §4.5.3.1: local part 64, domain 255, path 256 octets.
 MAX_LOCAL_PART = 64
@@ -58,7 +58,7 @@ def normalizeDomain(domain: str, allowUTF8: bool = True) -> str:
     @raise BadAddress: it is not a valid host name.
     """
     if not isDomain(domain, allowUTF8):
-        raise BadAddress(address=domain, reason="not a valid domain name")
+        raise BadDomain(address=domain)
     return domain.lower()
 
 

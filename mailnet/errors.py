@@ -26,6 +26,10 @@ class BadAddress(MailnetError):
     """{address!r} is not a valid mail address: {reason}."""
 
 
+class BadDomain(BadAddress):
+    """{address!r} is not a valid domain name."""
+
+
 class ConfigError(MailnetError):
     """{where}: {problem}"""
 

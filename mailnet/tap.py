@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 from twisted.python import usage
 
 from mailnet.config import DEFAULT_LISTEN, LISTENERS, Config, loadConfig
-from mailnet.errors import ConfigError
+from mailnet.errors import BadAddress, ConfigError
 
 _LISTENER_HELP = {
     "smtp": "MTA listener: mail for local domains; relays only for authenticated clients",
@@ -74,7 +74,10 @@ class Options(usage.Options):
         if self["domain"]:
             from mailnet.address import normalizeDomain
 
-            result["server.domain"] = tuple(normalizeDomain(d) for d in self["domain"])
+            try:
+                result["server.domain"] = tuple(normalizeDomain(d) for d in self["domain"])
+            except BadAddress as e:
+                raise usage.UsageError("--domain: %s" % (e,))
         for name in LISTENERS:
             if self["no-" + name]:
                 result["listen." + name] = ()

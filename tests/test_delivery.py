@@ -1,0 +1,96 @@
+# -*- test-case-name: tests.test_delivery -*-
+"""
+Tests for L{mailnet.smtp.delivery}.
+"""
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from mailnet.errors import SMTPReply
+from mailnet.interfaces import IDeliveryAgent, IMessageReceiver
+from mailnet.smtp.delivery import DeliveryAgent, FanOutReceiver
+from mailnet.testing import FakeSender, MemoryAccountStore, RecordingReceiver
+
+
+class RecordingStore:
+    """Stands in for both the Maildir store and the relay queue."""
+
+    def __init__(self) -> None:
+        self.receivers: list = []
+
+    def receive(self, returnPath, recipients):
+        receiver = RecordingReceiver(returnPath, recipients)
+        self.receivers.append(receiver)
+        return receiver
+
+
+class DeliveryAgentTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.accounts = MemoryAccountStore()
+        self.accounts.addDomain("example.test")
+        self.accounts.addUser("alice@example.test", "x")
+        self.accounts.addUser("bob@example.test", "x")
+        self.accounts.addAlias("team@example.test", ["alice@example.test", "bob@example.test", "carol@remote.test"])
+        self.mail = RecordingStore()
+        self.queue = RecordingStore()
+        self.agent = DeliveryAgent(self.accounts, self.mail, self.queue)
+
+    def test_interface(self) -> None:
+        verifyObject(IDeliveryAgent, self.agent)
+        verifyObject(IMessageReceiver, FanOutReceiver([]))
+
+    def test_localUserAccepted(self) -> None:
+        self.agent.checkRecipient("alice@example.test", None)
+        self.agent.checkRecipient("team@example.test", None)
+
+    def test_unknownLocalUser(self) -> None:
+        error = self.assertRaises(SMTPReply, self.agent.checkRecipient, "nobody@example.test", None)
+        self.assertEqual(error.code, 550)
+        self.assertTrue(error.text.startswith("5.1.1 "))
+
+    def test_relayDeniedWithoutAuth(self) -> None:
+        error = self.assertRaises(SMTPReply, self.agent.checkRecipient, "x@remote.test", None)
+        self.assertEqual((error.code, error.text[:5]), (554, "5.7.1"))
+
+    def test_relayAllowedWithAuth(self) -> None:
+        self.agent.checkRecipient("x@remote.test", FakeSender("alice@example.test"))
+
+    def test_relayWithoutQueueIsTemporary(self) -> None:
+        agent = DeliveryAgent(self.accounts, self.mail, None)
+        error = self.assertRaises(SMTPReply, agent.checkRecipient, "x@remote.test", FakeSender("alice@example.test"))
+        self.assertEqual(error.code, 451)
+
+    def test_routeExpandsAliasesOnce(self) -> None:
+        local, remote = self.agent.route(["team@example.test", "alice@example.test", "dave@far.test"])
+        self.assertEqual(local, ["alice@example.test", "bob@example.test"])
+        self.assertEqual(remote, ["carol@remote.test", "dave@far.test"])
+
+    def test_localOnly(self) -> None:
+        receiver = self.agent.receive("s@remote.test", ["alice@example.test"])
+        receiver.write(b"data")
+        self.assertEqual(self.successResultOf(receiver.finish()), "test-id")
+        [stored] = self.mail.receivers
+        self.assertEqual(stored.recipients, ["alice@example.test"])
+        self.assertEqual(stored.data, b"data")
+        self.assertEqual(self.queue.receivers, [])
+
+    def test_mixedGoesToBoth(self) -> None:
+        receiver = self.agent.receive("alice@example.test", ["bob@example.test", "x@remote.test"])
+        receiver.write(b"a")
+        receiver.write(b"b")
+        self.successResultOf(receiver.finish())
+        self.assertEqual(self.mail.receivers[0].data, b"ab")
+        self.assertEqual(self.queue.receivers[0].recipients, ["x@remote.test"])
+        self.assertEqual(self.queue.receivers[0].data, b"ab")
+
+    def test_fanOutFailure(self) -> None:
+        """If any part cannot be stored, the whole message fails (the client retries)."""
+        good = RecordingReceiver()
+        bad = RecordingReceiver(result=OSError("disk full"))
+        fanOut = FanOutReceiver([good, bad])
+        self.failureResultOf(fanOut.finish(), OSError)
+
+    def test_fanOutAbort(self) -> None:
+        parts = [RecordingReceiver(), RecordingReceiver()]
+        FanOutReceiver(parts).abort()
+        self.assertTrue(all(p.aborted for p in parts))
