@@ -93,7 +93,7 @@ def verifyPassword(hash: str, password: Password, hasher: Optional[PasswordHashe
     """
     try:
         return _hasher(hasher).verify(hash, _prepare(password))
-    except (VerificationError, InvalidHashError, TypeError, ValueError, UnicodeError):
+    except (VerificationError, InvalidHashError, TypeError, ValueError, AttributeError):
         return False
 
 
@@ -105,7 +105,7 @@ def needsRehash(hash: str, hasher: Optional[PasswordHasher] = None) -> bool:
     """
     try:
         return _hasher(hasher).check_needs_rehash(hash)
-    except (InvalidHashError, TypeError, ValueError):
+    except (InvalidHashError, TypeError, ValueError, AttributeError):
         return True
 
 
