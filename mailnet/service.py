@@ -13,7 +13,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
@@ -98,8 +98,9 @@ class MailService(service.MultiService):
     C{tls}, and C{listeners} (role -> list of L{ListenerService}).
     """
 
-    def __init__(self, config: Config, reactor) -> None:
+    def __init__(self, config: Config, reactor, handleSignals: bool = True) -> None:
         service.MultiService.__init__(self)
+        self.handleSignals = handleSignals
         from mailnet.cred import Authenticator, makePortal
         from mailnet.pop3.server import POP3Factory
         from mailnet.smtp.delivery import DeliveryAgent
@@ -165,8 +166,37 @@ class MailService(service.MultiService):
 
     def startService(self) -> None:
         service.MultiService.startService(self)
-        self._installSignalHandler()
+        if self.handleSignals:
+            self._installSignalHandler()
+        self._openJSONLog()
         self._logStartup()
+
+    def stopService(self) -> Deferred:
+        stopped = service.MultiService.stopService(self)
+        self._closeJSONLog()
+        return stopped
+
+    _jsonLog = None
+    _jsonObserver = None
+
+    def _openJSONLog(self) -> None:
+        """C{log_json}: every log event as a JSON line, for log shippers."""
+        if not self.config.log_json:
+            return
+        self._jsonLog = open(self.config.log_json, "a", encoding="utf-8")
+        self._jsonObserver = jsonFileLogObserver(self._jsonLog)
+        globalLogPublisher.addObserver(self._jsonObserver)
+
+    def _closeJSONLog(self) -> None:
+        if self._jsonObserver is not None:
+            globalLogPublisher.removeObserver(self._jsonObserver)
+            self._jsonLog.close()
+            self._jsonLog = self._jsonObserver = None
+
+    def reopenLogs(self) -> None:
+        """SIGHUP: reopen the JSON log file (after logrotate moved it)."""
+        self._closeJSONLog()
+        self._openJSONLog()
 
     def _logStartup(self) -> None:
         config = self.config
@@ -201,12 +231,16 @@ class MailService(service.MultiService):
         else:
             log.info("TLS certificate reloaded: {fp}", fp=fingerprint(self.tls.certPath))
 
+    def _hangUp(self) -> None:
+        self.reopenLogs()
+        self.reloadCertificate()
+
     def _installSignalHandler(self) -> None:
         sighup = getattr(signal, "SIGHUP", None)
         if sighup is None or not hasattr(self.reactor, "callFromThread"):
             return
         try:
-            signal.signal(sighup, lambda *_: self.reactor.callFromThread(self.reloadCertificate))
+            signal.signal(sighup, lambda *_: self.reactor.callFromThread(self._hangUp))
         except ValueError:
             pass  # not the main thread (tests): no signal handling
 
