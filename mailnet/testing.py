@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from mailnet.address import normalizeAddress, normalizeDomain, splitAddress
 from mailnet.errors import (
+    BadAddress,
     DomainExists,
     MailboxInUse,
     SMTPReply,
@@ -111,7 +112,10 @@ class MemoryAccountStore:
             alias = self._localAddress(alias)
             if alias in self._users:
                 raise UserExists(address=alias)
-        self._aliases[alias] = tuple(normalizeAddress(t, allowUTF8=True) for t in targets)
+        normalised = tuple(dict.fromkeys(normalizeAddress(t, allowUTF8=True) for t in targets))
+        if not normalised:
+            raise BadAddress(address=alias, reason="an alias needs at least one target")
+        self._aliases[alias] = normalised
 
     def removeAlias(self, alias: str) -> None:
         alias = alias.lower()
