@@ -86,13 +86,13 @@ def _aliasKey(alias: str) -> Tuple[str, str]:
     return alias, splitAddress(alias)[1]
 
 
-def _targets(targets: Sequence[str]) -> Tuple[str, ...]:
+def _targets(alias: str, targets: Sequence[str]) -> Tuple[str, ...]:
     """Validate and normalise alias targets, dropping duplicates."""
     if isinstance(targets, str):
         targets = [targets]
-    result = tuple(dict.fromkeys(normalizeAddress(t.strip(), allowUTF8=True) for t in targets))
+    result = tuple(dict.fromkeys(normalizeAddress(t, allowUTF8=True) for t in targets))
     if not result:
-        raise BadAddress(address="", reason="an alias needs at least one target")
+        raise BadAddress(address=alias, reason="an alias needs at least one target")
     return result
 
 
@@ -302,7 +302,7 @@ class SQLiteAccountStore:
         Add an alias, or replace the targets of an existing one.
         """
         alias, domain = _aliasKey(alias.lower())
-        normalised = _targets(targets)
+        normalised = _targets(alias, targets)
         with self._transaction(write=True) as db:
             if not self._isLocalDomain(db, domain):
                 raise UnknownDomain(domain=domain)
