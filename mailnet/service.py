@@ -7,7 +7,7 @@ configured endpoint, all sharing them.
 
 import os
 import signal
-from typing import Callable, Dict, List, Optional
+from typing import IO, Any, Callable, Dict, List, Optional
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -143,7 +143,7 @@ class MailService(service.MultiService):
 
         common = dict(hostname=config.hostname, authenticator=self.authenticator, limits=limits,
                       allowPlaintextAuth=config.allow_plaintext_auth, clock=reactor)
-        makers: Dict[str, Callable[[], object]] = {
+        makers: Dict[str, Callable[[], Any]] = {
             "smtp": lambda: SMTPFactory(role="mta", delivery=self.delivery, tlsOptions=self.tls, **common),
             "submission": lambda: SMTPFactory(role="submission", delivery=self.delivery, tlsOptions=self.tls, **common),
             "smtps": lambda: SMTPFactory(role="smtps", delivery=self.delivery, tlsOptions=None, **common),
@@ -176,7 +176,7 @@ class MailService(service.MultiService):
         self._closeJSONLog()
         return stopped
 
-    _jsonLog = None
+    _jsonLog: Optional[IO[str]] = None
     _jsonObserver = None
 
     def _openJSONLog(self) -> None:
@@ -188,7 +188,7 @@ class MailService(service.MultiService):
         globalLogPublisher.addObserver(self._jsonObserver)
 
     def _closeJSONLog(self) -> None:
-        if self._jsonObserver is not None:
+        if self._jsonObserver is not None and self._jsonLog is not None:
             globalLogPublisher.removeObserver(self._jsonObserver)
             self._jsonLog.close()
             self._jsonLog = self._jsonObserver = None
@@ -247,7 +247,7 @@ class MailService(service.MultiService):
     def ports(self) -> Dict[str, int]:
         """The bound port of each role's first listener (for tests and logs)."""
         return {
-            role: listeners[0].port.getHost().port
+            role: listeners[0].port.getHost().port  # type: ignore[attr-defined]
             for role, listeners in self.listeners.items()
             if listeners and listeners[0].port is not None
         }

@@ -11,8 +11,9 @@ L{CertificateOptions}: TLS 1.2 at least, and the modern cipher list
 
 import datetime
 import hashlib
+import ipaddress
 import os
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,7 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from mailnet.errors import ConfigError
 
@@ -42,11 +45,9 @@ def generateSelfSigned(hostname: str, certPath: str, keyPath: str, days: int = 3
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64])])
     now = datetime.datetime.now(datetime.timezone.utc)
-    altNames = [x509.DNSName(hostname)]
+    altNames: List[x509.GeneralName] = [x509.DNSName(hostname)]
     if hostname != "localhost":
         altNames.append(x509.DNSName("localhost"))
-    import ipaddress
-
     altNames.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     cert = (
         x509.CertificateBuilder()
@@ -115,7 +116,7 @@ def fingerprint(certPath: str) -> str:
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
-def certificateNames(certPath: str) -> Tuple[list, datetime.datetime]:
+def certificateNames(certPath: str) -> Tuple[List[str], datetime.datetime]:
     """@return: the DNS names of the leaf certificate and its expiry."""
     pem = _readPEM(certPath, "certificate")
     cert = x509.load_pem_x509_certificate(pem)
@@ -124,7 +125,7 @@ def certificateNames(certPath: str) -> Tuple[list, datetime.datetime]:
             x509.DNSName
         )
     except x509.ExtensionNotFound:
-        names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     return list(names), cert.not_valid_after_utc
 
 
@@ -152,6 +153,7 @@ def serverContextFactory(certPath: str, keyPath: str) -> ssl.CertificateOptions:
     return options
 
 
+@implementer(IOpenSSLContextFactory)
 class ReloadableContextFactory:
     """
     Server TLS options that can be swapped (SIGHUP after a certificate
