@@ -1,0 +1,493 @@
+# -*- test-case-name: tests.test_message -*-
+"""
+Composing and decoding messages for the mail client.  No Twisted here.
+
+Composition builds an L{email.message.EmailMessage} (RFC 5322 headers,
+RFC 2047 encoded words for non-ASCII header text, RFC 2045 MIME with
+quoted-printable or base64 bodies so that the result is 7-bit clean, and
+RFC 2231 file names for attachments) and turns it into wire bytes (CRLF).
+
+Decoding parses what a server hands back and picks what a person wants to
+read: the plain text part (or a readable rendering of the HTML part when
+there is no plain one), the main headers, and the attachments, with file
+names made safe to write into a directory.
+"""
+
+import datetime
+import email
+import email.policy
+import email.utils
+import mimetypes
+import os
+import re
+import unicodedata
+from email.message import EmailMessage, Message
+from html.parser import HTMLParser
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+import attr
+
+# RFC 5322 output with CRLF line endings; 7-bit so that no server needs
+# 8BITMIME (RFC 6152): non-ASCII bodies become quoted-printable or base64.
+COMPOSE_POLICY = email.policy.SMTP.clone(cte_type="7bit")
+_PARSE_POLICY = email.policy.default
+
+# The name we fall back to when an attachment has none we can use.
+DEFAULT_ATTACHMENT_NAME = "attachment"
+_MAX_NAME = 200
+
+
+# --- composing -----------------------------------------------------------
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class AttachmentFile:
+    """
+    A file to attach.
+
+    @ivar filename: the name shown to the recipient (no directory part).
+    @ivar data: the content.
+    @ivar contentType: C{maintype/subtype}; guessed from the name if empty.
+    """
+
+    filename: str
+    data: bytes
+    contentType: str = ""
+
+    @classmethod
+    def fromPath(cls, path: str) -> "AttachmentFile":
+        """Read a file (blocking: call it before the reactor runs)."""
+        with open(path, "rb") as f:
+            data = f.read()
+        return cls(os.path.basename(path), data, guessContentType(path))
+
+
+def guessContentType(filename: str) -> str:
+    """
+    @return: the MIME type of C{filename} by its extension, or
+        C{application/octet-stream} (RFC 2046 §4.5.1) when unknown.
+    """
+    guessed, encoding = mimetypes.guess_type(filename, strict=False)
+    if guessed is None or encoding is not None:
+        # A .gz or .bz2 file is sent as what it is, not as what it contains.
+        return "application/octet-stream"
+    return guessed
+
+
+def composeMessage(
+    *,
+    sender: str,
+    to: Sequence[str],
+    subject: str,
+    body: str,
+    cc: Sequence[str] = (),
+    attachments: Sequence[AttachmentFile] = (),
+    now: Optional[datetime.datetime] = None,
+    messageIdDomain: Optional[str] = None,
+) -> EmailMessage:
+    """
+    Build a message.  Bcc recipients are never passed here: they belong in
+    the envelope only (RFC 5322 §3.6.3 allows either; hiding them is the
+    point of Bcc).
+
+    @param now: the Date (an aware datetime); the current local time if not
+        given.
+    @param messageIdDomain: the right-hand side of the Message-ID; the
+        sender's domain if not given.
+    """
+    message = EmailMessage(policy=COMPOSE_POLICY)
+    # RFC 5322 §3.6: Date and From are required; Message-ID should be there.
+    if now is None:
+        now = datetime.datetime.now(datetime.timezone.utc).astimezone()
+    message["Date"] = email.utils.format_datetime(now)
+    message["From"] = sender
+    if to:
+        message["To"] = ", ".join(to)
+    if cc:
+        message["Cc"] = ", ".join(cc)
+    message["Subject"] = subject
+    domain = messageIdDomain or sender.rpartition("@")[2] or None
+    message["Message-ID"] = email.utils.make_msgid(domain=domain)
+    message["MIME-Version"] = "1.0"
+    message.set_content(_normalizeNewlines(body))
+    for attachment in attachments:
+        maintype, _, subtype = (attachment.contentType or guessContentType(attachment.filename)).partition("/")
+        if maintype == "text":
+            # Keep text attachments byte-exact: no charset guessing.
+            maintype, subtype = "application", "octet-stream"
+        message.add_attachment(
+            attachment.data,
+            maintype=maintype,
+            subtype=subtype or "octet-stream",
+            # The policy writes non-ASCII names as RFC 2231 parameters.
+            filename=attachment.filename,
+        )
+    return message
+
+
+def _normalizeNewlines(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text
+
+
+def messageBytes(message: EmailMessage) -> bytes:
+    """
+    @return: the message as it goes on the wire: CRLF line endings, not
+        dot-stuffed.
+    """
+    return message.as_bytes(policy=COMPOSE_POLICY)
+
+
+def envelopeRecipients(*groups: Iterable[str]) -> List[str]:
+    """
+    @return: every address of the groups (To, Cc, Bcc) once, in order,
+        compared case-insensitively.
+    """
+    seen: Set[str] = set()
+    result = []
+    for group in groups:
+        for address in group:
+            if address.lower() not in seen:
+                seen.add(address.lower())
+                result.append(address)
+    return result
+
+
+# --- decoding ------------------------------------------------------------
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Attachment:
+    """
+    An attachment found in a message.
+
+    @ivar filename: the name as the sender gave it (decoded, unsafe).
+    @ivar safeName: a name that is safe to create in a directory.
+    """
+
+    filename: str
+    safeName: str
+    contentType: str
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class DecodedMessage:
+    """
+    What a person reads of a message.
+
+    @ivar headers: C{From}, C{To}, C{Cc}, C{Date}, C{Subject} (decoded, the
+        ones present).
+    @ivar text: the readable body.
+    @ivar textFromHTML: whether C{text} was rendered from HTML.
+    """
+
+    headers: Dict[str, str]
+    text: str
+    textFromHTML: bool
+    attachments: Tuple[Attachment, ...]
+
+    def asJSON(self) -> dict:
+        return {
+            "headers": dict(self.headers),
+            "text": self.text,
+            "text_from_html": self.textFromHTML,
+            "attachments": [
+                {"filename": a.filename, "safe_name": a.safeName, "content_type": a.contentType, "size": a.size}
+                for a in self.attachments
+            ],
+        }
+
+
+DISPLAY_HEADERS = ("From", "To", "Cc", "Date", "Subject")
+
+
+def parseMessage(data: bytes) -> Message:
+    """Parse message bytes (CRLF or LF) leniently."""
+    return email.message_from_bytes(data, policy=_PARSE_POLICY)
+
+
+def headerText(message: Message, name: str) -> Optional[str]:
+    """
+    @return: a header decoded to text (RFC 2047 words decoded, folding
+        removed), or L{None} when absent.  Malformed headers come back as
+        best-effort text rather than raising.
+    """
+    try:
+        value = message.get(name)
+    except Exception:
+        value = None
+        for key, raw in message.raw_items():
+            if key.lower() == name.lower():
+                value = raw
+                break
+    if value is None:
+        return None
+    return _oneLine(str(value))
+
+
+def _oneLine(text: str) -> str:
+    # Never let a header smuggle terminal control sequences or new lines
+    # into what we print.
+    text = re.sub(r"\s*[\r\n]+\s*", " ", text)
+    return "".join(c if c.isprintable() or c == "\t" else "\ufffd" for c in text).strip()
+
+
+def decodeMessage(data: bytes) -> DecodedMessage:
+    """
+    Decode a whole message for reading.
+    """
+    message = parseMessage(data)
+    headers = {}
+    for name in DISPLAY_HEADERS:
+        value = headerText(message, name)
+        if value is not None:
+            headers[name] = value
+
+    body = _findBody(message)
+    text = ""
+    fromHTML = False
+    if body is not None:
+        content = partText(body)
+        if body.get_content_subtype() == "html":
+            text = htmlToText(content)
+            fromHTML = True
+        else:
+            text = content
+
+    attachments = []
+    taken: Set[str] = set()
+    for part in message.walk():
+        if part is body or part.is_multipart():
+            continue
+        disposition = part.get_content_disposition()
+        filename = _filename(part)
+        if disposition == "attachment" or filename or part.get_content_maintype() not in ("text", "multipart", "message"):
+            payload = part.get_payload(decode=True) or b""
+            name = filename or ""
+            safe = safeFilename(name or _defaultName(part), taken)
+            taken.add(safe.lower())
+            attachments.append(Attachment(name, safe, part.get_content_type(), payload))
+    return DecodedMessage(headers, text, fromHTML, tuple(attachments))
+
+
+def _findBody(message: Message) -> Optional[Message]:
+    try:
+        return message.get_body(preferencelist=("plain", "html"))  # type: ignore[attr-defined]
+    except Exception:
+        return None
+
+
+def _filename(part: Message) -> str:
+    try:
+        name = part.get_filename()
+    except Exception:
+        name = None
+    return name or ""
+
+
+def _defaultName(part: Message) -> str:
+    extension = mimetypes.guess_extension(part.get_content_type(), strict=False) or ".bin"
+    return DEFAULT_ATTACHMENT_NAME + extension
+
+
+def partText(part: Message) -> str:
+    """
+    The text of a leaf part: transfer encoding (quoted-printable, base64)
+    undone and the charset decoded.  Unknown or lying charsets do not
+    stop us: undecodable bytes are replaced.
+    """
+    payload = part.get_payload(decode=True) or b""
+    charset = part.get_content_charset() or "us-ascii"
+    for candidate in (charset, "utf-8"):
+        try:
+            return _normalizeNewlines(payload.decode(candidate)) if payload else ""
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return _normalizeNewlines(payload.decode("latin-1"))
+
+
+class _TextExtractor(HTMLParser):
+    """
+    Renders HTML as plain text: blocks become lines, links keep their
+    targets, scripts and styles vanish.
+    """
+
+    _BLOCKS = {
+        "p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6",
+        "blockquote", "pre", "table", "ul", "ol", "hr", "section", "article",
+    }
+    _SKIP = {"script", "style", "head", "title"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: List[str] = []
+        self._skipping = 0
+        self._href: Optional[str] = None
+        self._pre = 0
+
+    def handle_starttag(self, tag: str, attrs: List[Tuple[str, Optional[str]]]) -> None:
+        if tag in self._SKIP:
+            self._skipping += 1
+        elif tag in self._BLOCKS:
+            self.parts.append("\n")
+            if tag == "li":
+                self.parts.append("* ")
+            if tag == "pre":
+                self._pre += 1
+        elif tag == "a":
+            self._href = dict(attrs).get("href")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP:
+            self._skipping = max(0, self._skipping - 1)
+        elif tag in self._BLOCKS:
+            self.parts.append("\n")
+            if tag == "pre":
+                self._pre = max(0, self._pre - 1)
+        elif tag == "a" and self._href:
+            if self._href.startswith(("http:", "https:", "mailto:")):
+                self.parts.append(" <%s>" % (self._href,))
+            self._href = None
+
+    def handle_data(self, data: str) -> None:
+        if self._skipping:
+            return
+        if not self._pre:
+            data = re.sub(r"\s+", " ", data)
+        self.parts.append(data)
+
+
+def htmlToText(html: str) -> str:
+    """
+    @return: readable plain text for an HTML body.
+    """
+    extractor = _TextExtractor()
+    extractor.feed(html)
+    extractor.close()
+    lines = [line.strip() for line in "".join(extractor.parts).splitlines()]
+    text = "\n".join(lines)
+    text = re.sub(r"\n{3,}", "\n\n", text).strip("\n")
+    return text + "\n" if text else ""
+
+
+# --- safe file names -----------------------------------------------------
+
+_RESERVED_WINDOWS = {"con", "prn", "aux", "nul"} | {"com%d" % i for i in range(1, 10)} | {"lpt%d" % i for i in range(1, 10)}
+
+
+def safeFilename(name: str, taken: Iterable[str] = ()) -> str:
+    """
+    Turn an attachment's file name, which the sender chose, into one that
+    can only name a new file directly inside the target directory.
+
+    Directory parts (C{/} and C{\\}) are stripped, C{.} and C{..} and
+    hidden names are refused, control characters removed, the length
+    bounded, and a name already in C{taken} (compared case-insensitively)
+    gets a C{" (n)"} suffix.
+    """
+    name = unicodedata.normalize("NFC", name or "")
+    name = name.replace("\\", "/").split("/")[-1]
+    name = "".join(c for c in name if c.isprintable() and c not in '<>:"|?*')
+    name = name.strip().lstrip(".").strip()
+    if not name or name in (".", ".."):
+        name = DEFAULT_ATTACHMENT_NAME
+    stem, extension = os.path.splitext(name)
+    if stem.lower() in _RESERVED_WINDOWS:
+        stem = "_" + stem
+    if len(extension) > 20:
+        stem, extension = stem + extension, ""
+    stem = stem[: _MAX_NAME - len(extension)]
+    name = stem + extension
+    takenLower = {t.lower() for t in taken}
+    candidate = name
+    counter = 1
+    while candidate.lower() in takenLower:
+        candidate = "%s (%d)%s" % (stem, counter, extension)
+        counter += 1
+    return candidate
+
+
+# --- summaries for listing ----------------------------------------------
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Summary:
+    """
+    One line of a mailbox listing, from a message's headers.
+    """
+
+    number: int
+    size: int
+    sender: str
+    subject: str
+    date: str
+    uid: Optional[str] = None
+
+    def asJSON(self) -> dict:
+        return {
+            "number": self.number,
+            "uid": self.uid,
+            "from": self.sender,
+            "subject": self.subject,
+            "date": self.date,
+            "size": self.size,
+        }
+
+
+def summarize(number: int, size: int, headerBytes: bytes, uid: Optional[str] = None) -> Summary:
+    """
+    @param headerBytes: the message's header section (what C{TOP n 0}
+        answers), or the whole message.
+    """
+    message = parseMessage(headerBytes)
+    return Summary(
+        number=number,
+        size=size,
+        sender=headerText(message, "From") or "",
+        subject=headerText(message, "Subject") or "",
+        date=headerText(message, "Date") or "",
+        uid=uid,
+    )
+
+
+# --- local mail files ----------------------------------------------------
+
+
+def toUnixNewlines(data: bytes) -> bytes:
+    """Local mail files (mbox, our Maildir copies) use LF line endings."""
+    return data.replace(b"\r\n", b"\n")
+
+
+_FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
+
+
+def mboxEntry(data: bytes, envelopeSender: str, when: datetime.datetime) -> bytes:
+    """
+    One message in mboxrd format: a C{From_} separator line, the message
+    with LF line endings and every C{>*From } line quoted with one more
+    C{>} (reversible, unlike mboxo), and a blank line after it.
+    """
+    body = toUnixNewlines(data)
+    if not body.endswith(b"\n"):
+        body += b"\n"
+    body = _FROM_LINE.sub(rb">\1", body)
+    sender = envelopeSender or "MAILER-DAEMON"
+    sender = re.sub(r"\s", "_", sender)
+    separator = "From %s %s\n" % (sender, when.strftime("%a %b %e %H:%M:%S %Y"))
+    return separator.encode("utf-8") + body + b"\n"
+
+
+def envelopeSenderOf(data: bytes) -> str:
+    """The C{Return-Path} the delivering server added, or C{""}."""
+    message = parseMessage(data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0] + b"\n\n")
+    value = headerText(message, "Return-Path") or ""
+    return email.utils.parseaddr(value)[1]
+
+
