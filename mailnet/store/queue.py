@@ -22,13 +22,15 @@ The envelope is JSON::
     {"id": "...", "sender": "a@b.test" or "",
      "created": 1700000000.0, "next_try": 1700000060.0, "attempts": 1,
      "warned": false, "last_error": "451 4.3.0 try later" or null,
+     "eightbit": false,
      "recipients": [{"address": "x@y.test", "status": "pending",
-                     "attempts": 1, "last_error": "...", "notified": false},
+                     "attempts": 1, "last_error": "...", "notified": false,
+                     "dsn_status": "5.1.1" or null},
                     ...]}
 
 with C{status} one of C{pending}, C{delivered}, C{failed}.  C{notified}
 records that the sender was told of a failure, so a restart does not
-bounce twice.
+bounce twice; C{dsn_status} is the RFC 3463 status of a failure.
 """
 
 import json
@@ -77,6 +79,7 @@ class RecipientState:
     attempts: int = 0
     last_error: Optional[str] = None
     notified: bool = False
+    dsn_status: Optional[str] = None
 
     def asJSON(self) -> Dict[str, Any]:
         return attr.asdict(self)
@@ -89,6 +92,7 @@ class RecipientState:
             attempts=int(data.get("attempts", 0)),
             last_error=data.get("last_error"),
             notified=bool(data.get("notified", False)),
+            dsn_status=data.get("dsn_status"),
         )
 
 
@@ -112,6 +116,7 @@ class QueueEntry:
     attempts: int = 0
     warned: bool = False
     last_error: Optional[str] = None
+    eightbit: bool = False
 
     def pending(self) -> List[RecipientState]:
         return [r for r in self.recipients if r.status == PENDING]
@@ -125,6 +130,7 @@ class QueueEntry:
             "attempts": self.attempts,
             "warned": self.warned,
             "last_error": self.last_error,
+            "eightbit": self.eightbit,
             "recipients": [r.asJSON() for r in self.recipients],
         }
 
@@ -140,6 +146,7 @@ class QueueEntry:
             attempts=int(data.get("attempts", 0)),
             warned=bool(data.get("warned", False)),
             last_error=data.get("last_error"),
+            eightbit=bool(data.get("eightbit", False)),
         )
 
 
@@ -287,6 +294,8 @@ class QueueReceiver:
     def write(self, data: bytes) -> None:
         assert self._file is not None, "write after finish or abort"
         self._file.write(data)
+        if not self._entry.eightbit and not data.isascii():
+            self._entry.eightbit = True  # so the relay can say BODY=8BITMIME
 
     def finish(self) -> Deferred:
         f, self._file = self._file, None

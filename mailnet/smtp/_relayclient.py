@@ -1,0 +1,470 @@
+# -*- test-case-name: tests.test_relay -*-
+"""
+The SMTP client that carries one message to one next hop.
+
+One connection, one transaction: EHLO (HELO as a fallback), opportunistic
+STARTTLS, optional AUTH, MAIL, a RCPT per recipient, DATA.  The dialogue is
+written as straight-line code (L{RelayClient._converse}): each command
+waits for its reply, with the timeouts of RFC 5321 §4.5.3.2.
+
+The result is one L{Outcome} per recipient.  Failures before any recipient
+got an answer (refused or dropped connections, a bad greeting, no TLS when
+TLS is required...) are raised as L{HostFailure}: the caller may try the
+next host.
+"""
+
+import base64
+import ipaddress
+import os
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import attr
+from twisted.internet import error as ierror
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.protocols.basic import LineOnlyReceiver
+from zope.interface import implementer
+
+log = Logger()
+
+DELIVERED = "delivered"
+TEMPORARY = "temporary"
+PERMANENT = "permanent"
+
+# RFC 5321 §4.5.3.2: minimum time-outs, per command.
+TIMEOUT_GREETING = 300
+TIMEOUT_COMMAND = 300
+TIMEOUT_DATA_INIT = 120
+TIMEOUT_DATA_BLOCK = 180
+TIMEOUT_DATA_END = 600
+
+# RFC 5321 §4.5.3.1.5 allows 512 octets per reply line; be lenient.
+MAX_REPLY_LINE = 4096
+MAX_REPLY_LINES = 100
+CHUNK = 64 * 1024
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Reply:
+    """
+    An SMTP reply.
+
+    @ivar code: the three-digit code.
+    @ivar lines: the text of each line (without the code).
+    """
+
+    code: int
+    lines: Tuple[str, ...]
+
+    def __str__(self) -> str:
+        return ("%d %s" % (self.code, " ".join(line.strip() for line in self.lines))).strip()
+
+    @property
+    def positive(self) -> bool:
+        return 200 <= self.code < 400
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Outcome:
+    """
+    The result of delivering to one recipient.
+
+    @ivar kind: L{DELIVERED}, L{TEMPORARY} or L{PERMANENT}.
+    @ivar reply: the reply that decided it, as text (C{"250 2.0.0 ok"}), or
+        our own reply-shaped explanation.
+    @ivar host: the host that answered, if any.
+    """
+
+    address: str
+    kind: str
+    reply: str
+    host: Optional[str] = None
+
+
+class HostFailure(Exception):
+    """
+    The session failed before any recipient got an answer.
+
+    @ivar reply: what happened, shaped as an SMTP reply.
+    @ivar permanent: whether trying again (here or elsewhere) cannot help.
+    """
+
+    def __init__(self, reply: str, permanent: bool = False) -> None:
+        super().__init__(reply)
+        self.reply = reply
+        self.permanent = permanent
+
+
+class _ProtocolError(Exception):
+    pass
+
+
+def isLoopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _xtext(value: str) -> bytes:
+    return value.encode("utf-8")
+
+
+@attr.s(auto_attribs=True)
+class Job:
+    """
+    What one connection is asked to do.
+
+    @ivar heloName: our name in EHLO.
+    @ivar sender: the envelope sender (C{""} for the null sender).
+    @ivar recipients: the addresses, all at one destination.
+    @ivar message: the message file, open for binary reading at offset 0.
+    @ivar host: the next hop's name (for logs and outcomes).
+    @ivar tls: a TLS context factory / connection creator for STARTTLS, or
+        L{None} never to start TLS.
+    @ivar requireTLS: fail unless STARTTLS succeeds.
+    @ivar auth: C{(user, password)} for AUTH, or L{None}.
+    @ivar eightBit: whether the message has octets above 127.
+    """
+
+    heloName: str
+    sender: str
+    recipients: Sequence[str]
+    message: IO[bytes]
+    host: str
+    tls: Any = None
+    requireTLS: bool = False
+    auth: Optional[Tuple[str, str]] = None
+    eightBit: bool = False
+
+
+def dotStuff(data: bytes, context: bytes) -> bytes:
+    """
+    RFC 5321 §4.5.2: double a period that starts a line.
+
+    @param context: the (up to two) octets sent just before C{data}
+        (C{b"\\r\\n"} at the start of the message).
+    """
+    stuffed = (context + data).replace(b"\r\n.", b"\r\n..")
+    return stuffed[len(context) :]
+
+
+@implementer(IPushProducer)
+class RelayClient(LineOnlyReceiver):
+    """
+    Speaks SMTP for one L{Job}; L{result} fires with the L{Outcome}s or fails
+    with L{HostFailure}.
+
+    @param run: runs blocking reads off the reactor thread.
+    """
+
+    delimiter = b"\r\n"
+    MAX_LENGTH = MAX_REPLY_LINE
+
+    def __init__(self, job: Job, clock: Any, run: Callable[..., Deferred]) -> None:
+        self.job = job
+        self.clock = clock
+        self.run = run
+        self.result: Deferred = Deferred()
+        self.extensions: Dict[str, str] = {}
+        self.secure = False
+        self._lines: List[str] = []
+        self._replies: List[Reply] = []
+        self._waiting: Optional[Deferred] = None
+        self._timer: Any = None
+        self._paused: Optional[Deferred] = None
+        self._lost: Optional[BaseException] = None
+        self._accepted: List[str] = []
+        self._inData = False
+        self._dropPlaintext = False
+        self.outcomes: Dict[str, Outcome] = {}
+
+    # --- connection --------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        d = self._converse()
+        d.addBoth(self._done)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._lost = reason.value if reason is not None else ierror.ConnectionDone()
+        self._cancelTimer()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.errback(self._lost)
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.errback(self._lost)
+
+    def _done(self, result: Any) -> None:
+        if self.transport is not None and self._lost is None:
+            self.transport.loseConnection()
+        if self.result.called:
+            return
+        if isinstance(result, Failure):
+            self.result.errback(result)
+        else:
+            self.result.callback(result)
+
+    # --- replies -------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        # Data from a new read: after STARTTLS it is the decrypted stream.
+        self._dropPlaintext = False
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._dropPlaintext:
+            return  # RFC 3207 §5: injected after "220 ready"; never trust it
+        text = line.decode("utf-8", "replace")
+        # RFC 5321 §4.2: "ddd-text" continues, "ddd text" (or "ddd") ends.
+        if len(text) < 3 or not text[:3].isdigit() or (len(text) > 3 and text[3] not in " -"):
+            self._protocolError("malformed reply line %r" % (text[:80],))
+            return
+        self._lines.append(text[4:])
+        if len(self._lines) > MAX_REPLY_LINES:
+            self._protocolError("reply too long")
+            return
+        if len(text) == 3 or text[3] == " ":
+            reply = Reply(int(text[:3]), tuple(self._lines))
+            self._lines = []
+            waiting, self._waiting = self._waiting, None
+            if waiting is None:
+                self._replies.append(reply)  # pipelined ahead; keep for later
+            else:
+                self._cancelTimer()
+                waiting.callback(reply)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._protocolError("reply line too long")
+
+    def _protocolError(self, why: str) -> None:
+        waiting, self._waiting = self._waiting, None
+        self._cancelTimer()
+        if waiting is not None:
+            waiting.errback(_ProtocolError(why))
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _reply(self, timeout: float) -> Deferred:
+        if self._replies:
+            return succeed(self._replies.pop(0))
+        if self._lost is not None:
+            return fail(self._lost)
+        self._waiting = Deferred()
+        self._timer = self.clock.callLater(timeout, self._timedOut)
+        return self._waiting
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.errback(ierror.TimeoutError("no reply from %s" % (self.job.host,)))
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _cancelTimer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _command(self, line: bytes, timeout: float = TIMEOUT_COMMAND) -> Deferred:
+        self.transport.write(line + b"\r\n")
+        return self._reply(timeout)
+
+    # --- the dialogue --------------------------------------------------------
+
+    @inlineCallbacks
+    def _converse(self) -> Any:
+        job = self.job
+        host = job.host
+        try:
+            greeting = yield self._reply(TIMEOUT_GREETING)
+            if greeting.code != 220:
+                raise HostFailure(str(greeting))
+            yield self._hello()
+            if "STARTTLS" in self.extensions and job.tls is not None:
+                # RFC 3207 §4: after 220 the handshake starts at once; then
+                # forget everything learned before it (§4.2) and EHLO again.
+                reply = yield self._command(b"STARTTLS")
+                if reply.code == 220:
+                    self._dropPlaintext = True
+                    self._buffer = b""
+                    self._replies, self._lines = [], []
+                    self.transport.startTLS(job.tls)
+                    self.secure = True
+                    self.extensions = {}
+                    yield self._hello()
+                elif job.requireTLS:
+                    raise HostFailure("451 4.7.10 %s refused STARTTLS: %s" % (host, reply))
+            if job.requireTLS and not self.secure:
+                raise HostFailure("451 4.7.10 TLS is required, but %s does not offer STARTTLS" % (host,))
+            if job.auth is not None:
+                yield self._authenticate()
+            needUTF8 = not (job.sender.isascii() and all(r.isascii() for r in job.recipients))
+            if needUTF8 and "SMTPUTF8" not in self.extensions:
+                # RFC 6531 §3.2: without the extension, such addresses cannot go.
+                raise HostFailure("553 5.6.7 %s does not support SMTPUTF8 addresses" % (host,), permanent=True)
+            size = os.fstat(job.message.fileno()).st_size
+            limit = self.extensions.get("SIZE", "").strip()
+            if limit.isdigit() and int(limit) and size > int(limit):
+                raise HostFailure("552 5.3.4 message too big for %s (limit %s)" % (host, limit), permanent=True)
+            mail = b"MAIL FROM:<" + _xtext(job.sender) + b">"
+            if "SIZE" in self.extensions:
+                mail += b" SIZE=%d" % (size,)  # RFC 1870 §6
+            if job.eightBit and "8BITMIME" in self.extensions:
+                mail += b" BODY=8BITMIME"  # RFC 6152 §3
+            if needUTF8:
+                mail += b" SMTPUTF8"
+            reply = yield self._command(mail)
+            if not reply.positive:
+                raise HostFailure(str(reply), permanent=reply.permanent)
+            outcomes = self.outcomes
+            for recipient in job.recipients:
+                reply = yield self._command(b"RCPT TO:<" + _xtext(recipient) + b">")
+                if reply.positive:
+                    self._accepted.append(recipient)
+                else:
+                    outcomes[recipient] = Outcome(recipient, PERMANENT if reply.permanent else TEMPORARY, str(reply), host)
+            if self._accepted:
+                final = yield self._data()
+                kind = DELIVERED if final.positive else PERMANENT if final.permanent else TEMPORARY
+                for recipient in self._accepted:
+                    outcomes[recipient] = Outcome(recipient, kind, str(final), host)
+            self._quit()
+            return [outcomes[r] for r in job.recipients]
+        except HostFailure:
+            self._quit()
+            raise
+        except Exception as e:
+            reply = self._describe(e)
+            if not (self._accepted or self.outcomes):
+                raise HostFailure(reply)
+            # Recipients got answers: those refused keep their replies, the
+            # others share what happened to the session.
+            return [self.outcomes.get(r) or Outcome(r, TEMPORARY, reply, host) for r in job.recipients]
+
+    def _describe(self, e: BaseException) -> str:
+        host = self.job.host
+        if isinstance(e, ierror.TimeoutError):
+            return "451 4.4.2 timed out waiting for %s%s" % (host, " during DATA" if self._inData else "")
+        if isinstance(e, (ierror.ConnectionDone, ierror.ConnectionLost)):
+            return "451 4.4.2 %s closed the connection%s" % (host, " during DATA" if self._inData else "")
+        if isinstance(e, _ProtocolError):
+            return "451 4.5.0 %s broke the protocol: %s" % (host, e)
+        log.failure("Unexpected error talking to {host}", host=host)
+        return "451 4.3.0 %s: %s" % (host, e.__class__.__name__)
+
+    @inlineCallbacks
+    def _hello(self) -> Any:
+        name = self.job.heloName.encode("ascii", "replace")
+        reply = yield self._command(b"EHLO " + name)
+        if reply.positive:
+            # RFC 5321 §4.1.1.1: the first line greets, the rest are extensions.
+            self.extensions = {}
+            for line in reply.lines[1:]:
+                keyword, _, params = line.strip().partition(" ")
+                self.extensions[keyword.upper()] = params
+            return
+        reply = yield self._command(b"HELO " + name)
+        if not reply.positive:
+            raise HostFailure(str(reply))
+        self.extensions = {}
+
+    @inlineCallbacks
+    def _authenticate(self) -> Any:
+        job = self.job
+        assert job.auth is not None
+        user, password = job.auth
+        if not (self.secure or isLoopback(job.host)):
+            # Never send a password in the clear over the network.
+            raise HostFailure("451 4.7.10 %s: no TLS, so no AUTH" % (job.host,))
+        mechanisms = self.extensions.get("AUTH", "").upper().split()
+        if "PLAIN" in mechanisms:
+            # RFC 4616 §2: authzid NUL authcid NUL passwd.
+            token = base64.b64encode(b"\0" + user.encode("utf-8") + b"\0" + password.encode("utf-8"))
+            reply = yield self._command(b"AUTH PLAIN " + token)
+        elif "LOGIN" in mechanisms:
+            reply = yield self._command(b"AUTH LOGIN")
+            if reply.code == 334:
+                reply = yield self._command(base64.b64encode(user.encode("utf-8")))
+            if reply.code == 334:
+                reply = yield self._command(base64.b64encode(password.encode("utf-8")))
+        else:
+            raise HostFailure("451 4.7.0 %s offers no AUTH PLAIN or LOGIN" % (job.host,))
+        if reply.code != 235:
+            # Temporary: an administrator can fix the credentials.
+            raise HostFailure("451 4.7.0 %s refused our credentials: %s" % (job.host, reply))
+
+    @inlineCallbacks
+    def _data(self) -> Any:
+        reply = yield self._command(b"DATA", TIMEOUT_DATA_INIT)
+        if reply.code != 354:
+            return reply
+        self._inData = True
+        self.transport.registerProducer(self, True)
+        try:
+            context = b"\r\n"
+            while True:
+                chunk = yield self.run(self.job.message.read, CHUNK)
+                if self._lost is not None:
+                    raise self._lost
+                if not chunk:
+                    break
+                self.transport.write(dotStuff(chunk, context))
+                context = (context + chunk)[-2:]
+                if self._paused is not None:
+                    yield self._paused
+            # RFC 5321 §4.1.1.4: the message ends with CRLF . CRLF.
+            self.transport.write(b".\r\n" if context == b"\r\n" else b"\r\n.\r\n")
+        finally:
+            if self._lost is None:
+                self.transport.unregisterProducer()
+        reply = yield self._reply(TIMEOUT_DATA_END)
+        self._inData = False
+        return reply
+
+    def _quit(self) -> None:
+        if self._lost is None and self.transport is not None:
+            self.transport.write(b"QUIT\r\n")
+            self.transport.loseConnection()
+
+    # --- IPushProducer: the transport tells us when its buffer is full --------
+
+    def pauseProducing(self) -> None:
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class RelayClientFactory(Factory):
+    """
+    Makes the one L{RelayClient} for a connection attempt.
+    """
+
+    protocol = RelayClient
+
+    def __init__(self, job: Job, clock: Any, run: Callable[..., Deferred]) -> None:
+        self.job = job
+        self.clock = clock
+        self.run = run
+
+    def buildProtocol(self, addr: Any) -> RelayClient:
+        client = RelayClient(self.job, self.clock, self.run)
+        client.factory = self
+        return client
