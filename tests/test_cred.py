@@ -1,0 +1,509 @@
+# -*- test-case-name: tests.test_cred -*-
+"""
+Tests for L{mailnet.cred}.
+"""
+
+import os
+import threading
+from typing import List
+
+from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm
+from twisted.internet.defer import CancelledError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from argon2 import PasswordHasher
+
+from mailnet import cred
+from mailnet.cred import (
+    FAILED,
+    AccountChecker,
+    Authenticator,
+    FirstSuccessChecker,
+    Mailbox,
+    MailRealm,
+    Sender,
+    makePortal,
+    peerKey,
+)
+from mailnet.errors import MailboxInUse
+from mailnet.interfaces import IAuthenticator, IMailbox, ISender
+from mailnet.passwords import dummyHash, hashPassword, lowCostHasher, needsRehash, verifyPassword
+from mailnet.store.maildir import MaildirStore, ThreadRunner, runSynchronously
+from mailnet.testing import MemoryAccountStore
+
+CHEAP = lowCostHasher()
+
+
+class RecordingRunner:
+    """A runner that does the work at once and remembers what it ran."""
+
+    def __init__(self) -> None:
+        self.calls: List[tuple] = []
+
+    def __call__(self, f, *args, **kwargs):
+        self.calls.append((f, args))
+        return runSynchronously(f, *args, **kwargs)
+
+
+class ExplodingStore(MemoryAccountStore):
+    """A store that must not be consulted."""
+
+    def passwordHash(self, address):
+        raise AssertionError("the store was consulted for %r" % (address,))
+
+
+def makeStore() -> MemoryAccountStore:
+    store = MemoryAccountStore()
+    store.addDomain("example.test")
+    store.addUser("alice@example.test", hashPassword("alice-pw", CHEAP))
+    store.addUser("bob@example.test", hashPassword("bob-pw", CHEAP))
+    store.addAlias("info@example.test", ["alice@example.test"])
+    store.addAlias("team@example.test", ["info@example.test", "bob@example.test", "x@remote.test"])
+    store.addAlias("@example.test", ["alice@example.test"])
+    return store
+
+
+def creds(username, password) -> UsernamePassword:
+    if isinstance(username, str):
+        username = username.encode("utf-8")
+    if isinstance(password, str):
+        password = password.encode("utf-8")
+    return UsernamePassword(username, password)
+
+
+class AccountCheckerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.store = makeStore()
+        self.run = RecordingRunner()
+        self.checker = AccountChecker(self.store, self.run, CHEAP)
+
+    def check(self, username, password):
+        return self.checker.requestAvatarId(creds(username, password))
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(ICredentialsChecker, self.checker))
+        self.assertEqual(self.checker.credentialInterfaces, (IUsernamePassword,))
+
+    def test_success(self) -> None:
+        """
+        The right password gives the normalised address as the avatar id;
+        the verification ran through C{run} (a thread, in the daemon).
+        """
+        self.assertEqual(self.successResultOf(self.check("alice@example.test", "alice-pw")), "alice@example.test")
+        self.assertEqual([f for f, _ in self.run.calls], [verifyPassword])
+
+    def test_caseInsensitive(self) -> None:
+        self.assertEqual(self.successResultOf(self.check("Alice@EXAMPLE.Test", "alice-pw")), "alice@example.test")
+
+    def test_textCredentials(self) -> None:
+        """
+        Credentials given as text work as well as bytes.
+        """
+        d = self.checker.requestAvatarId(UsernamePassword("alice@example.test", "alice-pw"))
+        self.assertEqual(self.successResultOf(d), "alice@example.test")
+
+    def test_wrongPassword(self) -> None:
+        f = self.failureResultOf(self.check("alice@example.test", "bob-pw"), UnauthorizedLogin)
+        self.assertEqual(str(f.value), FAILED)
+        self.failureResultOf(self.check("alice@example.test", ""), UnauthorizedLogin)
+
+    def test_otherUsersPassword(self) -> None:
+        self.failureResultOf(self.check("bob@example.test", "alice-pw"), UnauthorizedLogin)
+
+    def test_unknownUser(self) -> None:
+        """
+        An unknown user fails like a wrong password, after a verification
+        against the dummy hash (the same cost: no timing oracle).
+        """
+        f = self.failureResultOf(self.check("nobody@example.test", "alice-pw"), UnauthorizedLogin)
+        self.assertEqual(str(f.value), FAILED)
+        self.assertEqual(self.run.calls, [(verifyPassword, (dummyHash(CHEAP), b"alice-pw", CHEAP))])
+
+    def test_unknownDomain(self) -> None:
+        self.failureResultOf(self.check("alice@other.test", "alice-pw"), UnauthorizedLogin)
+        self.assertEqual(len(self.run.calls), 1)
+
+    def test_aliasIsNotALogin(self) -> None:
+        """
+        Aliases (and catch-all matches) have no password, whatever is tried.
+        """
+        for alias in ["info@example.test", "anything@example.test"]:
+            for password in ["alice-pw", "", "x"]:
+                self.failureResultOf(self.check(alias, password), UnauthorizedLogin)
+
+    def test_malformedUsername(self) -> None:
+        """
+        Names that are not addresses, or could not be mailbox directories,
+        are refused before the store is touched.
+        """
+        checker = AccountChecker(ExplodingStore(), self.run, CHEAP)
+        for username in [b"alice", b"", b"alice@", b"@example.test", b"a b@example.test", b"\xff@example.test", b"a/b@example.test", b"../x@example.test", b"alice@example.test\x00"]:
+            f = self.failureResultOf(checker.requestAvatarId(creds(username, "alice-pw")), UnauthorizedLogin)
+            self.assertEqual(str(f.value), FAILED)
+        self.assertEqual(self.run.calls, [])
+
+    def test_rehash(self) -> None:
+        """
+        A hash made with outdated parameters is replaced at a successful
+        login.
+        """
+        stronger = PasswordHasher(time_cost=2, memory_cost=8, parallelism=1)
+        checker = AccountChecker(self.store, self.run, stronger)
+        old = self.store.passwordHash("alice@example.test")
+        self.assertEqual(self.successResultOf(checker.requestAvatarId(creds("alice@example.test", "alice-pw"))), "alice@example.test")
+        new = self.store.passwordHash("alice@example.test")
+        self.assertNotEqual(new, old)
+        self.assertFalse(needsRehash(new, stronger))
+        self.assertTrue(verifyPassword(new, "alice-pw"))
+
+    def test_noRehashWhenCurrent(self) -> None:
+        old = self.store.passwordHash("alice@example.test")
+        self.successResultOf(self.check("alice@example.test", "alice-pw"))
+        self.assertEqual(self.store.passwordHash("alice@example.test"), old)
+
+
+class ThreadedCheckerTests(TestCase):
+    def test_verifiesInAThread(self) -> None:
+        """
+        With a L{ThreadRunner} the Argon2 verification runs off the reactor
+        thread.
+        """
+        from twisted.internet import reactor
+
+        threads = []
+
+        def verify(*args):
+            threads.append(threading.current_thread())
+            return verifyPassword(*args)
+
+        self.patch(cred, "verifyPassword", verify)
+        checker = AccountChecker(makeStore(), ThreadRunner(reactor), CHEAP)
+        d = checker.requestAvatarId(creds("alice@example.test", "alice-pw"))
+
+        def check(avatarId):
+            self.assertEqual(avatarId, "alice@example.test")
+            self.assertIsNot(threads[0], threading.current_thread())
+
+        return d.addCallback(check)
+
+
+class RealmTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.store = makeStore()
+        self.root = self.mktemp()
+        self.mailStore = MaildirStore(self.root, runSynchronously, "test.host")
+        self.realm = MailRealm(self.store, self.mailStore)
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(IRealm, self.realm))
+
+    def test_mailbox(self) -> None:
+        """
+        An L{IMailbox} avatar has the address and the user's Maildir.
+        """
+        interface, avatar, logout = self.realm.requestAvatar("alice@example.test", None, IMailbox)
+        self.assertIs(interface, IMailbox)
+        self.assertTrue(verifyObject(IMailbox, avatar))
+        self.assertEqual(avatar.address, "alice@example.test")
+        self.assertEqual(avatar.maildir.path, os.path.join(self.root, "example.test", "alice"))
+        self.assertTrue(os.path.isdir(os.path.join(avatar.maildir.path, "new")))
+
+    def test_bytesAvatarId(self) -> None:
+        _, avatar, _ = self.realm.requestAvatar(b"Alice@example.test", None, IMailbox)
+        self.assertEqual(avatar.address, "alice@example.test")
+
+    def test_mailboxHeld(self) -> None:
+        """
+        A second session for a held mailbox is refused until the first logs
+        out; other mailboxes are not affected.
+        """
+        _, _, logout = self.realm.requestAvatar("alice@example.test", None, IMailbox)
+        exc = self.assertRaises(MailboxInUse, self.realm.requestAvatar, "ALICE@example.test", None, IMailbox)
+        self.assertIn("alice@example.test", str(exc))
+        self.realm.requestAvatar("bob@example.test", None, IMailbox)
+        self.assertTrue(self.realm.isHeld("alice@example.test"))
+        logout()
+        self.assertFalse(self.realm.isHeld("alice@example.test"))
+        self.realm.requestAvatar("alice@example.test", None, IMailbox)
+
+    def test_staleLogout(self) -> None:
+        """
+        Logging out twice does not free the mailbox of a later session.
+        """
+        _, _, first = self.realm.requestAvatar("alice@example.test", None, IMailbox)
+        first()
+        _, _, second = self.realm.requestAvatar("alice@example.test", None, IMailbox)
+        first()
+        self.assertRaises(MailboxInUse, self.realm.requestAvatar, "alice@example.test", None, IMailbox)
+        second()
+        self.assertFalse(self.realm.isHeld("alice@example.test"))
+
+    def test_mailboxFailureReleases(self) -> None:
+        """
+        If the Maildir cannot be had, the mailbox is not left held.
+        """
+
+        class Broken:
+            def maildir(self, address):
+                raise OSError("disk on fire")
+
+        realm = MailRealm(self.store, Broken())
+        self.assertRaises(OSError, realm.requestAvatar, "alice@example.test", None, IMailbox)
+        self.assertFalse(realm.isHeld("alice@example.test"))
+
+    def test_sender(self) -> None:
+        """
+        An L{ISender} may send as itself and as aliases that deliver to it,
+        directly or through other aliases; the sender is not exclusive.
+        """
+        interface, avatar, logout = self.realm.requestAvatar("alice@example.test", None, ISender)
+        self.assertIs(interface, ISender)
+        self.assertTrue(verifyObject(ISender, avatar))
+        self.assertEqual(avatar.address, "alice@example.test")
+        self.assertTrue(avatar.maySendAs("alice@example.test"))
+        self.assertTrue(avatar.maySendAs("Alice@Example.TEST"))
+        self.assertTrue(avatar.maySendAs("info@example.test"))
+        self.assertTrue(avatar.maySendAs("team@example.test"))
+        self.assertFalse(avatar.maySendAs("bob@example.test"))
+        self.assertFalse(avatar.maySendAs("x@remote.test"))
+        self.assertFalse(avatar.maySendAs("not an address"))
+        logout()
+        self.realm.requestAvatar("alice@example.test", None, ISender)
+
+    def test_senderNotCatchAll(self) -> None:
+        """
+        Owning the catch-all does not make every address in the domain
+        one's own.
+        """
+        avatar = Sender("alice@example.test", self.store)
+        self.assertEqual(self.store.resolve("ceo@example.test"), ["alice@example.test"])
+        self.assertFalse(avatar.maySendAs("ceo@example.test"))
+
+    def test_senderSeesAliasChanges(self) -> None:
+        avatar = Sender("bob@example.test", self.store)
+        self.assertFalse(avatar.maySendAs("sales@example.test"))
+        self.store.addAlias("sales@example.test", ["bob@example.test"])
+        self.assertTrue(avatar.maySendAs("sales@example.test"))
+
+    def test_otherInterface(self) -> None:
+        from zope.interface import Interface
+
+        class IOther(Interface):
+            pass
+
+        self.assertRaises(NotImplementedError, self.realm.requestAvatar, "alice@example.test", None, IOther)
+
+
+class PeerKeyTests(SynchronousTestCase):
+    def test_ipv4(self) -> None:
+        self.assertEqual(peerKey("192.0.2.1"), "192.0.2.1")
+
+    def test_ipv6Prefix(self) -> None:
+        """
+        IPv6 clients are counted by /64.
+        """
+        self.assertEqual(peerKey("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64")
+        self.assertEqual(peerKey("2001:db8:1:2::ffff"), peerKey("2001:db8:1:2:3:4:5:6"))
+        self.assertNotEqual(peerKey("2001:db8:1:3::1"), peerKey("2001:db8:1:2::1"))
+        self.assertEqual(peerKey("fe80::1%eth0"), "fe80::/64")
+
+    def test_mapped(self) -> None:
+        self.assertEqual(peerKey("::ffff:192.0.2.1"), "192.0.2.1")
+
+    def test_other(self) -> None:
+        self.assertEqual(peerKey("unix-socket"), "unix-socket")
+
+
+class AuthenticatorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.store = makeStore()
+        self.clock = Clock()
+        self.mailStore = MaildirStore(self.mktemp(), runSynchronously, "test.host")
+        self.portal = makePortal(self.store, self.mailStore, runSynchronously, hasher=CHEAP)
+        self.auth = Authenticator(self.portal, self.clock, baseDelay=2.0, maxDelay=30.0)
+
+    def login(self, username, password, peer="192.0.2.1", interface=IMailbox):
+        return self.auth.login(creds(username, password), peer, interface)
+
+    def failAfter(self, d, delay):
+        """
+        Assert that C{d} fails with L{UnauthorizedLogin} exactly C{delay}
+        seconds from now.
+        """
+        if delay > 0:
+            self.assertNoResult(d)
+            self.clock.advance(delay - 0.001)
+            self.assertNoResult(d)
+            self.clock.advance(0.001)
+        else:
+            self.clock.advance(0)
+        f = self.failureResultOf(d, UnauthorizedLogin)
+        self.assertEqual(str(f.value), FAILED)
+        return f
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(IAuthenticator, self.auth))
+
+    def test_success(self) -> None:
+        interface, avatar, logout = self.successResultOf(self.login("alice@example.test", "alice-pw"))
+        self.assertIs(interface, IMailbox)
+        self.assertEqual(avatar.address, "alice@example.test")
+        interface, avatar, logout = self.successResultOf(
+            self.login("bob@example.test", "bob-pw", interface=ISender)
+        )
+        self.assertIs(interface, ISender)
+        self.assertTrue(avatar.maySendAs("bob@example.test"))
+
+    def test_delayGrowsAndIsCapped(self) -> None:
+        """
+        Each failure from one address waits twice as long as the one
+        before, up to the cap.
+        """
+        for expected in [2, 4, 8, 16, 30, 30]:
+            self.failAfter(self.login("alice@example.test", "wrong"), expected)
+        self.assertEqual(self.auth.failures("192.0.2.1"), 6)
+
+    def test_delayFor(self) -> None:
+        self.assertEqual([self.auth.delayFor(n) for n in range(0, 7)], [0, 2, 4, 8, 16, 30, 30])
+        self.assertEqual(self.auth.delayFor(10**6), 30)
+
+    def test_sharedAcrossProtocols(self) -> None:
+        """
+        Failures count per address whatever the protocol (POP3 asks for
+        L{IMailbox}, SMTP for L{ISender}).
+        """
+        self.failAfter(self.login("alice@example.test", "wrong", interface=IMailbox), 2)
+        self.failAfter(self.login("alice@example.test", "wrong", interface=ISender), 4)
+        self.failAfter(self.login("bob@example.test", "wrong", interface=IMailbox), 8)
+
+    def test_perAddress(self) -> None:
+        self.failAfter(self.login("alice@example.test", "wrong", peer="192.0.2.1"), 2)
+        self.failAfter(self.login("alice@example.test", "wrong", peer="192.0.2.1"), 4)
+        self.failAfter(self.login("alice@example.test", "wrong", peer="192.0.2.2"), 2)
+
+    def test_ipv6SameSubnet(self) -> None:
+        self.failAfter(self.login("alice@example.test", "wrong", peer="2001:db8::1"), 2)
+        self.failAfter(self.login("alice@example.test", "wrong", peer="2001:db8::2"), 4)
+
+    def test_successForgets(self) -> None:
+        self.failAfter(self.login("alice@example.test", "wrong"), 2)
+        self.failAfter(self.login("alice@example.test", "wrong"), 4)
+        self.successResultOf(self.login("bob@example.test", "bob-pw", interface=ISender))
+        self.assertEqual(self.auth.failures("192.0.2.1"), 0)
+        self.failAfter(self.login("alice@example.test", "wrong"), 2)
+
+    def test_quietPeriodForgets(self) -> None:
+        self.failAfter(self.login("alice@example.test", "wrong"), 2)
+        lastFailure = self.clock.seconds()
+        self.failAfter(self.login("alice@example.test", "wrong"), 4)
+        self.clock.advance(lastFailure + self.auth.forgetAfter - 1 - self.clock.seconds())
+        self.assertEqual(self.auth.failures("192.0.2.1"), 2)
+        self.clock.advance(1)
+        self.assertEqual(self.auth.failures("192.0.2.1"), 0)
+        self.failAfter(self.login("alice@example.test", "wrong"), 2)
+
+    def test_boundedMemory(self) -> None:
+        """
+        At most C{maxPeers} addresses are remembered; the oldest go first.
+        """
+        auth = Authenticator(self.portal, self.clock, baseDelay=0, maxDelay=0, maxPeers=3)
+        for i in range(5):
+            self.clock.advance(1)
+            d = auth.login(creds("alice@example.test", "wrong"), "192.0.2.%d" % i, IMailbox)
+            self.failAfter(d, 0)
+        self.assertEqual(len(auth._peers), 3)
+        self.assertEqual([auth.failures("192.0.2.%d" % i) for i in range(5)], [0, 0, 1, 1, 1])
+
+    def test_noUserExistenceLeak(self) -> None:
+        """
+        An unknown user, an alias and a wrong password fail identically:
+        same exception type and message, same delay.
+        """
+        results = []
+        for i, username in enumerate(["alice@example.test", "nobody@example.test", "info@example.test", "nobody@other.test", "junk"]):
+            f = self.failAfter(self.login(username, "wrong", peer="198.51.100.%d" % i), 2)
+            results.append((type(f.value), str(f.value), f.value.args))
+        self.assertEqual(len(set(results)), 1, results)
+
+    def test_mailboxInUse(self) -> None:
+        """
+        The right password for a held mailbox fails at once with
+        L{MailboxInUse}, and counts as a success for throttling.
+        """
+        _, _, logout = self.successResultOf(self.login("alice@example.test", "alice-pw"))
+        self.failAfter(self.login("alice@example.test", "wrong"), 2)
+        self.failureResultOf(self.login("alice@example.test", "alice-pw"), MailboxInUse)
+        self.assertEqual(self.auth.failures("192.0.2.1"), 0)
+        logout()
+        self.successResultOf(self.login("alice@example.test", "alice-pw"))
+
+    def test_cancel(self) -> None:
+        """
+        Cancelling a pending failure (the client hung up) cancels its timer.
+        """
+        d = self.login("alice@example.test", "wrong")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.auth.failures("192.0.2.1"), 1)
+
+    def test_internalErrorNotDelayed(self) -> None:
+        """
+        An error that is not a login failure (a broken store) is passed on
+        at once and not counted against the client.
+        """
+
+        class BrokenStore(MemoryAccountStore):
+            def passwordHash(self, address):
+                raise RuntimeError("store unreadable")
+
+        portal = makePortal(BrokenStore(), self.mailStore, runSynchronously, hasher=CHEAP)
+        auth = Authenticator(portal, self.clock)
+        self.failureResultOf(auth.login(creds("alice@example.test", "x"), "192.0.2.1", IMailbox), RuntimeError)
+        self.assertEqual(auth.failures("192.0.2.1"), 0)
+
+    def test_unhandledCredentials(self) -> None:
+        """
+        Credentials no checker handles are a (delayed) failed login.
+        """
+        class Odd:
+            username = b"alice@example.test"
+
+        d = self.auth.login(Odd(), "192.0.2.1", IMailbox)
+        self.failAfter(d, 2)
+
+
+class MakePortalTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.store = makeStore()
+        self.mailStore = MaildirStore(self.mktemp(), runSynchronously, "test.host")
+
+    def test_default(self) -> None:
+        portal = makePortal(self.store, self.mailStore, runSynchronously, hasher=CHEAP)
+        self.assertIsInstance(portal.checkers[IUsernamePassword], AccountChecker)
+        self.assertIsInstance(portal.realm, MailRealm)
+        _, avatar, _ = self.successResultOf(portal.login(creds("alice@example.test", "alice-pw"), None, ISender))
+        self.assertIsInstance(avatar, Sender)
+
+    def test_extraChecker(self) -> None:
+        """
+        A second checker for the same credentials is added after the
+        account checker, not instead of it.
+        """
+        memory = InMemoryUsernamePasswordDatabaseDontUse(**{"robot@example.test": b"robot-pw"})
+        portal = makePortal(self.store, self.mailStore, runSynchronously, extraCheckers=[memory], hasher=CHEAP)
+        self.assertIsInstance(portal.checkers[IUsernamePassword], FirstSuccessChecker)
+        self.assertTrue(verifyObject(ICredentialsChecker, portal.checkers[IUsernamePassword]))
+        _, robot, _ = self.successResultOf(portal.login(creds("robot@example.test", "robot-pw"), None, IMailbox))
+        self.assertIsInstance(robot, Mailbox)
+        self.assertEqual(robot.address, "robot@example.test")
+        _, alice, _ = self.successResultOf(portal.login(creds("alice@example.test", "alice-pw"), None, IMailbox))
+        self.assertEqual(alice.address, "alice@example.test")
+        self.failureResultOf(portal.login(creds("robot@example.test", "alice-pw"), None, IMailbox), UnauthorizedLogin)
+        self.failureResultOf(portal.login(creds("alice@example.test", "robot-pw"), None, IMailbox), UnauthorizedLogin)
