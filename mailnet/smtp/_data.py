@@ -1,0 +1,177 @@
+# -*- test-case-name: tests.test_smtp_security -*-
+"""
+Message content on its way in: undoing DATA's dot-stuffing and finding its
+end, and checking what the client sent, chunk by chunk.
+
+Both work on whole chunks with C{bytes.find}, C{bytes.replace} and
+compiled regular expressions, not on lines in Python, and keep at most a
+few bytes between chunks, so a connection holds one chunk at a time however
+large the message or its lines.
+"""
+
+import re
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+from typing import List, Optional, Tuple
+
+# RFC 5321 §4.1.1.4: the end of mail data is <CRLF>.<CRLF>, and nothing else
+# (§4.1.1.4 and RFC 5321 errata on SMTP smuggling: not <LF>.<LF>, not
+# <CR>.<CR>, not <LF>.<CRLF>).
+_TERMINATOR = b"\r\n.\r\n"
+# The proper prefixes of the terminator, longest first: a chunk ending in
+# one of them is held back until the next chunk says what it is.
+_PREFIXES = tuple(_TERMINATOR[:n] for n in range(4, 0, -1))
+
+# A CR not followed by LF, or an LF not preceded by CR (RFC 5321 §2.3.8).
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_BREAK = re.compile(rb"[\r\n]")
+
+# RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including the
+# CRLF, not counting the leading dot added for transparency.
+MAX_LINE = 998
+_LONG = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE + 1,))
+
+# The header section kept to check From: (Postfix's header_size_limit).
+MAX_HEADER_SECTION = 102400
+
+
+class DotDecoder:
+    """
+    Turn the DATA stream (RFC 5321 §4.5.2 dot-stuffed) into message bytes
+    and find its end.
+    """
+
+    def __init__(self) -> None:
+        # The last two raw bytes already handled; DATA starts at the
+        # beginning of a line, as if after a CRLF.
+        self._context = b"\r\n"
+        self._held = b""
+
+    def feed(self, data: bytes) -> Tuple[bytes, Optional[bytes]]:
+        """
+        @return: C{(message bytes, rest)}: the decoded bytes of C{data}
+            that are certainly message content, and, once the terminator
+            has been seen, the bytes that followed it (L{None} before).
+        """
+        scan = self._context + self._held + data
+        skip = len(self._context)
+        end = scan.find(_TERMINATOR)
+        if end >= 0:
+            # The terminator's leading CRLF ends the last line of the message.
+            body = scan[: end + 2]
+            return body.replace(b"\r\n.", b"\r\n")[skip:], scan[end + 5 :]
+        hold = 0
+        for prefix in _PREFIXES:
+            if scan.endswith(prefix):
+                hold = min(len(prefix), len(scan) - skip)
+                break
+        done = scan[: len(scan) - hold]
+        self._held = scan[len(scan) - hold :]
+        self._context = done[-2:]
+        # RFC 5321 §4.5.2: a line starting with a period has it removed.
+        return done.replace(b"\r\n.", b"\r\n")[skip:], None
+
+
+class MessageChecker:
+    """
+    Watch the message bytes as they stream past: size, bare CR or LF, line
+    length and (when asked) the header section, all in bounded memory.
+
+    @ivar size: octets seen so far.
+    @ivar tooBig: more than C{maxSize} octets were seen.
+    @ivar bareLineEnding: a CR or LF was not part of a CRLF.
+    @ivar lineTooLong: a line was longer than 1000 octets with its CRLF.
+    """
+
+    def __init__(self, maxSize: int, keepHeaders: bool = False) -> None:
+        self.maxSize = maxSize
+        self.size = 0
+        self.tooBig = False
+        self.bareLineEnding = False
+        self.lineTooLong = False
+        self._last = b"\n"
+        self._run = 0
+        self._keepHeaders = keepHeaders
+        self._headers: List[bytes] = []
+        self._headerBytes = 0
+        self._headerTail = b"\r\n"
+        self.headersComplete = False
+        self.headersTooLarge = False
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self.size += len(data)
+        if self.size > self.maxSize:
+            self.tooBig = True
+        if not self.bareLineEnding:
+            self._checkLineEndings(data)
+        if not self.lineTooLong:
+            self._checkLineLength(data)
+        if self._keepHeaders and not (self.headersComplete or self.headersTooLarge):
+            self._collectHeaders(data)
+        self._last = data[-1:]
+
+    def _checkLineEndings(self, data: bytes) -> None:
+        if self._last == b"\r" and data[:1] != b"\n":
+            self.bareLineEnding = True
+            return
+        window = self._last + data
+        # A CR at the very end is judged with the next chunk (or finish).
+        end = len(window) - 1 if window.endswith(b"\r") else len(window)
+        if _BARE.search(window, 1, end) is not None:
+            self.bareLineEnding = True
+
+    def _checkLineLength(self, data: bytes) -> None:
+        first = _BREAK.search(data)
+        if first is None:
+            self._run += len(data)
+        else:
+            self._run += first.start()
+            if self._run > MAX_LINE or _LONG.search(data, first.start()) is not None:
+                self.lineTooLong = True
+            self._run = len(data) - 1 - max(data.rfind(b"\r"), data.rfind(b"\n"))
+        if self._run > MAX_LINE:
+            self.lineTooLong = True
+
+    def _collectHeaders(self, data: bytes) -> None:
+        # The blank line ending the header section may straddle chunks.
+        room = MAX_HEADER_SECTION - self._headerBytes
+        piece = data[: room + 1]
+        joined = self._headerTail + piece
+        end = joined.find(b"\r\n\r\n")
+        if end >= 0:
+            keep = end + 2 - len(self._headerTail)
+            if keep > 0:
+                self._headers.append(piece[:keep])
+            self.headersComplete = True
+            return
+        if len(piece) > room:
+            self.headersTooLarge = True
+            return
+        self._headers.append(piece)
+        self._headerBytes += len(piece)
+        self._headerTail = joined[-3:]
+
+    def finish(self) -> None:
+        """The message is complete: judge what is still pending."""
+        if self._last == b"\r":
+            self.bareLineEnding = True
+        if self._keepHeaders and not self.headersTooLarge:
+            self.headersComplete = True
+
+    def fromAddresses(self) -> List[str]:
+        """
+        @return: the addresses in the C{From:} fields of the header section
+            (RFC 5322 §3.6.2), lower-cased; empty if there is none.
+        """
+        raw = b"".join(self._headers)
+        message = BytesHeaderParser(policy=compat32).parsebytes(raw)
+        values = [str(v) for v in message.get_all("From", [])]
+        addresses = []
+        for name, address in getaddresses(values):
+            addresses.append(address.strip().lower())
+        if values and not addresses:
+            addresses.append("")
+        return addresses

@@ -1,0 +1,1072 @@
+# -*- test-case-name: tests.test_smtp_server -*-
+"""
+mailnet's ESMTP server, in three roles: the MTA (port 25), message
+submission (port 587, RFC 6409) and submission over implicit TLS (port 465,
+RFC 8314).
+
+Written on Twisted's protocol machinery rather than L{twisted.mail.smtp}:
+it pipelines (RFC 2920), takes message data in chunks (DATA and BDAT,
+RFC 3030) without holding more than a line plus the current chunk, and
+checks every ESMTP parameter it is given.
+
+Per-connection state (peer, TLS, EHLO, authenticated sender) lives in
+L{SMTPServer}; per-message state (sender, recipients, the receiver) lives
+in L{_Transaction}, which RSET, end of data, EHLO and STARTTLS throw away
+through one call.
+"""
+
+import binascii
+import datetime
+import email.utils
+import ipaddress
+import secrets
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import attr
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime, ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailnet.address import MAX_PATH, isDomain, normalizeAddress
+from mailnet.config import Limits
+from mailnet.errors import BadAddress, SMTPReply
+from mailnet.interfaces import IAuthenticator, IDeliveryAgent, IMessageReceiver, ISender
+from mailnet.smtp import codes
+from mailnet.smtp._data import DotDecoder, MessageChecker
+from mailnet.smtp.codes import reply
+
+log = Logger()
+
+ROLES = ("mta", "submission", "smtps")
+
+# RFC 4954 §4: an AUTH command or response line may be up to 12288 octets.
+AUTH_LINE_LIMIT = 12288
+# Commands that move no mail; past this many, each counts as an error (as
+# Postfix's smtpd_junk_command_limit), so NOOP every few seconds cannot hold
+# a connection open for ever.
+JUNK_COMMAND_LIMIT = 100
+# A DATA or BDAT phase must bring at least this many octets per second on
+# average over each command_timeout window (a 1-byte/s trickle is cut).
+MIN_DATA_RATE = 10
+
+_COMMAND, _DATA, _BDAT = "command", "data", "bdat"
+
+
+def _now(clock: IReactorTime) -> str:
+    """An RFC 5322 §3.3 date for the Received header."""
+    when = datetime.datetime.fromtimestamp(clock.seconds(), datetime.timezone.utc)
+    return email.utils.format_datetime(when)
+
+
+def _isAddressLiteral(text: str) -> bool:
+    """RFC 5321 §4.1.3: C{[192.0.2.1]} or C{[IPv6:2001:db8::1]}."""
+    if not (text.startswith("[") and text.endswith("]")):
+        return False
+    inner = text[1:-1]
+    try:
+        if inner[:5].lower() == "ipv6:":
+            ipaddress.IPv6Address(inner[5:])
+        else:
+            ipaddress.IPv4Address(inner)
+    except ValueError:
+        return False
+    return True
+
+
+def _parseParameters(text: str) -> Dict[str, Optional[str]]:
+    """
+    RFC 5321 §4.1.2 C{Mail-parameters}: C{keyword[=value]} separated by
+    spaces; keywords are case-insensitive.
+
+    @raise SMTPReply: 501 for syntax errors and repeated keywords.
+    """
+    params: Dict[str, Optional[str]] = {}
+    for word in text.split():
+        keyword, eq, value = word.partition("=")
+        if not keyword or not keyword.replace("-", "").isalnum() or (eq and not value):
+            raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_INVALID_ARGUMENTS, "Bad parameter syntax: %s" % (word[:40],))
+        keyword = keyword.upper()
+        if keyword in params:
+            raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_INVALID_ARGUMENTS, "Parameter %s given twice" % (keyword,))
+        params[keyword] = value if eq else None
+    return params
+
+
+def _splitPath(argument: str, keyword: str, badSyntax: str) -> Tuple[str, str]:
+    """
+    Split C{FROM:<path> params} (RFC 5321 §4.1.2) into the path's address
+    (without brackets or source route) and the parameter text.
+
+    @raise SMTPReply: 501 if it does not parse or the path is too long.
+    """
+    head, colon, rest = argument.partition(":")
+    if not colon or head.strip().upper() != keyword:
+        raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_INVALID_ARGUMENTS, "Syntax: %s:<address>" % (keyword,))
+    rest = rest.lstrip(" ")
+    if not rest.startswith("<"):
+        raise reply(codes.ARGUMENT_SYNTAX_ERROR, badSyntax, "Address must be in angle brackets")
+    close = rest.find(">")
+    if close < 0:
+        raise reply(codes.ARGUMENT_SYNTAX_ERROR, badSyntax, "Missing > after the address")
+    path, params = rest[: close + 1], rest[close + 1 :]
+    if params and not params.startswith(" "):
+        raise reply(codes.ARGUMENT_SYNTAX_ERROR, badSyntax, "Unexpected text after the address")
+    # RFC 5321 §4.5.3.1.3: a path is at most 256 octets, brackets included.
+    if len(path.encode("utf-8")) > MAX_PATH:
+        raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_BAD_DESTINATION_SYNTAX, "Path longer than 256 octets")
+    address = path[1:-1]
+    # RFC 5321 §4.1.1.3 / Appendix C: accept and ignore a source route.
+    if address.startswith("@"):
+        route, colon, address = address.partition(":")
+        if not colon:
+            raise reply(codes.ARGUMENT_SYNTAX_ERROR, badSyntax, "Bad source route")
+    return address, params.strip()
+
+
+@attr.s(auto_attribs=True)
+class _Transaction:
+    """
+    One mail transaction (RFC 5321 §3.3): from MAIL to the end of data.
+    """
+
+    returnPath: str
+    smtputf8: bool = False
+    declaredSize: Optional[int] = None
+    recipients: List[str] = attr.ib(factory=list)
+    id: str = attr.ib(factory=lambda: secrets.token_hex(6).upper())
+    receiver: Optional[IMessageReceiver] = None
+    checker: Optional[MessageChecker] = None
+    decoder: Optional[DotDecoder] = None
+    usedBDAT: bool = False
+
+
+class SMTPServer(Protocol):
+    """
+    One ESMTP connection.
+
+    Input is taken from a buffer one command (or one data chunk) at a
+    time; a command whose answer is asynchronous (end of data, AUTH) stops
+    that until the answer is written, so pipelined replies keep their order
+    (RFC 2920 §3.1).
+
+    @ivar factory: the L{SMTPFactory}, for settings and the connection
+        count.
+    """
+
+    factory: "SMTPFactory"
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._mode = _COMMAND
+        self._discarding = False
+        self._waiting = False
+        self._processing = False
+        self._closed = False
+        self._counted = False
+        self._errors = 0
+        self._junk = 0
+        self._helo: Optional[str] = None
+        self._esmtp = False
+        self._tls = False
+        self._sender: Optional[ISender] = None
+        self._logout: Optional[Callable[[], None]] = None
+        self._auth: Optional[Callable[[str], Union[SMTPReply, Deferred]]] = None
+        self._transaction: Optional[_Transaction] = None
+        self._chunk: Optional["_Chunk"] = None
+        self._peer = "unknown"
+        self._idleCall = None
+        self._deadlineCall = None
+        self._dataWindowBytes = 0
+        self._handlers: Dict[str, Callable[[str], object]] = {
+            "EHLO": self.do_EHLO,
+            "HELO": self.do_HELO,
+            "MAIL": self.do_MAIL,
+            "RCPT": self.do_RCPT,
+            "DATA": self.do_DATA,
+            "BDAT": self.do_BDAT,
+            "RSET": self.do_RSET,
+            "NOOP": self.do_NOOP,
+            "QUIT": self.do_QUIT,
+            "VRFY": self.do_VRFY,
+            "EXPN": self.do_EXPN,
+            "HELP": self.do_HELP,
+            "STARTTLS": self.do_STARTTLS,
+            "AUTH": self.do_AUTH,
+        }
+
+    # --- settings, from the factory ---------------------------------------
+
+    @property
+    def limits(self) -> Limits:
+        return self.factory.limits
+
+    @property
+    def hostname(self) -> str:
+        return self.factory.hostname
+
+    @property
+    def clock(self) -> IReactorTime:
+        return self.factory.clock
+
+    def _authAllowed(self) -> bool:
+        """RFC 4954 §4 / RFC 8314: AUTH only over TLS unless configured otherwise."""
+        return self._tls or self.factory.allowPlaintextAuth
+
+    def _startTLSOffered(self) -> bool:
+        return self.factory.tlsOptions is not None and not self._tls
+
+    # --- connection -------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self._peer = getattr(peer, "host", None) or str(peer)
+        self._tls = self.factory.role == "smtps" or ISSLTransport.providedBy(self.transport)
+        noDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if noDelay is not None:
+            try:
+                noDelay(True)
+            except Exception:  # not a TCP socket (UNIX, tests): nothing to tune
+                pass
+        if self.factory.connections >= self.limits.max_connections:
+            log.warn("SMTP connection from {peer} refused: {n} connections open", peer=self._peer, n=self.factory.connections)
+            self._close(reply(codes.SERVICE_UNAVAILABLE, codes.T_POLICY, "%s too many connections, try again later" % (self.hostname,)))
+            return
+        self.factory.connections += 1
+        self._counted = True
+        log.debug("SMTP connection from {peer} ({role})", peer=self._peer, role=self.factory.role)
+        # RFC 5321 §4.2: the greeting carries no enhanced status code.
+        self._write(codes.SERVICE_READY, "%s ESMTP mailnet" % (self.hostname,))
+        self._restartIdleTimer()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._closed = True
+        self._cancelTimers()
+        if self._counted:
+            self.factory.connections -= 1
+            self._counted = False
+        self._abortTransaction("connection lost")
+        self._forgetLogin()
+        self._buffer = b""
+
+    def _forgetLogin(self) -> None:
+        logout, self._logout, self._sender = self._logout, None, None
+        self._auth = None
+        if logout is not None:
+            try:
+                logout()
+            except Exception:
+                log.failure("SMTP logout failed")
+
+    def _close(self, final: SMTPReply) -> None:
+        """Send a last reply and hang up; anything else the client sends is ignored."""
+        if self._closed:
+            return
+        self._writeReply(final)
+        self._closed = True
+        self._buffer = b""
+        self._cancelTimers()
+        self.transport.loseConnection()
+
+    # --- timers -----------------------------------------------------------
+
+    def _cancelTimers(self) -> None:
+        for name in ("_idleCall", "_deadlineCall"):
+            call = getattr(self, name)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+
+    def _restartIdleTimer(self) -> None:
+        if self._closed:
+            return
+        if self._idleCall is not None and self._idleCall.active():
+            self._idleCall.reset(self.limits.idle_timeout)
+        else:
+            self._idleCall = self.clock.callLater(self.limits.idle_timeout, self._timedOut, "idle timeout")
+
+    def _stopIdleTimer(self) -> None:
+        if self._idleCall is not None and self._idleCall.active():
+            self._idleCall.cancel()
+        self._idleCall = None
+
+    def _updateDeadline(self) -> None:
+        """
+        Run the command deadline while a command line is incomplete, and the
+        data-rate check while message data is being read; stop it otherwise.
+        """
+        if self._closed:
+            return
+        inData = self._mode in (_DATA, _BDAT) and not self._waiting
+        partial = self._mode == _COMMAND and (self._buffer or self._discarding) and not self._waiting
+        running = self._deadlineCall is not None and self._deadlineCall.active()
+        if inData or partial:
+            if not running:
+                self._dataWindowBytes = 0
+                self._deadlineCall = self.clock.callLater(self.limits.command_timeout, self._deadlineReached)
+        elif running:
+            self._deadlineCall.cancel()
+            self._deadlineCall = None
+
+    def _deadlineReached(self) -> None:
+        self._deadlineCall = None
+        if self._mode in (_DATA, _BDAT):
+            # A slow client may take long over a big message, as long as
+            # the data keeps coming at a usable rate.
+            if self._dataWindowBytes >= MIN_DATA_RATE * self.limits.command_timeout:
+                self._dataWindowBytes = 0
+                self._deadlineCall = self.clock.callLater(self.limits.command_timeout, self._deadlineReached)
+                return
+            self._timedOut("data too slow")
+        else:
+            self._timedOut("command not completed in time")
+
+    def _timedOut(self, why: str) -> None:
+        self._idleCall = None
+        log.info("SMTP {peer}: {why}, closing", peer=self._peer, why=why)
+        self._abortTransaction(why)
+        self._close(reply(codes.SERVICE_UNAVAILABLE, codes.T_IDLE_TIMEOUT, "%s idle timeout" % (self.hostname,)))
+
+    # --- input ------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._restartIdleTimer()
+        self._dataWindowBytes += len(data)
+        self._buffer += data
+        self._processBuffer()
+
+    def _processBuffer(self) -> None:
+        """Handle buffered input until it runs out or a reply must be awaited."""
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while self._buffer and not self._waiting and not self._closed:
+                if self._mode == _DATA:
+                    self._feedData()
+                elif self._mode == _BDAT:
+                    self._feedChunk()
+                else:
+                    line = self._takeLine()
+                    if line is None:
+                        break
+                    self._lineReceived(line)
+        finally:
+            self._processing = False
+        self._updateDeadline()
+
+    def _lineLimit(self) -> int:
+        return AUTH_LINE_LIMIT if self._auth is not None else self.limits.max_command_line
+
+    def _takeLine(self) -> Optional[bytes]:
+        """
+        @return: the next complete command line without its line ending, or
+            L{None} if there is none yet.  An over-long line is answered
+            once and its remainder discarded up to the next line ending.
+        """
+        while True:
+            if self._discarding:
+                end = self._buffer.find(b"\n")
+                if end < 0:
+                    self._buffer = b""
+                    return None
+                self._buffer = self._buffer[end + 1 :]
+                self._discarding = False
+            limit = self._lineLimit()
+            # RFC 5321 §4.5.3.1.4: the limit counts the CRLF.
+            end = self._buffer.find(b"\n", 0, limit)
+            if end < 0:
+                if len(self._buffer) < limit:
+                    return None
+                self._discarding = True
+                too = codes.P_AUTH_LINE_TOO_LONG if self._auth is not None else codes.P_SYNTAX_ERROR
+                self._auth = None
+                self._reply(reply(codes.SYNTAX_ERROR, too, "Line too long"))
+                if self._closed:
+                    return None
+                continue
+            line = self._buffer[:end]
+            self._buffer = self._buffer[end + 1 :]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            return line
+
+    def _lineReceived(self, line: bytes) -> None:
+        # A complete line: the command deadline starts again with the next.
+        if self._deadlineCall is not None and self._deadlineCall.active():
+            self._deadlineCall.cancel()
+        self._deadlineCall = None
+        if self._auth is not None:
+            step, self._auth = self._auth, None
+            self._dispatch(lambda: step(line.decode("ascii", "replace").strip()))
+        else:
+            self._dispatch(lambda: self._command(line))
+
+    def _command(self, line: bytes) -> object:
+        # RFC 5321 §2.4: commands are ASCII; RFC 6531 §3.3 lets UTF-8 into
+        # MAIL and RCPT addresses only.
+        if any(b < 0x20 or b == 0x7F for b in line):
+            raise reply(codes.SYNTAX_ERROR, codes.P_SYNTAX_ERROR, "Control characters or NUL in command")
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise reply(codes.SYNTAX_ERROR, codes.P_SYNTAX_ERROR, "Command is not ASCII or UTF-8")
+        verb, _, argument = text.partition(" ")
+        verb = verb.upper()
+        handler = self._handlers.get(verb) if verb.isascii() else None
+        if handler is None:
+            raise reply(codes.SYNTAX_ERROR, codes.P_INVALID_COMMAND, "Command unrecognized")
+        if not text.isascii() and verb not in ("MAIL", "RCPT"):
+            raise reply(codes.SYNTAX_ERROR, codes.P_SYNTAX_ERROR, "Non-ASCII characters in command")
+        return handler(argument.strip(" "))
+
+    def _dispatch(self, handle: Callable[[], object]) -> None:
+        """
+        Run a handler and write its reply: one it returns, one it raises,
+        or one a returned Deferred fires with.  Input waits meanwhile.
+        """
+        try:
+            result = handle()
+        except SMTPReply as r:
+            self._reply(r)
+            return
+        except Exception:
+            self._unexpected(Failure())
+            return
+        if isinstance(result, Deferred):
+            self._await(result)
+        elif isinstance(result, SMTPReply):
+            self._reply(result)
+
+    def _await(self, d: Deferred) -> None:
+        """
+        Answer with what C{d} gives; if it has not fired yet, stop reading
+        input until it does (RFC 2920 §3.1: replies in order).
+        """
+        pending = [True]
+        fired: List[object] = []
+
+        def settled(outcome: object) -> None:
+            if pending[0]:
+                fired.append(outcome)
+                return
+            self._settle(outcome)
+            self._resume()
+
+        d.addBoth(settled)
+        pending[0] = False
+        if fired:
+            self._settle(fired[0])
+            return
+        self._waiting = True
+        self._stopIdleTimer()
+        self.transport.pauseProducing()
+
+    def _settle(self, outcome: object) -> None:
+        if self._closed:
+            return
+        if isinstance(outcome, Failure):
+            if outcome.check(SMTPReply):
+                self._reply(outcome.value)
+            else:
+                self._unexpected(outcome)
+        elif isinstance(outcome, SMTPReply):
+            self._reply(outcome)
+
+    def _resume(self) -> None:
+        self._waiting = False
+        if self._closed:
+            return
+        self.transport.resumeProducing()
+        self._restartIdleTimer()
+        self._processBuffer()
+
+    def _unexpected(self, failure: Failure) -> None:
+        log.failure("SMTP {peer}: unexpected error", failure, peer=self._peer)
+        self._abortTransaction("local error")
+        self._reply(reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Local error in processing, try again later"))
+
+    # --- output -----------------------------------------------------------
+
+    def _write(self, code: int, text: str) -> None:
+        lines = text.split("\n")
+        out = [b"%d-%s\r\n" % (code, line.encode("utf-8")) for line in lines[:-1]]
+        out.append(b"%d %s\r\n" % (code, lines[-1].encode("utf-8")))
+        self.transport.writeSequence(out)
+
+    def _writeReply(self, r: SMTPReply) -> None:
+        # A reply's text may come from elsewhere (the delivery agent):
+        # never let CR or LF in it split the reply.
+        text = "\n".join(line.replace("\r", " ") for line in str(r.text).split("\n"))
+        self._write(r.code, text)
+
+    def _reply(self, r: SMTPReply) -> None:
+        """The one place replies are written, counted and logged."""
+        if self._closed:
+            return
+        self._writeReply(r)
+        if r.code >= 400:
+            self._errors += 1
+            log.info("SMTP {peer}: {code} {text}", peer=self._peer, code=r.code, text=r.text.split("\n")[0])
+            if r.code != codes.SERVICE_UNAVAILABLE and self._errors >= self.limits.max_errors:
+                log.warn("SMTP {peer}: too many errors, closing", peer=self._peer)
+                self._abortTransaction("too many errors")
+                self._close(reply(codes.SERVICE_UNAVAILABLE, codes.T_POLICY, "Too many errors"))
+
+    def _junkCommand(self) -> None:
+        """Count a command that moves no mail (see L{JUNK_COMMAND_LIMIT})."""
+        self._junk += 1
+        if self._junk > JUNK_COMMAND_LIMIT:
+            self._errors += 1
+
+    # --- transactions -----------------------------------------------------
+
+    def _resetTransaction(self) -> None:
+        """RSET, EHLO, STARTTLS and the end of a message all come here."""
+        self._abortTransaction(None)
+        self._mode = _COMMAND
+
+    def _abortTransaction(self, why: Optional[str]) -> None:
+        transaction, self._transaction = self._transaction, None
+        if transaction is not None and transaction.receiver is not None:
+            receiver, transaction.receiver = transaction.receiver, None
+            receiver.abort()
+            if why:
+                log.info(
+                    "SMTP {peer}: message {id} from <{sender}> abandoned: {why}",
+                    peer=self._peer,
+                    id=transaction.id,
+                    sender=transaction.returnPath,
+                    why=why,
+                )
+
+    def _needHelo(self) -> None:
+        if self._helo is None:
+            raise reply(codes.BAD_SEQUENCE, codes.P_INVALID_COMMAND, "Send EHLO or HELO first")
+
+    def _protocolName(self, transaction: _Transaction) -> str:
+        """RFC 3848 / RFC 6531 §3.7.3 names for the Received header's "with"."""
+        if not self._esmtp:
+            return "SMTP"
+        name = "UTF8SMTP" if transaction.smtputf8 else "ESMTP"
+        return name + ("S" if self._tls else "") + ("A" if self._sender is not None else "")
+
+    def _receivedHeader(self, transaction: _Transaction) -> bytes:
+        """RFC 5321 §4.4: the trace header this server adds."""
+        lines = ["Received: from %s (%s)" % (self._helo, self._peer)]
+        lines.append("\tby %s with %s id %s" % (self.hostname, self._protocolName(transaction), transaction.id))
+        stamp = _now(self.clock)
+        if len(transaction.recipients) == 1:
+            lines.append("\tfor <%s>; %s" % (transaction.recipients[0], stamp))
+        else:
+            lines[-1] += ";"
+            lines.append("\t%s" % (stamp,))
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+    def _startMessage(self) -> _Transaction:
+        """Open the receiver as the data begins, so the message streams to disk."""
+        transaction = self._transaction
+        assert transaction is not None
+        keepHeaders = self._sender is not None
+        transaction.checker = MessageChecker(self.limits.max_message_size, keepHeaders=keepHeaders)
+        transaction.receiver = self.factory.delivery.receive(transaction.returnPath, list(transaction.recipients))
+        transaction.receiver.write(self._receivedHeader(transaction))
+        return transaction
+
+    def _take(self, transaction: _Transaction, data: bytes) -> None:
+        """Check and store some message bytes."""
+        checker = transaction.checker
+        assert checker is not None
+        checker.feed(data)
+        if transaction.receiver is None:
+            return
+        if checker.tooBig:
+            receiver, transaction.receiver = transaction.receiver, None
+            receiver.abort()
+            return
+        transaction.receiver.write(data)
+
+    def _endMessage(self, transaction: _Transaction) -> Deferred:
+        """
+        All data is in: refuse it, or make it durable and answer 250 only
+        when that is done.
+
+        @raise SMTPReply: the message is refused.
+        """
+        checker = transaction.checker
+        assert checker is not None
+        checker.finish()
+        refusal = self._judge(transaction, checker)
+        if refusal is not None:
+            self._resetTransaction()
+            log.info(
+                "SMTP {peer}: message {id} from <{sender}> refused: {reason}",
+                peer=self._peer,
+                id=transaction.id,
+                sender=transaction.returnPath,
+                reason=refusal.text,
+            )
+            raise refusal
+        receiver = transaction.receiver
+        assert receiver is not None
+        # From here the receiver is finishing: connection loss must not abort it.
+        transaction.receiver = None
+        self._transaction = None
+        self._mode = _COMMAND
+        d = maybeDeferred(receiver.finish)
+
+        def stored(messageId: object) -> SMTPReply:
+            log.info(
+                "SMTP accepted message {id} ({localId}) from <{sender}> to {recipients}, {size} octets, peer {peer}",
+                id=messageId,
+                localId=transaction.id,
+                sender=transaction.returnPath,
+                recipients=",".join(transaction.recipients),
+                size=checker.size,
+                peer=self._peer,
+            )
+            return reply(codes.OK, codes.S_OK, "Ok: queued as %s" % (messageId,))
+
+        def notStored(failure: Failure) -> SMTPReply:
+            log.failure("SMTP {peer}: message {id} could not be stored", failure, peer=self._peer, id=transaction.id)
+            return reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Could not store the message, try again later")
+
+        return d.addCallbacks(stored, notStored)
+
+    def _judge(self, transaction: _Transaction, checker: MessageChecker) -> Optional[SMTPReply]:
+        if checker.tooBig:
+            # RFC 1870 §6.2.
+            return reply(codes.EXCEEDED_STORAGE, codes.P_MESSAGE_TOO_BIG, "Message exceeds %d octets" % (checker.maxSize,))
+        if checker.bareLineEnding:
+            # RFC 5321 §2.3.8: lines end in CRLF only; bare CR or LF is
+            # refused outright, the defence against SMTP smuggling.
+            return reply(codes.MAILBOX_UNAVAILABLE, codes.P_MEDIA_ERROR, "Message contains a bare CR or LF")
+        if checker.lineTooLong:
+            # RFC 5321 §4.5.3.1.6: refuse rather than split a line.
+            return reply(codes.MAILBOX_UNAVAILABLE, codes.P_MEDIA_ERROR, "Message has a line longer than 1000 octets")
+        if self._sender is not None:
+            if checker.headersTooLarge:
+                return reply(codes.EXCEEDED_STORAGE, codes.P_MESSAGE_TOO_BIG, "Header section too large")
+            for address in checker.fromAddresses():
+                if not self._sender.maySendAs(address):
+                    return reply(
+                        codes.MAILBOX_NAME_NOT_ALLOWED,
+                        codes.P_NOT_AUTHORIZED,
+                        "From: <%s> is not yours to send as" % (address[:256],),
+                    )
+        return None
+
+    # --- message data -----------------------------------------------------
+
+    def _feedData(self) -> None:
+        """DATA: take the whole buffer as message data, up to <CRLF>.<CRLF>."""
+        transaction = self._transaction
+        assert transaction is not None and transaction.decoder is not None
+        data, self._buffer = self._buffer, b""
+        content, rest = transaction.decoder.feed(data)
+        self._take(transaction, content)
+        if rest is None:
+            return
+        # RFC 5321 §4.1.1.4: the message ends here; what follows is commands.
+        self._buffer = rest
+        self._mode = _COMMAND
+        self._dispatch(lambda: self._endMessage(transaction))
+
+    def _feedChunk(self) -> None:
+        """BDAT: take exactly the announced number of octets (RFC 3030 §2)."""
+        chunk = self._chunk
+        assert chunk is not None
+        take = min(chunk.left, len(self._buffer))
+        data, self._buffer = self._buffer[:take], self._buffer[take:]
+        chunk.left -= take
+        if chunk.transaction is not None:
+            self._take(chunk.transaction, data)
+        if chunk.left == 0:
+            self._mode = _COMMAND
+            self._dispatch(self._endChunk)
+
+    def _endChunk(self) -> object:
+        chunk, self._chunk = self._chunk, None
+        self._mode = _COMMAND
+        assert chunk is not None
+        if chunk.failure is not None:
+            raise chunk.failure
+        transaction = chunk.transaction
+        assert transaction is not None and transaction.checker is not None
+        if chunk.last:
+            return self._endMessage(transaction)
+        if transaction.checker.tooBig:
+            # RFC 3030 §2: after a failed chunk the transaction is over.
+            self._resetTransaction()
+            return self._judge(transaction, transaction.checker)
+        return reply(codes.OK, codes.S_OK, "%d octets received" % (transaction.checker.size,))
+
+    # --- commands: session ------------------------------------------------
+
+    def _checkHelo(self, argument: str) -> str:
+        name = argument.split(" ")[0] if argument else ""
+        if not name or not (isDomain(name) or _isAddressLiteral(name)):
+            raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_INVALID_ARGUMENTS, "Syntax: EHLO <domain or address literal>")
+        return name
+
+    def do_EHLO(self, argument: str) -> SMTPReply:
+        """RFC 5321 §4.1.1.1; the extensions are listed in the module docstring."""
+        name = self._checkHelo(argument)
+        self._junkCommand()
+        self._resetTransaction()
+        self._helo, self._esmtp = name, True
+        lines = ["%s Hello %s [%s]" % (self.hostname, name, self._peer)]
+        lines += [
+            "PIPELINING",  # RFC 2920
+            "SIZE %d" % (self.limits.max_message_size,),  # RFC 1870
+            "8BITMIME",  # RFC 6152
+            "ENHANCEDSTATUSCODES",  # RFC 2034
+            "SMTPUTF8",  # RFC 6531
+            "CHUNKING",  # RFC 3030
+        ]
+        if self._startTLSOffered():
+            lines.append("STARTTLS")  # RFC 3207
+        if self._authAllowed():
+            lines.append("AUTH PLAIN LOGIN")  # RFC 4954, RFC 4616
+        return SMTPReply(codes.OK, "\n".join(lines))
+
+    def do_HELO(self, argument: str) -> SMTPReply:
+        """RFC 5321 §4.1.1.1: plain SMTP, no extensions."""
+        name = self._checkHelo(argument)
+        self._junkCommand()
+        self._resetTransaction()
+        self._helo, self._esmtp = name, False
+        return SMTPReply(codes.OK, "%s Hello %s [%s]" % (self.hostname, name, self._peer))
+
+    def do_RSET(self, argument: str) -> SMTPReply:
+        """RFC 5321 §4.1.1.5."""
+        if argument:
+            raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_INVALID_ARGUMENTS, "RSET takes no arguments")
+        self._junkCommand()
+        self._resetTransaction()
+        return reply(codes.OK, codes.S_OK, "Ok")
+
+    def do_NOOP(self, argument: str) -> SMTPReply:
+        """RFC 5321 §4.1.1.9: any argument is ignored."""
+        self._junkCommand()
+        return reply(codes.OK, codes.S_OK, "Ok")
+
+    def do_QUIT(self, argument: str) -> None:
+        """RFC 5321 §4.1.1.10."""
+        self._resetTransaction()
+        self._close(reply(codes.SERVICE_CLOSING, codes.S_OK, "%s closing connection" % (self.hostname,)))
+
+    def do_VRFY(self, argument: str) -> SMTPReply:
+        """RFC 5321 §3.5.3: we do not reveal who exists."""
+        self._junkCommand()
+        if not argument:
+            raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_INVALID_ARGUMENTS, "Syntax: VRFY <address>")
+        return reply(codes.CANNOT_VRFY, codes.S_CANNOT_VRFY, "Cannot VRFY user, but will accept message and attempt delivery")
+
+    def do_EXPN(self, argument: str) -> SMTPReply:
+        """RFC 5321 §3.5.3: mailing lists are not disclosed."""
+        self._junkCommand()
+        raise reply(codes.NOT_IMPLEMENTED, codes.P_INVALID_COMMAND, "EXPN not available")
+
+    def do_HELP(self, argument: str) -> SMTPReply:
+        """RFC 5321 §4.1.1.8."""
+        self._junkCommand()
+        return reply(
+            codes.HELP,
+            codes.S_OK,
+            "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH\n"
+            "See RFC 5321 (SMTP) and RFC 6409 (submission)",
+        )
+
+    def do_STARTTLS(self, argument: str) -> None:
+        """RFC 3207 §4."""
+        if self._tls:
+            raise reply(codes.BAD_SEQUENCE, codes.P_INVALID_COMMAND, "TLS already active")
+        if self.factory.tlsOptions is None:
+            raise reply(codes.NOT_IMPLEMENTED, codes.P_INVALID_COMMAND, "STARTTLS not available")
+        if argument:
+            raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_INVALID_ARGUMENTS, "STARTTLS takes no arguments")
+        self._needHelo()
+        self._reply(reply(codes.SERVICE_READY, codes.S_OK, "Ready to start TLS"))
+        # RFC 3207 §4.2 and CVE-2011-0411: forget everything learnt before
+        # TLS, and do not act on anything the client sent along with it.
+        self._buffer = b""
+        self._discarding = False
+        self._resetTransaction()
+        self._forgetLogin()
+        self._helo, self._esmtp = None, False
+        self.transport.startTLS(self.factory.tlsOptions)
+        self._tls = True
+        log.debug("SMTP {peer}: TLS started", peer=self._peer)
+
+    # --- commands: AUTH (RFC 4954) ----------------------------------------
+
+    def do_AUTH(self, argument: str) -> object:
+        self._needHelo()
+        if self._sender is not None:
+            raise reply(codes.BAD_SEQUENCE, codes.P_INVALID_COMMAND, "Already authenticated")
+        if self._transaction is not None:
+            # RFC 4954 §4: not during a mail transaction.
+            raise reply(codes.BAD_SEQUENCE, codes.P_INVALID_COMMAND, "AUTH not allowed during a mail transaction")
+        if not self._authAllowed():
+            raise reply(codes.ENCRYPTION_REQUIRED, codes.P_ENCRYPTION_REQUIRED, "Encryption required for requested authentication mechanism")
+        words = argument.split(" ")
+        mechanism = words[0].upper()
+        if len(words) > 2 or not mechanism:
+            raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_INVALID_ARGUMENTS, "Syntax: AUTH mechanism [initial-response]")
+        initial = words[1] if len(words) == 2 else None
+        if mechanism == "PLAIN":
+            if initial is None:
+                return self._challenge("", self._plainResponse)
+            return self._plainResponse(initial)
+        if mechanism == "LOGIN":
+            if initial is None:
+                return self._challenge("Username:", self._loginUsername)
+            return self._loginUsername(initial)
+        raise reply(codes.PARAMETER_NOT_IMPLEMENTED, codes.P_INVALID_ARGUMENTS, "Unrecognized authentication mechanism")
+
+    def _challenge(self, text: str, then: Callable[[str], object]) -> SMTPReply:
+        """RFC 4954 §4: a 334 with a base64 challenge; the next line answers it."""
+        self._auth = then
+        return SMTPReply(codes.AUTH_CHALLENGE, binascii.b2a_base64(text.encode("ascii"), newline=False).decode("ascii"))
+
+    @staticmethod
+    def _decode(response: str) -> bytes:
+        if response == "*":
+            raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_OTHER, "Authentication cancelled")
+        if response == "=":
+            return b""  # RFC 4954 §4: an empty initial response
+        try:
+            return binascii.a2b_base64(response.encode("ascii"), strict_mode=True)
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_SYNTAX_ERROR, "Invalid base64 data")
+
+    def _plainResponse(self, response: str) -> Deferred:
+        # RFC 4616 §2: [authzid] NUL authcid NUL passwd
+        message = self._decode(response)
+        parts = message.split(b"\0")
+        if len(parts) != 3:
+            raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_SYNTAX_ERROR, "Invalid PLAIN response")
+        authzid, authcid, password = parts
+        if authzid and authzid != authcid:
+            # Acting for someone else is not supported: a plain failure.
+            return self._login(b"", b"")
+        return self._login(authcid, password)
+
+    def _loginUsername(self, response: str) -> SMTPReply:
+        username = self._decode(response)
+        return self._challenge("Password:", lambda answer: self._login(username, self._decode(answer)))
+
+    def _login(self, username: bytes, password: bytes) -> Deferred:
+        try:
+            user = username.decode("utf-8")
+        except UnicodeDecodeError:
+            user = ""
+        d = maybeDeferred(
+            self.factory.authenticator.login, UsernamePassword(user, password), self._peer, ISender
+        )
+
+        def loggedIn(result: Tuple[object, ISender, Callable[[], None]]) -> SMTPReply:
+            _, avatar, logout = result
+            if self._closed:
+                logout()
+                return reply(codes.AUTH_SUCCEEDED, codes.S_AUTH_OK, "Authentication successful")
+            self._sender, self._logout = avatar, logout
+            log.info("SMTP {peer}: authenticated as {user}", peer=self._peer, user=avatar.address)
+            return reply(codes.AUTH_SUCCEEDED, codes.S_AUTH_OK, "Authentication successful")
+
+        def failed(failure: Failure) -> SMTPReply:
+            if failure.check(UnauthorizedLogin):
+                log.info("SMTP {peer}: authentication failed for {user!r}", peer=self._peer, user=user[:100])
+                return reply(codes.AUTH_INVALID, codes.P_AUTH_INVALID, "Authentication credentials invalid")
+            log.failure("SMTP {peer}: authentication error", failure, peer=self._peer)
+            return reply(codes.TEMPORARY_AUTH_FAILURE, codes.T_POLICY, "Temporary authentication failure")
+
+        return d.addCallbacks(loggedIn, failed)
+
+    # --- commands: the mail transaction -----------------------------------
+
+    def do_MAIL(self, argument: str) -> SMTPReply:
+        """RFC 5321 §4.1.1.2."""
+        self._needHelo()
+        if self._transaction is not None:
+            raise reply(codes.BAD_SEQUENCE, codes.P_INVALID_COMMAND, "Sender already given")
+        if self.factory.role != "mta" and self._sender is None:
+            # RFC 6409 §4.3 / RFC 4954 §6.
+            raise reply(codes.AUTH_REQUIRED, codes.P_POLICY, "Authentication required")
+        address, paramText = _splitPath(argument, "FROM", codes.P_BAD_SENDER_SYNTAX)
+        params = _parseParameters(paramText)
+        smtputf8 = False
+        size: Optional[int] = None
+        for keyword, value in params.items():
+            if keyword == "SIZE" and self._esmtp:
+                # RFC 1870 §6: SIZE=<octets>
+                if value is None or not value.isdigit() or len(value) > 20:
+                    raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_INVALID_ARGUMENTS, "Syntax: SIZE=<octets>")
+                size = int(value)
+                if size > self.limits.max_message_size:
+                    raise reply(
+                        codes.EXCEEDED_STORAGE,
+                        codes.P_MESSAGE_TOO_BIG,
+                        "Message size exceeds fixed maximum message size of %d octets" % (self.limits.max_message_size,),
+                    )
+            elif keyword == "BODY" and self._esmtp:
+                # RFC 6152 §2.
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_INVALID_ARGUMENTS, "BODY must be 7BIT or 8BITMIME")
+            elif keyword == "SMTPUTF8" and self._esmtp:
+                # RFC 6531 §3.4: no value.
+                if value is not None:
+                    raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_INVALID_ARGUMENTS, "SMTPUTF8 takes no value")
+                smtputf8 = True
+            elif keyword == "AUTH" and self._esmtp:
+                pass  # RFC 4954 §5: accepted; we trust only our own AUTH.
+            else:
+                raise reply(codes.PARAMETERS_NOT_RECOGNIZED, codes.P_INVALID_ARGUMENTS, "Unsupported parameter %s" % (keyword[:40],))
+        returnPath = ""
+        if address:
+            returnPath = self._checkAddress(address, smtputf8, codes.P_BAD_SENDER_SYNTAX)
+        if self._sender is not None and returnPath and not self._sender.maySendAs(returnPath):
+            raise reply(
+                codes.MAILBOX_NAME_NOT_ALLOWED,
+                codes.P_NOT_AUTHORIZED,
+                "<%s> is not yours to send as (authenticated as %s)" % (returnPath, self._sender.address),
+            )
+        self._transaction = _Transaction(returnPath=returnPath, smtputf8=smtputf8, declaredSize=size)
+        return reply(codes.OK, codes.S_SENDER_OK, "Sender <%s> ok" % (returnPath,))
+
+    def _checkAddress(self, address: str, smtputf8: bool, badSyntax: str) -> str:
+        if not address.isascii() and not smtputf8:
+            # RFC 6531 §3.5: non-ASCII only with MAIL's SMTPUTF8.
+            raise reply(codes.MAILBOX_NAME_NOT_ALLOWED, codes.P_NON_ASCII_ADDRESS, "Non-ASCII address needs SMTPUTF8")
+        try:
+            return normalizeAddress(address, allowUTF8=smtputf8)
+        except BadAddress as e:
+            raise reply(codes.ARGUMENT_SYNTAX_ERROR, badSyntax, "Bad address syntax: %s" % (e.details.get("reason"),))
+
+    def do_RCPT(self, argument: str) -> object:
+        """RFC 5321 §4.1.1.3."""
+        self._needHelo()
+        transaction = self._transaction
+        if transaction is None:
+            raise reply(codes.BAD_SEQUENCE, codes.P_INVALID_COMMAND, "Need MAIL before RCPT")
+        if transaction.receiver is not None or transaction.usedBDAT:
+            raise reply(codes.BAD_SEQUENCE, codes.P_INVALID_COMMAND, "Message data already started")
+        address, paramText = _splitPath(argument, "TO", codes.P_BAD_DESTINATION_SYNTAX)
+        params = _parseParameters(paramText)
+        if params:
+            raise reply(codes.PARAMETERS_NOT_RECOGNIZED, codes.P_INVALID_ARGUMENTS, "Unsupported parameter %s" % (next(iter(params))[:40],))
+        if address.lower() == "postmaster":
+            # RFC 5321 §4.5.1: <Postmaster> without a domain must work.
+            address = "postmaster@%s" % (self.hostname,)
+        recipient = self._checkAddress(address, transaction.smtputf8, codes.P_BAD_DESTINATION_SYNTAX)
+        if len(transaction.recipients) >= self.limits.max_recipients:
+            # RFC 5321 §4.5.3.1.10.
+            raise reply(codes.INSUFFICIENT_STORAGE, codes.T_TOO_MANY_RECIPIENTS, "Too many recipients")
+        d = maybeDeferred(self.factory.delivery.checkRecipient, recipient, self._sender)
+
+        def accepted(_: object) -> SMTPReply:
+            if self._transaction is transaction and recipient not in transaction.recipients:
+                transaction.recipients.append(recipient)
+            return reply(codes.OK, codes.S_RECIPIENT_OK, "Recipient <%s> ok" % (recipient,))
+
+        return d.addCallback(accepted)
+
+    def do_DATA(self, argument: str) -> SMTPReply:
+        """RFC 5321 §4.1.1.4."""
+        self._needHelo()
+        transaction = self._transaction
+        if argument:
+            raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_INVALID_ARGUMENTS, "DATA takes no arguments")
+        if transaction is None:
+            raise reply(codes.BAD_SEQUENCE, codes.P_INVALID_COMMAND, "Need MAIL before DATA")
+        if not transaction.recipients:
+            raise reply(codes.BAD_SEQUENCE, codes.P_INVALID_COMMAND, "Need RCPT before DATA")
+        if transaction.usedBDAT:
+            # RFC 3030 §2: DATA and BDAT do not mix.
+            raise reply(codes.BAD_SEQUENCE, codes.P_INVALID_COMMAND, "BDAT already in progress")
+        self._startMessage()
+        transaction.decoder = DotDecoder()
+        self._mode = _DATA
+        return SMTPReply(codes.START_MAIL_INPUT, "End data with <CR><LF>.<CR><LF>")
+
+    def do_BDAT(self, argument: str) -> object:
+        """RFC 3030 §2: BDAT <size> [LAST]."""
+        words = argument.split(" ")
+        if (
+            not 1 <= len(words) <= 2
+            or not words[0].isdigit()
+            or len(words[0]) > 20
+            or (len(words) == 2 and words[1].upper() != "LAST")
+        ):
+            raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_INVALID_ARGUMENTS, "Syntax: BDAT <size> [LAST]")
+        transaction = self._transaction
+        failure = None
+        if self._helo is None or transaction is None:
+            failure = reply(codes.BAD_SEQUENCE, codes.P_INVALID_COMMAND, "Need MAIL before BDAT")
+        elif not transaction.recipients:
+            failure = reply(codes.BAD_SEQUENCE, codes.P_INVALID_COMMAND, "Need RCPT before BDAT")
+        elif transaction.receiver is None and not transaction.usedBDAT:
+            self._startMessage()
+            transaction.usedBDAT = True
+        self._chunk = _Chunk(
+            left=int(words[0]), last=len(words) == 2, transaction=None if failure else transaction, failure=failure
+        )
+        if self._chunk.left == 0:
+            return self._endChunk()
+        self._mode = _BDAT
+        return None
+
+
+@attr.s(auto_attribs=True)
+class _Chunk:
+    """
+    A BDAT chunk being read (RFC 3030 §2); with a C{failure} it is read
+    and thrown away, then the failure is the reply.
+    """
+
+    left: int
+    last: bool
+    transaction: Optional[_Transaction]
+    failure: Optional[SMTPReply]
+
+
+class SMTPFactory(Factory):
+    """
+    Makes L{SMTPServer}s for one listener.
+
+    @ivar connections: how many of its connections are open.
+    """
+
+    protocol = SMTPServer
+
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        role: str,
+        delivery: IDeliveryAgent,
+        authenticator: IAuthenticator,
+        limits: Limits,
+        tlsOptions: object = None,
+        allowPlaintextAuth: bool = False,
+        clock: Optional[IReactorTime] = None,
+    ) -> None:
+        if role not in ROLES:
+            raise ValueError("role must be one of %s, not %r" % (", ".join(ROLES), role))
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+        self.hostname = hostname
+        self.role = role
+        self.delivery = delivery
+        self.authenticator = authenticator
+        self.limits = limits
+        self.tlsOptions = tlsOptions
+        self.allowPlaintextAuth = allowPlaintextAuth
+        self.clock = clock
+        self.connections = 0
