@@ -1,0 +1,217 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+mailnet-cli's account settings: C{$XDG_CONFIG_HOME/mailnet/config.ini}
+(C{~/.config/mailnet/config.ini} by default), overridden by the command
+line.  Passwords never come from either: see L{getPassword}.
+
+The file::
+
+    [mailnet]
+    default = work              ; else the first account
+
+    [account work]              ; or just [work]
+    host = mail.example.test
+    smtp_port = 587             ; default by tls mode: 587/465
+    pop3_port = 110             ; default by tls mode: 110/995
+    user = alice@example.test
+    tls = starttls              ; starttls, implicit or none
+    cafile = ~/certs/ca.pem     ; default: the platform's trust store
+    password_command = pass show mail/work
+    from = Alice <alice@example.test>
+"""
+
+import configparser
+import getpass
+import os
+import subprocess
+from typing import IO, Any, Mapping, Optional
+
+import attr
+
+from mailnet.client.tls import DEFAULT_PORTS, ServerEndpoint, TLSMode
+from mailnet.errors import ClientError, ConfigError
+
+KEYS = ("host", "smtp_port", "pop3_port", "user", "tls", "cafile", "password_command", "from")
+
+
+@attr.s(frozen=True, auto_attribs=True, kw_only=True)
+class Account:
+    """
+    One account's settings as written in the file (all optional).
+    """
+
+    name: str = ""
+    host: Optional[str] = None
+    smtp_port: Optional[int] = None
+    pop3_port: Optional[int] = None
+    user: Optional[str] = None
+    tls: Optional[TLSMode] = None
+    cafile: Optional[str] = None
+    password_command: Optional[str] = None
+    sender: Optional[str] = None
+
+
+def configPath(environ: Mapping[str, str]) -> str:
+    """The XDG Base Directory location of the file."""
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".config")
+    return os.path.join(base, "mailnet", "config.ini")
+
+
+def _port(where: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 0 < value < 65536:
+        raise ConfigError(where=where, problem="a port is a number from 1 to 65535, not %r" % (text,))
+    return value
+
+
+def tlsMode(where: str, text: str) -> TLSMode:
+    try:
+        return TLSMode(text.strip().lower())
+    except ValueError:
+        raise ConfigError(where=where, problem="tls is one of starttls, implicit, none; not %r" % (text,))
+
+
+def loadAccount(path: str, name: Optional[str]) -> Account:
+    """
+    Read the account C{name} (or the default one) from the file at
+    C{path}.  A missing file is an empty account unless C{name} was asked
+    for.
+
+    @raise ConfigError: unreadable file, unknown account, unknown key or
+        bad value (naming the file, section and key).
+    """
+    parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except FileNotFoundError:
+        if name:
+            raise ConfigError(where=path, problem="no such file, so no account %r" % (name,))
+        return Account()
+    except (OSError, UnicodeDecodeError, configparser.Error) as e:
+        raise ConfigError(where=path, problem=str(e).replace("\n", " "))
+
+    sections = {}
+    for section in parser.sections():
+        if section == "mailnet":
+            continue
+        accountName = section[len("account ") :].strip() if section.startswith("account ") else section.strip()
+        sections[accountName] = section
+    if parser.has_section("mailnet"):
+        for key in parser["mailnet"]:
+            if key != "default":
+                raise ConfigError(where="%s [mailnet]" % (path,), problem="unknown key %r" % (key,))
+    if not name:
+        name = parser.get("mailnet", "default", fallback=None) if parser.has_section("mailnet") else None
+        if not name:
+            if not sections:
+                return Account()
+            name = next(iter(sections))
+    if name not in sections:
+        raise ConfigError(where=path, problem="no account %r (known: %s)" % (name, ", ".join(sections) or "none"))
+    section = parser[sections[name]]
+    where = "%s [%s]" % (path, sections[name])
+    values: dict = {"name": name}
+    for key, value in section.items():
+        if key not in KEYS:
+            raise ConfigError(where=where, problem="unknown key %r (known: %s)" % (key, ", ".join(KEYS)))
+        value = value.strip()
+        if key in ("smtp_port", "pop3_port"):
+            values[key] = _port("%s %s" % (where, key), value)
+        elif key == "tls":
+            values[key] = tlsMode("%s tls" % (where,), value)
+        elif key == "cafile":
+            values[key] = os.path.expanduser(value)
+        elif key == "from":
+            values["sender"] = value
+        else:
+            values[key] = value
+    return Account(**values)
+
+
+@attr.s(frozen=True, auto_attribs=True, kw_only=True)
+class Connection:
+    """
+    Everything needed to talk to the servers, resolved from the file and
+    the command line.
+    """
+
+    user: str
+    sender: str
+    smtp: ServerEndpoint
+    pop3: ServerEndpoint
+    passwordCommand: Optional[str] = None
+
+
+def resolve(account: Account, options: Any) -> Connection:
+    """
+    Combine the account with the command-line C{options} (which win).
+
+    @raise ConfigError: no user known.
+    """
+    host = options.host or account.host or "localhost"
+    mode = TLSMode(options.tls) if options.tls else (account.tls or TLSMode.starttls)
+    user = options.user or account.user
+    if not user:
+        raise ConfigError(where="mailnet-cli", problem="no user: give --user or set user in the account")
+    cafile = options.cafile or account.cafile
+    common = dict(host=host, tls=mode, cafile=cafile, insecure=options.insecure, allowPlaintext=options.allow_plaintext)
+    smtpPort = options.smtp_port or account.smtp_port or DEFAULT_PORTS[("smtp", mode)]
+    pop3Port = options.pop3_port or account.pop3_port or DEFAULT_PORTS[("pop3", mode)]
+    sender = account.sender or user
+    return Connection(
+        user=user,
+        sender=sender,
+        smtp=ServerEndpoint(port=smtpPort, **common),
+        pop3=ServerEndpoint(port=pop3Port, **common),
+        passwordCommand=account.password_command,
+    )
+
+
+class NoPassword(ClientError):
+    """no password for {user}: set MAILNET_PASSWORD, password_command in the account, or run interactively"""
+
+
+class PasswordCommandFailed(ClientError):
+    """the password_command failed: {reason}"""
+
+
+def getPassword(
+    connection: Connection, environ: Mapping[str, str], stdin: IO[str], stderr: IO[str], prompt: Any = getpass.getpass
+) -> str:
+    """
+    The password, from (in this order) the account's C{password_command}
+    (its first line of output), C{MAILNET_PASSWORD}, or a prompt on the
+    terminal.  Never from the command line, never written anywhere.
+    """
+    if connection.passwordCommand:
+        try:
+            done = subprocess.run(
+                connection.passwordCommand,
+                shell=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=dict(environ),
+                timeout=120,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise PasswordCommandFailed(reason=str(e))
+        if done.returncode != 0:
+            message = done.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise PasswordCommandFailed(
+                reason="exit status %d%s" % (done.returncode, (": " + message[0]) if message else "")
+            )
+        lines = done.stdout.decode("utf-8", "replace").splitlines()
+        if not lines or not lines[0]:
+            raise PasswordCommandFailed(reason="it printed nothing")
+        return lines[0]
+    if environ.get("MAILNET_PASSWORD"):
+        return environ["MAILNET_PASSWORD"]
+    isatty = getattr(stdin, "isatty", None)
+    if isatty is not None and isatty():
+        return prompt("Password for %s at %s: " % (connection.user, connection.smtp.host), stream=stderr)
+    raise NoPassword(user=connection.user)

@@ -1,0 +1,791 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+mailnet-cli: send and read mail from the command line.
+
+    mailnet-cli [--account NAME] [--host H] [--smtp-port N] [--pop3-port N]
+                [--user U] [--tls starttls|implicit|none] [--cafile PEM]
+                [--insecure] [--allow-plaintext] [--debug] COMMAND ...
+
+Commands: send, list, read, save, delete, fetch (see C{--help}).  Each runs
+through L{twisted.internet.task.react}; the protocol work is in
+L{mailnet.client.smtp} and L{mailnet.client.pop3}.
+
+Every expected failure is one line on stderr, C{mailnet-cli: error: ...},
+and an exit status from L{EXIT_CODES}.
+"""
+
+import argparse
+import datetime
+import fcntl
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import traceback
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+
+import attr
+from twisted.internet import defer, task
+from twisted.internet.threads import deferToThreadPool
+
+from mailnet.cli._clientconfig import (
+    Connection,
+    NoPassword,
+    PasswordCommandFailed,
+    configPath,
+    getPassword,
+    loadAccount,
+    resolve,
+)
+from mailnet.client.pop3 import POP3Session
+from mailnet.client.smtp import RecipientResult, SendResult, sendMessage
+from mailnet.errors import (
+    AuthenticationFailed,
+    BadAddress,
+    ClientError,
+    ConfigError,
+    ConnectFailed,
+    MessageTooLarge,
+    NoSuchMessage,
+    PlaintextRefused,
+    RecipientsRefused,
+    ServerTimeout,
+    TLSFailed,
+    TLSUnavailable,
+)
+from mailnet.message import (
+    AttachmentFile,
+    composeMessage,
+    decodeMessage,
+    envelopeRecipients,
+    envelopeSenderOf,
+    mboxEntry,
+    messageBytes,
+    safeFilename,
+    summarize,
+    toUnixNewlines,
+)
+
+PROG = "mailnet-cli"
+
+# --- exit statuses: the one table ----------------------------------------
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # anything else: a server error, a local file problem
+EXIT_USAGE = 2  # bad options, configuration or addresses
+EXIT_CONNECTION = 3  # refused, name not found, timeout
+EXIT_TLS = 4  # TLS verification or negotiation failed; no TLS offered
+EXIT_AUTH = 5  # login refused, no password
+EXIT_RECIPIENT = 6  # a recipient refused (some or all)
+EXIT_TOO_LARGE = 7  # the server refused the message's size
+EXIT_NO_MESSAGE = 8  # no such message number
+
+
+class UsageError(ClientError):
+    """{problem}"""
+
+
+class LocalFileError(ClientError):
+    """{path}: {reason}"""
+
+
+class PartialDelivery(ClientError):
+    """{refused} of {total} recipients refused; the others accepted the message"""
+
+
+class EmptyMessage(ClientError):
+    """the message body is empty; nothing sent"""
+
+
+# First match wins: subclasses before their bases.
+EXIT_CODES: Tuple[Tuple[Type[BaseException], int], ...] = (
+    (UsageError, EXIT_USAGE),
+    (NoPassword, EXIT_AUTH),
+    (PasswordCommandFailed, EXIT_AUTH),
+    (ConfigError, EXIT_USAGE),
+    (BadAddress, EXIT_USAGE),
+    (ConnectFailed, EXIT_CONNECTION),
+    (ServerTimeout, EXIT_CONNECTION),
+    (TLSFailed, EXIT_TLS),
+    (TLSUnavailable, EXIT_TLS),
+    (PlaintextRefused, EXIT_TLS),
+    (AuthenticationFailed, EXIT_AUTH),
+    (RecipientsRefused, EXIT_RECIPIENT),
+    (PartialDelivery, EXIT_RECIPIENT),
+    (MessageTooLarge, EXIT_TOO_LARGE),
+    (NoSuchMessage, EXIT_NO_MESSAGE),
+    (ClientError, EXIT_ERROR),
+)
+
+
+def exitCodeFor(error: BaseException) -> Optional[int]:
+    """@return: the exit status of an expected error, or L{None}."""
+    for cls, code in EXIT_CODES:
+        if isinstance(error, cls):
+            return code
+    return None
+
+
+# --- output --------------------------------------------------------------
+
+
+@attr.s(auto_attribs=True)
+class Streams:
+    """The streams and environment of one run (injectable for tests)."""
+
+    stdin: IO[str]
+    stdout: IO[str]
+    stderr: IO[str]
+    environ: Mapping[str, str]
+
+    def out(self, text: str = "") -> None:
+        _write(self.stdout, text + "\n")
+
+    def err(self, text: str) -> None:
+        _write(self.stderr, text + "\n")
+
+    def outBytes(self, data: bytes) -> None:
+        buffer = getattr(self.stdout, "buffer", None)
+        if buffer is not None:
+            self.stdout.flush()
+            buffer.write(data)
+            buffer.flush()
+        else:
+            _write(self.stdout, data.decode("utf-8", "replace"))
+
+
+def _write(stream: IO[str], text: str) -> None:
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        stream.write(text.encode(encoding, "replace").decode(encoding))
+    stream.flush()
+
+
+# --- options -------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that raises instead of exiting, and prints help to our stdout."""
+
+    stdout: Optional[IO[str]] = None
+
+    def error(self, message: str) -> Any:
+        raise UsageError(problem=message + " (see %s --help)" % (PROG,))
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message and self.stdout is not None:
+            _write(self.stdout, message)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a whole number" % (text,))
+    if value < 1:
+        raise argparse.ArgumentTypeError("%r must be 1 or more" % (text,))
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError("%r is not a port number" % (text,))
+    return value
+
+
+def makeParser(stdout: Optional[IO[str]] = None) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Send and read mail on a mailnet (or any SMTP submission + POP3) server.",
+        epilog=(
+            "The password comes from the account's password_command, $MAILNET_PASSWORD, or a prompt; "
+            "defaults from %s.  Exit status: 0 ok, 1 other error, 2 usage, 3 connection, 4 TLS, "
+            "5 authentication, 6 recipient refused, 7 message too large, 8 no such message." % ("~/.config/mailnet/config.ini",)
+        ),
+    )
+    _Parser.stdout = stdout
+    parser.add_argument("--account", metavar="NAME", help="account section of the config file")
+    parser.add_argument("--host", metavar="H", help="server host name (default: the account's, else localhost)")
+    parser.add_argument("--smtp-port", type=_port, metavar="N", help="submission port (587, or 465 with --tls implicit)")
+    parser.add_argument("--pop3-port", type=_port, metavar="N", help="POP3 port (110, or 995 with --tls implicit)")
+    parser.add_argument("--user", metavar="U", help="login name (a full address)")
+    parser.add_argument("--tls", choices=("starttls", "implicit", "none"), help="default starttls")
+    parser.add_argument("--cafile", metavar="PEM", help="trust these CA certificates instead of the system's")
+    parser.add_argument("--insecure", action="store_true", help="do not verify the server certificate (warns)")
+    parser.add_argument("--allow-plaintext", action="store_true", help="allow sending the password without TLS")
+    parser.add_argument("--debug", action="store_true", help="print the protocol transcript (passwords masked) on stderr")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    send = commands.add_parser("send", help="send a message")
+    send.add_argument("--to", action="append", default=[], metavar="ADDR")
+    send.add_argument("--cc", action="append", default=[], metavar="ADDR")
+    send.add_argument("--bcc", action="append", default=[], metavar="ADDR", help="envelope only, not in the headers")
+    send.add_argument("--subject", required=True, metavar="S")
+    body = send.add_mutually_exclusive_group()
+    body.add_argument("--body", metavar="TEXT", help="the text (else --body-file, else stdin, else $EDITOR)")
+    body.add_argument("--body-file", metavar="F")
+    send.add_argument("--attach", action="append", default=[], metavar="FILE")
+
+    listing = commands.add_parser("list", help="list messages, newest first")
+    listing.add_argument("--limit", type=_positive, default=20, metavar="N", help="messages per page (20)")
+    listing.add_argument("--page", type=_positive, default=1, metavar="N", help="page number, 1 = newest")
+    listing.add_argument("--json", action="store_true")
+
+    read = commands.add_parser("read", help="show a message")
+    read.add_argument("number", type=_positive, metavar="N")
+    readFormat = read.add_mutually_exclusive_group()
+    readFormat.add_argument("--json", action="store_true")
+    readFormat.add_argument("--raw", action="store_true", help="the message as stored")
+
+    save = commands.add_parser("save", help="save a message's attachments")
+    save.add_argument("number", type=_positive, metavar="N")
+    save.add_argument("--attachments", required=True, metavar="DIR")
+
+    delete = commands.add_parser("delete", help="delete messages")
+    delete.add_argument("numbers", type=_positive, nargs="+", metavar="N")
+
+    fetch = commands.add_parser("fetch", help="download every message")
+    target = fetch.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-maildir", metavar="DIR")
+    target.add_argument("--to-mbox", metavar="FILE")
+    fetch.add_argument("--delete", action="store_true", help="delete from the server once saved durably")
+    return parser
+
+
+# --- one run -------------------------------------------------------------
+
+
+@attr.s(auto_attribs=True)
+class Invocation:
+    """
+    A parsed command line, ready to run against a reactor.
+
+    @ivar run: runs blocking work (file writes with fsync) off the reactor
+        thread; takes C{(reactor, f, *args)}, returns a Deferred.
+    """
+
+    options: argparse.Namespace
+    connection: Connection
+    password: str
+    io: Streams
+    prepared: Dict[str, Any] = attr.ib(factory=dict)
+    now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.timezone.utc).astimezone()
+    run: Optional[Callable[..., defer.Deferred]] = None
+
+    def transcript(self, who: str, line: str) -> None:
+        self.io.err("%s: %s" % (who, line))
+
+    def execute(self, reactor: Any) -> defer.Deferred:
+        """@return: Deferred firing with the exit status."""
+        command = getattr(self, "do_" + self.options.command)
+        d = defer.ensureDeferred(command(reactor))
+        d.addErrback(lambda f: report(f.value, self.io, self.options.debug, f))
+        return d
+
+    def _inThread(self, reactor: Any, f: Callable, *args: Any) -> defer.Deferred:
+        if self.run is not None:
+            return self.run(reactor, f, *args)
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+    def _debug(self) -> Optional[Callable[[str, str], None]]:
+        return self.transcript if self.options.debug else None
+
+    # -- send --------------------------------------------------------------
+
+    async def do_send(self, reactor: Any) -> int:
+        recipients = self.prepared["recipients"]
+        data = self.prepared["message"]
+        try:
+            result: SendResult = await sendMessage(
+                reactor,
+                self.connection.smtp,
+                (self.connection.user, self.password),
+                self.prepared["envelopeSender"],
+                recipients,
+                data,
+                transcript=self._debug(),
+            )
+        except RecipientsRefused as e:
+            for r in getattr(e, "results", ()):
+                self._recipientLine(r)
+            raise
+        for r in result.recipients:
+            self._recipientLine(r)
+        refused = result.refused
+        if refused:
+            raise PartialDelivery(refused=len(refused), total=len(result.recipients))
+        return EXIT_OK
+
+    def _recipientLine(self, result: RecipientResult) -> None:
+        verdict = "accepted" if result.accepted else "refused "
+        self.io.out("%s  %s  (%03d %s)" % (verdict, result.address, result.code, result.text))
+
+    # -- POP3 --------------------------------------------------------------
+
+    async def _session(self, reactor: Any) -> POP3Session:
+        session = await POP3Session.connect(reactor, self.connection.pop3, transcript=self._debug())
+        try:
+            await session.login(self.connection.user, self.password)
+        except BaseException:
+            await session.abort()
+            raise
+        return session
+
+    async def _withSession(self, reactor: Any, work: Callable[[POP3Session], Any]) -> int:
+        session = await self._session(reactor)
+        try:
+            code = await work(session)
+        except BaseException:
+            await session.abort()
+            raise
+        await session.quit()
+        return code
+
+    async def do_list(self, reactor: Any) -> int:
+        async def work(session: POP3Session) -> int:
+            sizes = await session.list()
+            try:
+                uids: List[Optional[str]] = await session.uidl()
+            except ClientError:
+                uids = [None] * len(sizes)
+            numbers = [n for n in range(len(sizes), 0, -1) if sizes[n - 1] is not None]
+            limit, page = self.options.limit, self.options.page
+            shown = numbers[(page - 1) * limit : page * limit]
+            summaries = []
+            for number in shown:
+                headers = await session.top(number, 0)
+                summaries.append(summarize(number, sizes[number - 1], headers, uids[number - 1]))
+            if self.options.json:
+                self.io.out(json.dumps([s.asJSON() for s in summaries], ensure_ascii=False, indent=2))
+            else:
+                if not numbers:
+                    self.io.out("no messages")
+                for s in summaries:
+                    self.io.out(
+                        "%4d  %-28.28s  %-40.40s  %-31.31s  %s" % (s.number, s.sender, s.subject, s.date, _size(s.size))
+                    )
+                pages = max(1, -(-len(numbers) // limit))
+                if len(numbers) > limit:
+                    self.io.out("page %d of %d (%d messages)" % (page, pages, len(numbers)))
+            return EXIT_OK
+
+        return await self._withSession(reactor, work)
+
+    async def do_read(self, reactor: Any) -> int:
+        async def work(session: POP3Session) -> int:
+            await session.list()
+            data = await session.retrieve(self.options.number)
+            if self.options.raw:
+                self.io.outBytes(toUnixNewlines(data))
+                return EXIT_OK
+            decoded = decodeMessage(data)
+            if self.options.json:
+                document = decoded.asJSON()
+                document["number"] = self.options.number
+                self.io.out(json.dumps(document, ensure_ascii=False, indent=2))
+                return EXIT_OK
+            for name, value in decoded.headers.items():
+                self.io.out("%s: %s" % (name, value))
+            self.io.out()
+            if decoded.textFromHTML:
+                self.io.out("[HTML message shown as text]")
+            self.io.out(decoded.text.rstrip("\n"))
+            if decoded.attachments:
+                self.io.out()
+                self.io.out("Attachments:")
+                for a in decoded.attachments:
+                    self.io.out("  %s  (%s, %s)" % (a.filename or a.safeName, a.contentType, _size(a.size)))
+            return EXIT_OK
+
+        return await self._withSession(reactor, work)
+
+    async def do_save(self, reactor: Any) -> int:
+        directory = self.options.attachments
+
+        async def work(session: POP3Session) -> int:
+            await session.list()
+            data = await session.retrieve(self.options.number)
+            decoded = decodeMessage(data)
+            if not decoded.attachments:
+                self.io.out("message %d has no attachments" % (self.options.number,))
+                return EXIT_OK
+            saved = await self._inThread(reactor, saveAttachments, directory, [(a.safeName, a.data) for a in decoded.attachments])
+            for path, size in saved:
+                self.io.out("saved %s (%s)" % (path, _size(size)))
+            return EXIT_OK
+
+        return await self._withSession(reactor, work)
+
+    async def do_delete(self, reactor: Any) -> int:
+        async def work(session: POP3Session) -> int:
+            sizes = await session.list()
+            # Check every number first: a typo must not delete the others.
+            for number in self.options.numbers:
+                if number > len(sizes) or sizes[number - 1] is None:
+                    raise NoSuchMessage(number=number, count=len(sizes))
+            for number in dict.fromkeys(self.options.numbers):
+                await session.delete(number)
+            return EXIT_OK
+
+        code = await self._withSession(reactor, work)
+        # Reported only now: deletions take effect at a successful QUIT.
+        for number in dict.fromkeys(self.options.numbers):
+            self.io.out("deleted %d" % (number,))
+        return code
+
+    async def do_fetch(self, reactor: Any) -> int:
+        progress = _Progress(self.io.stderr)
+        saved: List[int] = []
+
+        async def work(session: POP3Session) -> int:
+            sizes = await session.list()
+            numbers = [n for n in range(1, len(sizes) + 1) if sizes[n - 1] is not None]
+            progress.start(len(numbers))
+            for index, number in enumerate(numbers, 1):
+                data = await session.retrieve(number)
+                if self.options.to_maildir:
+                    await self._inThread(reactor, deliverToMaildir, self.options.to_maildir, data)
+                else:
+                    await self._inThread(reactor, appendToMbox, self.options.to_mbox, data, self.now())
+                saved.append(number)
+                progress.update(index)
+            progress.finish()
+            if self.options.delete:
+                # Only what is durably saved is deleted; QUIT commits it.
+                for number in saved:
+                    await session.delete(number)
+            return EXIT_OK
+
+        try:
+            code = await self._withSession(reactor, work)
+        finally:
+            progress.finish()
+        target = self.options.to_maildir or self.options.to_mbox
+        self.io.out(
+            "fetched %d message%s into %s%s"
+            % (len(saved), "" if len(saved) == 1 else "s", target, ", deleted from the server" if self.options.delete and saved else "")
+        )
+        return code
+
+
+def _size(octets: int) -> str:
+    if octets < 1024:
+        return "%d B" % (octets,)
+    if octets < 1024 * 1024:
+        return "%.1f KiB" % (octets / 1024,)
+    return "%.1f MiB" % (octets / 1024 / 1024,)
+
+
+class _Progress:
+    """A progress bar on stderr, only when it is a terminal and there is much to do."""
+
+    THRESHOLD = 10
+    WIDTH = 30
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._total = 0
+        self._active = False
+
+    def start(self, total: int) -> None:
+        isatty = getattr(self._stream, "isatty", None)
+        self._total = total
+        self._active = bool(isatty and isatty()) and total >= self.THRESHOLD
+
+    def update(self, done: int) -> None:
+        if self._active:
+            filled = self.WIDTH * done // self._total
+            _write(self._stream, "\r[%s%s] %d/%d" % ("#" * filled, " " * (self.WIDTH - filled), done, self._total))
+
+    def finish(self) -> None:
+        if self._active:
+            _write(self._stream, "\n")
+            self._active = False
+
+
+# --- local files (run in a thread) ----------------------------------------
+
+
+def saveAttachments(directory: str, attachments: Sequence[Tuple[str, bytes]]) -> List[Tuple[str, int]]:
+    """
+    Write attachments into C{directory} and nowhere else: the names were
+    made safe (L{mailnet.message.safeFilename}); files are created, never
+    overwritten and never followed through symbolic links; a name already
+    there gets a numbered variant.
+
+    @return: C{(path, size)} of each file written.
+    """
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise LocalFileError(path=directory, reason=e.strerror or str(e))
+    root = os.path.realpath(directory)
+    written = []
+    taken = set()
+    for name, data in attachments:
+        while True:
+            candidate = safeFilename(name, taken | {n for n in _listdir(root)})
+            path = os.path.join(root, candidate)
+            if os.path.dirname(os.path.realpath(path)) != root:  # belt and braces
+                raise LocalFileError(path=path, reason="refusing to write outside %s" % (directory,))
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            except FileExistsError:
+                taken.add(candidate)
+                continue
+            except OSError as e:
+                raise LocalFileError(path=path, reason=e.strerror or str(e))
+            break
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        taken.add(candidate)
+        written.append((path, len(data)))
+    return written
+
+
+def _listdir(path: str) -> List[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def deliverToMaildir(directory: str, data: bytes) -> str:
+    """
+    Put a message into a local Maildir durably: write into C{tmp/}, fsync,
+    rename into C{new/}, fsync C{new/} (the Maildir protocol).
+
+    @return: the new file's path.
+    """
+    from mailnet.store.maildir import ensureMaildir, fsyncDirectory, uniqueName
+
+    try:
+        ensureMaildir(directory)
+        name = uniqueName()
+        tmp = os.path.join(directory, "tmp", name)
+        final = os.path.join(directory, "new", name)
+        with open(tmp, "xb") as f:
+            f.write(toUnixNewlines(data))
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, final)
+        fsyncDirectory(os.path.join(directory, "new"))
+    except OSError as e:
+        raise LocalFileError(path=directory, reason=e.strerror or str(e))
+    return final
+
+
+def appendToMbox(path: str, data: bytes, when: datetime.datetime) -> None:
+    """
+    Append a message to an mbox (mboxrd) file under an exclusive lock, and
+    fsync it.
+    """
+    entry = mboxEntry(data, envelopeSenderOf(data), when)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as f:
+            fcntl.lockf(f, fcntl.LOCK_EX)
+            try:
+                f.write(entry)
+                f.flush()
+                os.fsync(f.fileno())
+            finally:
+                fcntl.lockf(f, fcntl.LOCK_UN)
+    except OSError as e:
+        raise LocalFileError(path=path, reason=e.strerror or str(e))
+
+
+# --- errors ---------------------------------------------------------------
+
+
+def report(error: BaseException, io: Streams, debug: bool, failure: Any = None) -> int:
+    """
+    The one error dispatcher: an expected error is one line on stderr and
+    its exit status; anything else is a bug, shown with its traceback.
+    """
+    code = exitCodeFor(error)
+    if code is not None:
+        io.err("%s: error: %s" % (PROG, error))
+        return code
+    if debug:
+        io.err("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+        if failure is not None:
+            io.err(failure.getTraceback())
+    io.err("%s: error: unexpected %s: %s%s" % (PROG, type(error).__name__, error, "" if debug else " (--debug shows details)"))
+    return EXIT_ERROR
+
+
+# --- preparing a run ------------------------------------------------------
+
+
+def _readBody(options: argparse.Namespace, io: Streams) -> str:
+    if options.body is not None:
+        return options.body
+    if options.body_file is not None:
+        try:
+            with open(options.body_file, encoding="utf-8") as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise LocalFileError(path=options.body_file, reason=getattr(e, "strerror", None) or str(e))
+    isatty = getattr(io.stdin, "isatty", None)
+    if isatty is not None and isatty():
+        return _editBody(io)
+    return io.stdin.read()
+
+
+def _editBody(io: Streams) -> str:
+    editor = io.environ.get("VISUAL") or io.environ.get("EDITOR") or "vi"
+    fd, path = tempfile.mkstemp(prefix="mailnet-", suffix=".txt")
+    os.close(fd)
+    try:
+        done = subprocess.run(shlex.split(editor) + [path])
+        if done.returncode != 0:
+            raise LocalFileError(path=path, reason="the editor %r exited with status %d" % (editor, done.returncode))
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    finally:
+        os.unlink(path)
+
+
+def _addresses(values: Sequence[str]) -> List[str]:
+    """Split comma-separated values and validate each address."""
+    from email.utils import getaddresses
+
+    from mailnet.address import normalizeAddress
+
+    result = []
+    for display, address in getaddresses(list(values)):
+        if not address:
+            continue
+        normalizeAddress(address)  # raises BadAddress
+        result.append(address)
+    return result
+
+
+def _prepareSend(options: argparse.Namespace, connection: Connection, io: Streams, now: datetime.datetime) -> Dict[str, Any]:
+    from email.utils import getaddresses
+
+    to, cc, bcc = _addresses(options.to), _addresses(options.cc), _addresses(options.bcc)
+    if not (to or cc or bcc):
+        raise UsageError(problem="send needs at least one --to, --cc or --bcc")
+    senderAddress = getaddresses([connection.sender])[0][1]
+    if not senderAddress:
+        raise UsageError(problem="no sender address: set from in the account or use a full address as --user")
+    attachments = []
+    for path in options.attach:
+        try:
+            attachments.append(AttachmentFile.fromPath(path))
+        except OSError as e:
+            raise LocalFileError(path=path, reason=e.strerror or str(e))
+    body = _readBody(options, io)
+    if not body.strip() and not attachments:
+        raise EmptyMessage()
+    message = composeMessage(
+        sender=connection.sender,
+        to=[v for v in options.to],
+        cc=[v for v in options.cc],
+        subject=options.subject,
+        body=body,
+        attachments=attachments,
+        now=now,
+    )
+    return {
+        "message": messageBytes(message),
+        "recipients": envelopeRecipients(to, cc, bcc),
+        "envelopeSender": senderAddress,
+    }
+
+
+def prepare(argv: Sequence[str], io: Streams, prompt: Any = None) -> Any:
+    """
+    Parse the command line, read the account, get the password and build
+    the message: everything that happens before the network.
+
+    @return: an L{Invocation}, or an exit status (help shown, or an error
+        already reported).
+    """
+    parser = makeParser(io.stdout)
+    try:
+        options = parser.parse_args(list(argv))
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else EXIT_OK
+    except ClientError as e:
+        return report(e, io, False)
+    try:
+        account = loadAccount(configPath(io.environ), options.account)
+        connection = resolve(account, options)
+        prepared: Dict[str, Any] = {}
+        now = datetime.datetime.now(datetime.timezone.utc).astimezone()
+        if options.command == "send":
+            prepared = _prepareSend(options, connection, io, now)
+        if options.insecure:
+            io.err(
+                "%s: warning: --insecure: the server's certificate is not verified; "
+                "anyone on the network path can read and change this session" % (PROG,)
+            )
+        kwargs = {} if prompt is None else {"prompt": prompt}
+        password = getPassword(connection, io.environ, io.stdin, io.stderr, **kwargs)
+    except (ClientError, ConfigError, BadAddress) as e:
+        return report(e, io, options.debug)
+    return Invocation(options, connection, password, io, prepared)
+
+
+def run(
+    reactor: Any,
+    argv: Sequence[str],
+    *,
+    stdin: Optional[IO[str]] = None,
+    stdout: Optional[IO[str]] = None,
+    stderr: Optional[IO[str]] = None,
+    environ: Optional[Mapping[str, str]] = None,
+    runInThread: Optional[Callable[..., defer.Deferred]] = None,
+) -> defer.Deferred:
+    """
+    Run one command on a running C{reactor} (what tests call).
+
+    @return: Deferred firing with the exit status.
+    """
+    io = Streams(stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr, os.environ if environ is None else environ)
+    invocation = prepare(argv, io)
+    if isinstance(invocation, int):
+        return defer.succeed(invocation)
+    invocation.run = runInThread
+    return invocation.execute(reactor)
+
+
+def main(
+    argv: Optional[Sequence[str]] = None,
+    stdin: Optional[IO[str]] = None,
+    stdout: Optional[IO[str]] = None,
+    stderr: Optional[IO[str]] = None,
+    environ: Optional[Mapping[str, str]] = None,
+) -> int:
+    """
+    The C{mailnet-cli} entry point.
+
+    @return: the exit status (the console script passes it to C{sys.exit}).
+    """
+    io = Streams(stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr, os.environ if environ is None else environ)
+    invocation = prepare(sys.argv[1:] if argv is None else argv, io)
+    if isinstance(invocation, int):
+        return invocation
+    status: List[int] = []
+
+    def go(reactor: Any) -> defer.Deferred:
+        return invocation.execute(reactor).addCallback(status.append)
+
+    try:
+        task.react(go)
+    except SystemExit:
+        pass
+    return status[0] if status else EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
