@@ -134,8 +134,11 @@ def describeCertificate(certificate: crypto.X509) -> str:
     text = "subject %s" % (cryptography.subject.rfc4514_string() or "(empty)",)
     if altNames:
         text += ", names %s" % (", ".join(altNames),)
+    issuer = cryptography.issuer.rfc4514_string() or "(empty)"
+    if cryptography.issuer == cryptography.subject:
+        issuer = "itself (self-signed)"
     text += ", issuer %s, SHA-256 %s" % (
-        cryptography.issuer.rfc4514_string() or "(empty)",
+        issuer,
         ":".join(digest[i : i + 2] for i in range(0, 16, 2)) + "...",
     )
     return text
