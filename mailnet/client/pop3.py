@@ -269,7 +269,11 @@ class POP3Session:
             self.protocol.transport.loseConnection()
             return self.protocol.closed
 
-        d.addCallback(closed)
+        def failed(reason: Failure) -> Failure:
+            self.protocol.transport.loseConnection()
+            return reason
+
+        d.addCallbacks(closed, failed)
         return d
 
     def abort(self) -> defer.Deferred:
