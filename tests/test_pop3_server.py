@@ -1151,9 +1151,10 @@ class _TrackingServer(POP3Server):
             d.callback(None)
 
 
-class RealTLSTests(POP3Mixin, TestCase):
+class RealTLSMixin(POP3Mixin):
     """
-    poplib against the server on 127.0.0.1, over STLS and implicit TLS.
+    A server listening on 127.0.0.1 with a throwaway certificate; tests
+    wait for its side of every connection to close.
     """
 
     allowPlaintextAuth = False
@@ -1191,6 +1192,15 @@ class RealTLSTests(POP3Mixin, TestCase):
 
     def clientContext(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.cert)
+
+    def sizes(self) -> List[int]:
+        return [m.size for m in self.snapshot()]
+
+
+class RealTLSTests(RealTLSMixin, TestCase):
+    """
+    poplib against the server on 127.0.0.1, over STLS and implicit TLS.
+    """
 
     def test_stls(self) -> None:
         port = self.listen(implicitTLS=False)
@@ -1230,9 +1240,6 @@ class RealTLSTests(POP3Mixin, TestCase):
             self.assertEqual(self.authenticator.held, {})
 
         return deferToThread(client).addCallback(check).addCallback(after)
-
-    def sizes(self) -> List[int]:
-        return [m.size for m in self.snapshot()]
 
     def test_implicitTLS(self) -> None:
         port = self.listen(implicitTLS=True)
