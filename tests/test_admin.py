@@ -690,3 +690,35 @@ class ReadNewPasswordTests(SynchronousTestCase):
         err = io.StringIO()
         self.assertEqual(readNewPassword("a@b.test", FakeTTY("pw\npw\n"), err, False), "pw")
         self.assertEqual(err.getvalue(), "New password for a@b.test: Retype the password: ")
+
+
+class TerminalTests(SynchronousTestCase):
+    def test_echoOff(self) -> None:
+        """
+        On a real terminal echo is off while the password is typed, and
+        back on afterwards.
+        """
+        import pty
+        import termios
+
+        from mailnet.cli._common import readHidden
+
+        master, slave = pty.openpty()
+        self.addCleanup(os.close, master)
+        tty = os.fdopen(slave, "r")
+        self.addCleanup(tty.close)
+        seen = []
+        original = tty.readline
+
+        def readline():
+            seen.append(termios.tcgetattr(slave)[3] & termios.ECHO)
+            # Typed only now: TCSAFLUSH discards what was typed ahead.
+            os.write(master, b"secret\n")
+            return original()
+
+        tty.readline = readline  # type: ignore[method-assign]
+        err = io.StringIO()
+        self.assertEqual(readHidden("Password: ", tty, err), "secret")
+        self.assertEqual(seen, [0])
+        self.assertTrue(termios.tcgetattr(slave)[3] & termios.ECHO)
+        self.assertEqual(err.getvalue(), "Password: \n")
