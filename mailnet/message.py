@@ -347,7 +347,7 @@ class _TextExtractor(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag in self._SKIP:
             self._skipping = max(0, self._skipping - 1)
-        elif tag in self._BLOCKS:
+        elif tag in self._BLOCKS and tag != "li":
             self.parts.append("\n")
             if tag == "pre":
                 self._pre = max(0, self._pre - 1)
