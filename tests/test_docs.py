@@ -24,6 +24,12 @@ README = os.path.join(TOP, "README.rst")
 PRODUCTION_INI = os.path.join(TOP, "etc", "mailnet.production.ini")
 SERVICE_UNIT = os.path.join(TOP, "etc", "mailnet.service")
 
+# twistd options that take a value (which may be the word "mailnet").
+_TWISTD_VALUE_OPTIONS = {
+    "--uid", "-u", "--gid", "-g", "--pidfile", "--logfile", "-l", "--rundir", "-d", "--umask",
+    "--prefix", "--chroot", "--reactor", "-r", "--profile", "-p", "--logger", "--syslog-prefix",
+}
+
 # Shell syntax that ends a command's arguments.
 _SHELL_OPERATORS = {"|", "||", "&&", ";", ">", ">>", "<", "2>", "2>&1", "&"}
 
@@ -241,6 +247,118 @@ class DeploymentFilesTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--config", PRODUCTION_INI])
         self.assertEqual(options.mailnetConfig.hostname, "mail.example.com")
+
+
+class CommandLinesInDocsTests(SynchronousTestCase):
+    """
+    Every command line the docs show in a literal block is accepted by the
+    program's real argument parser, so the docs cannot drift from the code.
+    """
+
+    def test_adminCommands(self) -> None:
+        from mailnet.cli.admin import buildParser
+
+        seen = set()
+        for where, arguments in invocations("mailnet-admin"):
+            parser = buildParser()
+            try:
+                with _quiet():
+                    namespace = parser.parse_args(arguments)
+            except SystemExit:
+                self.fail("mailnet-admin rejects %s" % (where,))
+            seen.add(" ".join(filter(None, [namespace.command, getattr(namespace, "action", None)])))
+        # The docs show every command at least once.
+        expected = {
+            "domain add", "domain del", "domain list",
+            "user add", "user passwd", "user del", "user list",
+            "alias add", "alias del", "alias list",
+            "queue list", "queue flush", "queue delete",
+            "check",
+        }
+        self.assertEqual(expected - seen, set())
+
+    def test_clientCommands(self) -> None:
+        from mailnet.cli.main import makeParser
+
+        seen = set()
+        for where, arguments in invocations("mailnet-cli"):
+            if arguments == ["--help"]:
+                continue
+            try:
+                with _quiet():
+                    namespace = makeParser().parse_args(arguments)
+            except (SystemExit, Exception) as e:
+                self.fail("mailnet-cli rejects %s: %s" % (where, e))
+            seen.add(namespace.command)
+        self.assertEqual({"send", "list", "read", "save", "delete", "fetch"} - seen, set())
+
+    def test_daemonCommands(self) -> None:
+        """
+        The plugin options of every C{twistd ... mailnet ...} line parse (a
+        C{--config} file that exists only on a server is replaced by
+        etc/mailnet.production.ini).
+        """
+        from mailnet.tap import Options
+
+        count = 0
+        for where, arguments in invocations("twistd"):
+            # The plugin name, not the value of --uid mailnet and the like.
+            starts = [
+                n for n, word in enumerate(arguments)
+                if word == "mailnet" and (n == 0 or arguments[n - 1] not in _TWISTD_VALUE_OPTIONS)
+            ]
+            if not starts:
+                continue
+            pluginArguments = arguments[starts[0] + 1 :]
+            for n, word in enumerate(pluginArguments[:-1]):
+                if word in ("--config", "-c") and not os.path.exists(pluginArguments[n + 1]):
+                    pluginArguments[n + 1] = PRODUCTION_INI
+            try:
+                Options().parseOptions(pluginArguments)
+            except usage.UsageError as e:
+                self.fail("twistd mailnet rejects %s: %s" % (where, e))
+            count += 1
+        self.assertGreater(count, 2)
+
+    def test_rejectsWrongCommands(self) -> None:
+        """The check above can fail: a misspelt command is refused."""
+        from mailnet.cli.admin import buildParser
+
+        with _quiet():
+            self.assertRaises(SystemExit, buildParser().parse_args, ["user", "create", "a@b.test"])
+
+
+class _quiet:
+    """Swallow what argparse prints while a docs line is parsed."""
+
+    def __enter__(self) -> None:
+        import contextlib
+        import io
+
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        self._stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
+class PythonExamplesTests(SynchronousTestCase):
+    """
+    The Python examples in the docs run.
+    """
+
+    def test_testingExample(self) -> None:
+        import contextlib
+        import io
+
+        examples = [b for b in literalBlocks(_read(os.path.join(DOCS, "testing.rst"))) if "from mailnet" in b]
+        self.assertEqual(len(examples), 1)
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            exec(compile(examples[0], "docs/testing.rst", "exec"), {})
+        self.assertIn("220 mx.example.test ESMTP mailnet", output.getvalue())
+        self.assertIn("PIPELINING", output.getvalue())
 
 
 class ReadmeTests(SynchronousTestCase):
