@@ -5,7 +5,6 @@ the RFC rule it pins.
 """
 
 import base64
-import os
 import random
 import socket
 import ssl
@@ -18,8 +17,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailnet.config import Limits
 from mailnet.pop3.server import MAX_AUTH_LINE, MAX_COMMAND_LINE, State
-from mailnet.testing import makeCertificate
-from mailnet.tls import serverContextFactory
 from tests.test_pop3_server import ALICE, FIRST, PASSWORD, POP3Mixin, RealTLSMixin
 
 

@@ -9,9 +9,8 @@ import base64
 import os
 import poplib
 import ssl
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
-from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
@@ -21,7 +20,6 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailnet.config import Limits
-from mailnet.errors import MailboxInUse
 from mailnet.pop3 import _wire
 from mailnet.pop3.server import (
     CHUNK_SIZE,
@@ -1128,6 +1126,15 @@ class HelperTests(SynchronousTestCase):
         for bad in ("", "../etc/passwd", "a/b@example.test", "a\\b@x", "a..b@x", ".a@x", "a\x00@x", "a\n@x", "a b@x", "a\x7f@x", "a" * 255):
             self.assertFalse(isAcceptableLoginName(bad), bad)
 
+    def test_producerInterface(self) -> None:
+        from io import BytesIO
+
+        from twisted.internet.interfaces import IPullProducer
+        from zope.interface.verify import verifyObject
+
+        f = BytesIO(b"x")
+        verifyObject(IPullProducer, _wire.MessageProducer(StringTransport(), f, _wire.wholeMessage(f, 10), 10))
+
     def test_factory(self) -> None:
         factory = POP3Factory(hostname=HOSTNAME, authenticator=FakeAuthenticator({}), limits=Limits(), clock=Clock())
         self.assertIsInstance(factory, Factory)
@@ -1264,6 +1271,36 @@ class RealTLSTests(RealTLSMixin, TestCase):
             self.assertNotIn("STLS", caps)
             self.assertEqual(listing[1], [b"1 %d" % self.sizes()[0], b"2 %d" % self.sizes()[1]])
             self.assertEqual(top[1], [RP.encode(), b"Subject: one", b""])
+            return self.closed()
+
+        return deferToThread(client).addCallback(check)
+
+    def test_largeMessageOverTLS(self) -> None:
+        """
+        A multi-megabyte message crosses a real TLS connection intact, with
+        the transport's backpressure driving the producer.
+        """
+        body = b"Subject: big\r\n\r\n" + b"".join(b".%07d " % i + b"y" * 90 + b"\r\n" for i in range(30000))
+        self.deliver(body)
+        port = self.listen(implicitTLS=True)
+
+        def client():
+            pop = poplib.POP3_SSL("127.0.0.1", port, context=self.clientContext(), timeout=30)
+            try:
+                pop.user(ALICE)
+                pop.pass_(PASSWORD)
+                response, lines, octets = pop.retr(3)
+                pop.quit()
+                return response, lines, octets
+            finally:
+                pop.close()
+
+        def check(result):
+            response, lines, octets = result
+            size = self.sizes()[2]
+            self.assertGreater(size, 3000000)
+            self.assertEqual(response, b"+OK %d octets" % size)
+            self.assertEqual(b"\r\n".join(lines) + b"\r\n", (RP + "\r\n").encode() + body)
             return self.closed()
 
         return deferToThread(client).addCallback(check)

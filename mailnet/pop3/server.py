@@ -24,7 +24,7 @@ import binascii
 import enum
 import hashlib
 import re
-from typing import Callable, List, Optional, Set
+from typing import Any, Callable, List, Optional, Set, cast
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -153,6 +153,10 @@ class POP3Server(Protocol):
     """
 
     factory: "POP3Factory"
+    # Any transport will do (TCP, TLS-wrapped, StringTransport in tests);
+    # what we use beyond ITransport is looked up with care.
+    transport: Any
+    mailbox: Any
 
     def __init__(self, factory: "POP3Factory", overloaded: bool = False) -> None:
         self.factory = factory
@@ -162,6 +166,7 @@ class POP3Server(Protocol):
         self.peer = "?"
         self._counted = False
         self._buffer = b""
+        self._pos = 0
         self._discarding = False
         self._busy = False
         self._processing = False
@@ -181,7 +186,7 @@ class POP3Server(Protocol):
         """
         self._user: Optional[str] = None
         self._saslMechanism: Optional[str] = None
-        self.mailbox: Optional[IMailbox] = None
+        self.mailbox = None
         self._logout: Optional[Callable[[], None]] = None
         self._messages: List = []
         self._deleted: Set[int] = set()
@@ -209,7 +214,7 @@ class POP3Server(Protocol):
         self._idleCall = self.factory.clock.callLater(self.factory.limits.pop3_idle_timeout, self._idleTimedOut)
         self._sendOK("%s POP3 mailnet ready" % (self.factory.hostname,))
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self._disconnected = True
         self._closing = True
         if self._counted:
@@ -242,7 +247,7 @@ class POP3Server(Protocol):
         if self._closing:
             return
         self._closing = True
-        self._buffer = b""
+        self._dropInput()
         self.transport.loseConnection()
         self._abortCall = self.factory.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
@@ -282,12 +287,17 @@ class POP3Server(Protocol):
                 return
             self._discarding = False
             data = data[end + 1 :]
-        self._buffer += data
+        self._buffer = self._buffer[self._pos :] + data
+        self._pos = 0
         if self._busy and len(self._buffer) > MAX_PENDING_INPUT and not self._readPaused:
             # RFC 2449 §6.6: the client may pipeline, but not without bound.
             self._readPaused = True
             self.transport.pauseProducing()
         self._processBuffer()
+
+    def _dropInput(self) -> None:
+        self._buffer = b""
+        self._pos = 0
 
     def _lineLimit(self, start: bytes) -> int:
         if self._saslMechanism is not None or start[:5].upper() == b"AUTH ":
@@ -303,14 +313,18 @@ class POP3Server(Protocol):
         self._processing = True
         try:
             while not self._busy and not self._closing:
-                end = self._buffer.find(b"\n")
+                # Lines are taken by offset, not by slicing the buffer
+                # each time: a packet of tiny commands costs linear time.
+                start = self._pos
+                end = self._buffer.find(b"\n", start)
                 if end < 0:
-                    if len(self._buffer) > self._lineLimit(self._buffer) + 1:
-                        self._buffer = b""
+                    if len(self._buffer) - start > self._lineLimit(self._buffer[start : start + 5]) + 1:
+                        self._dropInput()
                         self._discarding = True
                         self._lineTooLong()
                     break
-                line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
+                line = self._buffer[start:end]
+                self._pos = end + 1
                 if line.endswith(b"\r"):
                     line = line[:-1]
                 if len(line) > self._lineLimit(line):
@@ -319,6 +333,8 @@ class POP3Server(Protocol):
                 self._lineReceived(line)
         finally:
             self._processing = False
+            self._buffer = self._buffer[self._pos :]
+            self._pos = 0
         if self._readPaused and not self._busy and not self._disconnected:
             self._readPaused = False
             self.transport.resumeProducing()
@@ -453,7 +469,7 @@ class POP3Server(Protocol):
         # RFC 2595 §4 / CVE-2011-0411: anything the client sent after STLS
         # before the handshake is plaintext an attacker may have injected;
         # it is thrown away, never executed.
-        self._buffer = b""
+        self._dropInput()
         self._discarding = False
         self.transport.startTLS(self.factory.tlsOptions)
         self.secure = True
@@ -524,7 +540,9 @@ class POP3Server(Protocol):
         user = self._loginName(authcid)
         if authzid and authzid.decode("utf-8", "replace").lower() != user.lower():
             # No proxy logins: one may only act as oneself.
-            log.info("POP3 login for {user} from {peer} refused: authorization identity differs", user=user, peer=self.peer)
+            log.info(
+                "POP3 login for {user} from {peer} refused: authorization identity differs", user=user, peer=self.peer
+            )
             raise POP3Error(AUTH_FAILED)
         return self._login(user, password)
 
@@ -532,7 +550,10 @@ class POP3Server(Protocol):
         if not password or len(password) > MAX_PASSWORD:
             log.info("POP3 login failed for {user} from {peer}", user=user, peer=self.peer)
             raise POP3Error(AUTH_FAILED)
-        d = maybeDeferred(self.factory.authenticator.login, UsernamePassword(user, password), self.peer, IMailbox)
+        # The user name is text (the FakeAuthenticator and mailnet.cred take
+        # both), the password the octets the client sent.
+        credentials = UsernamePassword(cast(bytes, user), password)
+        d: Deferred = maybeDeferred(self.factory.authenticator.login, credentials, self.peer, IMailbox)
         d.addCallbacks(self._loggedIn, self._loginFailed, callbackArgs=(user,), errbackArgs=(user,))
         return d
 
@@ -570,7 +591,10 @@ class POP3Server(Protocol):
         self._messages = list(messages)
         self.state = State.TRANSACTION
         log.info(
-            "POP3 login {address} from {peer}: {count} messages", address=self.mailbox.address, peer=self.peer, count=len(messages)
+            "POP3 login {address} from {peer}: {count} messages",
+            address=self.mailbox.address,
+            peer=self.peer,
+            count=len(messages),
         )
         count, octets = self._totals()
         self._sendOK("Logged in, %d messages (%d octets)" % (count, octets))
@@ -697,13 +721,15 @@ class POP3Server(Protocol):
         deleted = [self._messages[i] for i in sorted(self._deleted)]
         seen = [self._messages[i] for i in sorted(self._retrieved - self._deleted)]
         left = len(self._messages) - len(deleted)
-        d = maybeDeferred(maildir.remove, deleted) if deleted else succeed(None)
+        d: Deferred = maybeDeferred(maildir.remove, deleted) if deleted else succeed(None)
 
         def removed(_: object) -> Deferred:
-            d = maybeDeferred(maildir.markSeen, seen) if seen else succeed(None)
-            d.addErrback(lambda f: log.failure("POP3 cannot mark messages of {address} seen", f, address=self.mailbox.address))
-            d.addCallback(lambda _: True)
-            return d
+            marked: Deferred = maybeDeferred(maildir.markSeen, seen) if seen else succeed(None)
+            marked.addErrback(
+                lambda f: log.failure("POP3 cannot mark messages of {address} seen", f, address=self.mailbox.address)
+            )
+            marked.addCallback(lambda _: True)
+            return marked
 
         def notRemoved(failure: Failure) -> bool:
             log.failure("POP3 cannot remove messages of {address}", failure, address=self.mailbox.address)
@@ -770,7 +796,7 @@ class POP3Factory(Factory):
     @ivar chunkSize: octets of a message per write.
     """
 
-    protocol = POP3Server
+    protocol = POP3Server  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -796,5 +822,5 @@ class POP3Factory(Factory):
         self.connections = 0
         self.chunkSize = CHUNK_SIZE
 
-    def buildProtocol(self, addr) -> POP3Server:
+    def buildProtocol(self, addr) -> POP3Server:  # type: ignore[override]
         return self.protocol(self, overloaded=self.connections >= self.limits.max_connections)
