@@ -82,6 +82,8 @@ class MessageChecker:
     @ivar tooBig: more than C{maxSize} octets were seen.
     @ivar bareLineEnding: a CR or LF was not part of a CRLF.
     @ivar lineTooLong: a line was longer than 1000 octets with its CRLF.
+    @ivar nul: a NUL octet was seen (RFC 5322 §2.3 and RFC 6152 §3 forbid
+        it in 7bit and 8bitmime content).
     """
 
     def __init__(self, maxSize: int, keepHeaders: bool = False) -> None:
@@ -90,6 +92,7 @@ class MessageChecker:
         self.tooBig = False
         self.bareLineEnding = False
         self.lineTooLong = False
+        self.nul = False
         self._last = b"\n"
         self._run = 0
         self._keepHeaders = keepHeaders
@@ -109,6 +112,8 @@ class MessageChecker:
             self._checkLineEndings(data)
         if not self.lineTooLong:
             self._checkLineLength(data)
+        if not self.nul and b"\0" in data:
+            self.nul = True
         if self._keepHeaders and not (self.headersComplete or self.headersTooLarge):
             self._collectHeaders(data)
         self._last = data[-1:]

@@ -45,15 +45,16 @@ ROLES = ("mta", "submission", "smtps")
 
 # RFC 4954 §4: an AUTH command or response line may be up to 12288 octets.
 AUTH_LINE_LIMIT = 12288
-# Commands that move no mail; past this many, each counts as an error (as
-# Postfix's smtpd_junk_command_limit), so NOOP every few seconds cannot hold
-# a connection open for ever.
+# Commands that move no mail; past this many without a delivered message,
+# each counts as an error (as Postfix's smtpd_junk_command_limit), so NOOP
+# every few seconds cannot hold a connection open for ever.
 JUNK_COMMAND_LIMIT = 100
 # A DATA or BDAT phase must bring at least this many octets per second on
 # average over each command_timeout window (a 1-byte/s trickle is cut).
 MIN_DATA_RATE = 10
 
 _COMMAND, _DATA, _BDAT = "command", "data", "bdat"
+_JUNK_VERBS = frozenset({"EHLO", "HELO", "NOOP", "RSET", "VRFY", "EXPN", "HELP"})
 
 
 def _now(clock: IReactorTime) -> str:
@@ -423,7 +424,14 @@ class SMTPServer(Protocol):
             raise reply(codes.SYNTAX_ERROR, codes.P_INVALID_COMMAND, "Command unrecognized")
         if not text.isascii() and verb not in ("MAIL", "RCPT"):
             raise reply(codes.SYNTAX_ERROR, codes.P_SYNTAX_ERROR, "Non-ASCII characters in command")
-        return handler(argument.strip(" "))
+        result = handler(argument.strip(" "))
+        if verb in _JUNK_VERBS:
+            self._junk += 1
+            if self._junk > JUNK_COMMAND_LIMIT and isinstance(result, SMTPReply):
+                self._reply(result)
+                self._countError()
+                return None
+        return result
 
     def _dispatch(self, handle: Callable[[], object]) -> None:
         """
@@ -511,18 +519,17 @@ class SMTPServer(Protocol):
             return
         self._writeReply(r)
         if r.code >= 400:
-            self._errors += 1
             log.info("SMTP {peer}: {code} {text}", peer=self._peer, code=r.code, text=r.text.split("\n")[0])
-            if r.code != codes.SERVICE_UNAVAILABLE and self._errors >= self.limits.max_errors:
-                log.warn("SMTP {peer}: too many errors, closing", peer=self._peer)
-                self._abortTransaction("too many errors")
-                self._close(reply(codes.SERVICE_UNAVAILABLE, codes.T_POLICY, "Too many errors"))
+            if r.code != codes.SERVICE_UNAVAILABLE:
+                self._countError()
 
-    def _junkCommand(self) -> None:
-        """Count a command that moves no mail (see L{JUNK_COMMAND_LIMIT})."""
-        self._junk += 1
-        if self._junk > JUNK_COMMAND_LIMIT:
-            self._errors += 1
+    def _countError(self) -> None:
+        """After limits.max_errors mistakes, the client is cut off."""
+        self._errors += 1
+        if self._errors >= self.limits.max_errors and not self._closed:
+            log.warn("SMTP {peer}: too many errors, closing", peer=self._peer)
+            self._abortTransaction("too many errors")
+            self._close(reply(codes.SERVICE_UNAVAILABLE, codes.T_POLICY, "Too many errors"))
 
     # --- transactions -----------------------------------------------------
 
@@ -621,6 +628,8 @@ class SMTPServer(Protocol):
         d = maybeDeferred(receiver.finish)
 
         def stored(messageId: object) -> SMTPReply:
+            # As Postfix: the error and junk counts are per delivered message.
+            self._errors = self._junk = 0
             log.info(
                 "SMTP accepted message {id} ({localId}) from <{sender}> to {recipients}, {size} octets, peer {peer}",
                 id=messageId,
@@ -646,6 +655,8 @@ class SMTPServer(Protocol):
             # RFC 5321 §2.3.8: lines end in CRLF only; bare CR or LF is
             # refused outright, the defence against SMTP smuggling.
             return reply(codes.MAILBOX_UNAVAILABLE, codes.P_MEDIA_ERROR, "Message contains a bare CR or LF")
+        if checker.nul:
+            return reply(codes.MAILBOX_UNAVAILABLE, codes.P_MEDIA_ERROR, "Message contains a NUL octet")
         if checker.lineTooLong:
             # RFC 5321 §4.5.3.1.6: refuse rather than split a line.
             return reply(codes.MAILBOX_UNAVAILABLE, codes.P_MEDIA_ERROR, "Message has a line longer than 1000 octets")
@@ -717,7 +728,6 @@ class SMTPServer(Protocol):
     def do_EHLO(self, argument: str) -> SMTPReply:
         """RFC 5321 §4.1.1.1; the extensions are listed in the module docstring."""
         name = self._checkHelo(argument)
-        self._junkCommand()
         self._resetTransaction()
         self._helo, self._esmtp = name, True
         lines = ["%s Hello %s [%s]" % (self.hostname, name, self._peer)]
@@ -738,7 +748,6 @@ class SMTPServer(Protocol):
     def do_HELO(self, argument: str) -> SMTPReply:
         """RFC 5321 §4.1.1.1: plain SMTP, no extensions."""
         name = self._checkHelo(argument)
-        self._junkCommand()
         self._resetTransaction()
         self._helo, self._esmtp = name, False
         return SMTPReply(codes.OK, "%s Hello %s [%s]" % (self.hostname, name, self._peer))
@@ -747,13 +756,11 @@ class SMTPServer(Protocol):
         """RFC 5321 §4.1.1.5."""
         if argument:
             raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_INVALID_ARGUMENTS, "RSET takes no arguments")
-        self._junkCommand()
         self._resetTransaction()
         return reply(codes.OK, codes.S_OK, "Ok")
 
     def do_NOOP(self, argument: str) -> SMTPReply:
         """RFC 5321 §4.1.1.9: any argument is ignored."""
-        self._junkCommand()
         return reply(codes.OK, codes.S_OK, "Ok")
 
     def do_QUIT(self, argument: str) -> None:
@@ -763,19 +770,16 @@ class SMTPServer(Protocol):
 
     def do_VRFY(self, argument: str) -> SMTPReply:
         """RFC 5321 §3.5.3: we do not reveal who exists."""
-        self._junkCommand()
         if not argument:
             raise reply(codes.ARGUMENT_SYNTAX_ERROR, codes.P_INVALID_ARGUMENTS, "Syntax: VRFY <address>")
         return reply(codes.CANNOT_VRFY, codes.S_CANNOT_VRFY, "Cannot VRFY user, but will accept message and attempt delivery")
 
     def do_EXPN(self, argument: str) -> SMTPReply:
         """RFC 5321 §3.5.3: mailing lists are not disclosed."""
-        self._junkCommand()
         raise reply(codes.NOT_IMPLEMENTED, codes.P_INVALID_COMMAND, "EXPN not available")
 
     def do_HELP(self, argument: str) -> SMTPReply:
         """RFC 5321 §4.1.1.8."""
-        self._junkCommand()
         return reply(
             codes.HELP,
             codes.S_OK,

@@ -1,0 +1,329 @@
+# -*- test-case-name: tests.test_smtp_security -*-
+"""
+Security regression tests for L{mailnet.smtp.server}, each named after the
+attack or the RFC rule it pins.
+"""
+
+import base64
+from typing import List
+
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailnet.config import Limits
+from tests.test_smtp_server import Harness
+
+# SMTP smuggling (SEC Consult, December 2023; CVE-2023-51764 Postfix,
+# CVE-2023-51765 Sendmail, CVE-2023-51766 Exim): end-of-data markers that
+# some receivers accept and others do not.  RFC 5321 §4.1.1.4 allows only
+# <CRLF>.<CRLF>.
+SMUGGLING_MARKERS = [
+    b"\n.\n",
+    b"\r.\r",
+    b"\n.\r\n",
+    b"\r\n.\n",
+    b"\r.\r\n",
+    b"\n.\r",
+    b"\r\n.\r",
+]
+
+SMUGGLED = (
+    b"MAIL FROM:<ceo@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+    b"From: ceo@example.test\r\n\r\nsmuggled\r\n"
+)
+
+
+class SMTPSmugglingTests(SynchronousTestCase):
+    """
+    SMTP smuggling: a marker other than <CRLF>.<CRLF> never ends the
+    message, so what follows it is never run as commands; the message is
+    refused for its bare CR/LF at the real end.
+    """
+
+    def smuggle(self, marker: bytes, byteByByte: bool = False) -> None:
+        h = Harness()
+        h.ehlo()
+        h.envelope("a@remote.test", "alice@example.test")
+        h.command("DATA")
+        stream = b"Subject: hello\r\n\r\nhello" + marker + SMUGGLED + b".\r\n"
+        if byteByByte:
+            replies: List[str] = []
+            for i in range(len(stream)):
+                replies += h.send(stream[i : i + 1])
+        else:
+            replies = h.send(stream)
+        self.assertEqual(replies, ["550 5.6.0 Message contains a bare CR or LF"], marker)
+        self.assertEqual(len(h.delivery.messages), 1, marker)
+        self.assertTrue(h.delivery.messages[0].aborted, marker)
+        self.assertFalse(h.delivery.messages[0].finished, marker)
+        # The session is in command mode again, with no transaction.
+        self.assertEqual(h.command("RCPT TO:<bob@example.test>"), ["503 5.5.1 Need MAIL before RCPT"])
+
+    def test_markersInOnePacket(self) -> None:
+        for marker in SMUGGLING_MARKERS:
+            self.smuggle(marker)
+
+    def test_markersByteByByte(self) -> None:
+        for marker in SMUGGLING_MARKERS:
+            self.smuggle(marker, byteByByte=True)
+
+    def test_nulBeforeDot(self) -> None:
+        """<CRLF>NUL.<CRLF> (for servers that drop NULs) is not an end, and NUL is refused."""
+        h = Harness()
+        h.ehlo()
+        h.envelope()
+        h.command("DATA")
+        replies = h.send(b"hello\r\n\x00.\r\n" + SMUGGLED + b".\r\n")
+        self.assertEqual(replies, ["550 5.6.0 Message contains a NUL octet"])
+        self.assertTrue(h.delivery.messages[0].aborted)
+
+    def test_realEndAcrossPackets(self) -> None:
+        """<CRLF>.<CRLF> split over packets at every point still ends the message."""
+        for cut in range(1, 5):
+            h = Harness()
+            h.ehlo()
+            h.envelope()
+            h.command("DATA")
+            stream = b"x\r\n.\r\nNOOP\r\n"
+            first = h.send(stream[: 1 + cut])
+            self.assertEqual(first + h.send(stream[1 + cut :]), ["250 2.0.0 Ok: queued as test-id", "250 2.0.0 Ok"])
+            self.assertTrue(h.delivery.messages[0].data.endswith(b"\r\nx\r\n"))
+
+    def test_bdatIsLengthCounted(self) -> None:
+        """RFC 3030: in BDAT, <CRLF>.<CRLF> is data, not an end."""
+        h = Harness()
+        h.ehlo()
+        h.envelope()
+        chunk = b"a\r\n.\r\nQUIT\r\n"
+        self.assertEqual(h.send(b"BDAT %d LAST\r\n%s" % (len(chunk), chunk)), ["250 2.0.0 Ok: queued as test-id"])
+        self.assertTrue(h.delivery.messages[0].data.endswith(b"\r\na\r\n.\r\nQUIT\r\n"))
+        self.assertFalse(h.transport.disconnecting)
+
+
+class STARTTLSInjectionTests(SynchronousTestCase):
+    """
+    CVE-2011-0411 (STARTTLS plaintext command injection) and RFC 3207 §4.2:
+    nothing sent before the handshake is acted on after it.
+    """
+
+    def test_pipelinedAfterSTARTTLSDiscarded(self) -> None:
+        h = Harness(tls=True)
+        h.ehlo()
+        replies = h.send(b"STARTTLS\r\nMAIL FROM:<evil@remote.test>\r\nRCPT TO:<alice@example.test>\r\n")
+        self.assertEqual(replies, ["220 2.0.0 Ready to start TLS"])
+        h.ehlo()
+        self.assertEqual(h.command("RCPT TO:<alice@example.test>"), ["503 5.5.1 Need MAIL before RCPT"])
+
+    def test_partialLineDiscarded(self) -> None:
+        h = Harness(tls=True)
+        h.ehlo()
+        h.send(b"STARTTLS\r\nNO")
+        self.assertEqual(h.command("OP"), ["500 5.5.1 Command unrecognized"])
+
+    def test_stateForgotten(self) -> None:
+        """RFC 3207 §4.2: EHLO, transaction and login are all forgotten."""
+        h = Harness(tls=True, allowPlaintextAuth=True)
+        h.ehlo()
+        token = base64.b64encode(b"\0alice@example.test\0secret").decode()
+        self.assertEqual(h.command("AUTH PLAIN " + token), ["235 2.7.0 Authentication successful"])
+        h.command("STARTTLS")
+        self.assertIsNone(h.protocol._sender)
+        self.assertEqual(h.command("MAIL FROM:<alice@example.test>"), ["503 5.5.1 Send EHLO or HELO first"])
+        h.ehlo()
+        h.command("MAIL FROM:<a@remote.test>")
+        self.assertEqual(h.command("RCPT TO:<x@elsewhere.test>"), ["554 5.7.1 <x@elsewhere.test>: relay access denied"])
+
+
+class LongLineTests(SynchronousTestCase):
+    """RFC 5321 §4.5.3.1.4 (command lines) and memory exhaustion."""
+
+    def test_oneReplyPerLongLine(self) -> None:
+        """A 100 kB command line gets one 500 5.5.2, however it arrives."""
+        h = Harness()
+        replies: List[str] = []
+        for _ in range(100):
+            replies += h.send(b"X" * 1024)
+            self.assertLessEqual(len(h.protocol._buffer), 2048)
+        replies += h.send(b"\r\nNOOP\r\n")
+        self.assertEqual(replies, ["500 5.5.2 Line too long", "250 2.0.0 Ok"])
+
+    def test_longLineInOnePacket(self) -> None:
+        h = Harness()
+        self.assertEqual(h.send(b"NOOP " + b"x" * 5000 + b"\r\nNOOP\r\n"), ["500 5.5.2 Line too long", "250 2.0.0 Ok"])
+
+    def test_limitCountsCRLF(self) -> None:
+        h = Harness(limits=Limits(max_command_line=10))
+        self.assertEqual(h.send(b"NOOP 1234\r\n"), ["500 5.5.2 Line too long"])
+        self.assertEqual(h.send(b"NOOP 123\r\n"), ["250 2.0.0 Ok"])
+
+    def test_authLineLimit(self) -> None:
+        """RFC 4954 §4: AUTH responses may be 12288 octets; longer is 500 5.5.6."""
+        h = Harness(role="smtps")
+        h.ehlo()
+        h.command("AUTH PLAIN")
+        self.assertEqual(h.send(b"A" * 12288), ["500 5.5.6 Line too long"])
+        h.send(b"AAAA\r\n")
+        token = base64.b64encode(b"\0alice@example.test\0" + b"p" * 5000).decode()
+        h.command("AUTH PLAIN")
+        self.assertEqual(h.command(token), ["535 5.7.8 Authentication credentials invalid"])
+
+    def test_hugeDataLineBoundedMemory(self) -> None:
+        """A 16 MB line in DATA: nothing kept but the chunk; refused at the end."""
+        h = Harness(limits=Limits(max_message_size=64 * 1024 * 1024))
+        h.ehlo()
+        h.envelope()
+        h.command("DATA")
+        chunk = b"A" * 65536
+        for _ in range(256):
+            self.assertEqual(h.send(chunk), [])
+            self.assertEqual(h.protocol._buffer, b"")
+            transaction = h.protocol._transaction
+            self.assertLessEqual(len(transaction.decoder._held) + len(transaction.checker._headers), 2)
+        self.assertEqual(h.send(b"\r\n.\r\n"), ["550 5.6.0 Message has a line longer than 1000 octets"])
+        self.assertTrue(h.delivery.messages[0].aborted)
+
+    def test_headerSectionBounded(self) -> None:
+        """Submission keeps at most 100 kB of header to check From:."""
+        h = Harness(role="submission", allowPlaintextAuth=True)
+        h.ehlo()
+        h.command("AUTH PLAIN " + base64.b64encode(b"\0alice@example.test\0secret").decode())
+        h.envelope("alice@example.test", "bob@example.test")
+        h.command("DATA")
+        for _ in range(200):
+            h.send(b"X-Filler: " + b"x" * 900 + b"\r\n")
+        self.assertLessEqual(sum(map(len, h.protocol._transaction.checker._headers)), 102400)
+        self.assertEqual(
+            h.send(b"From: bob@example.test\r\n\r\nx\r\n.\r\n"), ["552 5.3.4 Header section too large"]
+        )
+
+
+class HostileCommandTests(SynchronousTestCase):
+    """Binary, NUL and non-ASCII in commands (RFC 5321 §2.4)."""
+
+    def test_nul(self) -> None:
+        h = Harness()
+        h.ehlo()
+        self.assertEqual(h.send(b"NOOP\x00\r\n"), ["500 5.5.2 Control characters or NUL in command"])
+        self.assertEqual(h.send(b"MAIL FROM:<a\x00b@remote.test>\r\n"), ["500 5.5.2 Control characters or NUL in command"])
+        self.assertEqual(h.command("NOOP"), ["250 2.0.0 Ok"])
+
+    def test_binary(self) -> None:
+        h = Harness()
+        self.assertEqual(h.send(b"\xff\xfe\xfd\r\n"), ["500 5.5.2 Command is not ASCII or UTF-8"])
+        self.assertEqual(h.send(b"EHLO caf\xc3\xa9.test\r\n"), ["500 5.5.2 Non-ASCII characters in command"])
+        self.assertEqual(h.command("NOOP"), ["250 2.0.0 Ok"])
+
+    def test_bareCRInCommand(self) -> None:
+        """A CR inside a line is not a line ending and not allowed."""
+        h = Harness()
+        self.assertEqual(h.send(b"NOOP\rQUIT\r\n"), ["500 5.5.2 Control characters or NUL in command"])
+        self.assertFalse(h.transport.disconnecting)
+
+    def test_heloCannotInjectHeaders(self) -> None:
+        """The HELO name goes into Received: it must be a host name."""
+        h = Harness()
+        self.assertEqual(h.send(b"HELO a\tX-Injected: yes\r\n"), ["500 5.5.2 Control characters or NUL in command"])
+        self.assertEqual(h.command("HELO a.test(x)"), ["501 5.5.4 Syntax: EHLO <domain or address literal>"])
+
+    def test_hugeSize(self) -> None:
+        h = Harness()
+        h.ehlo()
+        self.assertEqual(h.command("MAIL FROM:<a@remote.test> SIZE=" + "9" * 21), ["501 5.5.4 Syntax: SIZE=<octets>"])
+        self.assertEqual(h.command("MAIL FROM:<a@remote.test> SIZE=" + "9" * 20)[0][:9], "552 5.3.4")
+
+
+class ErrorLimitTests(SynchronousTestCase):
+    """Clients that only make mistakes (scanners, password guessers) are cut off."""
+
+    def test_tooManyErrors(self) -> None:
+        h = Harness(limits=Limits(max_errors=3))
+        replies = h.send(b"A\r\nB\r\nC\r\nD\r\n")
+        self.assertEqual(replies, ["500 5.5.1 Command unrecognized"] * 3 + ["421 4.7.0 Too many errors"])
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_passwordGuessing(self) -> None:
+        h = Harness(role="smtps", limits=Limits(max_errors=2))
+        h.ehlo()
+        bad = base64.b64encode(b"\0alice@example.test\0guess").decode()
+        self.assertEqual(h.command("AUTH PLAIN " + bad), ["535 5.7.8 Authentication credentials invalid"])
+        self.assertEqual(
+            h.command("AUTH PLAIN " + bad), ["535 5.7.8 Authentication credentials invalid", "421 4.7.0 Too many errors"]
+        )
+
+    def test_junkCommands(self) -> None:
+        """Endless NOOPs (Postfix's junk command limit) count as errors past 100."""
+        h = Harness(limits=Limits(max_errors=5))
+        replies = h.send(b"NOOP\r\n" * 120)
+        self.assertEqual(replies[-1], "421 4.7.0 Too many errors")
+        self.assertEqual(len(replies), 106)
+
+
+class SlowlorisTests(SynchronousTestCase):
+    """A client trickling bytes must not hold a connection for ever."""
+
+    def test_trickledCommand(self) -> None:
+        """One byte a second never completing a line: 421 after command_timeout."""
+        h = Harness(limits=Limits(idle_timeout=60, command_timeout=100))
+        for _ in range(99):
+            h.send(b"N")
+            h.clock.advance(1)
+        self.assertFalse(h.transport.disconnecting)
+        h.send(b"N")
+        h.clock.advance(1)
+        self.assertEqual(h.take(), ["421 4.4.2 mx.example.test idle timeout"])
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_deadlineRestartsPerCommand(self) -> None:
+        h = Harness(limits=Limits(idle_timeout=60, command_timeout=10))
+        for _ in range(5):
+            h.send(b"NO")
+            h.clock.advance(8)
+            self.assertEqual(h.send(b"OP\r\n"), ["250 2.0.0 Ok"])
+        self.assertFalse(h.transport.disconnecting)
+
+    def test_trickledData(self) -> None:
+        """DATA at 1 octet/s is cut off after command_timeout."""
+        h = Harness(limits=Limits(idle_timeout=60, command_timeout=100))
+        h.ehlo()
+        h.envelope()
+        h.command("DATA")
+        for _ in range(100):
+            h.send(b"x")
+            h.clock.advance(1)
+        self.assertEqual(h.take(), ["421 4.4.2 mx.example.test idle timeout"])
+        self.assertTrue(h.delivery.messages[0].aborted)
+
+    def test_slowButSteadyData(self) -> None:
+        """A long DATA phase that keeps bringing data is not cut."""
+        h = Harness(limits=Limits(idle_timeout=60, command_timeout=100))
+        h.ehlo()
+        h.envelope()
+        h.command("DATA")
+        for _ in range(1000):
+            h.send(b"y" * 40 + b"\r\n")
+            h.clock.advance(1)
+        self.assertEqual(h.send(b".\r\n"), ["250 2.0.0 Ok: queued as test-id"])
+
+
+class SecretsTests(SynchronousTestCase):
+    """Passwords are never logged (RFC 4954 §14: protect credentials)."""
+
+    def test_passwordsNotLogged(self) -> None:
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = Harness(role="smtps", limits=Limits(max_errors=100))
+        h.ehlo()
+        for password in (b"sup3r-s3cret-A", b"secret"):
+            token = base64.b64encode(b"\0alice@example.test\0" + password).decode()
+            h.command("AUTH PLAIN " + token)
+        h.disconnect()
+        h = Harness(role="smtps")
+        h.ehlo()
+        h.command("AUTH LOGIN")
+        h.command(base64.b64encode(b"alice@example.test").decode())
+        h.command(base64.b64encode(b"sup3r-s3cret-B").decode())
+        text = "\n".join(formatEvent(e) + repr(e) for e in events)
+        self.assertIn("authentication failed", text)
+        for secret in ("sup3r-s3cret", "c3VwM3ItczNjcmV0", "AHN1cDNy"):
+            self.assertNotIn(secret, text)
