@@ -146,8 +146,8 @@ class FakePOP3Server(LineReceiver):
 
 
 class ScriptedPOP3Mixin:
-    def startPOP3(self, mode: TLSMode = TLSMode.starttls, **configKw) -> tuple:
-        certPath, keyPath = certificate(self)
+    def startPOP3(self, mode: TLSMode = TLSMode.starttls, cert: Optional[tuple] = None, **configKw) -> tuple:
+        certPath, keyPath = cert or certificate(self)
         config = FakePOP3Config(contextFactory=serverContextFactory(certPath, keyPath), implicit=mode is TLSMode.implicit, **configKw)
         port = listenTLS(self, lambda: FakePOP3Server(config), certPath, keyPath, mode is TLSMode.implicit)
         endpoint = ServerEndpoint(host="localhost", port=port, tls=mode, cafile=certPath, timeout=5)

@@ -239,8 +239,8 @@ def closedPort() -> int:
 
 
 class ScriptedServerMixin:
-    def startSMTP(self, mode: TLSMode = TLSMode.starttls, hostname: str = "localhost", **configKw) -> tuple:
-        certPath, keyPath = certificate(self, hostname)
+    def startSMTP(self, mode: TLSMode = TLSMode.starttls, hostname: str = "localhost", cert: Optional[tuple] = None, **configKw) -> tuple:
+        certPath, keyPath = cert or certificate(self, hostname)
         config = FakeSMTPConfig(contextFactory=serverContextFactory(certPath, keyPath), implicit=mode is TLSMode.implicit, **configKw)
         port = listenTLS(self, lambda: FakeSMTPServer(config), certPath, keyPath, mode is TLSMode.implicit)
         endpoint = ServerEndpoint(host="localhost", port=port, tls=mode, cafile=certPath, timeout=5)

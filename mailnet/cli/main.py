@@ -415,7 +415,7 @@ class Invocation:
             if not decoded.attachments:
                 self.io.out("message %d has no attachments" % (self.options.number,))
                 return EXIT_OK
-            saved = await self._inThread(reactor, saveAttachments, directory, [(a.safeName, a.data) for a in decoded.attachments])
+            saved = await self._inThread(reactor, saveAttachments, directory, [(a.filename or a.safeName, a.data) for a in decoded.attachments])
             for path, size in saved:
                 self.io.out("saved %s (%s)" % (path, _size(size)))
             return EXIT_OK

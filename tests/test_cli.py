@@ -1,0 +1,520 @@
+"""
+Tests for mailnet-cli (L{mailnet.cli.main}): options, account file,
+passwords, every command against scripted servers on 127.0.0.1, and one
+test per exit status.
+"""
+
+import email
+import email.policy
+import io
+import json
+import os
+import sys
+from typing import List, Optional
+
+import attr
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from mailnet.cli import main as cli
+from mailnet.cli._clientconfig import Account, configPath, loadAccount
+from mailnet.client.tls import TLSMode
+from mailnet.errors import ConfigError
+from tests.test_client_pop3 import MESSAGES, FakePOP3Config, ScriptedPOP3Mixin
+from tests.test_client_smtp import FakeSMTPConfig, ScriptedServerMixin, certificate, closedPort, listenTLS, otherNameCertificate
+from mailnet.tls import serverContextFactory
+from tests.test_client_smtp import FakeSMTPServer
+
+SAMPLES = os.path.join(os.path.dirname(__file__), "samples")
+
+
+class TTY(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def synchronously(reactor, f, *args):
+    return defer.maybeDeferred(f, *args)
+
+
+class CLITestMixin(ScriptedServerMixin, ScriptedPOP3Mixin):
+    def setUp(self) -> None:
+        self.home = os.path.abspath(self.mktemp())
+        os.makedirs(self.home)
+        self.environ = {"HOME": self.home, "MAILNET_PASSWORD": "secret"}
+
+    @defer.inlineCallbacks
+    def cli(self, *argv: str, stdin: str = "", stderr: Optional[io.StringIO] = None):
+        """Run mailnet-cli; @return: (status, stdout, stderr)."""
+        self.stdout = io.StringIO()
+        self.stderr = stderr if stderr is not None else io.StringIO()
+        status = yield cli.run(
+            reactor,
+            list(argv),
+            stdin=io.StringIO(stdin),
+            stdout=self.stdout,
+            stderr=self.stderr,
+            environ=self.environ,
+            runInThread=synchronously,
+        )
+        return status, self.stdout.getvalue(), self.stderr.getvalue()
+
+    def servers(self, smtp: Optional[dict] = None, pop3: Optional[dict] = None, mode: TLSMode = TLSMode.starttls) -> List[str]:
+        """Start both scripted servers; @return: the connection options."""
+        cert = certificate(self)
+        self.smtpConfig, smtpEndpoint = self.startSMTP(mode, cert=cert, **(smtp or {}))
+        self.pop3Config, pop3Endpoint = self.startPOP3(mode, cert=cert, **(pop3 or {}))
+        cafile = cert[0]
+        return [
+            "--host", "localhost",
+            "--smtp-port", str(smtpEndpoint.port),
+            "--pop3-port", str(pop3Endpoint.port),
+            "--user", "alice@example.test",
+            "--tls", mode.value,
+            "--cafile", cafile,
+        ]
+
+    def assertOneErrorLine(self, stderr: str, *fragments: str) -> None:
+        lines = [l for l in stderr.splitlines() if l]
+        self.assertEqual(len(lines), 1, stderr)
+        self.assertTrue(lines[0].startswith("mailnet-cli: error: "), lines[0])
+        for fragment in fragments:
+            self.assertIn(fragment, lines[0])
+        self.assertNotIn("Traceback", stderr)
+
+
+class ExitCodeTableTests(unittest.SynchronousTestCase):
+    def test_distinct(self) -> None:
+        """Each documented category has its own status."""
+        codes = [cli.EXIT_OK, cli.EXIT_ERROR, cli.EXIT_USAGE, cli.EXIT_CONNECTION, cli.EXIT_TLS, cli.EXIT_AUTH,
+                 cli.EXIT_RECIPIENT, cli.EXIT_TOO_LARGE, cli.EXIT_NO_MESSAGE]
+        self.assertEqual(codes, list(range(9)))
+
+    def test_unexpectedError(self) -> None:
+        """A bug is not dressed up as an expected error: exit 1 and a hint."""
+        streams = cli.Streams(io.StringIO(), io.StringIO(), io.StringIO(), {})
+        self.assertEqual(cli.report(KeyError("x"), streams, False), 1)
+        self.assertIn("unexpected KeyError", streams.stderr.getvalue())
+        self.assertIn("--debug", streams.stderr.getvalue())
+
+
+class MainTests(unittest.SynchronousTestCase):
+    """L{cli.main} itself; only paths that end before the reactor starts."""
+
+    def main(self, *argv: str, environ=None) -> tuple:
+        stdout, stderr = io.StringIO(), io.StringIO()
+        status = cli.main(list(argv), stdin=io.StringIO(), stdout=stdout, stderr=stderr, environ=environ or {"HOME": "/nonexistent"})
+        return status, stdout.getvalue(), stderr.getvalue()
+
+    def test_help(self) -> None:
+        status, out, err = self.main("--help")
+        self.assertEqual(status, 0)
+        self.assertIn("usage: mailnet-cli", out)
+        self.assertIn("8 no such message", out.replace("\n", " ").replace("  ", " "))
+
+    def test_commandHelp(self) -> None:
+        status, out, err = self.main("send", "--help")
+        self.assertEqual(status, 0)
+        self.assertIn("--bcc", out)
+
+    def test_usageErrors(self) -> None:
+        for argv in (["--bogus", "list"], [], ["list", "--page", "0"], ["read"], ["read", "x"], ["fetch"],
+                     ["fetch", "--to-mbox", "a", "--to-maildir", "b"], ["--tls", "sometimes", "list"]):
+            status, out, err = self.main(*argv)
+            self.assertEqual(status, 2, argv)
+            self.assertTrue(err.startswith("mailnet-cli: error: "), err)
+            self.assertEqual(len(err.splitlines()), 1, err)
+
+    def test_noUser(self) -> None:
+        status, out, err = self.main("list", environ={"HOME": "/nonexistent", "MAILNET_PASSWORD": "x"})
+        self.assertEqual(status, 2)
+        self.assertIn("no user", err)
+
+    def test_badAddress(self) -> None:
+        status, out, err = self.main("--user", "a@example.test", "send", "--to", "not an address", "--subject", "s", "--body", "b",
+                                     environ={"HOME": "/nonexistent", "MAILNET_PASSWORD": "x"})
+        self.assertEqual(status, 2)
+        self.assertIn("not a valid mail address", err)
+
+    def test_noPassword(self) -> None:
+        """Not interactive and no password source: exit 5 (authentication)."""
+        status, out, err = self.main("--user", "a@example.test", "list")
+        self.assertEqual(status, 5)
+        self.assertIn("MAILNET_PASSWORD", err)
+
+    def test_noPasswordOption(self) -> None:
+        """There is no way to give a password on the command line."""
+        status, out, err = self.main("--user", "a@example.test", "--password", "x", "list")
+        self.assertEqual(status, 2)
+
+
+class ConfigTests(unittest.TestCase):
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_xdg(self) -> None:
+        self.assertEqual(configPath({"XDG_CONFIG_HOME": "/x", "HOME": "/h"}), "/x/mailnet/config.ini")
+        self.assertEqual(configPath({"HOME": "/h"}), "/h/.config/mailnet/config.ini")
+
+    def test_accounts(self) -> None:
+        path = self.write(
+            "[mailnet]\ndefault = home\n\n"
+            "[account work]\nhost = work.example.test\n\n"
+            "[home]\nhost = home.example.test\nsmtp_port = 2587\npop3_port = 2110\nuser = me@home.test\n"
+            "tls = implicit\ncafile = ~/ca.pem\npassword_command = echo x\nfrom = Me <me@home.test>\n"
+        )
+        home = loadAccount(path, None)
+        self.assertEqual(
+            home,
+            Account(name="home", host="home.example.test", smtp_port=2587, pop3_port=2110, user="me@home.test",
+                    tls=TLSMode.implicit, cafile=os.path.expanduser("~/ca.pem"), password_command="echo x",
+                    sender="Me <me@home.test>"),
+        )
+        self.assertEqual(loadAccount(path, "work").host, "work.example.test")
+
+    def test_firstIsDefault(self) -> None:
+        path = self.write("[account a]\nhost = a.test\n[account b]\nhost = b.test\n")
+        self.assertEqual(loadAccount(path, None).name, "a")
+
+    def test_missingFile(self) -> None:
+        self.assertEqual(loadAccount("/nonexistent/config.ini", None), Account())
+        self.assertRaises(ConfigError, loadAccount, "/nonexistent/config.ini", "work")
+
+    def test_errors(self) -> None:
+        for text in ("[a]\nhots = x\n", "[a]\nsmtp_port = many\n", "[a]\ntls = maybe\n", "[mailnet]\nfoo = 1\n", "garbage"):
+            self.assertRaises(ConfigError, loadAccount, self.write(text), None)
+        with self.assertRaises(ConfigError) as caught:
+            loadAccount(self.write("[account a]\nhots = x\n"), "a")
+        self.assertIn("hots", str(caught.exception))
+        self.assertIn("[account a]", str(caught.exception))
+        self.assertRaises(ConfigError, loadAccount, self.write("[a]\n"), "b")
+
+
+class CommandTests(CLITestMixin, unittest.TestCase):
+    """Each command against the scripted servers, STARTTLS/STLS."""
+
+    @defer.inlineCallbacks
+    def test_sendBccOnlyInEnvelope(self):
+        options = self.servers()
+        status, out, err = yield self.cli(*options, "send", "--to", "bob@example.test", "--cc", "carol@example.test",
+                                          "--bcc", "dave@example.test", "--subject", "Grüße", "--body", "Hallo Bob")
+        self.assertEqual(status, 0, err)
+        [(sender, recipients, data)] = self.smtpConfig.messages
+        self.assertEqual(sender, "alice@example.test")
+        self.assertEqual(recipients, ["bob@example.test", "carol@example.test", "dave@example.test"])
+        message = email.message_from_bytes(data, policy=email.policy.default)
+        self.assertIsNone(message["Bcc"])
+        self.assertNotIn(b"dave", data)
+        self.assertEqual(message["Subject"], "Grüße")
+        self.assertEqual(message["From"], "alice@example.test")
+        self.assertEqual(message.get_content().replace("\r\n", "\n"), "Hallo Bob\n")
+        self.assertEqual(out.count("accepted"), 3)
+
+    @defer.inlineCallbacks
+    def test_sendBodyFromStdinWithAttachment(self):
+        options = self.servers()
+        attachment = os.path.join(self.home, "résumé.pdf")
+        with open(attachment, "wb") as f:
+            f.write(b"%PDF-1.4 x")
+        status, out, err = yield self.cli(*options, "send", "--to", "bob@example.test", "--subject", "cv",
+                                          "--attach", attachment, stdin="from stdin\n")
+        self.assertEqual(status, 0, err)
+        data = self.smtpConfig.messages[0][2]
+        self.assertIn(b"filename*=utf-8''r%C3%A9sum%C3%A9.pdf", data)
+        self.assertIn(b"Content-Type: application/pdf", data)
+        self.assertIn(b"from stdin", data)
+
+    @defer.inlineCallbacks
+    def test_sendFromAccountFile(self):
+        """The account file gives host, ports, user, TLS, CA and From."""
+        opts = self.servers()
+        values = dict(zip(opts[::2], opts[1::2]))
+        os.makedirs(os.path.join(self.home, "xdg", "mailnet"))
+        self.environ["XDG_CONFIG_HOME"] = os.path.join(self.home, "xdg")
+        del self.environ["MAILNET_PASSWORD"]
+        with open(os.path.join(self.home, "xdg", "mailnet", "config.ini"), "w") as f:
+            f.write(
+                "[mailnet]\ndefault = main\n[account main]\nhost = localhost\nsmtp_port = %s\npop3_port = %s\n"
+                "user = alice@example.test\ntls = starttls\ncafile = %s\npassword_command = printf 'secret\\nignored\\n'\n"
+                "from = Alice Example <alice@example.test>\n" % (values["--smtp-port"], values["--pop3-port"], values["--cafile"])
+            )
+        status, out, err = yield self.cli("send", "--to", "bob@example.test", "--subject", "s", "--body", "b")
+        self.assertEqual(status, 0, err)
+        message = email.message_from_bytes(self.smtpConfig.messages[0][2], policy=email.policy.default)
+        self.assertEqual(message["From"], "Alice Example <alice@example.test>")
+        self.assertEqual(self.smtpConfig.messages[0][0], "alice@example.test")
+
+    @defer.inlineCallbacks
+    def test_passwordCommandFails(self):
+        os.makedirs(os.path.join(self.home, ".config", "mailnet"))
+        with open(os.path.join(self.home, ".config", "mailnet", "config.ini"), "w") as f:
+            f.write("[a]\nuser = alice@example.test\npassword_command = echo nope >&2; exit 3\n")
+        status, out, err = yield self.cli("list")
+        self.assertEqual(status, 5)
+        self.assertOneErrorLine(err, "password_command", "exit status 3", "nope")
+
+    @defer.inlineCallbacks
+    def test_debugTranscriptMasksPassword(self):
+        options = self.servers()
+        status, out, err = yield self.cli("--debug", *options, "list")
+        self.assertEqual(status, 0, err)
+        self.assertIn("C: PASS ****", err)
+        self.assertIn("C: STLS", err)
+        self.assertIn("S: +OK", err)
+        self.assertNotIn("secret", err)
+        status, out, err = yield self.cli("--debug", *options, "send", "--to", "bob@example.test", "--subject", "s", "--body", "b")
+        self.assertEqual(status, 0, err)
+        self.assertIn("C: AUTH PLAIN ****", err)
+        self.assertIn("C: STARTTLS", err)
+        import base64
+
+        self.assertNotIn(base64.b64encode(b"\0alice@example.test\0secret").decode(), err)
+
+    @defer.inlineCallbacks
+    def test_list(self):
+        options = self.servers(pop3={"messages": [b"From: m%d@example.test\r\nSubject: s%d\r\nDate: d%d\r\n\r\nbody\r\n" % (i, i, i) for i in range(1, 6)]})
+        status, out, err = yield self.cli(*options, "list", "--limit", "2")
+        self.assertEqual(status, 0, err)
+        lines = out.splitlines()
+        self.assertTrue(lines[0].lstrip().startswith("5 "), out)
+        self.assertIn("m5@example.test", lines[0])
+        self.assertIn("s4", lines[1])
+        self.assertIn("page 1 of 3 (5 messages)", out)
+        status, out, err = yield self.cli(*options, "list", "--limit", "2", "--page", "3", "--json")
+        self.assertEqual(status, 0, err)
+        document = json.loads(out)
+        self.assertEqual([m["number"] for m in document], [1])
+        self.assertEqual(document[0]["from"], "m1@example.test")
+        self.assertEqual(document[0]["uid"], "uid-1")
+        self.assertEqual(set(document[0]), {"number", "uid", "from", "subject", "date", "size"})
+        # Headers only: TOP n 0, never RETR.
+        self.assertFalse(any(l.startswith(b"RETR") for l in self.pop3Config.lines))
+        self.assertIn(b"TOP 1 0", self.pop3Config.lines)
+
+    @defer.inlineCallbacks
+    def test_listEmpty(self):
+        options = self.servers(pop3={"messages": []})
+        status, out, err = yield self.cli(*options, "list")
+        self.assertEqual((status, out), (0, "no messages\n"))
+
+    def readSample(self, name: str) -> bytes:
+        with open(os.path.join(SAMPLES, name), "rb") as f:
+            return f.read().replace(b"\n", b"\r\n")
+
+    @defer.inlineCallbacks
+    def test_read(self):
+        options = self.servers(pop3={"messages": [self.readSample("qp-latin1.eml"), self.readSample("attachment-rfc2231.eml")]})
+        status, out, err = yield self.cli(*options, "read", "1")
+        self.assertEqual(status, 0, err)
+        self.assertIn("From: José María <jose@example.es>\n", out)
+        self.assertIn("Subject: Señor información sobre el pedido\n", out)
+        self.assertIn("Hola Señora,", out)
+        status, out, err = yield self.cli(*options, "read", "2")
+        self.assertIn("Attachments:\n  Résumé très long — Q1.pdf  (application/pdf, 16 B)", out)
+        status, out, err = yield self.cli(*options, "read", "2", "--json")
+        document = json.loads(out)
+        self.assertEqual(document["number"], 2)
+        self.assertEqual(document["text"], "See attached.\n")
+        status, out, err = yield self.cli(*options, "read", "2", "--raw")
+        self.assertEqual(out, self.readSample("attachment-rfc2231.eml").replace(b"\r\n", b"\n").decode())
+
+    @defer.inlineCallbacks
+    def test_readNoSuchMessage(self):
+        options = self.servers()
+        status, out, err = yield self.cli(*options, "read", "3")
+        self.assertEqual(status, 8)
+        self.assertOneErrorLine(err, "there is no message 3 (the mailbox has 2)")
+
+    @defer.inlineCallbacks
+    def test_saveHostileNames(self):
+        """Attachments land in DIR and nowhere else, whatever their names."""
+        options = self.servers(pop3={"messages": [self.readSample("hostile-name.eml")]})
+        target = os.path.join(self.home, "out", "inner")
+        os.makedirs(target)
+        with open(os.path.join(target, "passwd"), "w") as f:
+            f.write("existing")
+        status, out, err = yield self.cli(*options, "save", "1", "--attachments", target)
+        self.assertEqual(status, 0, err)
+        self.assertEqual(sorted(os.listdir(target)), ["attachment", "evil.bat", "passwd", "passwd (1)", "passwd (2)"])
+        with open(os.path.join(target, "passwd")) as f:
+            self.assertEqual(f.read(), "existing")
+        self.assertEqual(os.listdir(os.path.join(self.home, "out")), ["inner"])
+        self.assertIn("saved %s" % (os.path.join(target, "passwd (1)"),), out)
+
+    @defer.inlineCallbacks
+    def test_saveNoFollowSymlink(self):
+        """A symbolic link planted in DIR under the attachment's name is not written through."""
+        options = self.servers(pop3={"messages": [self.readSample("attachment-rfc2231.eml")]})
+        target = os.path.join(self.home, "att")
+        os.makedirs(target)
+        victim = os.path.join(self.home, "victim")
+        os.symlink(victim, os.path.join(target, "Résumé très long — Q1.pdf"))
+        status, out, err = yield self.cli(*options, "save", "1", "--attachments", target)
+        self.assertEqual(status, 0, err)
+        self.assertFalse(os.path.exists(victim))
+        self.assertIn("Résumé très long — Q1 (1).pdf", os.listdir(target))
+
+    @defer.inlineCallbacks
+    def test_delete(self):
+        options = self.servers()
+        status, out, err = yield self.cli(*options, "delete", "1")
+        self.assertEqual(status, 0, err)
+        self.assertEqual(out, "deleted 1\n")
+        self.assertEqual(self.pop3Config.messages, MESSAGES[1:])
+        self.assertEqual(self.pop3Config.lines[-2:], [b"DELE 1", b"QUIT"])
+
+    @defer.inlineCallbacks
+    def test_deleteBadNumberDeletesNothing(self):
+        options = self.servers()
+        status, out, err = yield self.cli(*options, "delete", "1", "7")
+        self.assertEqual(status, 8)
+        self.assertOneErrorLine(err, "no message 7")
+        self.assertEqual(self.pop3Config.messages, MESSAGES)
+        self.assertNotIn(b"QUIT", self.pop3Config.lines)
+
+    @defer.inlineCallbacks
+    def test_fetchMaildir(self):
+        options = self.servers()
+        maildir = os.path.join(self.home, "Mail")
+        status, out, err = yield self.cli(*options, "fetch", "--to-maildir", maildir, "--delete")
+        self.assertEqual(status, 0, err)
+        names = sorted(os.listdir(os.path.join(maildir, "new")))
+        self.assertEqual(len(names), 2)
+        self.assertEqual(os.listdir(os.path.join(maildir, "tmp")), [])
+        contents = set()
+        for name in names:
+            with open(os.path.join(maildir, "new", name), "rb") as f:
+                contents.add(f.read())
+        self.assertEqual(contents, {m.replace(b"\r\n", b"\n") for m in MESSAGES})
+        self.assertEqual(self.pop3Config.messages, [])
+        self.assertIn("fetched 2 messages", out)
+
+    @defer.inlineCallbacks
+    def test_fetchMboxKeeps(self):
+        options = self.servers()
+        mbox = os.path.join(self.home, "mbox")
+        status, out, err = yield self.cli(*options, "fetch", "--to-mbox", mbox)
+        self.assertEqual(status, 0, err)
+        with open(mbox, "rb") as f:
+            data = f.read()
+        self.assertEqual(data.count(b"\nFrom MAILER-DAEMON ") + data.startswith(b"From MAILER-DAEMON "), 2)
+        import mailbox
+
+        self.assertEqual([m["Subject"] for m in mailbox.mbox(mbox)], ["one", "two"])
+        self.assertEqual(self.pop3Config.messages, MESSAGES)
+
+    @defer.inlineCallbacks
+    def test_fetchFailureDeletesNothing(self):
+        """A save that fails: nothing is deleted on the server."""
+        options = self.servers()
+        blocker = os.path.join(self.home, "file")
+        with open(blocker, "w") as f:
+            f.write("x")
+        status, out, err = yield self.cli(*options, "fetch", "--to-maildir", os.path.join(blocker, "Mail"), "--delete")
+        self.assertEqual(status, 1)
+        self.assertOneErrorLine(err, blocker)
+        self.assertEqual(self.pop3Config.messages, MESSAGES)
+
+    @defer.inlineCallbacks
+    def test_fetchProgress(self):
+        """Many messages and a terminal on stderr: a progress bar."""
+        options = self.servers(pop3={"messages": [b"Subject: %d\r\n\r\nx\r\n" % (i,) for i in range(12)]})
+        status, out, err = yield self.cli(*options, "fetch", "--to-mbox", os.path.join(self.home, "m"), stderr=TTY())
+        self.assertEqual(status, 0, err)
+        self.assertIn("\r[", err)
+        self.assertIn("12/12", err)
+        status, out, err = yield self.cli(*options, "fetch", "--to-mbox", os.path.join(self.home, "m2"))
+        self.assertEqual(err, "")
+
+
+class ErrorPathTests(CLITestMixin, unittest.TestCase):
+    """One expected failure per exit status: one line on stderr, no traceback."""
+
+    @defer.inlineCallbacks
+    def test_connectionRefused(self):
+        status, out, err = yield self.cli("--host", "127.0.0.1", "--pop3-port", str(closedPort()), "--user", "alice@example.test", "list")
+        self.assertEqual(status, 3)
+        self.assertOneErrorLine(err, "cannot connect to 127.0.0.1 port", "connection refused")
+
+    @defer.inlineCallbacks
+    def test_tlsWrongName(self):
+        cert, key = otherNameCertificate(self, "other.example.test")
+        config = FakeSMTPConfig(contextFactory=serverContextFactory(cert, key))
+        port = listenTLS(self, lambda: FakeSMTPServer(config), cert, key, False)
+        status, out, err = yield self.cli("--host", "127.0.0.1", "--smtp-port", str(port), "--cafile", cert, "--user", "alice@example.test",
+                                          "send", "--to", "bob@example.test", "--subject", "s", "--body", "b")
+        self.assertEqual(status, 4)
+        self.assertOneErrorLine(err, "not valid for the name 127.0.0.1", "other.example.test", "SHA-256")
+        self.assertFalse(any(l.startswith(b"AUTH") for l in config.lines))
+
+    @defer.inlineCallbacks
+    def test_noStartTLS(self):
+        options = self.servers(smtp={"offerStartTLS": False})
+        status, out, err = yield self.cli(*options, "send", "--to", "bob@example.test", "--subject", "s", "--body", "b")
+        self.assertEqual(status, 4)
+        self.assertOneErrorLine(err, "does not offer STARTTLS")
+
+    @defer.inlineCallbacks
+    def test_plaintextNeedsPermission(self):
+        options = self.servers(mode=TLSMode.none, pop3={"offerSTLS": False})
+        status, out, err = yield self.cli(*options, "list")
+        self.assertEqual(status, 4)
+        self.assertOneErrorLine(err, "--allow-plaintext")
+        self.assertFalse(any(l.startswith(b"PASS") for l in self.pop3Config.lines))
+        status, out, err = yield self.cli(*options, "--allow-plaintext", "list")
+        self.assertEqual(status, 0, err)
+
+    @defer.inlineCallbacks
+    def test_insecureWarns(self):
+        options = self.servers(mode=TLSMode.implicit)
+        index = options.index("--cafile")
+        options = options[:index] + options[index + 2 :]
+        status, out, err = yield self.cli(*options, "list")
+        self.assertEqual(status, 4)
+        status, out, err = yield self.cli(*options, "--insecure", "list")
+        self.assertEqual(status, 0, err)
+        self.assertIn("mailnet-cli: warning: --insecure", err)
+
+    @defer.inlineCallbacks
+    def test_authFailure(self):
+        options = self.servers()
+        self.environ["MAILNET_PASSWORD"] = "wrong"
+        status, out, err = yield self.cli(*options, "list")
+        self.assertEqual(status, 5)
+        self.assertOneErrorLine(err, "refused the login of alice@example.test", "-ERR [AUTH] invalid credentials")
+        status, out, err = yield self.cli(*options, "send", "--to", "bob@example.test", "--subject", "s", "--body", "b")
+        self.assertEqual(status, 5)
+        self.assertOneErrorLine(err, "535 5.7.8")
+
+    @defer.inlineCallbacks
+    def test_recipientRefused(self):
+        """Partial failure: the accepted recipient is reported too; exit 6."""
+        options = self.servers(smtp={"refuse": {"eve@example.test": "550 5.1.1 <eve@example.test>: no such user"}})
+        status, out, err = yield self.cli(*options, "send", "--to", "bob@example.test", "--to", "eve@example.test", "--subject", "s", "--body", "b")
+        self.assertEqual(status, 6)
+        self.assertIn("accepted  bob@example.test", out)
+        self.assertIn("refused   eve@example.test  (550 5.1.1 <eve@example.test>: no such user)", out)
+        self.assertOneErrorLine(err, "1 of 2 recipients refused")
+        status, out, err = yield self.cli(*options, "send", "--to", "eve@example.test", "--subject", "s", "--body", "b")
+        self.assertEqual(status, 6)
+        self.assertOneErrorLine(err, "550 5.1.1 <eve@example.test>: no such user")
+
+    @defer.inlineCallbacks
+    def test_messageTooLarge(self):
+        options = self.servers(smtp={"size": 100})
+        status, out, err = yield self.cli(*options, "send", "--to", "bob@example.test", "--subject", "s", "--body", "x" * 500)
+        self.assertEqual(status, 7)
+        self.assertOneErrorLine(err, "too large")
+        self.assertEqual(self.smtpConfig.messages, [])
+
+    @defer.inlineCallbacks
+    def test_missingAttachment(self):
+        status, out, err = yield self.cli("--user", "alice@example.test", "send", "--to", "b@example.test", "--subject", "s", "--body", "b",
+                                          "--attach", "/nonexistent/file")
+        self.assertEqual(status, 1)
+        self.assertOneErrorLine(err, "/nonexistent/file")
