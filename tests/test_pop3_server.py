@@ -888,6 +888,19 @@ class StreamingTests(POP3Mixin, SynchronousTestCase):
             self.assertEqual(self.send(protocol, transport, b"RETR 1\r\n"), expected, size)
             protocol.connectionLost(None)
 
+    def test_topEveryChunkSize(self) -> None:
+        """
+        TOP counts lines correctly however the file is read.
+        """
+        self.deliver(b"Subject: t\r\nX: y\r\n\r\n.one\r\ntwo\r\n\r\nfour\r\n")
+        [info] = self.snapshot()
+        expected = b"+OK Top of message follows\r\n" + (RP + "\r\n").encode() + b"Subject: t\r\nX: y\r\n\r\n..one\r\ntwo\r\n\r\n.\r\n"
+        for size in range(1, info.size + 2):
+            self.factory.chunkSize = size
+            protocol, transport = self.loggedIn()
+            self.assertEqual(self.send(protocol, transport, b"TOP 1 3\r\n"), expected, size)
+            protocol.connectionLost(None)
+
     def test_dotExactlyAtBoundary(self) -> None:
         """
         The named case: the chunk ends with CRLF and the next one starts

@@ -86,12 +86,14 @@ def headersAndLines(f: IO[bytes], bodyLines: int, chunkSize: int) -> Iterator[by
     inHeaders = True
     atLineStart = True
     remaining = bodyLines
+    # At a line start, two octets always hold a whole blank line.
+    size = max(chunkSize, 2)
     while True:
         if not inHeaders and atLineStart:
             if remaining <= 0:
                 return
             remaining -= 1
-        line = f.readline(chunkSize)
+        line = f.readline(size)
         if not line:
             return
         if inHeaders and atLineStart and line in (b"\r\n", b"\n"):
