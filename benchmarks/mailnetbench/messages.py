@@ -26,9 +26,12 @@ def makeBody(size: int) -> bytes:
     line = b"The quick brown fox jumps over the lazy dog 0123456789 abcdefghijklmnopqrstu\r\n"
     assert len(line) == 78
     whole, rest = divmod(max(size, 2), len(line))
+    if rest == 1:
+        # No line of one octet: lengthen the last full line instead.
+        return line * (whole - 1) + b"y" + line
     body = line * whole
     if rest:
-        body += b"y" * max(rest - 2, 0) + b"\r\n"
+        body += b"y" * (rest - 2) + b"\r\n"
     return body
 
 
