@@ -1054,6 +1054,23 @@ class LimitTests(POP3Mixin, SynchronousTestCase):
         self.assertEqual(self.authenticator.held, {})
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_idleTimeoutDuringLogin(self) -> None:
+        """
+        A login decided after the session timed out releases the mailbox
+        and says nothing more.
+        """
+        pending: Deferred = Deferred()
+        real = self.authenticator.login
+        self.authenticator.login = lambda c, p, i: pending.addCallback(lambda _: self.successResultOf(real(c, p, i)))
+        protocol, transport = self.connect()
+        self.send(protocol, transport, b"USER alice@example.test\r\nPASS %s\r\n" % PASSWORD.encode())
+        transport.clear()
+        self.clock.advance(self.limits.pop3_idle_timeout)
+        pending.callback(None)
+        self.assertEqual(transport.value(), b"-ERR Idle timeout, closing connection\r\n")
+        self.assertEqual(self.authenticator.held, {})
+        self.assertIs(protocol.state, State.AUTHORIZATION)
+
     def test_idleTimeoutAtLeastTenMinutes(self) -> None:
         """RFC 1939 §3: the autologout timer is at least 10 minutes."""
         self.assertGreaterEqual(Limits().pop3_idle_timeout, 600)

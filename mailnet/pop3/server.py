@@ -569,7 +569,8 @@ class POP3Server(Protocol):
 
     def _loggedIn(self, result: tuple, user: str) -> Optional[Deferred]:
         interface, avatar, logout = result
-        if self._disconnected:
+        if self._closing:
+            # The client left (or timed out) while we were deciding.
             logout()
             return None
         self.mailbox = avatar
@@ -585,7 +586,7 @@ class POP3Server(Protocol):
         raise POP3Error(MAILBOX_UNAVAILABLE, countsAsError=False)
 
     def _opened(self, messages: list) -> None:
-        if self._disconnected:
+        if self._closing:
             self._releaseMailbox()
             return
         self._messages = list(messages)
