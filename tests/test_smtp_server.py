@@ -603,6 +603,40 @@ class TransactionTests(SynchronousTestCase):
         self.assertTrue(h.delivery.messages[0].aborted)
         self.assertEqual(h.send(b"BDAT 3 LAST\r\nx\r\n"), ["503 5.5.1 Need MAIL before BDAT"])
 
+    def test_bdatReceiverRefused(self) -> None:
+        """If no receiver can be started, the chunk is still read, not run."""
+
+        def refuse(returnPath: str, recipients: object) -> None:
+            raise SMTPReply(451, "4.3.0 queue full")
+
+        self.h.delivery.receive = refuse  # type: ignore[method-assign]
+        self.h.envelope()
+        self.assertEqual(self.h.send(b"BDAT 6 LAST\r\nQUIT\r\n"), ["451 4.3.0 queue full"])
+        self.assertFalse(self.h.transport.disconnecting)
+        self.assertEqual(self.h.command("RCPT TO:<alice@example.test>"), ["503 5.5.1 Need MAIL before RCPT"])
+
+    def test_dataReceiverBroken(self) -> None:
+        def broken(returnPath: str, recipients: object) -> None:
+            raise RuntimeError("bug")
+
+        self.h.delivery.receive = broken  # type: ignore[method-assign]
+        self.h.envelope()
+        self.assertEqual(self.h.command("DATA"), ["451 4.3.0 Local error in processing, try again later"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.h.command("RCPT TO:<alice@example.test>"), ["503 5.5.1 Need MAIL before RCPT"])
+
+    def test_errorsForgivenAfterDelivery(self) -> None:
+        """As Postfix: the error count starts again after a delivered message."""
+        h = Harness(limits=Limits(max_errors=3))
+        h.ehlo()
+        for _ in range(3):
+            h.command("FROB")
+            h.command("FROB")
+            h.envelope()
+            h.command("DATA")
+            self.assertEqual(h.send(b"x\r\n.\r\n"), ["250 2.0.0 Ok: queued as test-id"])
+        self.assertFalse(h.transport.disconnecting)
+
     def test_dataAfterBdat(self) -> None:
         self.h.envelope()
         self.h.send(b"BDAT 3\r\nx\r\n")
@@ -710,6 +744,13 @@ class AuthTests(SynchronousTestCase):
         self.assertEqual(self.h.login(password="wrong"), ["535 5.7.8 Authentication credentials invalid"])
         self.assertEqual(self.h.authenticator.failures, [("alice@example.test", PEER)])
         self.assertEqual(self.h.login(), ["235 2.7.0 Authentication successful"])
+
+    def test_longInitialResponse(self) -> None:
+        """RFC 4954 §4: an AUTH command line may be up to 12288 octets."""
+        line = "AUTH PLAIN " + plain("alice@example.test", "p" * 6000)
+        self.assertGreater(len(line), 2048)
+        self.assertEqual(self.h.command(line), ["535 5.7.8 Authentication credentials invalid"])
+        self.assertEqual(self.h.command("AUTH PLAIN " + "A" * 12300), ["500 5.5.6 Line too long"])
 
     def test_cancel(self) -> None:
         self.h.command("AUTH LOGIN")
@@ -1022,6 +1063,39 @@ class RealConnectionTests(TestCase):
         self.assertTrue(message.finished)
         self.assertIn(b" with ESMTPSA id ", message.data)
         self.assertTrue(message.data.endswith(b"\r\nSubject: t\r\n\r\nhello\r\n"))
+
+    @inlineCallbacks
+    def test_slowStoreOverTLS(self):
+        """Input waits for a slow finish() through a TLS transport too."""
+        from twisted.internet.task import deferLater
+
+        delivery = self.delivery
+        original = delivery.receive
+
+        def receive(returnPath: str, recipients: List[str]):
+            receiver = original(returnPath, recipients)
+            receiver.finish = lambda: deferLater(reactor, 0.05, lambda: "slow-id")  # type: ignore[method-assign]
+            return receiver
+
+        delivery.receive = receive  # type: ignore[method-assign]
+        port = self.listen("smtps", implicit=True)
+
+        def client() -> List[object]:
+            replies = []
+            with smtplib.SMTP_SSL("127.0.0.1", port, local_hostname="client.example.org", context=self.context(), timeout=10) as smtp:
+                smtp.ehlo()
+                smtp.login("alice@example.test", "secret")
+                for n in range(2):
+                    smtp.mail("alice@example.test")
+                    smtp.rcpt("bob@example.test")
+                    replies.append(smtp.data(b"Subject: %d\r\n\r\nx\r\n" % (n,)))
+                replies.append(smtp.noop())
+            return replies
+
+        replies = yield deferToThread(client)
+        self.assertEqual(
+            replies, [(250, b"2.0.0 Ok: queued as slow-id"), (250, b"2.0.0 Ok: queued as slow-id"), (250, b"2.0.0 Ok")]
+        )
 
     @inlineCallbacks
     def test_implicitTLSWithSmtplib(self):

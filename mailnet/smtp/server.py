@@ -19,6 +19,7 @@ import binascii
 import datetime
 import email.utils
 import ipaddress
+import re
 import secrets
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -54,6 +55,7 @@ JUNK_COMMAND_LIMIT = 100
 MIN_DATA_RATE = 10
 
 _COMMAND, _DATA, _BDAT = "command", "data", "bdat"
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 _JUNK_VERBS = frozenset({"EHLO", "HELO", "NOOP", "RSET", "VRFY", "EXPN", "HELP"})
 
 
@@ -362,7 +364,10 @@ class SMTPServer(Protocol):
         self._updateDeadline()
 
     def _lineLimit(self) -> int:
-        return AUTH_LINE_LIMIT if self._auth is not None else self.limits.max_command_line
+        # RFC 4954 §4: AUTH lines, the command and the responses, may be longer.
+        if self._auth is not None or self._buffer[:5].upper() == b"AUTH ":
+            return max(AUTH_LINE_LIMIT, self.limits.max_command_line)
+        return self.limits.max_command_line
 
     def _takeLine(self) -> Optional[bytes]:
         """
@@ -385,7 +390,8 @@ class SMTPServer(Protocol):
                 if len(self._buffer) < limit:
                     return None
                 self._discarding = True
-                too = codes.P_AUTH_LINE_TOO_LONG if self._auth is not None else codes.P_SYNTAX_ERROR
+                authLine = limit > self.limits.max_command_line
+                too = codes.P_AUTH_LINE_TOO_LONG if authLine else codes.P_SYNTAX_ERROR
                 self._auth = None
                 self._reply(reply(codes.SYNTAX_ERROR, too, "Line too long"))
                 if self._closed:
@@ -411,7 +417,7 @@ class SMTPServer(Protocol):
     def _command(self, line: bytes) -> object:
         # RFC 5321 §2.4: commands are ASCII; RFC 6531 §3.3 lets UTF-8 into
         # MAIL and RCPT addresses only.
-        if any(b < 0x20 or b == 0x7F for b in line):
+        if _CONTROL.search(line) is not None:
             raise reply(codes.SYNTAX_ERROR, codes.P_SYNTAX_ERROR, "Control characters or NUL in command")
         try:
             text = line.decode("utf-8")
@@ -1016,8 +1022,17 @@ class SMTPServer(Protocol):
         elif not transaction.recipients:
             failure = reply(codes.BAD_SEQUENCE, codes.P_INVALID_COMMAND, "Need RCPT before BDAT")
         elif transaction.receiver is None and not transaction.usedBDAT:
-            self._startMessage()
             transaction.usedBDAT = True
+            try:
+                self._startMessage()
+            except SMTPReply as e:
+                failure = e
+            except Exception:
+                log.failure("SMTP {peer}: could not start a message", peer=self._peer)
+                failure = reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Local error in processing, try again later")
+            if failure is not None:
+                # The chunk that follows must still be read, not run.
+                self._resetTransaction()
         self._chunk = _Chunk(
             left=int(words[0]), last=len(words) == 2, transaction=None if failure else transaction, failure=failure
         )
