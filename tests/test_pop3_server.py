@@ -1100,6 +1100,7 @@ class LimitTests(POP3Mixin, SynchronousTestCase):
             self.clock.advance(self.limits.pop3_idle_timeout - 1)
             transport.producer.resumeProducing()
         self.assertFalse(transport.disconnecting)
+        protocol.connectionLost(None)
 
     def test_closeGrace(self) -> None:
         """
