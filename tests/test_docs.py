@@ -343,6 +343,32 @@ class _quiet:
         self._stack.close()
 
 
+class TablesTests(SynchronousTestCase):
+    """
+    Tables in the docs that restate constants of the code.
+    """
+
+    def test_clientExitStatuses(self) -> None:
+        """The user guide's exit status table has exactly mailnet-cli's statuses."""
+        from mailnet.cli import main
+
+        text = _read(os.path.join(DOCS, "user-guide.rst")).split("Exit status\n", 1)[1]
+        documented = {int(m) for m in re.findall(r"^(\d+)  +\S", text, re.M)}
+        actual = {value for name, value in vars(main).items() if name.startswith("EXIT_") and isinstance(value, int)}
+        self.assertEqual(documented, actual)
+        # Every status the error table can produce is documented.
+        self.assertLessEqual({code for _, code in main.EXIT_CODES}, documented)
+
+    def test_defaultPorts(self) -> None:
+        """The admin guide's table of default listener ports is the embedded default."""
+        from mailnet.config import DEFAULT_LISTEN
+
+        text = _read(os.path.join(DOCS, "admin-guide.rst"))
+        documented = dict(re.findall(r"^``(\w+)``\s+(\d+)\s", text, re.M))
+        expected = {name: description.split(":")[1] for name, description in DEFAULT_LISTEN.items()}
+        self.assertEqual(documented, expected)
+
+
 class PythonExamplesTests(SynchronousTestCase):
     """
     The Python examples in the docs run.
