@@ -40,6 +40,8 @@ TIMEOUT_COMMAND = 300
 TIMEOUT_DATA_INIT = 120
 TIMEOUT_DATA_BLOCK = 180
 TIMEOUT_DATA_END = 600
+# Not from the RFC: how long a peer may take to close after QUIT.
+TIMEOUT_CLOSE = 30
 
 # RFC 5321 §4.5.3.1.5 allows 512 octets per reply line; be lenient.
 MAX_REPLY_LINE = 4096
@@ -175,6 +177,8 @@ class RelayClient(LineOnlyReceiver):
         self.clock = clock
         self.run = run
         self.result: Deferred = Deferred()
+        #: fires when the connection is closed.
+        self.closed: Deferred = Deferred()
         self.extensions: Dict[str, str] = {}
         self.secure = False
         self._lines: List[str] = []
@@ -197,6 +201,8 @@ class RelayClient(LineOnlyReceiver):
     def connectionLost(self, reason: Any = None) -> None:
         self._lost = reason.value if reason is not None else ierror.ConnectionDone()
         self._cancelTimer()
+        if not self.closed.called:
+            self.closed.callback(None)
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             waiting.errback(self._lost)
@@ -207,6 +213,8 @@ class RelayClient(LineOnlyReceiver):
     def _done(self, result: Any) -> None:
         if self.transport is not None and self._lost is None:
             self.transport.loseConnection()
+            # A peer that never closes its side (or its TLS) is cut off.
+            self._timer = self.clock.callLater(TIMEOUT_CLOSE, self.transport.abortConnection)
         if self.result.called:
             return
         if isinstance(result, Failure):
