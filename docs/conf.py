@@ -10,7 +10,7 @@ _here = os.path.dirname(os.path.abspath(__file__))
 # Read the version without importing mailnet, so the docs build needs only
 # Sphinx.
 with open(os.path.join(_here, "..", "mailnet", "__init__.py"), encoding="utf-8") as _f:
-    release = re.search(r'^__version__ = "([^"]+)"', _f.read(), re.M).group(1)
+    release = re.search(r'^__version__ = "([^"]+)"', _f.read(), re.MULTILINE).group(1)
 version = ".".join(release.split(".")[:2])
 
 project = "mailnet"
