@@ -23,7 +23,7 @@ import re
 import unicodedata
 from email.message import EmailMessage, Message
 from html.parser import HTMLParser
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import attr
 
@@ -269,7 +269,7 @@ def decodeMessage(data: bytes) -> DecodedMessage:
         disposition = part.get_content_disposition()
         filename = _filename(part)
         if disposition == "attachment" or filename or part.get_content_maintype() not in ("text", "multipart", "message"):
-            payload = part.get_payload(decode=True) or b""
+            payload = _payload(part)
             name = filename or ""
             safe = safeFilename(name or _defaultName(part), taken)
             taken.add(safe.lower())
@@ -297,13 +297,19 @@ def _defaultName(part: Message) -> str:
     return DEFAULT_ATTACHMENT_NAME + extension
 
 
+def _payload(part: Message) -> bytes:
+    """A leaf part's bytes, transfer encoding undone."""
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
 def partText(part: Message) -> str:
     """
     The text of a leaf part: transfer encoding (quoted-printable, base64)
     undone and the charset decoded.  Unknown or lying charsets do not
     stop us: undecodable bytes are replaced.
     """
-    payload = part.get_payload(decode=True) or b""
+    payload = _payload(part)
     charset = part.get_content_charset() or "us-ascii"
     for candidate in (charset, "utf-8"):
         try:

@@ -9,10 +9,8 @@ import email.policy
 import io
 import json
 import os
-import sys
 from typing import List, Optional
 
-import attr
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
@@ -20,10 +18,17 @@ from mailnet.cli import main as cli
 from mailnet.cli._clientconfig import Account, configPath, loadAccount
 from mailnet.client.tls import TLSMode
 from mailnet.errors import ConfigError
-from tests.test_client_pop3 import MESSAGES, FakePOP3Config, ScriptedPOP3Mixin
-from tests.test_client_smtp import FakeSMTPConfig, ScriptedServerMixin, certificate, closedPort, listenTLS, otherNameCertificate
 from mailnet.tls import serverContextFactory
-from tests.test_client_smtp import FakeSMTPServer
+from tests.test_client_pop3 import MESSAGES, ScriptedPOP3Mixin
+from tests.test_client_smtp import (
+    FakeSMTPConfig,
+    FakeSMTPServer,
+    ScriptedServerMixin,
+    certificate,
+    closedPort,
+    listenTLS,
+    otherNameCertificate,
+)
 
 SAMPLES = os.path.join(os.path.dirname(__file__), "samples")
 

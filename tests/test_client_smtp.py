@@ -16,8 +16,20 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import LineReceiver
 from twisted.trial import unittest
 
-from mailnet.client.smtp import RecipientResult, SendResult, SubmissionClient, sendMessage, wireData
-from mailnet.client.tls import DEFAULT_PORTS, ServerEndpoint, TLSMode, clientError, loadTrustRoot
+from mailnet.client.smtp import (
+    RecipientResult,
+    SendResult,
+    SubmissionClient,
+    sendMessage,
+    wireData,
+)
+from mailnet.client.tls import (
+    DEFAULT_PORTS,
+    ServerEndpoint,
+    TLSMode,
+    clientError,
+    loadTrustRoot,
+)
 from mailnet.errors import (
     AuthenticationFailed,
     ConfigError,

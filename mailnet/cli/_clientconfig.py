@@ -112,10 +112,10 @@ def loadAccount(path: str, name: Optional[str]) -> Account:
             name = next(iter(sections))
     if name not in sections:
         raise ConfigError(where=path, problem="no account %r (known: %s)" % (name, ", ".join(sections) or "none"))
-    section = parser[sections[name]]
+    proxy = parser[sections[name]]
     where = "%s [%s]" % (path, sections[name])
     values: dict = {"name": name}
-    for key, value in section.items():
+    for key, value in proxy.items():
         if key not in KEYS:
             raise ConfigError(where=where, problem="unknown key %r (known: %s)" % (key, ", ".join(KEYS)))
         value = value.strip()

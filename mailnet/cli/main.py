@@ -24,7 +24,19 @@ import subprocess
 import sys
 import tempfile
 import traceback
-from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import (
+    IO,
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Type,
+)
 
 import attr
 from twisted.internet import defer, task
@@ -527,7 +539,7 @@ def saveAttachments(directory: str, attachments: Sequence[Tuple[str, bytes]]) ->
         raise LocalFileError(path=directory, reason=e.strerror or str(e))
     root = os.path.realpath(directory)
     written = []
-    taken = set()
+    taken: Set[str] = set()
     for name, data in attachments:
         while True:
             candidate = safeFilename(name, taken | {n for n in _listdir(root)})

@@ -13,7 +13,7 @@ only when L{POP3Session.quit} succeeds (RFC 1939 §6, the UPDATE state).
 Failures are L{mailnet.errors.ClientError}s.
 """
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional
 
 from twisted.internet import defer
 from twisted.internet.protocol import ClientFactory
@@ -21,7 +21,13 @@ from twisted.mail.pop3 import AdvancedPOP3Client as POP3Client
 from twisted.mail.pop3 import ServerErrorResponse, TLSNotSupportedError
 from twisted.python.failure import Failure
 
-from mailnet.client.tls import ServerEndpoint, TLSMode, Transcript, VerifyingCreator, clientError
+from mailnet.client.tls import (
+    ServerEndpoint,
+    TLSMode,
+    Transcript,
+    VerifyingCreator,
+    clientError,
+)
 from mailnet.errors import (
     AuthenticationFailed,
     ClientError,
@@ -50,10 +56,10 @@ class _POP3Protocol(POP3Client):
     allowInsecureLogin = False
 
     def __init__(self, timeout: float, transcript: Optional[Transcript], clock: Any) -> None:
-        self.timeout = timeout
+        self.timeout = timeout  # type: ignore[assignment]
         self.transcript = transcript
         if clock is not None:
-            self.callLater = clock.callLater  # TimeoutMixin's clock
+            self.callLater = clock.callLater  # type: ignore[method-assign]  # TimeoutMixin's clock
         self.greeted: defer.Deferred = defer.Deferred()
         self.closed: defer.Deferred = defer.Deferred()
         self.secure = False
@@ -72,11 +78,15 @@ class _POP3Protocol(POP3Client):
             self.transcript("S", line.decode("utf-8", "replace"))
         POP3Client.lineReceived(self, line)
 
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
     def serverGreeting(self, greeting: bytes) -> None:
         if not self.greeted.called:
             self.greeted.callback(self)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Any = None) -> None:
         POP3Client.connectionLost(self, reason)
         if self._timedOut:
             from twisted.internet.error import TimeoutError
@@ -131,7 +141,7 @@ class POP3Session:
         def build() -> _POP3Protocol:
             return _POP3Protocol(endpoint.timeout, transcript, reactor)
 
-        d = endpoint.endpoint(reactor, creator).connect(_Factory(build))
+        d: defer.Deferred = endpoint.endpoint(reactor, creator).connect(_Factory(build))
         d.addCallback(lambda protocol: protocol.greeted)
 
         def greeted(protocol: _POP3Protocol) -> Any:
@@ -149,7 +159,7 @@ class POP3Session:
 
             def noTLS(reason: Failure) -> Failure:
                 reason.trap(TLSNotSupportedError)
-                protocol.transport.loseConnection()
+                protocol.close()
                 return Failure(TLSUnavailable(host=endpoint.host, port=endpoint.port, command="STLS"))
 
             started.addCallbacks(secured, noTLS)
@@ -266,11 +276,11 @@ class POP3Session:
         d = self._call("QUIT", self.protocol.quit())
 
         def closed(_: Any) -> defer.Deferred:
-            self.protocol.transport.loseConnection()
+            self.protocol.close()
             return self.protocol.closed
 
         def failed(reason: Failure) -> Failure:
-            self.protocol.transport.loseConnection()
+            self.protocol.close()
             return reason
 
         d.addCallbacks(closed, failed)
@@ -278,7 +288,7 @@ class POP3Session:
 
     def abort(self) -> defer.Deferred:
         """Close without QUIT: deletions are abandoned.  @return: Deferred firing at close."""
-        self.protocol.transport.loseConnection()
+        self.protocol.close()
         return self.protocol.closed
 
 

@@ -25,7 +25,13 @@ from twisted.internet.protocol import ClientFactory
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
-from mailnet.client.tls import ServerEndpoint, TLSMode, Transcript, VerifyingCreator, clientError
+from mailnet.client.tls import (
+    ServerEndpoint,
+    TLSMode,
+    Transcript,
+    VerifyingCreator,
+    clientError,
+)
 from mailnet.errors import (
     AuthenticationFailed,
     ClientError,
@@ -155,9 +161,9 @@ class SubmissionClient(smtp.ESMTPClient):
         self.data = wireData(message)
         self.transcript = transcript
         self.finished: defer.Deferred = defer.Deferred()
-        self.timeout = endpoint.timeout
+        self.timeout = endpoint.timeout  # type: ignore[assignment]
         if clock is not None:
-            self.callLater = clock.callLater  # TimeoutMixin's clock
+            self.callLater = clock.callLater  # type: ignore[method-assign]  # TimeoutMixin's clock
         self.requireTransportSecurity = endpoint.tls is not TLSMode.none
         self.requireAuthentication = username is not None
         self._sent = False
@@ -320,7 +326,7 @@ class SubmissionClient(smtp.ESMTPClient):
 
     def sendError(self, exc: Any) -> None:
         if isinstance(exc, smtp.SMTPTimeoutError):
-            self._fail(ServerTimeout(host=self.endpoint.host, port=self.endpoint.port, seconds="%g" % (self.timeout,)))
+            self._fail(ServerTimeout(host=self.endpoint.host, port=self.endpoint.port, seconds="%g" % (self.endpoint.timeout,)))
         elif isinstance(exc, smtp.SMTPConnectError):
             self._fail(ServerError(host=self.endpoint.host, command="the connection", reply=_reply(exc.code, exc.resp)))
         elif isinstance(exc, smtp.SMTPClientError):
@@ -340,6 +346,7 @@ class SubmissionClient(smtp.ESMTPClient):
         if self._lost or not quit:
             return
         if not isinstance(error, ClientError) or isinstance(error, (ServerTimeout, TLSFailed)):
+            assert self.transport is not None
             self.transport.loseConnection()
         else:
             self._disconnectFromServer()

@@ -21,11 +21,20 @@ from OpenSSL import SSL, crypto
 from twisted.internet import error as ierror
 from twisted.internet import ssl
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IStreamClientEndpoint,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailnet.errors import ClientError, ConfigError, ConnectFailed, ServerTimeout, TLSFailed
+from mailnet.errors import (
+    ClientError,
+    ConfigError,
+    ConnectFailed,
+    ServerTimeout,
+    TLSFailed,
+)
 
 # A transcript sink: called with ("C" or "S", line text) for each line.
 Transcript = Callable[[str, str], None]
@@ -169,6 +178,7 @@ class ServerEndpoint:
         """
         if self.tls is TLSMode.none:
             return None
+        inner: IOpenSSLClientConnectionCreator
         if self.insecure:
             # Encrypted but unauthenticated: the user asked for it.
             inner = _InsecureCreator(self.host)
