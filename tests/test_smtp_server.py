@@ -8,6 +8,7 @@ from C{smtplib} on 127.0.0.1.
 import base64
 import os
 import random
+import re
 import smtplib
 import ssl
 from typing import Dict, List, Optional
@@ -997,6 +998,27 @@ class DataDecoderTests(SynchronousTestCase):
                 checker.feed(c)
             checker.finish()
             self.assertTrue(checker.bareLineEnding, chunks)
+
+    def test_checkerRandomSplits(self) -> None:
+        """The chunked checks agree with line-by-line ones wherever the cuts fall."""
+        rng = random.Random(3030)
+        pieces = [b"a", b"a" * 997, b"a" * 998, b"a" * 999, b"\r\n", b"\r\n", b"\r\n", b"\r", b"\n", b"\0"]
+        for _ in range(2000):
+            stream = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+            bare = re.search(rb"\r(?!\n)|(?<!\r)\n", stream) is not None
+            cuts = sorted(rng.randint(0, len(stream)) for _ in range(rng.randint(0, 5)))
+            checker = MessageChecker(10**6)
+            start = 0
+            for cut in cuts + [len(stream)]:
+                checker.feed(stream[start:cut])
+                start = cut
+            checker.finish()
+            self.assertEqual(checker.bareLineEnding, bare, (stream, cuts))
+            self.assertEqual(checker.nul, b"\0" in stream)
+            self.assertEqual(checker.size, len(stream))
+            if not bare:
+                tooLong = max(len(line) for line in stream.split(b"\r\n")) > 998
+                self.assertEqual(checker.lineTooLong, tooLong, (stream, cuts))
 
     def test_checkerLineLengthAcrossChunks(self) -> None:
         checker = MessageChecker(10000)

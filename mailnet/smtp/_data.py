@@ -23,14 +23,13 @@ _TERMINATOR = b"\r\n.\r\n"
 # one of them is held back until the next chunk says what it is.
 _PREFIXES = tuple(_TERMINATOR[:n] for n in range(4, 0, -1))
 
-# A CR not followed by LF, or an LF not preceded by CR (RFC 5321 §2.3.8).
-_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-_BREAK = re.compile(rb"[\r\n]")
 
 # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including the
 # CRLF, not counting the leading dot added for transparency.
 MAX_LINE = 998
-_LONG = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE + 1,))
+# Anchored at an LF so that the search stays linear: a line (from an LF)
+# with more than 998 octets and its CR before the next LF.
+_LONG = re.compile(rb"\n[^\n]{%d}" % (MAX_LINE + 2,))
 
 # The header section kept to check From: (Postfix's header_size_limit).
 MAX_HEADER_SECTION = 102400
@@ -119,25 +118,31 @@ class MessageChecker:
         self._last = data[-1:]
 
     def _checkLineEndings(self, data: bytes) -> None:
-        if self._last == b"\r" and data[:1] != b"\n":
-            self.bareLineEnding = True
-            return
-        window = self._last + data
-        # A CR at the very end is judged with the next chunk (or finish).
-        end = len(window) - 1 if window.endswith(b"\r") else len(window)
-        if _BARE.search(window, 1, end) is not None:
+        if self._last == b"\r":
+            # The CR that ended the previous chunk needs this LF.
+            if data[:1] != b"\n":
+                self.bareLineEnding = True
+                return
+            data = data[1:]
+        if data.endswith(b"\r"):
+            data = data[:-1]  # judged with the next chunk (or at finish)
+        # Every CR and every LF belongs to a CRLF exactly when the counts agree.
+        pairs = data.count(b"\r\n")
+        if data.count(b"\r") != pairs or data.count(b"\n") != pairs:
             self.bareLineEnding = True
 
     def _checkLineLength(self, data: bytes) -> None:
-        first = _BREAK.search(data)
-        if first is None:
+        # Lines are measured up to their LF, so the CR counts: 999 at most.
+        first = data.find(b"\n")
+        if first < 0:
             self._run += len(data)
         else:
-            self._run += first.start()
-            if self._run > MAX_LINE or _LONG.search(data, first.start()) is not None:
+            self._run += first
+            if self._run > MAX_LINE + 1 or _LONG.search(data, first) is not None:
                 self.lineTooLong = True
-            self._run = len(data) - 1 - max(data.rfind(b"\r"), data.rfind(b"\n"))
-        if self._run > MAX_LINE:
+            self._run = len(data) - 1 - data.rfind(b"\n")
+        # An unfinished line is too long already with 999 octets but a CR.
+        if self._run > MAX_LINE + 1 or (self._run == MAX_LINE + 1 and data[-1:] != b"\r"):
             self.lineTooLong = True
 
     def _collectHeaders(self, data: bytes) -> None:
