@@ -176,7 +176,7 @@ def makeBounce(
                 ]
             )
         )
-    status.set_payload(blocks)
+    status.set_payload(blocks)  # type: ignore[arg-type]
     report.attach(status)
 
     # RFC 6522 §4 / RFC 3462: the original header only, never the body.

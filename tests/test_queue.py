@@ -8,7 +8,7 @@ import json
 import os
 from typing import Any, Callable, List
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
@@ -278,7 +278,7 @@ class AdminFunctionTests(QueueTestCase):
 
     def test_idsSortByArrival(self) -> None:
         ids = []
-        for step in range(3):
+        for _ in range(3):
             ids.append(self.enqueue())
             self.clock.advance(1)
         self.assertEqual(sorted(ids), ids)

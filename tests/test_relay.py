@@ -17,7 +17,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory
-from twisted.internet.ssl import CertificateOptions, PrivateCertificate
+from twisted.internet.ssl import PrivateCertificate
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.names import dns
@@ -868,3 +868,21 @@ class ClientTests(unittest.TestCase):
         client.dataReceived(b"250 2.0.0 done\r\n")
         [outcome] = self.successResultOf(client.result)
         self.assertEqual((outcome.kind, outcome.reply), ("delivered", "250 2.0.0 done"))
+
+
+class DefaultResolverTests(unittest.TestCase):
+    def test_resolverUsesGivenReactor(self) -> None:
+        """
+        Without a resolver argument, MX look-ups go through a
+        L{twisted.names.client.Resolver} on the service's reactor, not the
+        global one.
+        """
+        from twisted.names import client
+
+        clock = Clock()
+        queue = q.DiskQueue(self.mktemp(), runSynchronously, clock, "mx.example.test")
+        relay = RelayService(queue, RelaySettings(), "mx.example.test", clock, lambda *a: None)
+        resolver = relay._getResolver()
+        self.assertIsInstance(resolver, client.Resolver)
+        self.assertIs(resolver._reactor, clock)
+        self.assertIs(relay._getResolver(), resolver)

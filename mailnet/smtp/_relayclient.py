@@ -24,8 +24,8 @@ from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 log = Logger()
@@ -171,6 +171,7 @@ class RelayClient(LineOnlyReceiver):
 
     delimiter = b"\r\n"
     MAX_LENGTH = MAX_REPLY_LINE
+    transport: Any
 
     def __init__(self, job: Job, clock: Any, run: Callable[..., Deferred]) -> None:
         self.job = job
@@ -355,7 +356,7 @@ class RelayClient(LineOnlyReceiver):
         except Exception as e:
             reply = self._describe(e)
             if not (self._accepted or self.outcomes):
-                raise HostFailure(reply)
+                raise HostFailure(reply) from e
             # Recipients got answers: those refused keep their replies, the
             # others share what happened to the session.
             return [self.outcomes.get(r) or Outcome(r, TEMPORARY, reply, host) for r in job.recipients]

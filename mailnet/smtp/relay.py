@@ -25,7 +25,14 @@ from collections import defaultdict, deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredLock, DeferredList, inlineCallbacks, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    DeferredLock,
+    inlineCallbacks,
+    succeed,
+)
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -51,6 +58,7 @@ log = Logger()
 FLUSH_POLL = 5.0
 SMTP_PORT = 25
 CONNECT_TIMEOUT = 30
+RESOLV_CONF = "/etc/resolv.conf"
 
 # RFC 7505 §4.2: mail to a domain with a null MX fails at once.
 NULL_MX_REPLY = "556 5.1.10 %s does not accept mail (null MX, RFC 7505)"
@@ -127,8 +135,6 @@ class RelayService(Service):
         client; by default a L{HostnameEndpoint} on C{reactor} (A and AAAA
         look-ups, RFC 8305).
     """
-
-    name = "relay"
 
     def __init__(
         self,
@@ -485,9 +491,9 @@ class RelayService(Service):
             answers, _, _ = yield resolver.lookupMailExchange(domain)
         except dnserror.DomainError:
             # NXDOMAIN: RFC 5321 §5.1 leaves nothing to try.
-            raise RoutingError(NO_DOMAIN_REPLY % (domain,), permanent=True)
+            raise RoutingError(NO_DOMAIN_REPLY % (domain,), permanent=True) from None
         except Exception as e:
-            raise RoutingError(DNS_FAILURE_REPLY % (domain, e.__class__.__name__), permanent=False)
+            raise RoutingError(DNS_FAILURE_REPLY % (domain, e.__class__.__name__), permanent=False) from e
         from twisted.names import dns
 
         records = [a.payload for a in answers if a.type == dns.MX]
@@ -498,14 +504,15 @@ class RelayService(Service):
         try:
             hosts = orderExchanges(records, self._random)
         except RoutingError:
-            raise RoutingError(NULL_MX_REPLY % (domain,), permanent=True)
+            raise RoutingError(NULL_MX_REPLY % (domain,), permanent=True) from None
         return [(host, SMTP_PORT) for host in hosts]
 
     def _getResolver(self) -> Any:
         if self._resolver is None:
             from twisted.names import client
 
-            self._resolver = client.createResolver(reactor=self._reactor)
+            # Not createResolver(): that one runs on the global reactor.
+            self._resolver = client.Resolver(resolv=RESOLV_CONF, reactor=self._reactor)
         return self._resolver
 
     # --- delivery -------------------------------------------------------------
@@ -552,7 +559,7 @@ class RelayService(Service):
         try:
             message = yield self.queue.openMessage(entry.id)
         except EntryGone:
-            raise HostFailure("451 4.3.0 the message left the queue")
+            raise HostFailure("451 4.3.0 the message left the queue") from None
         try:
             job = Job(
                 heloName=self.hostname,
@@ -571,7 +578,7 @@ class RelayService(Service):
             try:
                 client = yield connecting
             except Exception as e:
-                raise HostFailure("451 4.4.1 cannot connect to %s:%d: %s" % (host, port, _reason(e)))
+                raise HostFailure("451 4.4.1 cannot connect to %s:%d: %s" % (host, port, _reason(e))) from e
             finally:
                 self._connecting.discard(connecting)
             self._clients.add(client)

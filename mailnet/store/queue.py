@@ -369,6 +369,8 @@ class DiskQueue:
         self._paths = _Paths(queueDir)
         self._paths.ensure()
         self._run = run
+        #: the runner for blocking file work, shared with the relay client.
+        self.run = run
         self._clock = clock
         self.listener: Optional[Callable[[QueueEntry], None]] = None
 
@@ -464,7 +466,7 @@ class DiskQueue:
             try:
                 return open(self._paths.message(entryId), "rb")
             except FileNotFoundError:
-                raise EntryGone(entryId)
+                raise EntryGone(entryId) from None
 
         return self._run(opener)
 
