@@ -14,6 +14,7 @@ from typing import Optional
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from mailnet import passwords
 from mailnet.cli import main as cli
 from tests.support import startServer
 
@@ -23,6 +24,8 @@ class CLIMixin:
 
     @defer.inlineCallbacks
     def startWithUsers(self, **kw):
+        # Cheap Argon2 parameters: every CLI run logs in once.
+        self.patch(passwords, "DEFAULT_HASHER", passwords.lowCostHasher())
         self.server = yield startServer(self, **kw)
         self.server.addUser("alice@example.test", "alice-secret")
         self.server.addUser("bob@example.test", "bob-secret")
