@@ -156,6 +156,9 @@ class MailService(service.MultiService):
                 factory = makers[role]()
                 if role in IMPLICIT_TLS and not description.startswith("ssl:"):
                     factory = TLSMemoryBIOFactory(self.tls, False, factory)
+                # ListenerService logs the listening address once; Twisted's
+                # "Starting factory" lines would only repeat it.
+                factory.noisy = False
                 try:
                     endpoint = serverFromString(reactor, description)
                 except (ValueError, KeyError, TypeError) as e:
