@@ -523,3 +523,48 @@ class ErrorPathTests(CLITestMixin, unittest.TestCase):
                                           "--attach", "/nonexistent/file")
         self.assertEqual(status, 1)
         self.assertOneErrorLine(err, "/nonexistent/file")
+
+
+class InteractiveTests(CLITestMixin, unittest.TestCase):
+    """A terminal on stdin: the body comes from $EDITOR, the password from a prompt."""
+
+    @defer.inlineCallbacks
+    def test_editorAndPrompt(self):
+        options = self.servers()
+        del self.environ["MAILNET_PASSWORD"]
+        # The editor is run with the file name as its last argument ($0 here).
+        self.environ["EDITOR"] = "sh -c 'printf \"written in the editor\\n\" > \"$0\"'"
+        prompts: List[str] = []
+
+        def prompt(text, stream=None):
+            prompts.append(text)
+            return "secret"
+
+        streams = cli.Streams(TTY(), io.StringIO(), io.StringIO(), self.environ)
+        invocation = cli.prepare(options + ["send", "--to", "bob@example.test", "--subject", "s"], streams, prompt=prompt)
+        self.assertIsInstance(invocation, cli.Invocation)
+        self.assertEqual(prompts, ["Password for alice@example.test at localhost: "])
+        status = yield invocation.execute(reactor)
+        self.assertEqual(status, 0, streams.stderr.getvalue())
+        message = email.message_from_bytes(self.smtpConfig.messages[0][2], policy=email.policy.default)
+        self.assertEqual(message.get_content().replace("\r\n", "\n"), "written in the editor\n")
+
+    @defer.inlineCallbacks
+    def test_editorFails(self):
+        self.environ["EDITOR"] = "false"
+        streams = cli.Streams(TTY(), io.StringIO(), io.StringIO(), self.environ)
+        status = cli.prepare(["--user", "alice@example.test", "send", "--to", "bob@example.test", "--subject", "s"], streams)
+        self.assertEqual(status, 1)
+        self.assertIn("exited with status 1", streams.stderr.getvalue())
+        yield defer.succeed(None)
+
+    def test_unexpectedErrorDebug(self):
+        """--debug shows the traceback of a bug."""
+        streams = cli.Streams(io.StringIO(), io.StringIO(), io.StringIO(), {})
+        try:
+            {}["x"]
+        except KeyError as e:
+            from twisted.python.failure import Failure
+
+            self.assertEqual(cli.report(e, streams, True, Failure()), 1)
+        self.assertIn("Traceback", streams.stderr.getvalue())

@@ -626,9 +626,10 @@ def report(error: BaseException, io: Streams, debug: bool, failure: Any = None) 
         io.err("%s: error: %s" % (PROG, error))
         return code
     if debug:
-        io.err("".join(traceback.format_exception(type(error), error, error.__traceback__)))
         if failure is not None:
             io.err(failure.getTraceback())
+        else:
+            io.err("".join(traceback.format_exception(type(error), error, error.__traceback__)))
     io.err("%s: error: unexpected %s: %s%s" % (PROG, type(error).__name__, error, "" if debug else " (--debug shows details)"))
     return EXIT_ERROR
 
