@@ -295,8 +295,15 @@ class Invocation:
 
     def execute(self, reactor: Any) -> defer.Deferred:
         """@return: Deferred firing with the exit status."""
-        command = getattr(self, "do_" + self.options.command)
-        d = defer.ensureDeferred(command(reactor))
+        commands = {
+            "send": self.do_send,
+            "list": self.do_list,
+            "read": self.do_read,
+            "save": self.do_save,
+            "delete": self.do_delete,
+            "fetch": self.do_fetch,
+        }
+        d = defer.ensureDeferred(commands[self.options.command](reactor))
         d.addErrback(lambda f: report(f.value, self.io, self.options.debug, f))
         return d
 
