@@ -370,6 +370,22 @@ class TablesTests(SynchronousTestCase):
         self.assertEqual(documented, expected)
 
 
+class PathsTests(SynchronousTestCase):
+    """
+    Files of the source tree the docs name (C{``mailnet/cred.py``},
+    C{``tests/test_e2e.py``}, C{``etc/mailnet.service``} ...) exist.
+    """
+
+    def test_namedFilesExist(self) -> None:
+        pattern = re.compile(r"``((?:mailnet|tests|etc|benchmarks|twisted|docs)/[A-Za-z0-9_./-]*)``")
+        named = set()
+        for path in docPages() + [README]:
+            named.update(pattern.findall(_read(path)))
+        self.assertIn("etc/mailnet.service", named)
+        missing = sorted(p for p in named if not os.path.exists(os.path.join(TOP, p)))
+        self.assertEqual(missing, [])
+
+
 class PythonExamplesTests(SynchronousTestCase):
     """
     The Python examples in the docs run.
