@@ -145,15 +145,15 @@ class LongLineTests(SynchronousTestCase):
             replies += h.send(b"X" * 1024)
             self.assertLessEqual(len(h.protocol._buffer), 2048)
         replies += h.send(b"\r\nNOOP\r\n")
-        self.assertEqual(replies, ["500 5.5.2 Line too long", "250 2.0.0 Ok"])
+        self.assertEqual(replies, ["500 5.5.2 line too long", "250 2.0.0 Ok"])
 
     def test_longLineInOnePacket(self) -> None:
         h = Harness()
-        self.assertEqual(h.send(b"NOOP " + b"x" * 5000 + b"\r\nNOOP\r\n"), ["500 5.5.2 Line too long", "250 2.0.0 Ok"])
+        self.assertEqual(h.send(b"NOOP " + b"x" * 5000 + b"\r\nNOOP\r\n"), ["500 5.5.2 line too long", "250 2.0.0 Ok"])
 
     def test_limitCountsCRLF(self) -> None:
         h = Harness(limits=Limits(max_command_line=10))
-        self.assertEqual(h.send(b"NOOP 1234\r\n"), ["500 5.5.2 Line too long"])
+        self.assertEqual(h.send(b"NOOP 1234\r\n"), ["500 5.5.2 line too long"])
         self.assertEqual(h.send(b"NOOP 123\r\n"), ["250 2.0.0 Ok"])
 
     def test_authLineLimit(self) -> None:
@@ -161,7 +161,7 @@ class LongLineTests(SynchronousTestCase):
         h = Harness(role="smtps")
         h.ehlo()
         h.command("AUTH PLAIN")
-        self.assertEqual(h.send(b"A" * 12288), ["500 5.5.6 Line too long"])
+        self.assertEqual(h.send(b"A" * 12288), ["500 5.5.6 line too long"])
         h.send(b"AAAA\r\n")
         token = base64.b64encode(b"\0alice@example.test\0" + b"p" * 5000).decode()
         h.command("AUTH PLAIN")
@@ -238,7 +238,7 @@ class ErrorLimitTests(SynchronousTestCase):
     def test_tooManyErrors(self) -> None:
         h = Harness(limits=Limits(max_errors=3))
         replies = h.send(b"A\r\nB\r\nC\r\nD\r\n")
-        self.assertEqual(replies, ["500 5.5.1 Command unrecognized"] * 3 + ["421 4.7.0 Too many errors"])
+        self.assertEqual(replies, ["500 5.5.1 Command unrecognized"] * 3 + ["421 4.7.0 too many errors"])
         self.assertTrue(h.transport.disconnecting)
 
     def test_passwordGuessing(self) -> None:
@@ -247,14 +247,14 @@ class ErrorLimitTests(SynchronousTestCase):
         bad = base64.b64encode(b"\0alice@example.test\0guess").decode()
         self.assertEqual(h.command("AUTH PLAIN " + bad), ["535 5.7.8 Authentication credentials invalid"])
         self.assertEqual(
-            h.command("AUTH PLAIN " + bad), ["535 5.7.8 Authentication credentials invalid", "421 4.7.0 Too many errors"]
+            h.command("AUTH PLAIN " + bad), ["535 5.7.8 Authentication credentials invalid", "421 4.7.0 too many errors"]
         )
 
     def test_junkCommands(self) -> None:
         """Endless NOOPs (Postfix's junk command limit) count as errors past 100."""
         h = Harness(limits=Limits(max_errors=5))
         replies = h.send(b"NOOP\r\n" * 120)
-        self.assertEqual(replies[-1], "421 4.7.0 Too many errors")
+        self.assertEqual(replies[-1], "421 4.7.0 too many errors")
         self.assertEqual(len(replies), 106)
 
 

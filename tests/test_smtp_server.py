@@ -27,10 +27,14 @@ from zope.interface import implementer
 from mailnet.config import Limits
 from mailnet.errors import SMTPReply
 from mailnet.interfaces import IMessageReceiver
-from mailnet.smtp import codes
 from mailnet.smtp._data import DotDecoder, MessageChecker
 from mailnet.smtp.server import SMTPFactory, SMTPServer
-from mailnet.testing import FakeAuthenticator, FakeDeliveryAgent, FakeSender, makeCertificate
+from mailnet.testing import (
+    FakeAuthenticator,
+    FakeDeliveryAgent,
+    FakeSender,
+    makeCertificate,
+)
 from mailnet.tls import serverContextFactory
 
 PEER = "192.0.2.7"
@@ -751,7 +755,7 @@ class AuthTests(SynchronousTestCase):
         line = "AUTH PLAIN " + plain("alice@example.test", "p" * 6000)
         self.assertGreater(len(line), 2048)
         self.assertEqual(self.h.command(line), ["535 5.7.8 Authentication credentials invalid"])
-        self.assertEqual(self.h.command("AUTH PLAIN " + "A" * 12300), ["500 5.5.6 Line too long"])
+        self.assertEqual(self.h.command("AUTH PLAIN " + "A" * 12300), ["500 5.5.6 line too long"])
 
     def test_cancel(self) -> None:
         self.h.command("AUTH LOGIN")
@@ -1125,7 +1129,7 @@ class RealConnectionTests(TestCase):
 
         def client() -> object:
             with smtplib.SMTP_SSL("127.0.0.1", port, local_hostname="client.example.org", context=self.context(), timeout=10) as smtp:
-                code, _ = smtp.ehlo()
+                smtp.ehlo()
                 smtp.login("alice@example.test", "secret")
                 # CHUNKING is used by nobody in smtplib; plain DATA here.
                 smtp.sendmail("alice@example.test", ["x@elsewhere.test"], b"Subject: t\r\n\r\n.dot\r\n")

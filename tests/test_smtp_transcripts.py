@@ -226,7 +226,7 @@ class MTATranscripts(TranscriptTestCase):
             S: 250 2.0.0 Ok: queued as test-id
             """,
         )
-        self.assertIn(" with UTF8SMTP id ".encode(), h.delivery.messages[0].data)
+        self.assertIn(b" with UTF8SMTP id ", h.delivery.messages[0].data)
         self.assertIn("for <jürgen@example.test>".encode(), h.delivery.messages[0].data)
 
 
@@ -366,7 +366,7 @@ class LimitTranscripts(TranscriptTestCase):
             C: GET / HTTP/1.1
             C: Host: mx.example.test
             S: 500 5.5.1 Command unrecognized
-            S: 421 4.7.0 Too many errors
+            S: 421 4.7.0 too many errors
             """,
         )
         self.assertTrue(h.transport.disconnecting)

@@ -21,13 +21,13 @@ import email.utils
 import ipaddress
 import re
 import secrets
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import attr
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -124,7 +124,7 @@ def _splitPath(argument: str, keyword: str, badSyntax: str) -> Tuple[str, str]:
     address = path[1:-1]
     # RFC 5321 §4.1.1.3 / Appendix C: accept and ignore a source route.
     if address.startswith("@"):
-        route, colon, address = address.partition(":")
+        _, colon, address = address.partition(":")
         if not colon:
             raise reply(codes.ARGUMENT_SYNTAX_ERROR, badSyntax, "Bad source route")
     return address, params.strip()
@@ -161,6 +161,9 @@ class SMTPServer(Protocol):
     """
 
     factory: "SMTPFactory"
+    # Always connected while in use; typed loosely for startTLS and the
+    # producer methods, which ITransport does not declare.
+    transport: Any
 
     def __init__(self) -> None:
         self._buffer = b""
@@ -177,12 +180,12 @@ class SMTPServer(Protocol):
         self._tls = False
         self._sender: Optional[ISender] = None
         self._logout: Optional[Callable[[], None]] = None
-        self._auth: Optional[Callable[[str], Union[SMTPReply, Deferred]]] = None
+        self._auth: Optional[Callable[[str], object]] = None
         self._transaction: Optional[_Transaction] = None
         self._chunk: Optional["_Chunk"] = None
         self._peer = "unknown"
-        self._idleCall = None
-        self._deadlineCall = None
+        self._idleCall: Optional[IDelayedCall] = None
+        self._deadlineCall: Optional[IDelayedCall] = None
         self._dataWindowBytes = 0
         self._handlers: Dict[str, Callable[[str], object]] = {
             "EHLO": self.do_EHLO,
@@ -310,7 +313,7 @@ class SMTPServer(Protocol):
             if not running:
                 self._dataWindowBytes = 0
                 self._deadlineCall = self.clock.callLater(self.limits.command_timeout, self._deadlineReached)
-        elif running:
+        elif self._deadlineCall is not None and running:
             self._deadlineCall.cancel()
             self._deadlineCall = None
 
@@ -393,7 +396,7 @@ class SMTPServer(Protocol):
                 authLine = limit > self.limits.max_command_line
                 too = codes.P_AUTH_LINE_TOO_LONG if authLine else codes.P_SYNTAX_ERROR
                 self._auth = None
-                self._reply(reply(codes.SYNTAX_ERROR, too, "Line too long"))
+                self._reply(reply(codes.SYNTAX_ERROR, too, "line too long"))
                 if self._closed:
                     return None
                 continue
@@ -535,7 +538,7 @@ class SMTPServer(Protocol):
         if self._errors >= self.limits.max_errors and not self._closed:
             log.warn("SMTP {peer}: too many errors, closing", peer=self._peer)
             self._abortTransaction("too many errors")
-            self._close(reply(codes.SERVICE_UNAVAILABLE, codes.T_POLICY, "Too many errors"))
+            self._close(reply(codes.SERVICE_UNAVAILABLE, codes.T_POLICY, "too many errors"))
 
     # --- transactions -----------------------------------------------------
 
@@ -873,13 +876,10 @@ class SMTPServer(Protocol):
         return self._challenge("Password:", lambda answer: self._login(username, self._decode(answer)))
 
     def _login(self, username: bytes, password: bytes) -> Deferred:
-        try:
-            user = username.decode("utf-8")
-        except UnicodeDecodeError:
-            user = ""
-        d = maybeDeferred(
-            self.factory.authenticator.login, UsernamePassword(user, password), self._peer, ISender
-        )
+        # Twisted's convention (and POP3's): both as bytes.
+        user = username.decode("utf-8", "replace")
+        login = cast(Callable[..., Deferred], self.factory.authenticator.login)
+        d = maybeDeferred(login, UsernamePassword(username, password), self._peer, ISender)
 
         def loggedIn(result: Tuple[object, ISender, Callable[[], None]]) -> SMTPReply:
             _, avatar, logout = result
@@ -1062,7 +1062,7 @@ class SMTPFactory(Factory):
     @ivar connections: how many of its connections are open.
     """
 
-    protocol = SMTPServer
+    protocol = SMTPServer  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -1079,7 +1079,9 @@ class SMTPFactory(Factory):
         if role not in ROLES:
             raise ValueError("role must be one of %s, not %r" % (", ".join(ROLES), role))
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
         self.hostname = hostname
         self.role = role
         self.delivery = delivery
@@ -1087,5 +1089,5 @@ class SMTPFactory(Factory):
         self.limits = limits
         self.tlsOptions = tlsOptions
         self.allowPlaintextAuth = allowPlaintextAuth
-        self.clock = clock
+        self.clock: IReactorTime = clock
         self.connections = 0
