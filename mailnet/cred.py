@@ -30,7 +30,14 @@ from zope.interface import Interface, implementer
 
 from mailnet.address import isSafeMailboxName, normalizeAddress
 from mailnet.errors import BadAddress, MailboxInUse
-from mailnet.interfaces import IAccountStore, IAuthenticator, IMailbox, IMaildir, IMailStore, ISender
+from mailnet.interfaces import (
+    IAccountStore,
+    IAuthenticator,
+    IMailbox,
+    IMaildir,
+    IMailStore,
+    ISender,
+)
 from mailnet.passwords import dummyHash, hashPassword, needsRehash, verifyPassword
 
 log = Logger()

@@ -7,7 +7,11 @@ import os
 import threading
 from typing import List
 
-from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
+from argon2 import PasswordHasher
+from twisted.cred.checkers import (
+    ICredentialsChecker,
+    InMemoryUsernamePasswordDatabaseDontUse,
+)
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
@@ -15,8 +19,6 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
-
-from argon2 import PasswordHasher
 
 from mailnet import cred
 from mailnet.cred import (
@@ -32,7 +34,13 @@ from mailnet.cred import (
 )
 from mailnet.errors import MailboxInUse
 from mailnet.interfaces import IAuthenticator, IMailbox, ISender
-from mailnet.passwords import dummyHash, hashPassword, lowCostHasher, needsRehash, verifyPassword
+from mailnet.passwords import (
+    dummyHash,
+    hashPassword,
+    lowCostHasher,
+    needsRehash,
+    verifyPassword,
+)
 from mailnet.store.maildir import MaildirStore, ThreadRunner, runSynchronously
 from mailnet.testing import MemoryAccountStore
 

@@ -23,9 +23,22 @@ import sys
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from mailnet.address import normalizeAddress, normalizeDomain, splitAddress
-from mailnet.cli._common import EXIT_ERROR, EXIT_OK, dispatch, parseArguments, readNewPassword
+from mailnet.cli._common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    dispatch,
+    parseArguments,
+    readNewPassword,
+)
 from mailnet.config import LISTENERS, Config, loadConfig
-from mailnet.errors import ConfigError, DomainExists, MailnetError, UnknownDomain, UnknownUser, UserExists
+from mailnet.errors import (
+    ConfigError,
+    DomainExists,
+    MailnetError,
+    UnknownDomain,
+    UnknownUser,
+    UserExists,
+)
 from mailnet.passwords import hashPassword
 from mailnet.store.accounts import SQLiteAccountStore, openAccountStore
 
@@ -252,7 +265,7 @@ def _queue():
     try:
         from mailnet.store import queue
     except ImportError as e:
-        raise QueueUnavailable(reason=str(e))
+        raise QueueUnavailable(reason=str(e)) from e
     return queue
 
 
@@ -363,7 +376,7 @@ def endpointAddress(description: str) -> Optional[Tuple[int, str, int]]:
     try:
         number = int(port)
     except ValueError:
-        raise ValueError("no valid port number")
+        raise ValueError("no valid port number") from None
     if not 0 <= number < 65536:
         raise ValueError("port %d out of range" % (number,))
     interface = kwargs.get("interface", "")

@@ -162,7 +162,7 @@ class SQLiteAccountStore:
             # plain SELECT never holds a transaction open between calls.
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as e:
-            raise ConfigError(where=path, problem="cannot open the account store: %s" % (e,))
+            raise ConfigError(where=path, problem="cannot open the account store: %s" % (e,)) from e
         try:
             self._db.execute("PRAGMA busy_timeout = %d" % (BUSY_TIMEOUT_MS,))
             self._db.execute("PRAGMA journal_mode = WAL")
@@ -171,7 +171,7 @@ class SQLiteAccountStore:
             self._migrate()
         except sqlite3.Error as e:
             self._db.close()
-            raise ConfigError(where=path, problem="cannot use the account store: %s" % (e,))
+            raise ConfigError(where=path, problem="cannot use the account store: %s" % (e,)) from e
 
     def close(self) -> None:
         self._db.close()
