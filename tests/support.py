@@ -32,9 +32,9 @@ class RunningServer:
         return self.service.mailStore
 
     def addUser(self, address: str, password: str) -> None:
-        from mailnet.passwords import hashPassword
+        from mailnet.passwords import hashPassword, lowCostHasher
 
-        self.accounts.addUser(address, hashPassword(password))
+        self.accounts.addUser(address, hashPassword(password, lowCostHasher()))
 
     def newFiles(self, address: str) -> list:
         """The paths of the messages in a user's C{new/}, oldest first."""
