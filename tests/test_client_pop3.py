@@ -352,3 +352,32 @@ class LoopbackTests(ScriptedPOP3Mixin, unittest.TestCase):
         endpoint = ServerEndpoint(host="127.0.0.1", port=closedPort(), tls=TLSMode.starttls)
         with self.assertRaises(ConnectFailed):
             yield POP3Session.connect(reactor, endpoint)
+
+
+class STLSInjectionTests(unittest.SynchronousTestCase):
+    """RFC 2595 §4: plaintext lines after "+OK" to STLS are an attack, not answers."""
+
+    def test_injectedLinesRefused(self) -> None:
+        from twisted.internet.interfaces import ITLSTransport
+        from zope.interface import directlyProvides
+
+        protocol = _POP3Protocol(30, None, Clock(), "pop.example.test", 110)
+        transport = StringTransport()
+        started: list = []
+        transport.startTLS = started.append  # type: ignore[attr-defined]
+        directlyProvides(transport, ITLSTransport)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"+OK hi\r\n")
+        outcome: list = []
+        protocol.startTLS(object()).addBoth(outcome.append)
+        protocol.dataReceived(b"+OK\r\nSTLS\r\nUSER\r\n.\r\n")
+        self.assertEqual(transport.value(), b"CAPA\r\nSTLS\r\n")
+        protocol.dataReceived(b"+OK begin\r\n+OK\r\nUSER\r\n.\r\n")
+        self.assertEqual(len(started), 1)
+        self.assertTrue(transport.disconnected)
+        from twisted.internet.error import ConnectionAborted
+        from twisted.python.failure import Failure
+
+        protocol.connectionLost(Failure(ConnectionAborted()))
+        outcome[0].trap(TLSFailed)
+        self.assertIn("unencrypted data after its STLS reply", str(outcome[0].value))

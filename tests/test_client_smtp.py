@@ -461,6 +461,28 @@ class TranscriptTests(unittest.SynchronousTestCase):
         self.assertIn("MAIL FROM", str(self.outcome[0].value))
 
 
+    def test_startTLSInjectedReplyRefused(self) -> None:
+        """
+        STARTTLS response injection: lines sent in plaintext right after
+        "220" (by the server or a man in the middle) are not read as
+        replies from inside TLS.
+        """
+        self.client(mode=TLSMode.starttls)
+        self.protocol.context = object()  # any creator: STARTTLS is attempted
+        started: list = []
+        self.transport.startTLS = started.append  # type: ignore[attr-defined]
+        self.server(b"220 hi")
+        self.assertEqual(self.server(b"250-x", b"250-STARTTLS", b"250 AUTH PLAIN"), b"STARTTLS\r\n")
+        self.transport.clear()
+        self.protocol.dataReceived(b"220 go ahead\r\n250-x\r\n250 AUTH PLAIN\r\n")
+        self.assertEqual(started, [])
+        self.assertEqual(self.transport.value(), b"")
+        self.assertTrue(self.transport.disconnecting)
+        self.protocol.connectionLost(None)
+        self.outcome[0].trap(TLSFailed)
+        self.assertIn("unencrypted data after its STARTTLS reply", str(self.outcome[0].value))
+
+
 class TLSSettingsTests(unittest.TestCase):
     def test_defaultPorts(self) -> None:
         self.assertEqual(DEFAULT_PORTS[("smtp", TLSMode.starttls)], 587)

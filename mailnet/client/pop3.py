@@ -34,6 +34,7 @@ from mailnet.errors import (
     NoSuchMessage,
     PlaintextRefused,
     ServerError,
+    TLSFailed,
     TLSUnavailable,
 )
 
@@ -55,7 +56,11 @@ class _POP3Protocol(POP3Client):
 
     allowInsecureLogin = False
 
-    def __init__(self, timeout: float, transcript: Optional[Transcript], clock: Any) -> None:
+    def __init__(
+        self, timeout: float, transcript: Optional[Transcript], clock: Any, host: str = "the server", port: int = 0
+    ) -> None:
+        self.host = host
+        self.port = port
         self.timeout = timeout  # type: ignore[assignment]
         self.transcript = transcript
         if clock is not None:
@@ -63,6 +68,8 @@ class _POP3Protocol(POP3Client):
         self.greeted: defer.Deferred = defer.Deferred()
         self.closed: defer.Deferred = defer.Deferred()
         self.secure = False
+        self._tlsJustStarted = False
+        self._injected = False
 
     def sendLine(self, line: bytes) -> None:
         if self.transcript is not None:
@@ -73,7 +80,31 @@ class _POP3Protocol(POP3Client):
             self.transcript("C", shown)
         POP3Client.sendLine(self, line)
 
+    def dataReceived(self, data: bytes) -> None:
+        POP3Client.dataReceived(self, data)
+        # Whatever arrives from now on came through TLS.
+        self._tlsJustStarted = False
+
+    def _startedTLS(self, result: Any, context: Any, tls: Any) -> Any:
+        if self._buffer:
+            self._injection()
+        self._tlsJustStarted = True
+        return POP3Client._startedTLS(self, result, context, tls)
+
+    def _injection(self) -> None:
+        # RFC 2595 §4: a line after "+OK" to STLS, in the same plaintext
+        # read, is an injection attempt; never take it as an answer.
+        self._injected = True
+        self._buffer = b""
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
     def lineReceived(self, line: bytes) -> None:
+        if self._injected:
+            return
+        if self._tlsJustStarted:
+            self._injection()
+            return
         if self.transcript is not None:
             self.transcript("S", line.decode("utf-8", "replace"))
         POP3Client.lineReceived(self, line)
@@ -87,6 +118,14 @@ class _POP3Protocol(POP3Client):
             self.greeted.callback(self)
 
     def connectionLost(self, reason: Any = None) -> None:
+        if self._injected:
+            reason = Failure(
+                TLSFailed(
+                    host=self.host,
+                    port=self.port,
+                    reason="the server sent unencrypted data after its STLS reply (an injection attempt?)",
+                )
+            )
         POP3Client.connectionLost(self, reason)
         if self._timedOut:
             from twisted.internet.error import TimeoutError
@@ -139,7 +178,7 @@ class POP3Session:
             return defer.fail(e)
 
         def build() -> _POP3Protocol:
-            return _POP3Protocol(endpoint.timeout, transcript, reactor)
+            return _POP3Protocol(endpoint.timeout, transcript, reactor, endpoint.host, endpoint.port)
 
         d: defer.Deferred = endpoint.endpoint(reactor, creator).connect(_Factory(build))
         d.addCallback(lambda protocol: protocol.greeted)

@@ -209,6 +209,22 @@ class SubmissionClient(smtp.ESMTPClient):
     def esmtpTLSFailed(self, code: int = -1, resp: Any = None) -> None:
         self._fail(TLSFailed(host=self.endpoint.host, port=self.endpoint.port, reason="STARTTLS refused: %s" % (_reply(code, resp),)))
 
+    def esmtpState_starttls(self, code: int, resp: bytes) -> None:
+        # RFC 3207 §4 and "response injection" (CVE-2011-0411 turned
+        # around): bytes that follow the 220 arrived in plaintext and must
+        # not be read as answers from inside TLS.
+        if self.clearLineBuffer():
+            self._fail(
+                TLSFailed(
+                    host=self.endpoint.host,
+                    port=self.endpoint.port,
+                    reason="the server sent unencrypted data after its STARTTLS reply (an injection attempt?)",
+                )
+            )
+            self._okresponse = self._failresponse = lambda code, resp: None
+            return
+        smtp.ESMTPClient.esmtpState_starttls(self, code, resp)
+
     def authenticate(self, code: int, resp: bytes, items: dict) -> None:
         if self.username is None:
             self.smtpState_from(code, resp)
