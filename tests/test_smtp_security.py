@@ -258,6 +258,39 @@ class ErrorLimitTests(SynchronousTestCase):
         self.assertEqual(len(replies), 106)
 
 
+class ReplyFloodTests(SynchronousTestCase):
+    """
+    A client that pipelines commands but never reads the replies must not
+    make the server buffer replies (or input) without bound.
+    """
+
+    def test_registeredAsProducer(self) -> None:
+        h = Harness()
+        self.assertIs(h.transport.producer, h.protocol)
+        self.assertTrue(h.transport.streaming)
+
+    def test_stopsWhenOutputBlocked(self) -> None:
+        h = Harness()
+        h.protocol.pauseProducing()  # the transport's write buffer is full
+        self.assertEqual(h.send(b"NOOP\r\n"), [])
+        self.assertEqual(h.transport.producerState, "producing")
+        h.send(b"NOOP\r\n" * 20000)
+        # Too much unread input: stop reading the socket too.
+        self.assertEqual(h.transport.producerState, "paused")
+        h.protocol.resumeProducing()
+        self.assertEqual(h.transport.producerState, "producing")
+        replies = h.take()
+        self.assertEqual(replies[:2], ["250 2.0.0 Ok", "250 2.0.0 Ok"])
+
+    def test_duplicateRecipientsCount(self) -> None:
+        """RCPT of the same address over and over still meets the limit."""
+        h = Harness(limits=Limits(max_recipients=3))
+        h.ehlo()
+        h.command("MAIL FROM:<a@remote.test>")
+        replies = h.send(b"RCPT TO:<alice@example.test>\r\n" * 4)
+        self.assertEqual(replies[-1], "452 4.5.3 Too many recipients")
+
+
 class SlowlorisTests(SynchronousTestCase):
     """A client trickling bytes must not hold a connection for ever."""
 

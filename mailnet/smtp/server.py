@@ -27,10 +27,11 @@ import attr
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailnet.address import MAX_PATH, isDomain, normalizeAddress
 from mailnet.config import Limits
@@ -53,6 +54,10 @@ JUNK_COMMAND_LIMIT = 100
 # A DATA or BDAT phase must bring at least this many octets per second on
 # average over each command_timeout window (a 1-byte/s trickle is cut).
 MIN_DATA_RATE = 10
+
+# Input kept while the client is not reading our replies, before we stop
+# reading its input.
+INPUT_HIGH_WATER = 65536
 
 _COMMAND, _DATA, _BDAT = "command", "data", "bdat"
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
@@ -140,6 +145,8 @@ class _Transaction:
     smtputf8: bool = False
     declaredSize: Optional[int] = None
     recipients: List[str] = attr.ib(factory=list)
+    # Accepted RCPT commands, duplicates included, for the limit.
+    rcptCount: int = 0
     id: str = attr.ib(factory=lambda: secrets.token_hex(6).upper())
     receiver: Optional[IMessageReceiver] = None
     checker: Optional[MessageChecker] = None
@@ -147,6 +154,7 @@ class _Transaction:
     usedBDAT: bool = False
 
 
+@implementer(IPushProducer)
 class SMTPServer(Protocol):
     """
     One ESMTP connection.
@@ -154,7 +162,9 @@ class SMTPServer(Protocol):
     Input is taken from a buffer one command (or one data chunk) at a
     time; a command whose answer is asynchronous (end of data, AUTH) stops
     that until the answer is written, so pipelined replies keep their order
-    (RFC 2920 §3.1).
+    (RFC 2920 §3.1).  The server is also the transport's producer: a client
+    that sends commands without reading the replies is not read from until
+    it catches up, so replies cannot pile up in memory.
 
     @ivar factory: the L{SMTPFactory}, for settings and the connection
         count.
@@ -171,6 +181,8 @@ class SMTPServer(Protocol):
         self._discarding = False
         self._waiting = False
         self._processing = False
+        self._outputPaused = False
+        self._readingPaused = False
         self._closed = False
         self._counted = False
         self._errors = 0
@@ -244,6 +256,7 @@ class SMTPServer(Protocol):
         self.factory.connections += 1
         self._counted = True
         log.debug("SMTP connection from {peer} ({role})", peer=self._peer, role=self.factory.role)
+        self.transport.registerProducer(self, True)
         # RFC 5321 §4.2: the greeting carries no enhanced status code.
         self._write(codes.SERVICE_READY, "%s ESMTP mailnet" % (self.hostname,))
         self._restartIdleTimer()
@@ -344,6 +357,8 @@ class SMTPServer(Protocol):
         self._restartIdleTimer()
         self._dataWindowBytes += len(data)
         self._buffer += data
+        if self._outputPaused:
+            self._updateReading()
         self._processBuffer()
 
     def _processBuffer(self) -> None:
@@ -352,7 +367,7 @@ class SMTPServer(Protocol):
             return
         self._processing = True
         try:
-            while self._buffer and not self._waiting and not self._closed:
+            while self._buffer and not (self._waiting or self._outputPaused or self._closed):
                 if self._mode == _DATA:
                     self._feedData()
                 elif self._mode == _BDAT:
@@ -482,7 +497,7 @@ class SMTPServer(Protocol):
             return
         self._waiting = True
         self._stopIdleTimer()
-        self.transport.pauseProducing()
+        self._updateReading()
 
     def _settle(self, outcome: object) -> None:
         if self._closed:
@@ -499,9 +514,39 @@ class SMTPServer(Protocol):
         self._waiting = False
         if self._closed:
             return
-        self.transport.resumeProducing()
+        self._updateReading()
         self._restartIdleTimer()
         self._processBuffer()
+
+    def _updateReading(self) -> None:
+        """
+        Stop reading from the client while a reply is awaited, or while the
+        client is not reading its replies and has sent a lot meanwhile.  (A
+        paused output alone does not stop reading: TLS pauses its producer
+        during the handshake, which needs the reading to go on.)
+        """
+        pause = self._waiting or (self._outputPaused and len(self._buffer) > INPUT_HIGH_WATER)
+        if pause != self._readingPaused and not self._closed:
+            self._readingPaused = pause
+            if pause:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+
+    # --- IPushProducer: the transport's write buffer is full or drained ----
+
+    def pauseProducing(self) -> None:
+        self._outputPaused = True
+        self._updateReading()
+
+    def resumeProducing(self) -> None:
+        self._outputPaused = False
+        self._updateReading()
+        if not self._closed:
+            self._processBuffer()
+
+    def stopProducing(self) -> None:
+        self._outputPaused = True
 
     def _unexpected(self, failure: Failure) -> None:
         log.failure("SMTP {peer}: unexpected error", failure, peer=self._peer)
@@ -596,6 +641,8 @@ class SMTPServer(Protocol):
 
     def _take(self, transaction: _Transaction, data: bytes) -> None:
         """Check and store some message bytes."""
+        if not data:
+            return
         checker = transaction.checker
         assert checker is not None
         checker.feed(data)
@@ -975,13 +1022,14 @@ class SMTPServer(Protocol):
             # RFC 5321 §4.5.1: <Postmaster> without a domain must work.
             address = "postmaster@%s" % (self.hostname,)
         recipient = self._checkAddress(address, transaction.smtputf8, codes.P_BAD_DESTINATION_SYNTAX)
-        if len(transaction.recipients) >= self.limits.max_recipients:
+        if transaction.rcptCount >= self.limits.max_recipients:
             # RFC 5321 §4.5.3.1.10.
             raise reply(codes.INSUFFICIENT_STORAGE, codes.T_TOO_MANY_RECIPIENTS, "Too many recipients")
         d = maybeDeferred(self.factory.delivery.checkRecipient, recipient, self._sender)
 
         def accepted(_: object) -> SMTPReply:
-            if self._transaction is transaction and recipient not in transaction.recipients:
+            transaction.rcptCount += 1
+            if recipient not in transaction.recipients:
                 transaction.recipients.append(recipient)
             return reply(codes.OK, codes.S_RECIPIENT_OK, "Recipient <%s> ok" % (recipient,))
 
