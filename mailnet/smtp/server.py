@@ -13,6 +13,16 @@ Per-connection state (peer, TLS, EHLO, authenticated sender) lives in
 L{SMTPServer}; per-message state (sender, recipients, the receiver) lives
 in L{_Transaction}, which RSET, end of data, EHLO and STARTTLS throw away
 through one call.
+
+EHLO offers: PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152),
+ENHANCEDSTATUSCODES (RFC 2034), SMTPUTF8 (RFC 6531), CHUNKING (RFC 3030),
+STARTTLS (RFC 3207; with TLS options, before TLS) and AUTH PLAIN LOGIN
+(RFC 4954; over TLS, or in clear text when allowed).
+
+Message content is refused at the end of data (never split or repaired)
+when it has a bare CR or LF (SMTP smuggling), a NUL, or a line over 1000
+octets: C{550 5.6.0}, since RFC 3463 X.6.0 is the "media" (content) class
+and no more specific code fits.
 """
 
 import binascii
@@ -782,7 +792,7 @@ class SMTPServer(Protocol):
         return name
 
     def do_EHLO(self, argument: str) -> SMTPReply:
-        """RFC 5321 §4.1.1.1; the extensions are listed in the module docstring."""
+        """RFC 5321 §4.1.1.1 (the extensions are listed in the module docstring)."""
         name = self._checkHelo(argument)
         self._resetTransaction()
         self._helo, self._esmtp = name, True
