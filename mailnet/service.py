@@ -177,12 +177,7 @@ class MailService(service.MultiService):
     def stopService(self) -> Deferred:
         stopped = service.MultiService.stopService(self)
         self._closeJSONLog()
-        stopped.addBoth(self._closeStores)
         return stopped
-
-    def _closeStores(self, result: object) -> object:
-        self.accounts.close()
-        return result
 
     _jsonLog: Optional[IO[str]] = None
     _jsonObserver = None
