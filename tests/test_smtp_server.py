@@ -929,6 +929,18 @@ class StartTLSTests(SynchronousTestCase):
         h = Harness(tls=True)
         self.assertEqual(h.command("STARTTLS"), ["503 5.5.1 Send EHLO or HELO first"])
 
+    def test_startTLSFails(self) -> None:
+        """A TLS set-up error after the 220 hangs up rather than going on in clear text."""
+
+        def broken(options: object) -> None:
+            raise ValueError("bad context")
+
+        self.h.transport.startTLS = broken  # type: ignore[method-assign]
+        self.assertEqual(self.h.command("STARTTLS"), ["220 2.0.0 Ready to start TLS"])
+        self.assertTrue(self.h.transport.disconnecting)
+        self.assertEqual(self.h.command("NOOP"), [])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
     def test_argument(self) -> None:
         self.assertEqual(self.h.command("STARTTLS now"), ["501 5.5.4 STARTTLS takes no arguments"])
 
@@ -1122,6 +1134,28 @@ class RealConnectionTests(TestCase):
         self.assertEqual(
             replies, [(250, b"2.0.0 Ok: queued as slow-id"), (250, b"2.0.0 Ok: queued as slow-id"), (250, b"2.0.0 Ok")]
         )
+
+    @inlineCallbacks
+    def test_projectClient(self):
+        """mailnet's own submission client, over STARTTLS and implicit TLS."""
+        from mailnet.client.smtp import sendMessage
+        from mailnet.client.tls import ServerEndpoint, TLSMode
+
+        for role, mode in (("submission", TLSMode.starttls), ("smtps", TLSMode.implicit)):
+            port = self.listen(role, implicit=mode is TLSMode.implicit)
+            endpoint = ServerEndpoint(host="127.0.0.1", port=port, tls=mode, insecure=True, timeout=10)
+            result = yield sendMessage(
+                reactor,
+                endpoint,
+                ("alice@example.test", "secret"),
+                "alice@example.test",
+                ["bob@example.test", "nobody@example.test"],
+                b"From: alice@example.test\nSubject: own client\n\n.dot\n",
+            )
+            self.assertEqual(result.code, 250)
+            self.assertEqual([r.code for r in result.recipients], [250, 550])
+            self.assertTrue(self.delivery.messages[-1].data.endswith(b"\r\nSubject: own client\r\n\r\n.dot\r\n"))
+            self.assertIn(b" with ESMTPSA id ", self.delivery.messages[-1].data)
 
     @inlineCallbacks
     def test_implicitTLSWithSmtplib(self):

@@ -870,7 +870,15 @@ class SMTPServer(Protocol):
         self._resetTransaction()
         self._forgetLogin()
         self._helo, self._esmtp = None, False
-        self.transport.startTLS(self.factory.tlsOptions)
+        try:
+            self.transport.startTLS(self.factory.tlsOptions)
+        except Exception:
+            # The client already has its 220: it cannot go on in clear text.
+            log.failure("SMTP {peer}: could not start TLS", peer=self._peer)
+            self._closed = True
+            self._cancelTimers()
+            self.transport.loseConnection()
+            return
         self._tls = True
         log.debug("SMTP {peer}: TLS started", peer=self._peer)
 
