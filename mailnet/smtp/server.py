@@ -186,7 +186,11 @@ class SMTPServer(Protocol):
     transport: Any
 
     def __init__(self) -> None:
+        # Input not yet handled: self._buffer[self._offset:].  Lines are taken
+        # by moving the offset, so a packet of many pipelined commands is not
+        # copied once per command.
         self._buffer = b""
+        self._offset = 0
         self._mode = _COMMAND
         self._discarding = False
         self._waiting = False
@@ -279,7 +283,7 @@ class SMTPServer(Protocol):
             self._counted = False
         self._abortTransaction("connection lost")
         self._forgetLogin()
-        self._buffer = b""
+        self._discardInput()
 
     def _forgetLogin(self) -> None:
         logout, self._logout, self._sender = self._logout, None, None
@@ -296,7 +300,7 @@ class SMTPServer(Protocol):
             return
         self._writeReply(final)
         self._closed = True
-        self._buffer = b""
+        self._discardInput()
         self._cancelTimers()
         self.transport.loseConnection()
 
@@ -330,7 +334,7 @@ class SMTPServer(Protocol):
         if self._closed:
             return
         inData = self._mode in (_DATA, _BDAT) and not self._waiting
-        partial = self._mode == _COMMAND and (self._buffer or self._discarding) and not self._waiting
+        partial = self._mode == _COMMAND and (self._pending() or self._discarding) and not self._waiting
         running = self._deadlineCall is not None and self._deadlineCall.active()
         if inData or partial:
             if not running:
@@ -366,6 +370,7 @@ class SMTPServer(Protocol):
             return
         self._restartIdleTimer()
         self._dataWindowBytes += len(data)
+        self._compact()
         self._buffer += data
         if self._outputPaused:
             self._updateReading()
@@ -377,7 +382,7 @@ class SMTPServer(Protocol):
             return
         self._processing = True
         try:
-            while self._buffer and not (self._waiting or self._outputPaused or self._closed):
+            while self._pending() and not (self._waiting or self._outputPaused or self._closed):
                 if self._mode == _DATA:
                     self._feedData()
                 elif self._mode == _BDAT:
@@ -389,11 +394,26 @@ class SMTPServer(Protocol):
                     self._lineReceived(line)
         finally:
             self._processing = False
+        self._compact()
         self._updateDeadline()
+
+    def _pending(self) -> int:
+        """How many octets of input are waiting."""
+        return len(self._buffer) - self._offset
+
+    def _compact(self) -> None:
+        """Drop the input already handled."""
+        if self._offset:
+            self._buffer = self._buffer[self._offset :]
+            self._offset = 0
+
+    def _discardInput(self) -> None:
+        self._buffer = b""
+        self._offset = 0
 
     def _lineLimit(self) -> int:
         # RFC 4954 §4: AUTH lines, the command and the responses, may be longer.
-        if self._auth is not None or self._buffer[:5].upper() == b"AUTH ":
+        if self._auth is not None or self._buffer[self._offset : self._offset + 5].upper() == b"AUTH ":
             return max(AUTH_LINE_LIMIT, self.limits.max_command_line)
         return self.limits.max_command_line
 
@@ -405,17 +425,17 @@ class SMTPServer(Protocol):
         """
         while True:
             if self._discarding:
-                end = self._buffer.find(b"\n")
+                end = self._buffer.find(b"\n", self._offset)
                 if end < 0:
-                    self._buffer = b""
+                    self._discardInput()
                     return None
-                self._buffer = self._buffer[end + 1 :]
+                self._offset = end + 1
                 self._discarding = False
             limit = self._lineLimit()
             # RFC 5321 §4.5.3.1.4: the limit counts the CRLF.
-            end = self._buffer.find(b"\n", 0, limit)
+            end = self._buffer.find(b"\n", self._offset, self._offset + limit)
             if end < 0:
-                if len(self._buffer) < limit:
+                if self._pending() < limit:
                     return None
                 self._discarding = True
                 authLine = limit > self.limits.max_command_line
@@ -425,8 +445,8 @@ class SMTPServer(Protocol):
                 if self._closed:
                     return None
                 continue
-            line = self._buffer[:end]
-            self._buffer = self._buffer[end + 1 :]
+            line = self._buffer[self._offset : end]
+            self._offset = end + 1
             if line.endswith(b"\r"):
                 line = line[:-1]
             return line
@@ -535,7 +555,7 @@ class SMTPServer(Protocol):
         paused output alone does not stop reading: TLS pauses its producer
         during the handshake, which needs the reading to go on.)
         """
-        pause = self._waiting or (self._outputPaused and len(self._buffer) > INPUT_HIGH_WATER)
+        pause = self._waiting or (self._outputPaused and self._pending() > INPUT_HIGH_WATER)
         if pause != self._readingPaused and not self._closed:
             self._readingPaused = pause
             if pause:
@@ -744,6 +764,7 @@ class SMTPServer(Protocol):
         """DATA: take the whole buffer as message data, up to <CRLF>.<CRLF>."""
         transaction = self._transaction
         assert transaction is not None and transaction.decoder is not None
+        self._compact()
         data, self._buffer = self._buffer, b""
         content, rest = transaction.decoder.feed(data)
         self._take(transaction, content)
@@ -758,6 +779,7 @@ class SMTPServer(Protocol):
         """BDAT: take exactly the announced number of octets (RFC 3030 §2)."""
         chunk = self._chunk
         assert chunk is not None
+        self._compact()
         take = min(chunk.left, len(self._buffer))
         data, self._buffer = self._buffer[:take], self._buffer[take:]
         chunk.left -= take
@@ -865,7 +887,7 @@ class SMTPServer(Protocol):
         self._reply(reply(codes.SERVICE_READY, codes.S_OK, "Ready to start TLS"))
         # RFC 3207 §4.2 and CVE-2011-0411: forget everything learnt before
         # TLS, and do not act on anything the client sent along with it.
-        self._buffer = b""
+        self._discardInput()
         self._discarding = False
         self._resetTransaction()
         self._forgetLogin()
