@@ -630,6 +630,25 @@ class TransactionTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(self.h.command("RCPT TO:<alice@example.test>"), ["503 5.5.1 Need MAIL before RCPT"])
 
+    def test_writeFails(self) -> None:
+        """A receiver that breaks half-way: the data is read to its end, then 451."""
+        self.h.envelope()
+        self.h.command("DATA")
+        receiver = self.h.delivery.messages[0]
+
+        def broken(data: bytes) -> None:
+            raise OSError("disk gone")
+
+        receiver.write = broken  # type: ignore[method-assign]
+        self.assertEqual(self.h.send(b"x\r\nRSET\r\n"), [])
+        self.assertEqual(
+            self.h.send(b"y\r\n.\r\nNOOP\r\n"),
+            ["451 4.3.0 Could not store the message, try again later", "250 2.0.0 Ok"],
+        )
+        self.assertTrue(receiver.aborted)
+        self.assertFalse(receiver.finished)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
     def test_errorsForgivenAfterDelivery(self) -> None:
         """As Postfix: the error count starts again after a delivered message."""
         h = Harness(limits=Limits(max_errors=3))

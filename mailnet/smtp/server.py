@@ -162,6 +162,8 @@ class _Transaction:
     checker: Optional[MessageChecker] = None
     decoder: Optional[DotDecoder] = None
     usedBDAT: bool = False
+    # Set when storing failed half-way: the reply at the end of the data.
+    error: Optional[SMTPReply] = None
 
 
 @implementer(IPushProducer)
@@ -580,7 +582,6 @@ class SMTPServer(Protocol):
 
     def _unexpected(self, failure: Failure) -> None:
         log.failure("SMTP {peer}: unexpected error", failure, peer=self._peer)
-        self._abortTransaction("local error")
         self._reply(reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Local error in processing, try again later"))
 
     # --- output -----------------------------------------------------------
@@ -665,8 +666,16 @@ class SMTPServer(Protocol):
         assert transaction is not None
         keepHeaders = self._sender is not None
         transaction.checker = MessageChecker(self.limits.max_message_size, keepHeaders=keepHeaders)
-        transaction.receiver = self.factory.delivery.receive(transaction.returnPath, list(transaction.recipients))
-        transaction.receiver.write(self._receivedHeader(transaction))
+        try:
+            transaction.receiver = self.factory.delivery.receive(transaction.returnPath, list(transaction.recipients))
+            transaction.receiver.write(self._receivedHeader(transaction))
+        except SMTPReply:
+            self._resetTransaction()
+            raise
+        except Exception:
+            log.failure("SMTP {peer}: could not start message {id}", peer=self._peer, id=transaction.id)
+            self._resetTransaction()
+            raise reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Local error in processing, try again later")
         return transaction
 
     def _take(self, transaction: _Transaction, data: bytes) -> None:
@@ -682,7 +691,17 @@ class SMTPServer(Protocol):
             receiver, transaction.receiver = transaction.receiver, None
             receiver.abort()
             return
-        transaction.receiver.write(data)
+        try:
+            transaction.receiver.write(data)
+        except Exception:
+            # Keep reading to the end of the data, then answer 451.
+            log.failure("SMTP {peer}: could not write message {id}", peer=self._peer, id=transaction.id)
+            receiver, transaction.receiver = transaction.receiver, None
+            transaction.error = reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Could not store the message, try again later")
+            try:
+                receiver.abort()
+            except Exception:
+                log.failure("SMTP {peer}: could not abort message {id}", peer=self._peer, id=transaction.id)
 
     def _endMessage(self, transaction: _Transaction) -> Deferred:
         """
@@ -734,6 +753,8 @@ class SMTPServer(Protocol):
         return d.addCallbacks(stored, notStored)
 
     def _judge(self, transaction: _Transaction, checker: MessageChecker) -> Optional[SMTPReply]:
+        if transaction.error is not None:
+            return transaction.error
         if checker.tooBig:
             # RFC 1870 §6.2.
             return reply(codes.EXCEEDED_STORAGE, codes.P_MESSAGE_TOO_BIG, "Message exceeds %d octets" % (checker.maxSize,))
@@ -1114,13 +1135,8 @@ class SMTPServer(Protocol):
             try:
                 self._startMessage()
             except SMTPReply as e:
-                failure = e
-            except Exception:
-                log.failure("SMTP {peer}: could not start a message", peer=self._peer)
-                failure = reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Local error in processing, try again later")
-            if failure is not None:
                 # The chunk that follows must still be read, not run.
-                self._resetTransaction()
+                failure = e
         self._chunk = _Chunk(
             left=int(words[0]), last=len(words) == 2, transaction=None if failure else transaction, failure=failure
         )
