@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_smtp_security -*-
+# -*- test-case-name: tests.test_smtp_server -*-
 """
 Message content on its way in: undoing DATA's dot-stuffing and finding its
 end, and checking what the client sent, chunk by chunk.
