@@ -338,6 +338,66 @@ class SlowlorisTests(SynchronousTestCase):
         self.assertEqual(h.send(b".\r\n"), ["250 2.0.0 Ok: queued as test-id"])
 
 
+class FuzzTests(SynchronousTestCase):
+    """
+    Random fragments of commands, data and binary, cut anywhere: the
+    server never raises and only ever writes well-formed replies.
+    """
+
+    FRAGMENTS = [
+        b"EHLO client.example.org\r\n",
+        b"HELO x\r\n",
+        b"MAIL FROM:<a@remote.test>\r\n",
+        b"MAIL FROM:<a@remote.test> SIZE=10 BODY=8BITMIME SMTPUTF8\r\n",
+        b"RCPT TO:<alice@example.test>\r\n",
+        b"RCPT TO:<x@elsewhere.test>\r\n",
+        b"DATA\r\n",
+        b"BDAT 5\r\n",
+        b"BDAT 0 LAST\r\n",
+        b"BDAT 99999999999 LAST\r\n",
+        b"AUTH PLAIN\r\n",
+        b"AUTH LOGIN\r\n",
+        b"AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=\r\n",
+        b"*\r\n",
+        b"STARTTLS\r\n",
+        b"RSET\r\n",
+        b"\r\n.\r\n",
+        b".\r\n",
+        b"\n.\n",
+        b"\x00\xff\xfe",
+        b"\r",
+        b"\n",
+        b"x" * 3000,
+        b"\xc3\xa9",
+        b"QUIT\r\n",
+    ]
+
+    def test_fuzz(self) -> None:
+        import random
+        import re
+
+        rng = random.Random(2920)
+        wellFormed = re.compile(r"\A[2-5][0-9][0-9][ -]")
+        for role in ("mta", "submission", "smtps"):
+            for _ in range(150):
+                h = Harness(role=role, tls=True, allowPlaintextAuth=True, limits=Limits(max_errors=1000))
+                stream = b"".join(rng.choice(self.FRAGMENTS) for _ in range(rng.randint(1, 25)))
+                cuts = sorted(rng.randint(0, len(stream)) for _ in range(rng.randint(0, 6)))
+                start = 0
+                for cut in cuts + [len(stream)]:
+                    for line in h.send(stream[start:cut]):
+                        self.assertRegex(line, wellFormed, stream)
+                    start = cut
+                h.clock.advance(1000)
+                h.disconnect()
+                self.assertEqual(h.clock.getDelayedCalls(), [])
+                self.assertEqual(h.factory.connections, 0)
+                # Every message started was either stored or thrown away.
+                for message in h.delivery.messages:
+                    self.assertTrue(message.finished != message.aborted, stream)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
 class SecretsTests(SynchronousTestCase):
     """Passwords are never logged (RFC 4954 §14: protect credentials)."""
 
