@@ -887,6 +887,20 @@ class SubmissionTests(SynchronousTestCase):
         replies = self.h.send(b"\r\nbody\r\nFrom: bob@example.test\r\n.\r\n")
         self.assertEqual(replies, ["250 2.0.0 Ok: queued as test-id"])
 
+    def test_fromHeaderUTF8(self) -> None:
+        """RFC 6532: a UTF-8 From: is compared as text."""
+        h = Harness(role="submission", allowPlaintextAuth=True)
+        h.authenticator.login = lambda c, p, i: __import__("twisted.internet.defer").internet.defer.succeed(  # type: ignore[method-assign]
+            (i, FakeSender("jörg@example.test"), lambda: None)
+        )
+        h.ehlo()
+        h.login()
+        self.assertEqual(h.command("MAIL FROM:<jörg@example.test> SMTPUTF8")[0][:3], "250")
+        self.assertEqual(h.command("RCPT TO:<bob@example.test>")[0][:3], "250")
+        h.command("DATA")
+        replies = h.send("From: Jörg <Jörg@example.test>\r\n\r\nhi\r\n.\r\n".encode("utf-8"))
+        self.assertEqual(replies, ["250 2.0.0 Ok: queued as test-id"])
+
     def test_fromHeaderInBdat(self) -> None:
         self.h.login()
         self.h.envelope("alice@example.test", "bob@example.test")

@@ -10,7 +10,7 @@ large the message or its lines.
 """
 
 import re
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
 from typing import List, Optional, Tuple
@@ -176,8 +176,9 @@ class MessageChecker:
         @return: the addresses in the C{From:} fields of the header section
             (RFC 5322 §3.6.2), lower-cased; empty if there is none.
         """
-        raw = b"".join(self._headers)
-        message = BytesHeaderParser(policy=compat32).parsebytes(raw)
+        # RFC 6532: header fields may hold UTF-8 (with SMTPUTF8).
+        raw = b"".join(self._headers).decode("utf-8", "replace")
+        message = HeaderParser(policy=compat32).parsestr(raw)
         values = [str(v) for v in message.get_all("From", [])]
         addresses = []
         for name, address in getaddresses(values):
