@@ -451,6 +451,21 @@ class TranscriptTests(unittest.SynchronousTestCase):
         self.protocol.connectionLost(None)
         self.outcome[0].trap(ServerTimeout)
 
+    def test_dataTerminationTimeout(self) -> None:
+        """
+        RFC 5321 §4.5.3.2.6: the reply to the end of data may take up to
+        10 minutes (the server fsyncs); the short timeout does not apply.
+        """
+        self.client()
+        self.login()
+        self.server(b"235 ok", b"250 ok", b"250 ok", b"354 go")
+        self.clock.advance(500)
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.server(b"250 queued"), b"RSET\r\n")
+        # Back to the short timeout for the rest.
+        self.clock.advance(31)
+        self.assertTrue(self.transport.disconnecting)
+
     def test_mailFromRefused(self) -> None:
         self.client()
         self.login()

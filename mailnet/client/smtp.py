@@ -46,6 +46,9 @@ from mailnet.errors import (
 
 _SUCCESS = range(200, 300)
 
+#: Seconds to wait for the reply to the end of DATA (RFC 5321 §4.5.3.2.6).
+DATA_TERMINATION_TIMEOUT = 600.0
+
 
 @attr.s(frozen=True, auto_attribs=True)
 class RecipientResult:
@@ -317,6 +320,17 @@ class SubmissionClient(smtp.ESMTPClient):
         # would double CRs and misses dots at chunk boundaries.
         self.resetTimeout()
         return chunk
+
+    def finishedFileTransfer(self, lastsent: bytes) -> None:
+        # RFC 5321 §4.5.3.2.6: the server may take its time making the
+        # message durable; wait up to 10 minutes for the reply to the end
+        # of data (not the short per-command timeout).
+        self.setTimeout(max(self.endpoint.timeout, DATA_TERMINATION_TIMEOUT))
+        smtp.ESMTPClient.finishedFileTransfer(self, lastsent)
+
+    def smtpState_msgSent(self, code: int, resp: Any) -> None:
+        self.setTimeout(self.endpoint.timeout)
+        smtp.ESMTPClient.smtpState_msgSent(self, code, resp)
 
     def sentMail(self, code: int, resp: Any, numOk: int, addresses: Sequence, log: Any) -> None:
         results = tuple(RecipientResult(_text(a), c, _text(r).replace("\n", " ")) for a, c, r in addresses)

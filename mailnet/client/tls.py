@@ -169,7 +169,7 @@ class ServerEndpoint:
     cafile: Optional[str] = None
     insecure: bool = False
     allowPlaintext: bool = False
-    timeout: float = 30.0
+    timeout: float = 60.0
 
     def creator(self) -> Optional[VerifyingCreator]:
         """
