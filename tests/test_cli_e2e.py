@@ -163,6 +163,24 @@ class CLIEndToEndTests(CLIMixin, unittest.TestCase):
         self.assertEqual(len(err.splitlines()), 1)
 
     @defer.inlineCallbacks
+    def test_debugTranscriptMasked(self):
+        """--debug shows both conversations, without the password."""
+        status, out, err = yield self.cli("alice@example.test", "--debug", "send", "--to", "bob@example.test", "--subject", "s",
+                                          "--body", "b")
+        self.assertEqual(status, 0, err)
+        self.assertIn("C: STARTTLS", err)
+        self.assertIn("C: AUTH PLAIN ****", err)
+        status, out, err2 = yield self.cli("bob@example.test", "--debug", "list")
+        self.assertEqual(status, 0, err2)
+        self.assertIn("C: STLS", err2)
+        self.assertIn("C: PASS ****", err2)
+        for secret in ("alice-secret", "bob-secret"):
+            self.assertNotIn(secret, err + err2)
+        import base64
+
+        self.assertNotIn(base64.b64encode(b"\0alice@example.test\0alice-secret").decode(), err)
+
+    @defer.inlineCallbacks
     def test_noSuchMessage(self):
         status, out, err = yield self.cli("bob@example.test", "read", "1")
         self.assertEqual(status, cli.EXIT_NO_MESSAGE, err)
