@@ -263,18 +263,40 @@ def decodeMessage(data: bytes) -> DecodedMessage:
 
     attachments = []
     taken: Set[str] = set()
-    for part in message.walk():
-        if part is body or part.is_multipart():
+    for part in _leaves(message):
+        if part is body:
             continue
         disposition = part.get_content_disposition()
         filename = _filename(part)
-        if disposition == "attachment" or filename or part.get_content_maintype() not in ("text", "multipart", "message"):
-            payload = _payload(part)
+        forwarded = part.get_content_type() == "message/rfc822"
+        if disposition == "attachment" or filename or forwarded or part.get_content_maintype() not in ("text", "message"):
+            payload = _forwardedBytes(part) if forwarded else _payload(part)
             name = filename or ""
             safe = safeFilename(name or _defaultName(part), taken)
             taken.add(safe.lower())
             attachments.append(Attachment(name, safe, part.get_content_type(), payload))
     return DecodedMessage(headers, text, fromHTML, tuple(attachments))
+
+
+def _leaves(message: Message) -> Iterable[Message]:
+    """
+    The parts that are not containers, in order.  A forwarded message
+    (message/rfc822) is one leaf: an attachment, not more parts of ours.
+    """
+    if message.get_content_type() == "message/rfc822" or not message.is_multipart():
+        yield message
+        return
+    for part in message.iter_parts():  # type: ignore[attr-defined]
+        yield from _leaves(part)
+
+
+def _forwardedBytes(part: Message) -> bytes:
+    inner = part.get_payload()
+    if isinstance(inner, list) and inner:
+        inner = inner[0]
+    if isinstance(inner, Message):
+        return inner.as_bytes(policy=_PARSE_POLICY)
+    return _payload(part)
 
 
 def _findBody(message: Message) -> Optional[Message]:
@@ -293,6 +315,8 @@ def _filename(part: Message) -> str:
 
 
 def _defaultName(part: Message) -> str:
+    if part.get_content_type() == "message/rfc822":
+        return "forwarded.eml"
     extension = mimetypes.guess_extension(part.get_content_type(), strict=False) or ".bin"
     return DEFAULT_ATTACHMENT_NAME + extension
 

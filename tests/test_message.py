@@ -227,3 +227,19 @@ class SummaryAndMboxTests(unittest.SynchronousTestCase):
         entry = mboxEntry(b"Subject: x\r\n\r\nbody", "", datetime.datetime(2026, 3, 1))
         self.assertTrue(entry.startswith(b"From MAILER-DAEMON "))
         self.assertTrue(entry.endswith(b"body\n\n"))
+
+
+class ForwardedMessageTests(unittest.SynchronousTestCase):
+    def test_forwardedIsOneAttachment(self) -> None:
+        """A message/rfc822 part is one attachment, not its inner parts."""
+        inner = sample("attachment-rfc2231.eml")
+        outer = (
+            b"Subject: fwd\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=OUT\n\n"
+            b"--OUT\nContent-Type: text/plain\n\nHere it is.\n"
+            b"--OUT\nContent-Type: message/rfc822\n\n" + inner + b"\n--OUT--\n"
+        )
+        decoded = decodeMessage(outer)
+        self.assertEqual(decoded.text, "Here it is.\n")
+        [attachment] = decoded.attachments
+        self.assertEqual((attachment.safeName, attachment.contentType), ("forwarded.eml", "message/rfc822"))
+        self.assertIn(b"Subject: the report", attachment.data)
