@@ -94,7 +94,13 @@ def composeMessage(
         given.
     @param messageIdDomain: the right-hand side of the Message-ID; the
         sender's domain if not given.
+    @raise ValueError: a header value contains a line break.
     """
+    for name, values in (("From", [sender]), ("To", to), ("Cc", cc), ("Subject", [subject])):
+        for value in values:
+            if "\r" in value or "\n" in value:
+                # Header injection (a Bcc: smuggled in a Subject, say).
+                raise ValueError("the %s may not contain line breaks" % (name,))
     message = EmailMessage(policy=COMPOSE_POLICY)
     # RFC 5322 §3.6: Date and From are required; Message-ID should be there.
     if now is None:

@@ -568,3 +568,16 @@ class InteractiveTests(CLITestMixin, unittest.TestCase):
 
             self.assertEqual(cli.report(e, streams, True, Failure()), 1)
         self.assertIn("Traceback", streams.stderr.getvalue())
+
+
+class HeaderInjectionTests(unittest.SynchronousTestCase):
+    def test_lineBreaksRefused(self) -> None:
+        """A Bcc smuggled into Subject or To: a usage error, nothing composed."""
+        for extra in (["--to", "b@example.test", "--subject", "x\nBcc: evil@example.test"],
+                      ["--to", "b@example.test\r\nBcc: evil@example.test", "--subject", "x"]):
+            stdout, stderr = io.StringIO(), io.StringIO()
+            status = cli.main(["--user", "a@example.test", "send", "--body", "b"] + extra, stdin=io.StringIO(), stdout=stdout,
+                              stderr=stderr, environ={"HOME": "/nonexistent", "MAILNET_PASSWORD": "x"})
+            self.assertEqual(status, 2, stderr.getvalue())
+            self.assertIn("may not contain line breaks", stderr.getvalue())
+            self.assertNotIn("Traceback", stderr.getvalue())

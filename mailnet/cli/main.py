@@ -706,15 +706,18 @@ def _prepareSend(options: argparse.Namespace, connection: Connection, io: Stream
     body = _readBody(options, io)
     if not body.strip() and not attachments:
         raise EmptyMessage()
-    message = composeMessage(
-        sender=connection.sender,
-        to=[v for v in options.to],
-        cc=[v for v in options.cc],
-        subject=options.subject,
-        body=body,
-        attachments=attachments,
-        now=now,
-    )
+    try:
+        message = composeMessage(
+            sender=connection.sender,
+            to=list(options.to),
+            cc=list(options.cc),
+            subject=options.subject,
+            body=body,
+            attachments=attachments,
+            now=now,
+        )
+    except ValueError as e:
+        raise UsageError(problem=str(e))
     return {
         "message": messageBytes(message),
         "recipients": envelopeRecipients(to, cc, bcc),
@@ -751,7 +754,7 @@ def prepare(argv: Sequence[str], io: Streams, prompt: Any = None) -> Any:
             )
         kwargs = {} if prompt is None else {"prompt": prompt}
         password = getPassword(connection, io.environ, io.stdin, io.stderr, **kwargs)
-    except (ClientError, ConfigError, BadAddress) as e:
+    except Exception as e:
         return report(e, io, options.debug)
     return Invocation(options, connection, password, io, prepared)
 
