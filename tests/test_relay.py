@@ -111,6 +111,10 @@ class ScriptedServer(LineReceiver):
             self.reply("250 " + lines[-1])
         elif verb == b"STARTTLS":
             self.reply("220 2.0.0 go ahead")
+            if f.brokenTLS:
+                # Not a TLS server after all: the ClientHello gets garbage.
+                self.setRawMode()
+                return
             self.transport.startTLS(f.tlsOptions)
             self.tls = True
         elif verb == b"AUTH":
@@ -137,6 +141,11 @@ class ScriptedServer(LineReceiver):
             self.reply("500 5.5.2 what")
 
 
+    def rawDataReceived(self, data: bytes) -> None:
+        self.transport.write(b"this is not TLS\r\n" * 20)
+        self.transport.loseConnection()
+
+
 class ScriptedFactory(Factory):
     protocol = ScriptedServer
 
@@ -151,6 +160,7 @@ class ScriptedFactory(Factory):
         self.dropAfterDataBytes: Optional[int] = None
         self.dropped = 0
         self.tlsOptions: Any = None
+        self.brokenTLS = False
         self.auth: List[bytes] = []
         self.authReply = "235 2.7.0 ok"
 
@@ -419,6 +429,38 @@ class DeliveryTests(RelayTestMixin, unittest.TestCase):
         self.assertEqual([c.split()[0] for c in server.commands[:4]], [b"EHLO", b"STARTTLS", b"EHLO", b"MAIL"])
 
     @defer.inlineCallbacks
+    def test_failedHandshakeFallsBackToPlaintext(self) -> Any:
+        """
+        Opportunistic TLS (RFC 7435): when the STARTTLS handshake fails, the
+        same host is tried again at once without STARTTLS.
+        """
+        server = yield self.startServer()
+        server.tlsOptions = object()
+        server.brokenTLS = True
+        relay = self.makeRelay(routes={"b.test": ("127.0.0.1", server.port)})
+        self.enqueue("alice@example.test", ["bob@b.test"])
+        yield relay.whenIdle()
+        self.assertEqual(server.connections, 2)
+        [transaction] = server.transactions
+        self.assertFalse(transaction["tls"])
+        self.assertEqual(self.queued(), [])
+
+    @defer.inlineCallbacks
+    def test_failedHandshakeWithRequireTLS(self) -> Any:
+        """
+        With C{require_tls} a failed handshake is not retried in plaintext.
+        """
+        server = yield self.startServer()
+        server.tlsOptions = object()
+        server.brokenTLS = True
+        relay = self.makeRelay(routes={"b.test": ("127.0.0.1", server.port)}, require_tls=True)
+        entryId = self.enqueue("alice@example.test", ["bob@b.test"])
+        yield relay.whenIdle()
+        self.assertEqual(server.connections, 1)
+        self.assertEqual(server.transactions, [])
+        self.assertIn("4.7.5 TLS with 127.0.0.1 failed", self.envelope(entryId)["last_error"])
+
+    @defer.inlineCallbacks
     def test_requireTLSWithoutSTARTTLS(self) -> Any:
         """
         With C{require_tls}, a next hop that does not offer STARTTLS gets
@@ -605,6 +647,49 @@ class ScheduleTests(RelayTestMixin, unittest.TestCase):
         self.assertEqual(self.connects, ["hop-b", "hop-b", "hop-c", "hop-b"])
         hanging[2].errback(ConnectionRefusedError())
         self.assertEqual(self.connects[-1], "hop-d")
+
+    def test_flushDuringRound(self) -> None:
+        """
+        A flush that arrives while a round is in progress starts another
+        round as soon as that one ends, not after the back-off.
+        """
+        hanging: List[defer.Deferred] = []
+
+        def connector(host: str, port: int, factory: Any) -> defer.Deferred:
+            self.connects.append(host)
+            hanging.append(defer.Deferred())
+            return hanging[-1]
+
+        relay = self.makeRelay(connector=connector, routes={"b.test": ("hop-b", 25)}, retry_initial=3600)
+        self.enqueue("alice@example.test", ["bob@b.test"])
+        relay.flush()
+        self.assertEqual(len(self.connects), 1)
+        hanging[0].errback(ConnectionRefusedError())
+        self.clock.advance(0)
+        self.assertEqual(len(self.connects), 2)
+
+    def test_stopDoesNotWaitForever(self) -> None:
+        """
+        Stopping waits for rounds in progress, but not longer than
+        C{STOP_GRACE} (a DNS look-up may take a minute).
+        """
+        from mailnet.smtp.relay import STOP_GRACE
+
+        class SlowResolver:
+            def lookupMailExchange(self, name: str, timeout: Any = None) -> defer.Deferred:
+                return defer.Deferred()
+
+        relay = RelayService(
+            self.queue, RelaySettings(), "mx.example.test", self.clock, self.inject, resolver=SlowResolver(),
+            connector=self.refusingConnector,
+        )
+        relay.startService()
+        self.enqueue("alice@example.test", ["bob@x.test"])
+        stopped = relay.stopService()
+        self.assertNoResult(stopped)
+        self.clock.advance(STOP_GRACE)
+        self.successResultOf(stopped)
+        self.assertEqual(self.connects, [])
 
     def test_deletedEntryIsDropped(self) -> None:
         """
@@ -836,6 +921,22 @@ class ClientTests(unittest.TestCase):
         client.dataReceived(b"250-after tls\r\n250 8BITMIME\r\n")
         self.assertEqual(client.extensions, {"8BITMIME": ""})
         self.assertEqual(transport.value(), b"MAIL FROM:<alice@example.test>\r\n")
+
+    def test_stalledDuringData(self) -> None:
+        """
+        RFC 5321 §4.5.3.2.6: a server that stops reading the data for three
+        minutes is given up on; the recipient is deferred.
+        """
+        client, transport = self.client()
+        client.dataReceived(b"220 hi\r\n250 hi\r\n250 ok\r\n250 ok\r\n")
+        client.pauseProducing()
+        client.dataReceived(b"354 go\r\n")
+        self.assertNoResult(client.result)
+        client.clock.advance(_relayclient.TIMEOUT_DATA_BLOCK)
+        [outcome] = self.successResultOf(client.result)
+        self.assertEqual(outcome.kind, "temporary")
+        self.assertIn("timed out", outcome.reply)
+        self.assertIn("during DATA", outcome.reply)
 
     def test_smtputf8Required(self) -> None:
         """

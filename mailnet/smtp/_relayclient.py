@@ -19,6 +19,7 @@ import os
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import attr
+from OpenSSL import SSL
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IPushProducer
@@ -96,12 +97,15 @@ class HostFailure(Exception):
 
     @ivar reply: what happened, shaped as an SMTP reply.
     @ivar permanent: whether trying again (here or elsewhere) cannot help.
+    @ivar tlsFailed: whether it failed in or right after the STARTTLS
+        handshake (so a plaintext retry may work, if TLS is optional).
     """
 
-    def __init__(self, reply: str, permanent: bool = False) -> None:
+    def __init__(self, reply: str, permanent: bool = False, tlsFailed: bool = False) -> None:
         super().__init__(reply)
         self.reply = reply
         self.permanent = permanent
+        self.tlsFailed = tlsFailed
 
 
 class _ProtocolError(Exception):
@@ -115,6 +119,11 @@ def isLoopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip() or e.__class__.__name__
+    return " ".join(text.split())[:200]
 
 
 def _xtext(value: str) -> bytes:
@@ -280,6 +289,14 @@ class RelayClient(LineOnlyReceiver):
         if self.transport is not None:
             self.transport.abortConnection()
 
+    def _stalled(self) -> None:
+        self._timer = None
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.errback(ierror.TimeoutError("%s stopped reading" % (self.job.host,)))
+        if self.transport is not None:
+            self.transport.abortConnection()
+
     def _cancelTimer(self) -> None:
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
@@ -311,7 +328,12 @@ class RelayClient(LineOnlyReceiver):
                     self.transport.startTLS(job.tls)
                     self.secure = True
                     self.extensions = {}
-                    yield self._hello()
+                    try:
+                        yield self._hello()
+                    except HostFailure:
+                        raise
+                    except Exception as e:
+                        raise HostFailure(self._describe(e), tlsFailed=True) from e
                 elif job.requireTLS:
                     raise HostFailure("451 4.7.10 %s refused STARTTLS: %s" % (host, reply))
             if job.requireTLS and not self.secure:
@@ -367,6 +389,8 @@ class RelayClient(LineOnlyReceiver):
             return "451 4.4.2 timed out waiting for %s%s" % (host, " during DATA" if self._inData else "")
         if isinstance(e, (ierror.ConnectionDone, ierror.ConnectionLost)):
             return "451 4.4.2 %s closed the connection%s" % (host, " during DATA" if self._inData else "")
+        if isinstance(e, SSL.Error):
+            return "451 4.7.5 TLS with %s failed: %s" % (host, _reason(e))  # RFC 3463 X.7.5
         if isinstance(e, _ProtocolError):
             return "451 4.5.0 %s broke the protocol: %s" % (host, e)
         log.failure("Unexpected error talking to {host}", host=host)
@@ -431,7 +455,11 @@ class RelayClient(LineOnlyReceiver):
                 self.transport.write(dotStuff(chunk, context))
                 context = (context + chunk)[-2:]
                 if self._paused is not None:
+                    # RFC 5321 §4.5.3.2.6: a peer that reads nothing for
+                    # this long is gone.
+                    self._timer = self.clock.callLater(TIMEOUT_DATA_BLOCK, self._stalled)
                     yield self._paused
+                    self._cancelTimer()
             # RFC 5321 §4.1.1.4: the message ends with CRLF . CRLF.
             self.transport.write(b".\r\n" if context == b"\r\n" else b"\r\n.\r\n")
         finally:

@@ -24,12 +24,14 @@ import random
 from collections import defaultdict, deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
+from automat import MethodicalMachine
 from twisted.application.service import Service
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
     DeferredList,
     DeferredLock,
+    TimeoutError,
     inlineCallbacks,
     succeed,
 )
@@ -48,6 +50,7 @@ from mailnet.smtp._relayclient import (
     Job,
     Outcome,
     RelayClientFactory,
+    _reason,
 )
 from mailnet.store import queue as q
 from mailnet.store.queue import DiskQueue, EntryGone, QueueEntry, RecipientState
@@ -59,6 +62,8 @@ FLUSH_POLL = 5.0
 SMTP_PORT = 25
 CONNECT_TIMEOUT = 30
 RESOLV_CONF = "/etc/resolv.conf"
+# How long stopping waits for rounds in progress to record their results.
+STOP_GRACE = 10
 
 # RFC 7505 §4.2: mail to a domain with a null MX fails at once.
 NULL_MX_REPLY = "556 5.1.10 %s does not accept mail (null MX, RFC 7505)"
@@ -113,6 +118,103 @@ def orderExchanges(records: Sequence[Any], rng: random.Random) -> List[str]:
     return hosts
 
 
+class _Schedule:
+    """
+    The life of one queued message in the relay: when its next round runs.
+
+    All transitions are in L{_Schedule._transitions} below.  A flush that
+    arrives during a round is remembered and starts the next round as soon
+    as this one ends; events for a finished message are ignored.
+    """
+
+    _machine = MethodicalMachine()
+
+    def __init__(self, clock: Any, entryId: str, startRound: Callable[[str], None]) -> None:
+        self._clock = clock
+        self._entryId = entryId
+        self._startRoundFor = startRound
+        self._timer: Any = None
+
+    @_machine.state(initial=True)
+    def new(self) -> None:
+        "Not scheduled yet."
+
+    @_machine.state()
+    def waiting(self) -> None:
+        "A timer starts the next round."
+
+    @_machine.state()
+    def delivering(self) -> None:
+        "A round is in progress."
+
+    @_machine.state()
+    def deliveringFlushed(self) -> None:
+        "A round is in progress, and a flush asked for another at once."
+
+    @_machine.state()
+    def finished(self) -> None:
+        "Delivered, bounced, deleted, or the relay stopped: nothing to do."
+
+    @_machine.input()
+    def wakeAt(self, when: float) -> None:
+        "Run the next round at C{when} (seconds since the epoch)."
+
+    @_machine.input()
+    def due(self) -> None:
+        "The timer fired."
+
+    @_machine.input()
+    def flush(self) -> None:
+        "Retry now."
+
+    @_machine.input()
+    def roundDone(self, when: float) -> None:
+        "A round ended with recipients still pending; the next is due at C{when}."
+
+    @_machine.input()
+    def finish(self) -> None:
+        "Stop scheduling this message."
+
+    @_machine.output()
+    def _arm(self, when: float) -> None:
+        delay = max(0.0, when - self._clock.seconds())
+        self._timer = self._clock.callLater(delay, self.due)
+
+    @_machine.output()
+    def _armNow(self) -> None:
+        self._timer = self._clock.callLater(0, self.due)
+
+    @_machine.output()
+    def _disarm(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    @_machine.output()
+    def _startRound(self) -> None:
+        self._timer = None
+        self._startRoundFor(self._entryId)
+
+    _transitions = [
+        new.upon(wakeAt, enter=waiting, outputs=[_arm]),
+        new.upon(finish, enter=finished, outputs=[]),
+        waiting.upon(wakeAt, enter=waiting, outputs=[_disarm, _arm]),
+        waiting.upon(flush, enter=waiting, outputs=[_disarm, _armNow]),
+        waiting.upon(due, enter=delivering, outputs=[_startRound]),
+        waiting.upon(finish, enter=finished, outputs=[_disarm]),
+        delivering.upon(flush, enter=deliveringFlushed, outputs=[]),
+        delivering.upon(roundDone, enter=waiting, outputs=[_arm]),
+        delivering.upon(finish, enter=finished, outputs=[]),
+        deliveringFlushed.upon(flush, enter=deliveringFlushed, outputs=[]),
+        deliveringFlushed.upon(roundDone, enter=waiting, outputs=[_armNow]),
+        deliveringFlushed.upon(finish, enter=finished, outputs=[]),
+        finished.upon(wakeAt, enter=finished, outputs=[]),
+        finished.upon(flush, enter=finished, outputs=[]),
+        finished.upon(roundDone, enter=finished, outputs=[]),
+        finished.upon(finish, enter=finished, outputs=[]),
+    ]
+
+
 class RelayService(Service):
     """
     Runs the relay queue.
@@ -158,7 +260,7 @@ class RelayService(Service):
         self._connector = connector or self._connectTCP
         self._random = rng or random.Random()
         self._entries: Dict[str, QueueEntry] = {}
-        self._timers: Dict[str, Any] = {}
+        self._schedules: Dict[str, _Schedule] = {}
         self._busy: Set[str] = set()
         self._locks: Dict[str, DeferredLock] = {}
         self._active = 0
@@ -197,10 +299,9 @@ class RelayService(Service):
             self.queue.listener = None
         if self._poller is not None and self._poller.running:
             self._poller.stop()
-        for timer in self._timers.values():
-            if timer.active():
-                timer.cancel()
-        self._timers.clear()
+        for schedule in self._schedules.values():
+            schedule.finish()
+        self._schedules.clear()
         for _, waiter in list(self._waiting):
             waiter.cancel()
         self._waiting.clear()
@@ -209,7 +310,11 @@ class RelayService(Service):
         for client in list(self._clients):
             if client.transport is not None:
                 client.transport.abortConnection()
-        return self.whenIdle()
+        # Rounds end quickly now; one stuck in a DNS look-up is not waited for.
+        d = self.whenIdle()
+        d.addTimeout(STOP_GRACE, self._reactor)
+        d.addErrback(lambda f: f.trap(TimeoutError))
+        return d
 
     def whenIdle(self) -> Deferred:
         """
@@ -229,45 +334,43 @@ class RelayService(Service):
 
     def _track(self, entry: QueueEntry) -> None:
         self._entries[entry.id] = entry
-        self._schedule(entry)
+        schedule = self._schedules[entry.id] = _Schedule(self._reactor, entry.id, self._startRound)
+        schedule.wakeAt(entry.next_try if entry.next_try is not None else self._reactor.seconds())
 
-    def _schedule(self, entry: QueueEntry) -> None:
-        old = self._timers.pop(entry.id, None)
-        if old is not None and old.active():
-            old.cancel()
-        now = self._reactor.seconds()
-        due = entry.next_try if entry.next_try is not None else now
-        self._timers[entry.id] = self._reactor.callLater(max(0.0, due - now), self._due, entry.id)
-
-    def _due(self, entryId: str) -> None:
-        self._timers.pop(entryId, None)
-        entry = self._entries.get(entryId)
-        if entry is None or entryId in self._busy or self._stopping:
-            return
+    def _startRound(self, entryId: str) -> None:
+        entry = self._entries[entryId]
         self._busy.add(entryId)
         d = self._round(entry)
-        d.addErrback(lambda f: log.failure("Relay round for {id} failed", f, id=entryId))
-        d.addBoth(self._roundDone, entry)
+        d.addCallbacks(self._roundFinished, self._roundFailed, callbackArgs=(entry,), errbackArgs=(entry,))
 
-    def _roundDone(self, _: Any, entry: QueueEntry) -> None:
+    def _roundFailed(self, failure: Any, entry: QueueEntry) -> None:
+        log.failure("Relay round for {id} failed", failure, id=entry.id)
+        # Not at once again: whatever broke would likely break again.
+        entry.next_try = self._reactor.seconds() + self.settings.retry_max
+        self._roundFinished(None, entry)
+
+    def _roundFinished(self, _: Any, entry: QueueEntry) -> None:
         self._busy.discard(entry.id)
-        if not self._stopping and entry.id in self._entries and entry.id not in self._timers:
-            self._schedule(entry)
+        schedule = self._schedules.get(entry.id)
+        if schedule is not None:
+            if self._stopping or entry.id not in self._entries:
+                schedule.finish()
+            else:
+                assert entry.next_try is not None
+                schedule.roundDone(entry.next_try)
         if not self._busy:
             idle, self._idle = self._idle, []
             for d in idle:
-                d.callback(None)
+                if not d.called:
+                    d.callback(None)
 
     def flush(self) -> None:
         """
-        Retry every queued message now.
+        Retry every queued message now (those in a round: right after it).
         """
-        now = self._reactor.seconds()
         log.info("Flushing the relay queue ({count} message(s))", count=len(self._entries))
-        for entry in list(self._entries.values()):
-            if entry.id not in self._busy:
-                entry.next_try = now
-                self._schedule(entry)
+        for schedule in list(self._schedules.values()):
+            schedule.flush()
 
     @inlineCallbacks
     def _pollFlush(self) -> Any:
@@ -362,9 +465,9 @@ class RelayService(Service):
     def _forget(self, entryId: str) -> None:
         self._entries.pop(entryId, None)
         self._locks.pop(entryId, None)
-        timer = self._timers.pop(entryId, None)
-        if timer is not None and timer.active():
-            timer.cancel()
+        schedule = self._schedules.pop(entryId, None)
+        if schedule is not None:
+            schedule.finish()
 
     @inlineCallbacks
     def _afterRound(self, entry: QueueEntry) -> Any:
@@ -401,8 +504,6 @@ class RelayService(Service):
         # One last try when the time is up, so expiry is not late by a whole back-off.
         entry.next_try = min(now + delay, max(now, entry.created + self.settings.give_up_after))
         yield self._save(entry)
-        if entry.id in self._entries:
-            self._schedule(entry)
 
     @inlineCallbacks
     def _notify(self, entry: QueueEntry, states: Sequence[RecipientState], action: str, now: float) -> Any:
@@ -529,17 +630,21 @@ class RelayService(Service):
         if useSmarthost and self.settings.smarthost_user:
             auth = (self.settings.smarthost_user, self.settings.smarthost_password)
         lastError = "451 4.4.1 no next hop for %s" % (domain,)
-        for host, port in hops:
-            if self._stopping:
-                break
+        attempts = [(host, port, True) for host, port in hops]
+        while attempts and not self._stopping:
+            host, port, useTLS = attempts.pop(0)
             try:
-                outcomes = yield self._deliverTo(entry, host, port, addresses, auth)
+                outcomes = yield self._deliverTo(entry, host, port, addresses, auth, useTLS)
                 return outcomes
             except HostFailure as e:
                 log.info("{id}: {host}:{port} failed: {reply}", id=entry.id, host=host, port=port, reply=e.reply)
                 if e.permanent:
                     return [Outcome(a, PERMANENT, e.reply, host) for a in addresses]
                 lastError = e.reply
+                if e.tlsFailed and useTLS and not self.settings.require_tls:
+                    # Opportunistic TLS (RFC 7435 §3): a failed handshake
+                    # must not stop mail the host would take in plaintext.
+                    attempts.insert(0, (host, port, False))
         return [Outcome(a, TEMPORARY, lastError) for a in addresses]
 
     def _tlsFor(self, host: str) -> Any:
@@ -554,7 +659,13 @@ class RelayService(Service):
 
     @inlineCallbacks
     def _deliverTo(
-        self, entry: QueueEntry, host: str, port: int, addresses: List[str], auth: Optional[Tuple[str, str]]
+        self,
+        entry: QueueEntry,
+        host: str,
+        port: int,
+        addresses: List[str],
+        auth: Optional[Tuple[str, str]],
+        useTLS: bool = True,
     ) -> Any:
         try:
             message = yield self.queue.openMessage(entry.id)
@@ -567,7 +678,7 @@ class RelayService(Service):
                 recipients=addresses,
                 message=message,
                 host=host,
-                tls=self._tlsFor(host),
+                tls=self._tlsFor(host) if useTLS else None,
                 requireTLS=self.settings.require_tls,
                 auth=auth,
                 eightBit=entry.eightbit,
@@ -595,11 +706,6 @@ class RelayService(Service):
     def _connectTCP(self, host: str, port: int, factory: Any) -> Deferred:
         endpoint = HostnameEndpoint(self._reactor, host, port, timeout=CONNECT_TIMEOUT)
         return endpoint.connect(factory)
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip() or e.__class__.__name__
-    return " ".join(text.split())[:200]
 
 
 def _permanentStatus(reply: str) -> str:
