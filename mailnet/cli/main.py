@@ -697,6 +697,9 @@ def _prepareSend(options: argparse.Namespace, connection: Connection, io: Stream
     senderAddress = getaddresses([connection.sender])[0][1]
     if not senderAddress:
         raise UsageError(problem="no sender address: set from in the account or use a full address as --user")
+    from mailnet.address import normalizeAddress
+
+    normalizeAddress(senderAddress)  # raises BadAddress
     attachments = []
     for path in options.attach:
         try:
