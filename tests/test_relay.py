@@ -777,6 +777,19 @@ class NextHopTests(unittest.TestCase):
         self.assertTrue(all(order[0] == "a.test" for order in orders))
         self.assertGreater(len(orders), 1)
 
+    def test_ourselvesAsMX(self) -> None:
+        """
+        RFC 5321 §5.1: when we are one of the MX hosts, only better ones are
+        tried; when none is better, the mail would loop: 5.4.6.
+        """
+        resolver = FakeResolver([mx(10, "backup.x.test"), mx(20, "MX.example.test"), mx(30, "worse.x.test")])
+        hops = self.successResultOf(self.relay(resolver).nextHops("x.test"))
+        self.assertEqual(hops, [("backup.x.test", 25)])
+        resolver = FakeResolver([mx(10, "mx.example.test"), mx(20, "worse.x.test")])
+        failure = self.failureResultOf(self.relay(resolver).nextHops("x.test"), RoutingError)
+        self.assertTrue(failure.value.permanent)
+        self.assertIn("5.4.6", failure.value.reply)
+
     def test_noMXFallsBackToDomain(self) -> None:
         """
         With no MX records the domain itself (its A/AAAA records) is the

@@ -69,6 +69,8 @@ STOP_GRACE = 10
 NULL_MX_REPLY = "556 5.1.10 %s does not accept mail (null MX, RFC 7505)"
 NO_DOMAIN_REPLY = "550 5.1.2 %s: no such domain"
 DNS_FAILURE_REPLY = "451 4.4.3 DNS lookup for %s failed: %s"
+# RFC 5321 §5.1 / RFC 3463 X.4.6: we are the best MX, yet the domain is not ours.
+LOOP_REPLY = "554 5.4.6 mail for %s loops back to myself"
 EXPIRED_STATUS = "5.4.7"  # RFC 3463: delivery time expired
 
 
@@ -94,14 +96,17 @@ def _exchangeName(record: Any) -> str:
     return str(name).rstrip(".")
 
 
-def orderExchanges(records: Sequence[Any], rng: random.Random) -> List[str]:
+def orderExchanges(records: Sequence[Any], rng: random.Random, ownName: Optional[str] = None) -> List[str]:
     """
     Order MX records for delivery.
 
     RFC 5321 §5.1: lowest preference first, hosts of equal preference in
-    random order.
+    random order; if we are one of the hosts, only the better ones are
+    left (anything else would loop).
 
     @param records: L{twisted.names.dns.Record_MX} payloads.
+    @param ownName: our host name.
+    @return: host names, possibly none (all were us or worse than us).
     @raise RoutingError: for a null MX (RFC 7505 §3: one record, preference
         0, exchange "."), which is final.
     """
@@ -109,6 +114,10 @@ def orderExchanges(records: Sequence[Any], rng: random.Random) -> List[str]:
     real = [(pref, name) for pref, name in named if name]
     if named and not real:
         raise RoutingError("", permanent=True)
+    if ownName:
+        ours = [pref for pref, name in real if name.lower() == ownName.lower()]
+        if ours:
+            real = [(pref, name) for pref, name in real if pref < min(ours)]
     rng.shuffle(real)
     real.sort(key=lambda pair: pair[0])
     hosts: List[str] = []
@@ -285,6 +294,8 @@ class RelayService(Service):
         self._loaded.addErrback(lambda f: log.failure("Could not read the relay queue", f))
 
     def _restore(self, entries: List[QueueEntry]) -> None:
+        if self._stopping:
+            return
         log.info("Relay queue: {count} message(s) waiting", count=len(entries))
         for entry in entries:
             self._track(entry)
@@ -603,9 +614,11 @@ class RelayService(Service):
             # (its A or AAAA records: the endpoint looks them up).
             return [(domain, SMTP_PORT)]
         try:
-            hosts = orderExchanges(records, self._random)
+            hosts = orderExchanges(records, self._random, self.hostname)
         except RoutingError:
             raise RoutingError(NULL_MX_REPLY % (domain,), permanent=True) from None
+        if not hosts:
+            raise RoutingError(LOOP_REPLY % (domain,), permanent=True)
         return [(host, SMTP_PORT) for host in hosts]
 
     def _getResolver(self) -> Any:
