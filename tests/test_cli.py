@@ -297,6 +297,8 @@ class CommandTests(CLITestMixin, unittest.TestCase):
         self.assertEqual(document[0]["from"], "m1@example.test")
         self.assertEqual(document[0]["uid"], "uid-1")
         self.assertEqual(set(document[0]), {"number", "uid", "from", "subject", "date", "size"})
+        status, out, err = yield self.cli(*options, "list", "--limit", "2", "--page", "4")
+        self.assertEqual((status, out), (0, "no page 4: 5 messages, 3 pages\n"))
         # Headers only: TOP n 0, never RETR.
         self.assertFalse(any(l.startswith(b"RETR") for l in self.pop3Config.lines))
         self.assertIn(b"TOP 1 0", self.pop3Config.lines)

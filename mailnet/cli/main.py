@@ -383,14 +383,17 @@ class Invocation:
             if self.options.json:
                 self.io.out(json.dumps([s.asJSON() for s in summaries], ensure_ascii=False, indent=2))
             else:
+                pages = max(1, -(-len(numbers) // limit))
                 if not numbers:
                     self.io.out("no messages")
+                elif not shown:
+                    self.io.out("no page %d: %d message%s, %d page%s" % (
+                        page, len(numbers), "" if len(numbers) == 1 else "s", pages, "" if pages == 1 else "s"))
                 for s in summaries:
                     self.io.out(
                         "%4d  %-28.28s  %-40.40s  %-31.31s  %s" % (s.number, s.sender, s.subject, s.date, _size(s.size))
                     )
-                pages = max(1, -(-len(numbers) // limit))
-                if len(numbers) > limit:
+                if shown and len(numbers) > limit:
                     self.io.out("page %d of %d (%d messages)" % (page, pages, len(numbers)))
             return EXIT_OK
 
