@@ -27,7 +27,7 @@ from twisted.trial import unittest
 
 from mailnet.config import RelaySettings
 from mailnet.smtp import _relayclient
-from mailnet.smtp._relayclient import Job, RelayClient, dotStuff
+from mailnet.smtp._relayclient import DataEncoder, Job, RelayClient, dotStuff
 from mailnet.smtp.relay import FLUSH_POLL, RelayService, RoutingError, orderExchanges
 from mailnet.store import queue as q
 from mailnet.store.maildir import runSynchronously
@@ -888,6 +888,41 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(dotStuff(b".x", b"\r\n"), b"..x")
         self.assertEqual(dotStuff(b"\n.x", b"a\r"), b"\n..x")
         self.assertEqual(dotStuff(b".x", b"a\r"), b".x")
+
+    def encodeInPieces(self, data: bytes, sizes: List[int]) -> bytes:
+        encoder = DataEncoder()
+        out = []
+        while data:
+            size = sizes[len(out) % len(sizes)]
+            out.append(encoder.encode(data[:size]))
+            data = data[size:]
+        out.append(encoder.finish())
+        return b"".join(out)
+
+    def test_dataEncoder(self) -> None:
+        """
+        Line ends become CRLF, leading periods are doubled, and the data
+        ends with CRLF . CRLF, however the message is cut into chunks.
+        """
+        message = b"Subject: x\r\n\r\n.top\r\nbare\nlf\rcr\r\n..two\r\nend"
+        expected = b"Subject: x\r\n\r\n..top\r\nbare\r\nlf\r\ncr\r\n...two\r\nend\r\n.\r\n"
+        for sizes in ([len(message)], [1], [2, 3], [5, 1, 7], [13]):
+            self.assertEqual(self.encodeInPieces(message, sizes), expected, sizes)
+        self.assertEqual(self.encodeInPieces(b"a\r\n", [1]), b"a\r\n.\r\n")
+        self.assertEqual(DataEncoder().finish(), b".\r\n")
+
+    def test_smugglingNeutralised(self) -> None:
+        """
+        SMTP smuggling (CVE-2023-51764 and friends): a bare-LF "end of data"
+        inside a stored message goes out as an ordinary stuffed line, so no
+        server can see a second message in it.
+        """
+        message = b"Subject: x\r\n\r\nhi\n.\nMAIL FROM:<evil@x.test>\r\n"
+        encoded = self.encodeInPieces(message, [3])
+        self.assertEqual(encoded.count(b"\r\n.\r\n"), 1)
+        self.assertTrue(encoded.endswith(b"\r\n.\r\n"))
+        self.assertIn(b"hi\r\n..\r\nMAIL", encoded)
+        self.assertNotIn(b"\n.\n", encoded)
 
     def test_multilineRepliesAndHELOFallback(self) -> None:
         """

@@ -16,6 +16,7 @@ next host.
 import base64
 import ipaddress
 import os
+import re
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import attr
@@ -167,6 +168,40 @@ def dotStuff(data: bytes, context: bytes) -> bytes:
     """
     stuffed = (context + data).replace(b"\r\n.", b"\r\n..")
     return stuffed[len(context) :]
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class DataEncoder:
+    """
+    Turns message bytes, chunk by chunk, into the DATA stream: every line
+    end CRLF (RFC 5321 §2.3.8: no bare CR or LF, which some servers would
+    read as line ends -- the "SMTP smuggling" confusion), periods stuffed
+    (§4.5.2), and the final C{CRLF . CRLF} (§4.1.1.4).
+    """
+
+    def __init__(self) -> None:
+        self._context = b"\r\n"  # the message starts at a line start
+        self._heldCR = False  # a CR ending a chunk: is it followed by LF?
+
+    def encode(self, chunk: bytes) -> bytes:
+        if self._heldCR:
+            chunk = b"\r" + chunk
+        self._heldCR = chunk.endswith(b"\r")
+        if self._heldCR:
+            chunk = chunk[:-1]
+        data = _LINE_END.sub(b"\r\n", chunk)
+        stuffed = dotStuff(data, self._context)
+        self._context = (self._context + data)[-2:]
+        return stuffed
+
+    def finish(self) -> bytes:
+        tail = self.encode(b"\r\n") if self._heldCR else b""
+        self._heldCR = False
+        if self._context != b"\r\n":
+            tail += b"\r\n"
+        return tail + b".\r\n"
 
 
 @implementer(IPushProducer)
@@ -445,23 +480,21 @@ class RelayClient(LineOnlyReceiver):
         self._inData = True
         self.transport.registerProducer(self, True)
         try:
-            context = b"\r\n"
+            encoder = DataEncoder()
             while True:
                 chunk = yield self.run(self.job.message.read, CHUNK)
                 if self._lost is not None:
                     raise self._lost
                 if not chunk:
                     break
-                self.transport.write(dotStuff(chunk, context))
-                context = (context + chunk)[-2:]
+                self.transport.write(encoder.encode(chunk))
                 if self._paused is not None:
                     # RFC 5321 §4.5.3.2.6: a peer that reads nothing for
                     # this long is gone.
                     self._timer = self.clock.callLater(TIMEOUT_DATA_BLOCK, self._stalled)
                     yield self._paused
                     self._cancelTimer()
-            # RFC 5321 §4.1.1.4: the message ends with CRLF . CRLF.
-            self.transport.write(b".\r\n" if context == b"\r\n" else b"\r\n.\r\n")
+            self.transport.write(encoder.finish())
         finally:
             if self._lost is None:
                 self.transport.unregisterProducer()
