@@ -1035,3 +1035,59 @@ class DefaultResolverTests(unittest.TestCase):
         self.assertIsInstance(resolver, client.Resolver)
         self.assertIs(resolver._reactor, clock)
         self.assertIs(relay._getResolver(), resolver)
+
+
+class OwnServerTests(RelayTestMixin, unittest.TestCase):
+    """
+    The relay against mailnet's own SMTP server (the MTA role) on a
+    loopback socket, STARTTLS included.
+    """
+
+    @defer.inlineCallbacks
+    def startOwnServer(self) -> Any:
+        from mailnet.config import Limits
+        from mailnet.smtp.server import SMTPFactory
+        from mailnet.testing import FakeAuthenticator, FakeDeliveryAgent
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        certPath, keyPath = makeCertificate(directory)
+        with open(certPath) as c, open(keyPath) as k:
+            tlsOptions = PrivateCertificate.loadPEM(c.read() + k.read()).options()
+        delivery = FakeDeliveryAgent(localDomains=("b.test",), users=("bob@b.test", "carol@b.test"))
+        factory = SMTPFactory(
+            hostname="mx.b.test",
+            role="mta",
+            delivery=delivery,
+            authenticator=FakeAuthenticator({}),
+            limits=Limits(),
+            tlsOptions=tlsOptions,
+            clock=reactor,
+        )
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        return delivery, port.getHost().port
+
+    @defer.inlineCallbacks
+    def test_deliverOverSTARTTLS(self) -> Any:
+        """
+        Two recipients accepted, one refused (550 5.1.1 from the server):
+        the accepted ones get the message, intact and over TLS; the sender
+        gets a bounce for the other.
+        """
+        delivery, port = yield self.startOwnServer()
+        message = MESSAGE + b".\r\n..\r\ncaf\xc3\xa9\r\n"
+        relay = self.makeRelay(routes={"b.test": ("127.0.0.1", port)}, require_tls=True)
+        self.enqueue("alice@example.test", ["bob@b.test", "nobody@b.test", "carol@b.test"], message=message)
+        yield relay.whenIdle()
+        [received] = delivery.messages
+        self.assertEqual(received.returnPath, "alice@example.test")
+        self.assertEqual(received.recipients, ["bob@b.test", "carol@b.test"])
+        self.assertTrue(received.finished)
+        self.assertTrue(received.data.endswith(message), received.data)
+        self.assertIn(b"ESMTPS", received.data.split(message)[0])  # RFC 3848: TLS was used
+        self.assertEqual(self.queued(), [])
+        [bounce] = self.injected
+        block = email.message_from_bytes(bounce.data).get_payload()[1].get_payload()[1]
+        self.assertEqual(block["Final-Recipient"], "rfc822; nobody@b.test")
+        self.assertEqual(block["Status"], "5.1.1")
