@@ -986,6 +986,25 @@ class ClientTests(unittest.TestCase):
         self.assertIn("timed out", outcome.reply)
         self.assertIn("during DATA", outcome.reply)
 
+    def test_421AtEHLO(self) -> None:
+        """
+        A server closing down (421) is not an old server: no HELO, the host
+        fails temporarily.
+        """
+        client, transport = self.client()
+        client.dataReceived(b"220 hi\r\n421 4.3.2 going down\r\n")
+        self.assertNotIn(b"HELO", transport.value())
+        failure = self.failureResultOf(client.result, _relayclient.HostFailure)
+        self.assertEqual(failure.value.reply, "421 4.3.2 going down")
+        self.assertFalse(failure.value.permanent)
+
+    def test_malformedReply(self) -> None:
+        client, transport = self.client()
+        client.dataReceived(b"hello there\r\n")
+        failure = self.failureResultOf(client.result, _relayclient.HostFailure)
+        self.assertIn("4.5.0", failure.value.reply)
+        self.assertTrue(transport.disconnecting)
+
     def test_smtputf8Required(self) -> None:
         """
         RFC 6531 §3.2: non-ASCII addresses need a server with SMTPUTF8;

@@ -48,6 +48,7 @@ TIMEOUT_CLOSE = 30
 # RFC 5321 §4.5.3.1.5 allows 512 octets per reply line; be lenient.
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100
+MAX_UNREAD_REPLIES = 10
 CHUNK = 64 * 1024
 
 
@@ -291,7 +292,11 @@ class RelayClient(LineOnlyReceiver):
             self._lines = []
             waiting, self._waiting = self._waiting, None
             if waiting is None:
-                self._replies.append(reply)  # pipelined ahead; keep for later
+                # Unasked for (say, a 421 before a command): the next
+                # command gets it.  A server that keeps talking is broken.
+                self._replies.append(reply)
+                if len(self._replies) > MAX_UNREAD_REPLIES:
+                    self._protocolError("too many unrequested replies")
             else:
                 self._cancelTimer()
                 waiting.callback(reply)
@@ -442,6 +447,8 @@ class RelayClient(LineOnlyReceiver):
                 keyword, _, params = line.strip().partition(" ")
                 self.extensions[keyword.upper()] = params
             return
+        if not reply.permanent:
+            raise HostFailure(str(reply))  # 421 and the like: not an old server
         reply = yield self._command(b"HELO " + name)
         if not reply.positive:
             raise HostFailure(str(reply))
