@@ -210,6 +210,12 @@ class DiskQueueTests(QueueTestCase):
             f.write("{not json")
         self.assertEqual([e["id"] for e in q.listEntries(self.queueDir)], [keep])
 
+    def test_existsNeedsBothFiles(self) -> None:
+        entryId = self.enqueue()
+        self.assertTrue(self.successResultOf(self.queue.exists(entryId)))
+        os.unlink(os.path.join(self.queueDir, "msg", entryId))
+        self.assertFalse(self.successResultOf(self.queue.exists(entryId)))
+
     def test_remove(self) -> None:
         entryId = self.enqueue()
         self.successResultOf(self.queue.remove(entryId))

@@ -704,6 +704,19 @@ class ScheduleTests(RelayTestMixin, unittest.TestCase):
         self.assertEqual(len(self.connects), 1)
         self.assertFalse(os.path.exists(os.path.join(self.queueDir, "env", entryId + ".json")))
 
+    def test_envelopeWithoutMessageIsDropped(self) -> None:
+        """
+        An envelope whose message is gone (an update that raced with a
+        delete) is removed, not retried until it expires.
+        """
+        self.makeRelay(connector=self.refusingConnector, routes={"b.test": ("192.0.2.1", 25)}, retry_initial=60)
+        entryId = self.enqueue("alice@example.test", ["bob@b.test"])
+        os.unlink(os.path.join(self.queueDir, "msg", entryId))
+        self.clock.advance(60)
+        self.assertEqual(len(self.connects), 1)
+        self.assertEqual(self.queued(), [])
+        self.assertEqual(self.injected, [])
+
     def test_stopService(self) -> None:
         """
         A stopped relay schedules nothing more; the queue keeps the message.

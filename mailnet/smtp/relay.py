@@ -403,6 +403,8 @@ class RelayService(Service):
     def _round(self, entry: QueueEntry) -> Any:
         exists = yield self.queue.exists(entry.id)
         if not exists:
+            log.info("{id} was deleted from the queue", id=entry.id)
+            yield self.queue.remove(entry.id)  # whatever half is left
             self._forget(entry.id)
             return
         groups: Dict[str, List[str]] = {}

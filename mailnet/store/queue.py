@@ -449,9 +449,12 @@ class DiskQueue:
 
     def exists(self, entryId: str) -> Deferred:
         """
-        @return: L{Deferred} firing with whether the entry is still queued.
+        @return: L{Deferred} firing with whether the entry is still queued:
+            its envelope and its message are both there.  (An update racing
+            with L{deleteEntry} can bring back an envelope alone.)
         """
-        return self._run(os.path.exists, self._paths.envelope(entryId))
+        paths = self._paths
+        return self._run(lambda: os.path.exists(paths.envelope(entryId)) and os.path.exists(paths.message(entryId)))
 
     def messagePath(self, entryId: str) -> str:
         return self._paths.message(entryId)
