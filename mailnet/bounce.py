@@ -42,6 +42,8 @@ class RecipientResult:
     @ivar diagnostic: the remote server's reply (C{"550 5.1.1 unknown"}), or
         our own explanation; L{None} if there is none.
     @ivar remoteMTA: the host that gave the reply, if any.
+    @ivar willRetryUntil: for a delay, when the retries end (seconds since
+        the epoch), if known.
     """
 
     address: str
@@ -49,6 +51,7 @@ class RecipientResult:
     status: str
     diagnostic: Optional[str] = None
     remoteMTA: Optional[str] = None
+    willRetryUntil: Optional[float] = None
 
 
 def statusFromReply(reply: str, permanent: bool) -> str:
@@ -173,6 +176,12 @@ def makeBounce(
                     ("Remote-MTA", None if result.remoteMTA is None else "dns; %s" % (result.remoteMTA,)),
                     ("Diagnostic-Code", None if result.diagnostic is None else "smtp; %s" % (result.diagnostic,)),
                     ("Last-Attempt-Date", _when(now)),
+                    (
+                        "Will-Retry-Until",  # RFC 3464 §2.3.9: delays only
+                        _when(result.willRetryUntil)
+                        if result.willRetryUntil is not None and result.action == DELAYED
+                        else None,
+                    ),
                 ]
             )
         )

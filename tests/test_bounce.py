@@ -135,6 +135,10 @@ class MakeBounceTests(unittest.TestCase):
         block = message.get_payload()[1].get_payload()[1]
         self.assertEqual((block["Action"], block["Status"]), ("delayed", "4.4.1"))
         self.assertIn("will be retried", message.get_payload()[0].get_payload())
+        self.assertNotIn("Will-Retry-Until", block)
+        results = [RecipientResult("bob@remote.test", DELAYED, "4.4.1", "451 x", willRetryUntil=NOW + 86400)]
+        block = parse(self.bounce(results)).get_payload()[1].get_payload()[1]
+        self.assertEqual(block["Will-Retry-Until"], "Sat, 16 Jan 2027 09:00:00 +0000")
 
     def test_replyCannotInjectFields(self) -> None:
         """

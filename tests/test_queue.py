@@ -66,7 +66,15 @@ class DiskQueueTests(QueueTestCase):
         self.assertEqual(
             envelope["recipients"],
             [
-                {"address": a, "status": "pending", "attempts": 0, "last_error": None, "notified": False, "dsn_status": None}
+                {
+                    "address": a,
+                    "status": "pending",
+                    "attempts": 0,
+                    "last_error": None,
+                    "notified": False,
+                    "dsn_status": None,
+                    "remote_mta": None,
+                }
                 for a in ("x@remote.test", "y@remote.test")
             ],
         )

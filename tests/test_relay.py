@@ -7,7 +7,9 @@ servers written here, listening on 127.0.0.1 port 0 (real sockets on the
 real reactor), or connectors that fail at once.
 """
 
+import datetime
 import email
+import email.utils
 import os
 import random
 from collections import deque
@@ -311,6 +313,7 @@ class DeliveryTests(RelayTestMixin, unittest.TestCase):
         self.assertEqual(perRecipient["Action"], "failed")
         self.assertEqual(perRecipient["Status"], "5.1.1")
         self.assertEqual(perRecipient["Diagnostic-Code"], "smtp; 550 5.1.1 <nobody@b.test>: no such user")
+        self.assertEqual(perRecipient["Remote-MTA"], "dns; 127.0.0.1")
         self.assertEqual(headers.get_content_type(), "text/rfc822-headers")
         self.assertIn("Subject: Hello", headers.get_payload())
         self.assertNotIn("First line", headers.get_payload())
@@ -590,6 +593,8 @@ class ScheduleTests(RelayTestMixin, unittest.TestCase):
         block = message.get_payload()[1].get_payload()[1]
         self.assertEqual(block["Action"], "delayed")
         self.assertEqual(block["Status"], "4.4.1")
+        self.assertEqual(block["Will-Retry-Until"], email.utils.format_datetime(
+            datetime.datetime.fromtimestamp(START + 1000, datetime.timezone.utc)))
         self.clock.pump([100] * 6)
         self.assertEqual(len(self.injected), 1)
         self.assertEqual(len(self.queued()), 1)

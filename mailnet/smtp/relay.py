@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from mailnet.address import splitAddress
 from mailnet.bounce import DELAYED, FAILED, RecipientResult, makeBounce, statusFromReply
 from mailnet.config import RelaySettings
+from mailnet.errors import SMTPReply
 from mailnet.smtp._relayclient import (
     DELIVERED,
     PERMANENT,
@@ -440,6 +441,7 @@ class RelayService(Service):
         for outcome in outcomes:
             state = byAddress[outcome.address]
             state.attempts += 1
+            state.remote_mta = outcome.host
             if outcome.kind == DELIVERED:
                 state.status = q.DELIVERED
                 state.last_error = None
@@ -528,6 +530,8 @@ class RelayService(Service):
                 action=action,
                 status=(s.dsn_status or "5.0.0") if action == FAILED else statusFromReply(s.last_error or "", False),
                 diagnostic=s.last_error,
+                remoteMTA=s.remote_mta,
+                willRetryUntil=entry.created + self.settings.give_up_after,
             )
             for s in states
         ]
@@ -537,6 +541,10 @@ class RelayService(Service):
             receiver = self._inject("", [entry.sender])
             receiver.write(message)
             notificationId = yield receiver.finish()
+        except SMTPReply as e:
+            # The sender is one of our own addresses that no longer exists.
+            log.warn("{id}: could not notify <{sender}>: {reply}", id=entry.id, sender=entry.sender, reply=e)
+            return
         except Exception:
             log.failure("{id}: could not notify <{sender}>", id=entry.id, sender=entry.sender)
             return

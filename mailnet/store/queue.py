@@ -25,12 +25,14 @@ The envelope is JSON::
      "eightbit": false,
      "recipients": [{"address": "x@y.test", "status": "pending",
                      "attempts": 1, "last_error": "...", "notified": false,
-                     "dsn_status": "5.1.1" or null},
+                     "dsn_status": "5.1.1" or null,
+                     "remote_mta": "mx.y.test" or null},
                     ...]}
 
 with C{status} one of C{pending}, C{delivered}, C{failed}.  C{notified}
 records that the sender was told of a failure, so a restart does not
-bounce twice; C{dsn_status} is the RFC 3463 status of a failure.
+bounce twice; C{dsn_status} is the RFC 3463 status of a failure and
+C{remote_mta} the host whose reply was last recorded.
 """
 
 import json
@@ -80,6 +82,7 @@ class RecipientState:
     last_error: Optional[str] = None
     notified: bool = False
     dsn_status: Optional[str] = None
+    remote_mta: Optional[str] = None
 
     def asJSON(self) -> Dict[str, Any]:
         return attr.asdict(self)
@@ -93,6 +96,7 @@ class RecipientState:
             last_error=data.get("last_error"),
             notified=bool(data.get("notified", False)),
             dsn_status=data.get("dsn_status"),
+            remote_mta=data.get("remote_mta"),
         )
 
 
