@@ -36,7 +36,7 @@ from twisted.internet.threads import deferToThread
 
 from mailnetbench import machine, procstat
 from mailnetbench.idle import closeIdle, openIdle
-from mailnetbench.messages import idsOnDisk, makeBody
+from mailnetbench.messages import idsOnDisk, makeBody, messageFiles
 from mailnetbench.pop3load import runPOP3
 from mailnetbench.report import MB, buildRows, formatTable
 from mailnetbench.server import Server, startServer
@@ -52,11 +52,15 @@ class Plan:
     """
     How much of everything: every case is bounded in count and in time.
 
-    @ivar smtp: C{(connections, messages, seconds)} for the 2 KB cases.
+    @ivar smtp: C{(connections, messages, seconds)} of each round of the
+        2 KB cases.
+    @ivar rounds: how many rounds of each 2 KB case, alternating between
+        mailnet and the stock baseline.
     """
 
     mode: str
     smtp: Sequence[Sequence[int]]
+    rounds: int
     smtpLarge: Sequence[int]
     pop3Messages: int
     idle: int
@@ -67,7 +71,8 @@ class Plan:
 
 FULL = Plan(
     mode="full",
-    smtp=((1, 3000, 10), (10, 10000, 10), (50, 20000, 10)),
+    smtp=((1, 1500, 4), (10, 5000, 4), (50, 8000, 4)),
+    rounds=3,
     smtpLarge=(10, 1000, 15),
     pop3Messages=1000,
     idle=10000,
@@ -79,6 +84,7 @@ FULL = Plan(
 SHORT = Plan(
     mode="short",
     smtp=((1, 10, 5), (10, 40, 5), (50, 100, 5)),
+    rounds=1,
     smtpLarge=(10, 10, 10),
     pop3Messages=20,
     idle=100,
@@ -168,41 +174,90 @@ class Driver:
         self.results["ceilings"]["rtt"] = figure
         self.log("  loopback round trips: %.0f/s" % (figure["per_second"],))
 
-    async def smtpCase(self, server: Server, name: str, connections: int, count: int, seconds: float, size: int) -> Dict[str, Any]:
-        users = server.spec["users"]
-        run = SMTPRun(name, users, makeBody(size), Workload(count, time.perf_counter() + seconds))
+    async def ceilingsAgain(self) -> None:
+        """
+        The disk ceilings once more at the end: how far the machine drifted
+        during the run (other load, the disk's own state).
+        """
+        seconds = self.plan.ceilingSeconds
+        directory = os.path.join(self.root, "fsync-after")
+        after = self.results["ceilings_after"] = {}
+        after["fsync1"] = await deferToThread(machine.fsyncRate, os.path.join(directory, "fsync1"), 1, seconds, 100000)
+        after["create"] = await deferToThread(machine.createRate, os.path.join(directory, "create"), seconds, 100000)
+        shutil.rmtree(directory, ignore_errors=True)
+        self.results["loadavg_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+        self.log("  fsync1: %.0f/s, create: %.0f/s" % (after["fsync1"]["per_second"], after["create"]["per_second"]))
+
+    async def smtpRound(self, server: Server, name: str, connections: int, count: int, seconds: float, size: int) -> Dict[str, Any]:
+        """
+        One bounded round of an SMTP case: C{count} messages or C{seconds},
+        whichever comes first.  The raw figures, to be merged by
+        L{smtpSummary}.
+        """
+        run = SMTPRun(name, server.spec["users"], makeBody(size), Workload(count, time.perf_counter() + seconds))
         before = procstat.cpuBreakdown(server.pid)
         client = _ownCPU()
         await runSMTP(self.reactor, server.ports["smtp"], run, connections, timeout=seconds + 60 + size / MB)
         client = _ownCPU() - client
         after = procstat.cpuBreakdown(server.pid)
-        cpu0, cpu1 = before["user"] + before["system"], after["user"] + after["system"]
         accepted = len(run.accepted)
+        elapsed = (run.lastAccepted - run.firstSent) if accepted and run.firstSent else 0.0
+        raw: Dict[str, Any] = {
+            "accepted": accepted,
+            "seconds": elapsed,
+            "latencies": run.latencies,
+            "refused": run.refused,
+            "errors": run.errors,
+            "pipelining": run.pipelining,
+            "client": client,
+            "cpu": {key: after[key] - before[key] for key in after},
+        }
+        raw.update(await self.verify(server, name, run.accepted))
+        return raw
+
+    def smtpSummary(self, rounds: List[Dict[str, Any]], connections: int, size: int) -> Dict[str, Any]:
+        """
+        Merge rounds: rates and CPU over all messages of all rounds,
+        percentiles over all latencies, and each round's rate to show the
+        spread.
+        """
+        accepted = sum(r["accepted"] for r in rounds)
+        elapsed = sum(r["seconds"] for r in rounds)
+        latencies = [x for r in rounds for x in r["latencies"]]
+        cpu = {key: sum(r["cpu"][key] for r in rounds) for key in ("user", "system", "reactor")}
         result: Dict[str, Any] = {
             "connections": connections,
-            "size": len(makeBody(size)),
+            "size": size,
+            "rounds": len(rounds),
             "accepted": accepted,
-            "refused": len(run.refused),
-            "errors": run.errors[:20],
-            "refusals": run.refused[:20],
-            "pipelining": run.pipelining,
+            "refused": sum(len(r["refused"]) for r in rounds),
+            "errors": [e for r in rounds for e in r["errors"]][:20],
+            "refusals": [e for r in rounds for e in r["refused"]][:20],
+            "pipelining": rounds[0]["pipelining"] if rounds else None,
+            "seconds": elapsed,
+            "msgs_per_s": accepted / elapsed if elapsed else None,
+            "round_msgs_per_s": [round(r["accepted"] / r["seconds"], 1) if r["seconds"] else None for r in rounds],
+            "p50_ms": _ms(percentile(latencies, 50)),
+            "p99_ms": _ms(percentile(latencies, 99)),
+            "cpu_seconds": cpu["user"] + cpu["system"],
+            "cpu_ms_per_msg": (cpu["user"] + cpu["system"]) * 1000 / accepted if accepted else None,
+            # The load generator shares the machine: if it is near a whole
+            # core, it, not the server, may be the limit.
+            "client_cpu_ms_per_msg": sum(r["client"] for r in rounds) * 1000 / accepted if accepted else None,
         }
-        elapsed = (run.lastAccepted - run.firstSent) if accepted and run.firstSent else None
-        result["seconds"] = elapsed
-        result["msgs_per_s"] = accepted / elapsed if elapsed else None
-        result["p50_ms"] = _ms(percentile(run.latencies, 50))
-        result["p99_ms"] = _ms(percentile(run.latencies, 99))
-        result["cpu_seconds"] = cpu1 - cpu0
-        result["cpu_ms_per_msg"] = (cpu1 - cpu0) * 1000 / accepted if accepted else None
-        # The load generator shares the machine: if it is near a whole core,
-        # it, not the server, may be the limit.
-        result["client_cpu_ms_per_msg"] = client * 1000 / accepted if accepted else None
         if accepted:
             # Where it went: user or kernel time; the reactor thread or the pool.
-            for key in ("user", "system", "reactor"):
-                result["cpu_%s_ms_per_msg" % (key,)] = (after[key] - before[key]) * 1000 / accepted
-        result.update(await self.verify(server, name, run.accepted))
+            for key, value in cpu.items():
+                result["cpu_%s_ms_per_msg" % (key,)] = value * 1000 / accepted
+        for key in ("lost", "duplicated", "stored_not_accepted"):
+            result[key] = sum(r[key] for r in rounds)
+        result["lost_ids"] = [i for r in rounds for i in r["lost_ids"]][:10]
         return result
+
+    async def smtpCase(self, server: Server, name: str, connections: int, count: int, seconds: float, size: int) -> Dict[str, Any]:
+        """A case of one round."""
+        raw = await self.smtpRound(server, name, connections, count, seconds, size)
+        return self.smtpSummary([raw], connections, size)
 
     async def verify(self, server: Server, name: str, accepted: Dict[str, str]) -> Dict[str, Any]:
         """
@@ -210,7 +265,7 @@ class Driver:
         Maildir.
         """
         onDisk = await deferToThread(idsOnDisk, server.maildirs.values())
-        prefix = name + "-"
+        prefix = name + "-"  # see SMTPRun.nextMessage
         lost = [i for i in accepted if i not in onDisk]
         duplicated = [i for i in accepted if onDisk.get(i, 0) > 1]
         unacknowledged = [i for i in onDisk if i.startswith(prefix) and i not in accepted]
@@ -225,20 +280,35 @@ class Driver:
         shown = {k: v for k, v in result.items() if k not in ("errors", "refusals", "lost_ids") and v not in (None, [], {})}
         self.log("  %s: %s" % (name, ", ".join("%s=%s" % (k, _short(v)) for k, v in shown.items())))
 
-    async def smtpCases(self, kind: str) -> None:
-        prefix = "smtp" if kind == "mailnet" else "stock"
+    async def smtpCases(self) -> None:
+        """
+        The 2 KB cases against mailnet and against Twisted's stock classes,
+        in alternating rounds (mailnet, stock, mailnet, stock ...) so that
+        both see the same drift in the machine's speed; then 1 MB.
+        """
         users = ["u%d@%s" % (i, DOMAIN) for i in range(10)]
-        server = await self.server(prefix, kind=kind, users=users)
+        servers: Dict[str, Server] = {}
         try:
-            for connections, count, seconds in self.plan.smtp if kind == "stock" or self.wanted("smtp-2k") else ():
-                name = "%s-2k-c%d" % (prefix, connections)
-                self.record(name, await self.smtpCase(server, name, connections, count, seconds, 2048))
-            if kind == "mailnet" and self.wanted("smtp-1m"):
+            if self.wanted("smtp-2k") or self.wanted("smtp-1m"):
+                servers["smtp"] = await self.server("smtp", users=users)
+            if self.wanted("stock"):
+                servers["stock"] = await self.server("stock", kind="stock", users=users)
+            if self.wanted("smtp-2k") or self.wanted("stock"):
+                for connections, count, seconds in self.plan.smtp:
+                    rounds: Dict[str, List[Dict[str, Any]]] = {prefix: [] for prefix in servers if prefix != "smtp" or self.wanted("smtp-2k")}
+                    for n in range(self.plan.rounds):
+                        for prefix, list_ in rounds.items():
+                            name = "%s-2k-c%d.%d" % (prefix, connections, n)
+                            list_.append(await self.smtpRound(servers[prefix], name, connections, count, seconds, 2048))
+                    for prefix, list_ in rounds.items():
+                        self.record("%s-2k-c%d" % (prefix, connections), self.smtpSummary(list_, connections, 2048))
+            if self.wanted("smtp-1m"):
                 connections, count, seconds = self.plan.smtpLarge
                 name = "smtp-1m-c%d" % (connections,)
-                self.record(name, await self.smtpCase(server, name, connections, count, seconds, 1 << 20))
+                self.record(name, await self.smtpCase(servers["smtp"], name, connections, count, seconds, 1 << 20))
         finally:
-            await server.stop()
+            for server in servers.values():
+                await server.stop()
 
     async def pop3Cases(self) -> None:
         count = self.plan.pop3Messages
@@ -323,6 +393,13 @@ class Driver:
             base = procstat.memory(server.pid)["VmRSS" if reset else "VmHWM"]
             result = await self.smtpCase(server, "big", 1, 1, 120, size)
             after = procstat.memory(server.pid)
+            # Stored whole: the largest file holds at least what was sent.
+            files = [p for m in server.maildirs.values() for p in messageFiles(m)]
+            stored = max((os.path.getsize(p) for p in files), default=0)
+            if result["accepted"] and stored < size:
+                result["lost"] += 1
+                result["errors"].append("the stored message has %d octets, fewer than the %d sent" % (stored, size))
+            result["stored_octets"] = stored
             result.update(
                 rss_before=before["VmRSS"],
                 hwm_before=before["VmHWM"],
@@ -338,14 +415,13 @@ class Driver:
     async def run(self) -> Dict[str, Any]:
         steps = [
             ("machine", self.ceilings),
-            ("smtp-2k", lambda: self.smtpCases("mailnet")),
-            ("stock", lambda: self.smtpCases("stock")),
+            ("smtp", self.smtpCases),
             ("pop3", self.pop3Cases),
             ("idle", self.idleCase),
             ("big", self.bigCase),
         ]
         for name, step in steps:
-            if not (self.wanted(name) or (name == "smtp-2k" and self.wanted("smtp-1m"))):
+            if not (self.wanted(name) or (name == "smtp" and (self.wanted("smtp-2k") or self.wanted("smtp-1m") or self.wanted("stock")))):
                 continue
             self.log("%s ..." % (name,))
             try:
@@ -353,6 +429,9 @@ class Driver:
             except Exception as e:
                 self.results["errors"].append("%s: %s: %s" % (name, type(e).__name__, e))
                 self.log("  %s failed: %s" % (name, e))
+        if self.wanted("machine"):
+            self.log("machine, again ...")
+            await self.ceilingsAgain()
         rows = buildRows(self.results)
         self.results["rows"] = [row.asDict() for row in rows]
         self.results["table"] = formatTable(rows)

@@ -107,6 +107,9 @@ def buildRows(results: Dict[str, Any]) -> List[Row]:
         add(label, figure.get("per_second"), "/s")
         if figure.get("cpu_ms_per_op") is not None:
             add("  CPU per operation", figure["cpu_ms_per_op"], "ms")
+        again = (results.get("ceilings_after") or {}).get(key)
+        if again:
+            add("  again at the end of the run", again.get("per_second"), "/s")
     return rows
 
 
