@@ -173,11 +173,21 @@ class POP3LoadProtocol(Protocol):
             done.callback(None)
 
 
-async def runPOP3(reactor, port: int, users: List[str], password: str, timeout: float, limit: Optional[int] = None) -> List[POP3Session]:
+async def runPOP3(
+    reactor,
+    port: int,
+    users: List[str],
+    password: str,
+    timeout: float,
+    limit: Optional[int] = None,
+    onReady: Callable[[], None] = lambda: None,
+) -> List[POP3Session]:
     """
     One session per user, at once: all log in, then all RETR together.
 
     @param limit: retrieve at most this many messages per session.
+    @param onReady: called once every session has logged in, just before
+        the first RETR (to start measuring).
     """
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=30)
     sessions = [POP3Session(user) for user in users]
@@ -211,6 +221,7 @@ async def runPOP3(reactor, port: int, users: List[str], password: str, timeout: 
 
     watchdog = reactor.callLater(timeout, abort)
     results = await DeferredList(readies)
+    onReady()
     for ok, p in results:
         if p is not None:
             p.startRetrieving()

@@ -47,7 +47,11 @@ def buildRows(results: Dict[str, Any]) -> List[Row]:
     judge = results["mode"] == "full"
     rows: List[Row] = []
 
+    partial = bool(results.get("only"))
+
     def add(name: str, value: Optional[float], unit: str, target: str = "", test: Optional[Callable[[float], bool]] = None) -> None:
+        if partial and value is None:
+            return  # a case left out with --only
         met = None
         if test is not None and value is not None and judge:
             met = bool(test(value))
