@@ -81,6 +81,11 @@ def buildMailnet(reactor, spec: dict):
     config = loadConfig(None, settings)
     config = attr.evolve(config, limits=attr.evolve(Limits(), **spec.get("limits", {})))
     service = MailService(config, reactor, handleSignals=False)
+    # Started first: it prepares the data dir and the account store.  The
+    # driver connects only after our ports line, when all below is done.
+    service.startService()
+    if not service.accounts.isLocalDomain(spec["domain"]):
+        service.accounts.addDomain(spec["domain"])
     # One hash for every user: Argon2 is slow on purpose.
     passwordHash = hashPassword(spec["password"])
     maildirs = {}
@@ -89,7 +94,6 @@ def buildMailnet(reactor, spec: dict):
         maildirs[address] = service.mailStore.pathFor(address)
     for address, (count, size) in spec.get("preload", {}).items():
         preload(maildirs[address], address, count, size, spec["hostname"])
-    service.startService()
     info = {"ports": service.ports(), "cert": service.tls.certPath, "key": service.tls.keyPath, "maildirs": maildirs}
     return service, info
 
