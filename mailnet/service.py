@@ -20,7 +20,7 @@ from twisted.python.threadpool import ThreadPool
 from mailnet.config import LISTENERS, Config
 from mailnet.errors import ConfigError
 from mailnet.store.maildir import MaildirStore, ThreadRunner
-from mailnet.tls import ReloadableContextFactory, ensureCertificate, fingerprint
+from mailnet.tls import ReloadableContextFactory, certificatePaths, ensureCertificate, fingerprint
 
 log = Logger()
 
@@ -112,19 +112,16 @@ class MailService(service.MultiService):
         self.config = config
         self.reactor = reactor
         dataDir = config.data_dir
-        try:
-            os.makedirs(dataDir, mode=0o700, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(where="data_dir %s" % (dataDir,), problem="cannot create it: %s" % (e.strerror,))
 
+        # Nothing here creates files: twistd --uid binds the ports as root
+        # (privilegedStartService), drops privileges, and only then calls
+        # startService, where the data dir is prepared.  So everything in it
+        # belongs to the service user.
         pool = ThreadPool(minthreads=1, maxthreads=16, name="mailnet-io")
         ThreadPoolService(pool).setServiceParent(self)
         run = ThreadRunner(reactor, pool)
 
-        self.accounts = openAccountStore(dataDir)
-        for domain in config.domains:
-            if not self.accounts.isLocalDomain(domain):
-                self.accounts.addDomain(domain)
+        self.accounts = openAccountStore(dataDir, openNow=False)
         self.mailStore = MaildirStore(os.path.join(dataDir, "mail"), run, config.hostname)
         self.queue = DiskQueue(os.path.join(dataDir, "queue"), run, reactor, config.hostname)
         self.delivery = DeliveryAgent(self.accounts, self.mailStore, self.queue)
@@ -134,9 +131,11 @@ class MailService(service.MultiService):
             portal, reactor, baseDelay=limits.auth_failure_delay, maxDelay=limits.max_auth_failure_delay
         )
 
-        certPath, keyPath, generated = ensureCertificate(dataDir, config.hostname, config.tls_cert, config.tls_key)
-        self.tls = ReloadableContextFactory(certPath, keyPath)
-        self.certificateGenerated = generated
+        certPath, keyPath, selfSigned = certificatePaths(dataDir, config.tls_cert, config.tls_key)
+        # A configured key is read now, while we may still be root: keys
+        # such as Let's Encrypt's are readable by root only.
+        self.tls = ReloadableContextFactory(certPath, keyPath, loadNow=not selfSigned)
+        self.certificateGenerated = False
 
         relay = RelayService(self.queue, config.relay, config.hostname, reactor, self.delivery.receive)
         relay.setServiceParent(self)
@@ -154,11 +153,12 @@ class MailService(service.MultiService):
         for role in LISTENERS:
             for description in config.listen.get(role, ()):
                 factory = makers[role]()
-                if role in IMPLICIT_TLS and not description.startswith("ssl:"):
-                    factory = TLSMemoryBIOFactory(self.tls, False, factory)
                 # ListenerService logs the listening address once; Twisted's
                 # "Starting factory" lines would only repeat it.
                 factory.noisy = False
+                if role in IMPLICIT_TLS and not description.startswith("ssl:"):
+                    factory = TLSMemoryBIOFactory(self.tls, False, factory)
+                    factory.noisy = False
                 try:
                     endpoint = serverFromString(reactor, description)
                 except (ValueError, KeyError, TypeError) as e:
@@ -167,7 +167,43 @@ class MailService(service.MultiService):
                 listener.setServiceParent(self)
                 self.listeners.setdefault(role, []).append(listener)
 
+    def prepareDataDir(self) -> None:
+        """
+        Create the data dir, the self-signed certificate if needed, and the
+        configured domains.
+
+        @raise ConfigError: any of it is impossible.
+        """
+        config = self.config
+        try:
+            os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(where="data_dir %s" % (config.data_dir,), problem="cannot create it: %s" % (e.strerror,))
+        if not (config.tls_cert and config.tls_key):
+            try:
+                _, _, self.certificateGenerated = ensureCertificate(config.data_dir, config.hostname, None, None)
+            except OSError as e:
+                raise ConfigError(where=self.tls.certPath, problem="cannot create the certificate: %s" % (e.strerror,))
+            self.tls.reload()
+        self.accounts.open()
+        for domain in config.domains:
+            if not self.accounts.isLocalDomain(domain):
+                self.accounts.addDomain(domain)
+
+    def privilegedStartService(self) -> None:
+        try:
+            service.MultiService.privilegedStartService(self)
+        except ConfigError as e:
+            log.critical("mailnet cannot start: {error}", error=str(e))
+            raise SystemExit(1)
+
     def startService(self) -> None:
+        try:
+            self.prepareDataDir()
+        except ConfigError as e:
+            log.critical("mailnet cannot start: {error}", error=str(e))
+            # A clean exit with status 1: twistd prints a traceback for anything else.
+            raise SystemExit(1)
         service.MultiService.startService(self)
         if self.handleSignals:
             self._installSignalHandler()

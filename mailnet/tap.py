@@ -3,6 +3,7 @@
 C{twistd mailnet}: command-line options and the service they make.
 """
 
+import sys
 from typing import Any, Dict, List, Optional
 
 from twisted.python import usage
@@ -125,7 +126,7 @@ def makeService(options: Options, reactor: Optional[Any] = None):
     """
     Build the mail service from parsed options.
 
-    @raise usage.UsageError: the configuration cannot work (twistd prints it).
+    @raise SystemExit: the configuration cannot work (the reason is on stderr).
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
@@ -137,4 +138,6 @@ def makeService(options: Options, reactor: Optional[Any] = None):
     try:
         return MailService(config, reactor)
     except ConfigError as e:
-        raise usage.UsageError(str(e))
+        # twistd would show a traceback for any exception raised here.
+        sys.stderr.write("mailnet: error: %s\n" % (e,))
+        raise SystemExit(1)

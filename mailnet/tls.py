@@ -19,9 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.internet.interfaces import IOpenSSLContextFactory, IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -71,16 +71,24 @@ def generateSelfSigned(hostname: str, certPath: str, keyPath: str, days: int = 3
         f.write(cert.public_bytes(serialization.Encoding.PEM))
 
 
+def certificatePaths(dataDir: str, cert: Optional[str], key: Optional[str]) -> Tuple[str, str, bool]:
+    """
+    @return: C{(certPath, keyPath, selfSigned)}: the configured pair, or
+        the paths of the data dir's self-signed pair (which may not exist
+        yet).
+    """
+    if cert and key:
+        return cert, key, False
+    return os.path.join(dataDir, "tls", "selfsigned.pem"), os.path.join(dataDir, "tls", "selfsigned.key"), True
+
+
 def ensureCertificate(dataDir: str, hostname: str, cert: Optional[str], key: Optional[str]) -> Tuple[str, str, bool]:
     """
     @return: C{(certPath, keyPath, generated)}: the configured pair, or the
         data dir's self-signed pair, generated now if missing.
     """
-    if cert and key:
-        return cert, key, False
-    certPath = os.path.join(dataDir, "tls", "selfsigned.pem")
-    keyPath = os.path.join(dataDir, "tls", "selfsigned.key")
-    if os.path.exists(certPath) and os.path.exists(keyPath):
+    certPath, keyPath, selfSigned = certificatePaths(dataDir, cert, key)
+    if not selfSigned or (os.path.exists(certPath) and os.path.exists(keyPath)):
         return certPath, keyPath, False
     os.makedirs(os.path.dirname(certPath), mode=0o700, exist_ok=True)
     generateSelfSigned(hostname, certPath, keyPath)
@@ -153,22 +161,34 @@ def serverContextFactory(certPath: str, keyPath: str) -> ssl.CertificateOptions:
     return options
 
 
-@implementer(IOpenSSLContextFactory)
+@implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
 class ReloadableContextFactory:
     """
     Server TLS options that can be swapped (SIGHUP after a certificate
     renewal): new handshakes use the new certificate, established
     connections keep theirs.
+
+    The files are read by L{reload}, or at the first handshake: a daemon
+    started as root binds its ports before it drops privileges, and reads
+    its files only after.
     """
 
-    def __init__(self, certPath: str, keyPath: str) -> None:
+    def __init__(self, certPath: str, keyPath: str, loadNow: bool = True) -> None:
         self.certPath = certPath
         self.keyPath = keyPath
-        self._options = serverContextFactory(certPath, keyPath)
+        self._options: Optional[ssl.CertificateOptions] = None
+        if loadNow:
+            self.reload()
 
     def reload(self) -> None:
         """@raise ConfigError: the new files are bad; the old ones stay."""
         self._options = serverContextFactory(self.certPath, self.keyPath)
 
-    def getContext(self):
+    def getContext(self) -> SSL.Context:
+        if self._options is None:
+            self.reload()
+        assert self._options is not None
         return self._options.getContext()
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        return SSL.Connection(self.getContext(), None)

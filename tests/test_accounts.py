@@ -311,6 +311,18 @@ class SQLiteSpecificTests(SynchronousTestCase):
         self.assertEqual(store.path, self.path)
         self.assertTrue(os.path.isfile(self.path))
 
+    def test_openOnFirstUse(self) -> None:
+        """
+        With C{openNow=False} nothing touches the disk until the store is
+        used: a daemon started as root creates its files only after it has
+        dropped privileges.
+        """
+        store = openAccountStore(self.dataDir, openNow=False)
+        self.addCleanup(store.close)
+        self.assertFalse(os.path.exists(self.path))
+        self.assertEqual(store.domains(), [])
+        self.assertTrue(os.path.isfile(self.path))
+
     def test_private(self) -> None:
         """
         The file holds password hashes: only its owner may read it.

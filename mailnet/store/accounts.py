@@ -152,29 +152,53 @@ class SQLiteAccountStore:
 
     DEFAULT_NAME = "accounts.sqlite3"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, openNow: bool = True) -> None:
+        """
+        @param openNow: open (and create or migrate) the file now; if
+            C{False}, on first use -- so that a daemon started as root can
+            bind its ports and drop privileges before it creates files.
+        @raise ConfigError: (when opening) the file cannot be opened or used.
+        """
         self.path = path
         self._lock = threading.Lock()
+        self._db: Optional[sqlite3.Connection] = None
+        if openNow:
+            self.open()
+
+    def open(self) -> None:
+        """
+        Open the file if it is not open yet.
+
+        @raise ConfigError: it cannot be opened or used.
+        """
+        if self._db is None:
+            self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
         try:
             if not os.path.exists(path):
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, and a
             # plain SELECT never holds a transaction open between calls.
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as e:
             raise ConfigError(where=path, problem="cannot open the account store: %s" % (e,)) from e
         try:
-            self._db.execute("PRAGMA busy_timeout = %d" % (BUSY_TIMEOUT_MS,))
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-            self._migrate()
+            db.execute("PRAGMA busy_timeout = %d" % (BUSY_TIMEOUT_MS,))
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA foreign_keys = ON")
+            self._migrate(db)
         except sqlite3.Error as e:
-            self._db.close()
+            db.close()
             raise ConfigError(where=path, problem="cannot use the account store: %s" % (e,)) from e
+        return db
 
     def close(self) -> None:
-        self._db.close()
+        connection, self._db = self._db, None
+        if connection is not None:
+            connection.close()
 
     @contextmanager
     def _transaction(self, write: bool = False) -> Iterator[sqlite3.Connection]:
@@ -183,6 +207,8 @@ class SQLiteAccountStore:
         the busy timeout instead of one failing on a lock upgrade.
         """
         with self._lock:
+            self.open()
+            assert self._db is not None
             self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield self._db
@@ -193,8 +219,9 @@ class SQLiteAccountStore:
             else:
                 self._db.execute("COMMIT")
 
-    def _migrate(self) -> None:
-        with self._transaction(write=True) as db:
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
             db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = db.execute("SELECT version FROM schema_version").fetchone()
             version = row[0] if row else 0
@@ -212,6 +239,12 @@ class SQLiteAccountStore:
                     if statement.strip():
                         db.execute(statement)
             db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        else:
+            db.execute("COMMIT")
 
     def schemaVersion(self) -> int:
         with self._transaction() as db:
@@ -348,9 +381,9 @@ class SQLiteAccountStore:
             )
 
 
-def openAccountStore(dataDir: str) -> SQLiteAccountStore:
+def openAccountStore(dataDir: str, openNow: bool = True) -> SQLiteAccountStore:
     """
     Open (creating if needed) the account store of a data dir, which must
-    exist.
+    exist.  See L{SQLiteAccountStore} for C{openNow}.
     """
-    return SQLiteAccountStore(os.path.join(dataDir, SQLiteAccountStore.DEFAULT_NAME))
+    return SQLiteAccountStore(os.path.join(dataDir, SQLiteAccountStore.DEFAULT_NAME), openNow)

@@ -371,16 +371,19 @@ class DiskQueue:
         self.queueDir = queueDir
         self.hostname = hostname
         self._paths = _Paths(queueDir)
-        self._paths.ensure()
         self._run = run
         #: the runner for blocking file work, shared with the relay client.
         self.run = run
         self._clock = clock
+        self._ready = False  # are the directories there?
         self.listener: Optional[Callable[[QueueEntry], None]] = None
 
     # IRelayQueue
 
     def receive(self, returnPath: str, recipients: Sequence[str]) -> QueueReceiver:
+        if not self._ready:
+            self._paths.ensure()
+            self._ready = True
         now = self._clock.seconds()
         unique = list(dict.fromkeys(recipients))
         entry = QueueEntry(
@@ -405,6 +408,10 @@ class DiskQueue:
 
     def _load(self) -> List[QueueEntry]:
         paths = self._paths
+        # Here, not in the constructor: a daemon started as root creates its
+        # files only once it has dropped privileges.
+        paths.ensure()
+        self._ready = True
         for name in os.listdir(paths.tmp):
             _unlinkQuietly(os.path.join(paths.tmp, name))
         entries = []

@@ -1,0 +1,133 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+Tests for L{mailnet.service}: how the parts are assembled, and the order of
+start-up that lets C{twistd --uid} bind privileged ports and then create
+files as the service user.
+"""
+
+import os
+
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailnet.config import LISTENERS, loadConfig
+from mailnet.errors import ConfigError
+from mailnet.service import MailService
+from mailnet.testing import makeCertificate
+
+
+class ThreadedMemoryReactor(MemoryReactorClock):
+    """
+    A memory reactor that keeps what worker threads hand back (the relay
+    queue loads in a thread) instead of running it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fromThreads: list = []
+
+    def callFromThread(self, f, *args, **kwargs) -> None:
+        self.fromThreads.append((f, args, kwargs))
+
+
+class RefusingReactor(ThreadedMemoryReactor):
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+
+
+class MailServiceTests(SynchronousTestCase):
+    def config(self, **settings):
+        self.dataDir = os.path.abspath(self.mktemp())
+        base = {"server.data_dir": self.dataDir, "server.hostname": "mx.example.test", "server.domain": ("example.test",)}
+        base.update(settings)
+        return loadConfig(None, base)
+
+    def start(self, service: MailService) -> None:
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+
+    def test_constructionCreatesNoFiles(self) -> None:
+        """
+        Building the service touches nothing on disk: with twistd --uid the
+        files must be created after privileges are dropped.
+        """
+        MailService(self.config(), ThreadedMemoryReactor(), handleSignals=False)
+        self.assertFalse(os.path.exists(self.dataDir))
+
+    def test_startPreparesDataDir(self) -> None:
+        reactor = ThreadedMemoryReactor()
+        service = MailService(self.config(), reactor, handleSignals=False)
+        self.start(service)
+        self.assertTrue(os.path.isfile(os.path.join(self.dataDir, "accounts.sqlite3")))
+        self.assertTrue(os.path.isfile(os.path.join(self.dataDir, "tls", "selfsigned.pem")))
+        self.assertTrue(service.certificateGenerated)
+        self.assertEqual(service.accounts.domains(), ["example.test"])
+        # One listener per role, all on the configured interface.
+        self.assertEqual(sorted(service.listeners), sorted(LISTENERS))
+        self.assertEqual(len(reactor.tcpServers), len(LISTENERS))
+        self.assertEqual({interface for _, _, _, interface in reactor.tcpServers}, {"127.0.0.1"})
+
+    def test_listenersTurnedOff(self) -> None:
+        reactor = ThreadedMemoryReactor()
+        service = MailService(self.config(**{"listen.pop3": (), "listen.smtps": ()}), reactor, handleSignals=False)
+        self.start(service)
+        self.assertEqual(sorted(service.listeners), ["pop3s", "smtp", "submission"])
+
+    def test_unusableDataDir(self) -> None:
+        blocker = self.mktemp()
+        with open(blocker, "w") as f:
+            f.write("a file, not a directory")
+        config = self.config(**{"server.data_dir": os.path.join(blocker, "data")})
+        service = MailService(config, ThreadedMemoryReactor(), handleSignals=False)
+        service.privilegedStartService()
+        error = self.assertRaises(SystemExit, service.startService)
+        self.assertEqual(error.code, 1)
+
+    def test_portInUse(self) -> None:
+        service = MailService(self.config(), RefusingReactor(), handleSignals=False)
+        error = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertEqual(error.code, 1)
+
+    def test_badEndpoint(self) -> None:
+        error = self.assertRaises(
+            ConfigError, MailService, self.config(**{"listen.smtp": ("carrier-pigeon:25",)}), ThreadedMemoryReactor()
+        )
+        self.assertIn("carrier-pigeon", str(error))
+
+    def test_configuredCertificateReadAtOnce(self) -> None:
+        """
+        A configured certificate is read while building the service (still
+        as root, for root-only keys), and a bad one is reported then.
+        """
+        cert, key = makeCertificate()
+        service = MailService(self.config(**{"tls.cert": cert, "tls.key": key}), ThreadedMemoryReactor(), handleSignals=False)
+        self.assertIsNotNone(service.tls.getContext())
+        _, otherKey = makeCertificate()
+        self.assertRaises(
+            ConfigError, MailService, self.config(**{"tls.cert": cert, "tls.key": otherKey}), ThreadedMemoryReactor()
+        )
+
+    def test_reloadCertificate(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        cert, key = makeCertificate(directory)
+        service = MailService(self.config(**{"tls.cert": cert, "tls.key": key}), ThreadedMemoryReactor(), handleSignals=False)
+        before = service.tls.getContext()
+        makeCertificate(directory)
+        service.reloadCertificate()
+        self.assertIsNot(service.tls.getContext(), before)
+        # A broken renewal keeps the old certificate in use.
+        current = service.tls.getContext()
+        with open(cert, "w") as f:
+            f.write("half-written")
+        service.reloadCertificate()
+        self.assertIs(service.tls.getContext(), current)
+
+    def test_jsonLog(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        service = MailService(self.config(**{"server.log_json": path}), ThreadedMemoryReactor(), handleSignals=False)
+        self.start(service)
+        with open(path) as f:
+            self.assertIn("local domains", f.read())
