@@ -511,8 +511,8 @@ async def main(reactor, argv: List[str]) -> int:
             await deferToThread(shutil.rmtree, root, True)
     m = results["machine"]
     sys.stdout.write(
-        "mailnet benchmarks, %s run, %s, commit %s\n%s cores, %s, Linux %s, Python %s\n"
-        % (results["mode"], results["date"], results["commit"], m["nproc"], m["cpu"], m["kernel"], m["python"])
+        "mailnet benchmarks, %s run, %s, commit %s\n%s cores, %s, Linux %s, Python %s, Twisted %s\n"
+        % (results["mode"], results["date"], results["commit"], m["nproc"], m["cpu"], m["kernel"], m["python"], m["twisted"])
     )
     loads = [m.get("loadavg"), results.get("loadavg_after")]
     if all(loads):

@@ -53,8 +53,15 @@ def describe() -> Dict[str, object]:
         "cpu": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "twisted": _twistedVersion(),
         "implementation": platform.python_implementation(),
     }
+
+
+def _twistedVersion() -> str:
+    import twisted
+
+    return twisted.__version__
 
 
 def _fsyncLoop(directory: str, deadline: float, limit: int, counts: List[int], index: int) -> None:
