@@ -65,6 +65,12 @@ class DeliveryAgentTests(SynchronousTestCase):
         self.assertEqual(local, ["alice@example.test", "bob@example.test"])
         self.assertEqual(remote, ["carol@remote.test", "dave@far.test"])
 
+    def test_vanishedUserIsNotRelayed(self) -> None:
+        """A local user removed between RCPT and DATA is never sent to the relay queue."""
+        self.accounts.removeUser("bob@example.test")
+        local, remote = self.agent.route(["bob@example.test", "alice@example.test"])
+        self.assertEqual((local, remote), (["alice@example.test"], []))
+
     def test_localOnly(self) -> None:
         receiver = self.agent.receive("s@remote.test", ["alice@example.test"])
         receiver.write(b"data")

@@ -4,13 +4,14 @@ Tests for L{mailnet.store.maildir}.
 """
 
 import os
+import shutil
 
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from mailnet.errors import BadAddress, MessageGone
 from mailnet.interfaces import IMaildir, IMailStore, IMessageReceiver
-from mailnet.store.maildir import MaildirStore, runSynchronously, uniqueName
+from mailnet.store.maildir import SPOOL_IN_MEMORY, MaildirStore, runSynchronously, uniqueName
 
 
 class MaildirStoreTests(SynchronousTestCase):
@@ -25,7 +26,11 @@ class MaildirStoreTests(SynchronousTestCase):
 
     def newFiles(self, address: str) -> list:
         directory = os.path.join(self.store.pathFor(address), "new")
-        return sorted(os.listdir(directory))
+        return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+    def tmpFiles(self, address: str) -> list:
+        directory = os.path.join(self.store.pathFor(address), "tmp")
+        return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
 
     def test_interfaces(self) -> None:
         verifyObject(IMailStore, self.store)
@@ -71,7 +76,45 @@ class MaildirStoreTests(SynchronousTestCase):
         receiver.write(b"partial")
         receiver.abort()
         self.assertEqual(self.newFiles("alice@example.test"), [])
-        self.assertEqual(os.listdir(os.path.join(self.store.pathFor("alice@example.test"), "tmp")), [])
+        self.assertEqual(self.tmpFiles("alice@example.test"), [])
+
+    def test_smallMessageTouchesDiskOnlyAtFinish(self) -> None:
+        """
+        A small message stays in memory until finish(), which does all the
+        file work in the runner (a thread in the daemon), not on the reactor.
+        """
+        ran = []
+
+        def run(f, *args):
+            ran.append(f)
+            return runSynchronously(f, *args)
+
+        store = MaildirStore(self.root, run, "mx.example.test")
+        receiver = store.receive("", ["carol@example.test"])
+        receiver.write(b"x" * 1000)
+        self.assertFalse(os.path.exists(store.pathFor("carol@example.test")))
+        self.successResultOf(receiver.finish())
+        self.assertEqual(len(ran), 1)
+        self.assertEqual(len(self.newFiles("carol@example.test")), 1)
+
+    def test_largeMessageSpillsToDisk(self) -> None:
+        """Past SPOOL_IN_MEMORY octets the message goes to tmp/ as it arrives."""
+        receiver = self.store.receive("", ["alice@example.test"])
+        chunk = b"y" * 1000 + b"\r\n"
+        for _ in range(SPOOL_IN_MEMORY // len(chunk) + 2):
+            receiver.write(chunk)
+        [spooled] = self.tmpFiles("alice@example.test")
+        self.successResultOf(receiver.finish())
+        [name] = self.newFiles("alice@example.test")
+        self.assertTrue(name.startswith(spooled))
+        self.assertEqual(self.tmpFiles("alice@example.test"), [])
+
+    def test_maildirRemovedMeanwhile(self) -> None:
+        """A Maildir removed while the server runs is created again on delivery."""
+        self.deliver(b"one\r\n")
+        shutil.rmtree(self.store.pathFor("alice@example.test"))
+        self.deliver(b"two\r\n")
+        self.assertEqual(len(self.newFiles("alice@example.test")), 1)
 
     def test_failedSyncPublishesNothing(self) -> None:
         """If the fsync fails, nothing reaches new/ and the failure is reported."""

@@ -5,10 +5,11 @@ users, aliases, relay only for authenticated senders) and the routing of an
 accepted message to local Maildirs and/or the relay queue.
 """
 
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailnet.address import splitAddress
@@ -21,6 +22,8 @@ from mailnet.interfaces import (
     IRelayQueue,
     ISender,
 )
+
+log = Logger()
 
 
 @implementer(IDeliveryAgent)
@@ -37,12 +40,13 @@ class DeliveryAgent:
         self.queue = queue
 
     def checkRecipient(self, address: str, sender: Optional[ISender]) -> None:
-        domain = splitAddress(address)[1]
-        if self.accounts.isLocalDomain(domain):
-            if self.accounts.resolve(address) is None:
-                # RFC 3463 §3.2: X.1.1 bad destination mailbox address.
-                raise SMTPReply(550, "5.1.1 <%s>: Recipient address rejected: no such user here" % (address,))
+        # resolve() answers None for other domains too, so the common case
+        # (a deliverable local address) costs one look-up.
+        if self.accounts.resolve(address) is not None:
             return
+        if self.accounts.isLocalDomain(splitAddress(address)[1]):
+            # RFC 3463 §3.2: X.1.1 bad destination mailbox address.
+            raise SMTPReply(550, "5.1.1 <%s>: Recipient address rejected: no such user here" % (address,))
         if sender is None:
             # Never an open relay: RFC 5321 §3.6.2, RFC 3463 X.7.1.
             raise SMTPReply(554, "5.7.1 <%s>: Relay access denied" % (address,))
@@ -54,17 +58,28 @@ class DeliveryAgent:
         Split envelope recipients into local mailboxes and remote addresses,
         expanding aliases; duplicates are delivered once.
         """
-        local: dict = {}
-        remote: dict = {}
+        local: Dict[str, None] = {}
+        remote: Dict[str, None] = {}
+        localDomains: Dict[str, bool] = {}
+
+        def isLocal(address: str) -> bool:
+            domain = splitAddress(address)[1]
+            if domain not in localDomains:
+                localDomains[domain] = self.accounts.isLocalDomain(domain)
+            return localDomains[domain]
+
         for recipient in recipients:
-            if not self.accounts.isLocalDomain(splitAddress(recipient)[1]):
-                remote[recipient] = None
-                continue
-            for target in self.accounts.resolve(recipient) or ():
-                if self.accounts.isLocalDomain(splitAddress(target)[1]):
-                    local[target] = None
+            targets = self.accounts.resolve(recipient)
+            if targets is None:
+                if isLocal(recipient):
+                    # Removed between RCPT and DATA: nothing to deliver to.
+                    log.warn("<{recipient}> vanished before delivery; not delivered", recipient=recipient)
                 else:
-                    remote[target] = None
+                    remote[recipient] = None
+                continue
+            localDomains[splitAddress(recipient)[1]] = True
+            for target in targets:
+                (local if isLocal(target) else remote)[target] = None
         return list(local), list(remote)
 
     def receive(self, returnPath: str, recipients: Sequence[str]) -> IMessageReceiver:

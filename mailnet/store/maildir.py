@@ -61,8 +61,22 @@ def fsyncDirectory(path: str) -> None:
 
 
 def ensureMaildir(path: str) -> None:
+    """
+    Create a Maildir (and its parents) if needed; new directory entries are
+    synced, so that mail delivered into them survives a crash.
+    """
+    if all(os.path.isdir(os.path.join(path, sub)) for sub in _SUBDIRS):
+        return
+    missing = []
+    parent = path
+    while parent and not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
     for sub in _SUBDIRS:
         os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+    fsyncDirectory(path)
+    for created in missing:
+        fsyncDirectory(os.path.dirname(created) or ".")
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -125,6 +139,10 @@ class Maildir:
     def _locate(self, info: MessageInfo) -> str:
         if os.path.exists(info.path):
             return info.path
+        return self._moved(info)
+
+    def _moved(self, info: MessageInfo) -> str:
+        """Where a message went since the snapshot (another client's new/ to cur/)."""
         cur = os.path.join(self.path, "cur")
         try:
             for name in os.listdir(cur):
@@ -135,8 +153,13 @@ class Maildir:
         raise MessageGone(uid=info.uid)
 
     def open(self, info: MessageInfo) -> IO[bytes]:
+        # Try the snapshot's path first: one system call in the common case.
         try:
-            return open(self._locate(info), "rb")
+            return open(info.path, "rb")
+        except FileNotFoundError:
+            pass
+        try:
+            return open(self._moved(info), "rb")
         except FileNotFoundError:
             raise MessageGone(uid=info.uid)
 
@@ -205,14 +228,23 @@ def runSynchronously(f: Callable, *args, **kwargs) -> Deferred:
     return maybeDeferred(f, *args, **kwargs)
 
 
+#: Messages up to this size stay in memory until L{MaildirReceiver.finish},
+#: which creates, writes and syncs the file in one go off the reactor
+#: thread (creating a file costs as much as writing kilobytes).  Larger
+#: messages spill to C{tmp/} as they arrive, so memory stays bounded.
+SPOOL_IN_MEMORY = 64 * 1024
+
+
 @implementer(IMessageReceiver)
 class MaildirReceiver:
     """
     Receives one message and delivers it to one or more Maildirs.
 
-    The bytes go to a file in the first mailbox's C{tmp/} as they arrive;
-    L{finish} fsyncs it, hard-links it into every mailbox's C{new/} (a copy
-    where links are impossible) and fsyncs those directories.
+    The bytes are kept in memory (small messages) or written to a file in
+    the first mailbox's C{tmp/} (large ones); L{finish} writes and fsyncs
+    the file, hard-links it into every mailbox's C{new/} (a copy where links
+    are impossible) and fsyncs those directories.  Maildirs are created on
+    first delivery.
     """
 
     def __init__(self, maildirs: Sequence[str], header: bytes, run: Callable[..., Deferred], hostname: str) -> None:
@@ -220,49 +252,78 @@ class MaildirReceiver:
         self._run = run
         self._name = uniqueName(hostname)
         self._tmp = os.path.join(self._maildirs[0], "tmp", self._name)
-        self._file: Optional[IO[bytes]] = open(self._tmp, "xb")
+        self._file: Optional[IO[bytes]] = None
+        self._chunks: List[bytes] = []
         self._size = 0
+        self._done = False
         self.write(header)
 
     def write(self, data: bytes) -> None:
-        assert self._file is not None, "write after finish or abort"
-        self._file.write(data)
+        assert not self._done, "write after finish or abort"
         self._size += len(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._chunks.append(data)
+        if self._size > SPOOL_IN_MEMORY:
+            # A large message: buffered writes from here on (no sync yet).
+            self._file = self._openTmp()
+            self._file.writelines(self._chunks)
+            self._chunks = []
+
+    def _openTmp(self) -> IO[bytes]:
+        try:
+            return open(self._tmp, "xb")
+        except FileNotFoundError:
+            ensureMaildir(self._maildirs[0])
+            return open(self._tmp, "xb")
 
     def finish(self) -> Deferred:
-        f, self._file = self._file, None
-        assert f is not None, "finish twice"
+        assert not self._done, "finish twice"
+        self._done = True
+        f, chunks, self._file, self._chunks = self._file, self._chunks, None, []
 
         def publish() -> str:
             try:
-                f.flush()
-                os.fsync(f.fileno())
-            finally:
-                f.close()
-            final = "%s,S=%d" % (self._name, self._size)
-            published = []
-            try:
-                for maildir in self._maildirs:
-                    target = os.path.join(maildir, "new", final)
-                    try:
-                        os.link(self._tmp, target)
-                    except OSError:
-                        _copy(self._tmp, os.path.join(maildir, "tmp", final), target)
-                    published.append(target)
-                for maildir in self._maildirs:
-                    fsyncDirectory(os.path.join(maildir, "new"))
-            except BaseException:
-                for target in published:
-                    _unlinkQuietly(target)
-                raise
+                target = f
+                if target is None:
+                    target = self._openTmp()
+                    target.writelines(chunks)
+                try:
+                    target.flush()
+                    os.fsync(target.fileno())
+                finally:
+                    target.close()
+                self._publish("%s,S=%d" % (self._name, self._size))
             finally:
                 _unlinkQuietly(self._tmp)
             return self._name
 
         return self._run(publish)
 
+    def _publish(self, final: str) -> None:
+        published = []
+        try:
+            for maildir in self._maildirs:
+                target = os.path.join(maildir, "new", final)
+                try:
+                    os.link(self._tmp, target)
+                except FileNotFoundError:
+                    ensureMaildir(maildir)
+                    os.link(self._tmp, target)
+                except OSError:
+                    _copy(self._tmp, os.path.join(maildir, "tmp", final), target)
+                published.append(target)
+            for maildir in self._maildirs:
+                fsyncDirectory(os.path.join(maildir, "new"))
+        except BaseException:
+            for target in published:
+                _unlinkQuietly(target)
+            raise
+
     def abort(self) -> None:
-        f, self._file = self._file, None
+        self._done = True
+        f, self._file, self._chunks = self._file, None, []
         if f is not None:
             f.close()
             _unlinkQuietly(self._tmp)
@@ -316,7 +377,6 @@ class MaildirStore:
         return Maildir(path, self._run)
 
     def receive(self, returnPath: str, mailboxes: Sequence[str]) -> MaildirReceiver:
+        # Missing Maildirs are created off the reactor thread, on delivery.
         paths = [self.pathFor(a) for a in mailboxes]
-        for path in paths:
-            ensureMaildir(path)
         return MaildirReceiver(paths, returnPathHeader(returnPath), self._run, self._hostname)
