@@ -28,7 +28,7 @@ from mailnet.config import Limits
 from mailnet.errors import SMTPReply
 from mailnet.interfaces import IMessageReceiver
 from mailnet.smtp._data import DotDecoder, MessageChecker
-from mailnet.smtp.server import SMTPFactory, SMTPServer
+from mailnet.smtp.server import INPUT_HIGH_WATER, SMTPFactory, SMTPServer
 from mailnet.testing import (
     FakeAuthenticator,
     FakeDeliveryAgent,
@@ -515,10 +515,28 @@ class TransactionTests(SynchronousTestCase):
         self.h.envelope()
         self.h.command("DATA")
         self.assertEqual(self.h.send(b"x\r\n.\r\nNOOP\r\n"), [])
-        self.assertEqual(self.h.transport.producerState, "paused")
+        # A little pipelined input just waits; no need to stop reading.
+        self.assertEqual(self.h.transport.producerState, "producing")
         assert receiver.finishing is not None
         receiver.finishing.callback("m1")
         self.assertEqual(self.h.take(), ["250 2.0.0 Ok: queued as m1", "250 2.0.0 Ok"])
+        self.assertEqual(self.h.transport.producerState, "producing")
+
+    def test_floodWhileStoringStopsReading(self) -> None:
+        """
+        A client that keeps sending while its message is being stored is
+        paused once the waiting input passes INPUT_HIGH_WATER, and resumed
+        when the reply has gone out.
+        """
+        receiver = SlowReceiver()
+        self.h.delivery.receive = lambda returnPath, recipients: receiver  # type: ignore[method-assign]
+        self.h.envelope()
+        self.h.command("DATA")
+        self.h.send(b"x\r\n.\r\n")
+        self.h.send(b"NOOP\r\n" * (INPUT_HIGH_WATER // 6 + 1))
+        self.assertEqual(self.h.transport.producerState, "paused")
+        assert receiver.finishing is not None
+        receiver.finishing.callback("m1")
         self.assertEqual(self.h.transport.producerState, "producing")
 
     def test_connectionLostWhileStoring(self) -> None:

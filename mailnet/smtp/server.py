@@ -370,11 +370,12 @@ class SMTPServer(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
             return
-        self._restartIdleTimer()
+        if not self._waiting:
+            self._restartIdleTimer()
         self._dataWindowBytes += len(data)
         self._compact()
         self._buffer += data
-        if self._outputPaused:
+        if self._waiting or self._outputPaused:
             self._updateReading()
         self._processBuffer()
 
@@ -552,12 +553,15 @@ class SMTPServer(Protocol):
 
     def _updateReading(self) -> None:
         """
-        Stop reading from the client while a reply is awaited, or while the
-        client is not reading its replies and has sent a lot meanwhile.  (A
-        paused output alone does not stop reading: TLS pauses its producer
-        during the handshake, which needs the reading to go on.)
+        Stop reading from the client once it has sent a lot that cannot be
+        handled yet: while a reply is awaited (RFC 2920 §3.1: replies in
+        order), or while it does not read its replies.  Below that bound the
+        input just waits in the buffer: pausing and resuming the transport
+        for every awaited reply would cost two system calls per command.
+        (A paused output alone does not stop reading: TLS pauses its
+        producer during the handshake, which needs the reading to go on.)
         """
-        pause = self._waiting or (self._outputPaused and self._pending() > INPUT_HIGH_WATER)
+        pause = (self._waiting or self._outputPaused) and self._pending() > INPUT_HIGH_WATER
         if pause != self._readingPaused and not self._closed:
             self._readingPaused = pause
             if pause:
