@@ -3,6 +3,7 @@
 Tests for L{mailnet.smtp.delivery}.
 """
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -22,6 +23,22 @@ class RecordingStore:
         receiver = RecordingReceiver(returnPath, recipients)
         self.receivers.append(receiver)
         return receiver
+
+
+class CountingAccounts:
+    """Forwards to an account store and notes which look-ups were made."""
+
+    def __init__(self, accounts) -> None:
+        self.accounts = accounts
+        self.calls: list = []
+
+    def resolve(self, address):
+        self.calls.append("resolve")
+        return self.accounts.resolve(address)
+
+    def isLocalDomain(self, domain):
+        self.calls.append("isLocalDomain")
+        return self.accounts.isLocalDomain(domain)
 
 
 class DeliveryAgentTests(SynchronousTestCase):
@@ -70,6 +87,26 @@ class DeliveryAgentTests(SynchronousTestCase):
         self.accounts.removeUser("bob@example.test")
         local, remote = self.agent.route(["bob@example.test", "alice@example.test"])
         self.assertEqual((local, remote), (["alice@example.test"], []))
+
+    def test_positiveLookupsCached(self) -> None:
+        """
+        With a clock, a deliverable address is looked up once for RCPT and
+        DATA; a new user is seen at once (misses are not cached); a removed
+        one is forgotten after CACHE_SECONDS.
+        """
+        clock = Clock()
+        counting = CountingAccounts(self.accounts)
+        agent = DeliveryAgent(counting, self.mail, self.queue, clock=clock)
+        agent.checkRecipient("alice@example.test", None)
+        agent.route(["alice@example.test"])
+        self.assertEqual(counting.calls.count("resolve"), 1)
+        self.assertRaises(SMTPReply, agent.checkRecipient, "carol@example.test", None)
+        self.accounts.addUser("carol@example.test", "x")
+        agent.checkRecipient("carol@example.test", None)
+        self.accounts.removeUser("alice@example.test")
+        agent.checkRecipient("alice@example.test", None)
+        clock.advance(DeliveryAgent.CACHE_SECONDS + 0.1)
+        self.assertRaises(SMTPReply, agent.checkRecipient, "alice@example.test", None)
 
     def test_localOnly(self) -> None:
         receiver = self.agent.receive("s@remote.test", ["alice@example.test"])

@@ -5,9 +5,10 @@ users, aliases, relay only for authenticated senders) and the routing of an
 accepted message to local Maildirs and/or the relay queue.
 """
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -34,17 +35,56 @@ class DeliveryAgent:
     the relay queue, and only authenticated senders may put it there.
     """
 
-    def __init__(self, accounts: IAccountStore, mailStore: IMailStore, queue: Optional[IRelayQueue]) -> None:
+    #: Seconds a positive look-up (a deliverable address, a local domain) is
+    #: remembered.  RCPT and then DATA ask about the same addresses, and busy
+    #: senders about the same few users; negative answers are never kept, so
+    #: a user added with mailnet-admin receives mail at once, while a removal
+    #: takes up to this long to reach delivery.
+    CACHE_SECONDS = 5.0
+    CACHE_ENTRIES = 10000
+
+    def __init__(
+        self, accounts: IAccountStore, mailStore: IMailStore, queue: Optional[IRelayQueue], clock: Optional[IReactorTime] = None
+    ) -> None:
         self.accounts = accounts
         self.mailStore = mailStore
         self.queue = queue
+        self._clock = clock
+        self._resolved: Dict[str, Tuple[float, List[str]]] = {}
+        self._localDomains: Dict[str, float] = {}
+
+    def _now(self) -> Optional[float]:
+        return self._clock.seconds() if self._clock is not None else None
+
+    def _resolve(self, address: str) -> Optional[List[str]]:
+        now = self._now()
+        cached = self._resolved.get(address)
+        if now is not None and cached is not None and cached[0] > now:
+            return cached[1]
+        targets = self.accounts.resolve(address)
+        if now is not None and targets is not None:
+            if len(self._resolved) >= self.CACHE_ENTRIES:
+                self._resolved.clear()
+            self._resolved[address] = (now + self.CACHE_SECONDS, targets)
+        return targets
+
+    def _isLocalDomain(self, domain: str) -> bool:
+        now = self._now()
+        if now is not None and self._localDomains.get(domain, 0.0) > now:
+            return True
+        local = self.accounts.isLocalDomain(domain)
+        if now is not None and local:
+            if len(self._localDomains) >= self.CACHE_ENTRIES:
+                self._localDomains.clear()
+            self._localDomains[domain] = now + self.CACHE_SECONDS
+        return local
 
     def checkRecipient(self, address: str, sender: Optional[ISender]) -> None:
         # resolve() answers None for other domains too, so the common case
         # (a deliverable local address) costs one look-up.
-        if self.accounts.resolve(address) is not None:
+        if self._resolve(address) is not None:
             return
-        if self.accounts.isLocalDomain(splitAddress(address)[1]):
+        if self._isLocalDomain(splitAddress(address)[1]):
             # RFC 3463 §3.2: X.1.1 bad destination mailbox address.
             raise SMTPReply(550, "5.1.1 <%s>: Recipient address rejected: no such user here" % (address,))
         if sender is None:
@@ -65,11 +105,11 @@ class DeliveryAgent:
         def isLocal(address: str) -> bool:
             domain = splitAddress(address)[1]
             if domain not in localDomains:
-                localDomains[domain] = self.accounts.isLocalDomain(domain)
+                localDomains[domain] = self._isLocalDomain(domain)
             return localDomains[domain]
 
         for recipient in recipients:
-            targets = self.accounts.resolve(recipient)
+            targets = self._resolve(recipient)
             if targets is None:
                 if isLocal(recipient):
                     # Removed between RCPT and DATA: nothing to deliver to.
