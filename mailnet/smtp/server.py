@@ -74,10 +74,17 @@ _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 _JUNK_VERBS = frozenset({"EHLO", "HELO", "NOOP", "RSET", "VRFY", "EXPN", "HELP"})
 
 
+_lastDate: Tuple[int, str] = (-1, "")
+
+
 def _now(clock: IReactorTime) -> str:
-    """An RFC 5322 §3.3 date for the Received header."""
-    when = datetime.datetime.fromtimestamp(clock.seconds(), datetime.timezone.utc)
-    return email.utils.format_datetime(when)
+    """An RFC 5322 §3.3 date for the Received header (formatted once a second)."""
+    global _lastDate
+    second = int(clock.seconds())
+    if _lastDate[0] != second:
+        when = datetime.datetime.fromtimestamp(second, datetime.timezone.utc)
+        _lastDate = (second, email.utils.format_datetime(when))
+    return _lastDate[1]
 
 
 def _isAddressLiteral(text: str) -> bool:
