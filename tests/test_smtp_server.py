@@ -1096,6 +1096,69 @@ class DataDecoderTests(SynchronousTestCase):
         checker.feed(b"b")
         self.assertTrue(checker.lineTooLong)
 
+    def test_longStreamsRandomSplits(self) -> None:
+        """
+        Messages of many lines, some near or over the length limit, some
+        dot-stuffed, a few with a bare CR or LF or a NUL, cut into chunks
+        of any size (several lines per chunk, as from a socket): the
+        decoder agrees with the line-by-line one and the checker with
+        line-by-line checks.
+        """
+        rng = random.Random(6152)
+        lengths = [0, 1, 76, 76, 76, 500, 997, 998, 999, 1000, 2500]
+        for _ in range(300):
+            lines = []
+            for _ in range(rng.randint(1, 40)):
+                line = b"x" * rng.choice(lengths)
+                if line and rng.random() < 0.2:
+                    line = b"." + line[1:]
+                lines.append(line)
+            body = b"\r\n".join(lines) + b"\r\n"
+            if rng.random() < 0.3:
+                spot = rng.randint(0, len(body))
+                body = body[:spot] + rng.choice([b"\r", b"\n", b"\0", b"\r\r\n"]) + body[spot:]
+            stream = body + b"\r\n.\r\nNEXT"
+            cuts = [rng.randint(0, len(stream)) for _ in range(rng.randint(0, 8))]
+            expected = referenceDecode(stream)
+            self.assertEqual(self.feed(stream, cuts), expected, (stream, cuts))
+            assert expected is not None
+            content = expected[0]
+            checker = MessageChecker(10**7)
+            bounds = sorted(rng.randint(0, len(content)) for _ in range(rng.randint(0, 8)))
+            for start, end in zip([0] + bounds, bounds + [len(content)]):
+                checker.feed(content[start:end])
+            checker.finish()
+            bare = re.search(rb"\r(?!\n)|(?<!\r)\n", content) is not None
+            # Measured up to the LF, CR included: 999 octets at most.
+            tooLong = any(len(segment) > 999 for segment in content.split(b"\n"))
+            self.assertEqual(checker.bareLineEnding, bare, (content, bounds))
+            self.assertEqual(checker.lineTooLong, tooLong, (content, bounds))
+            self.assertEqual(checker.nul, b"\0" in content)
+
+    def test_undottedAfterHeldBytes(self) -> None:
+        """
+        A chunk without a period after a chunk that ended in part of the
+        terminator: the held bytes are passed on, or end the message.
+        """
+        for chunks, expected in [
+            ([b"a\r", b"\nb\r\n"], (b"a\r\nb", None)),
+            ([b"a\r\n", b"b\r\n"], (b"a\r\nb", None)),
+            ([b"a\r\n.", b"b\r\n"], (b"a\r\nb", None)),
+            ([b"a\r\n.", b"\r\nNEXT"], (b"a\r\n", b"NEXT")),
+            ([b"a\r\n.\r", b"\nNEXT"], (b"a\r\n", b"NEXT")),
+            ([b"a\r\n.\r", b"xNEXT"], (b"a\r\n\rxNEXT", None)),
+            ([b"a\r", b"\n", b".", b"\r", b"\n"], (b"a\r\n", b"")),
+        ]:
+            decoder = DotDecoder()
+            out = []
+            rest = None
+            for chunk in chunks:
+                content, rest = decoder.feed(chunk)
+                out.append(content)
+            # Before the end, a trailing CRLF or CR is held, as it may
+            # start the terminator.
+            self.assertEqual((b"".join(out), rest), expected, chunks)
+
 
 class RealConnectionTests(TestCase):
     """smtplib on 127.0.0.1, in a thread, against real listeners."""

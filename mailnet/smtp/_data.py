@@ -6,7 +6,10 @@ end, and checking what the client sent, chunk by chunk.
 Both work on whole chunks with C{bytes.find}, C{bytes.replace} and
 compiled regular expressions, not on lines in Python, and keep at most a
 few bytes between chunks, so a connection holds one chunk at a time however
-large the message or its lines.
+large the message or its lines.  The common case costs a few passes at C
+speed per chunk: a chunk without a period cannot hold a dot-stuffed line or
+the terminator (one C{memchr}), and line lengths are checked by jumping
+from line end to line end about 1000 octets at a time.
 """
 
 import re
@@ -27,9 +30,15 @@ _PREFIXES = tuple(_TERMINATOR[:n] for n in range(4, 0, -1))
 # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including the
 # CRLF, not counting the leading dot added for transparency.
 MAX_LINE = 998
-# Anchored at an LF so that the search stays linear: a line (from an LF)
-# with more than 998 octets and its CR before the next LF.
-_LONG = re.compile(rb"\n[^\n]{%d}" % (MAX_LINE + 2,))
+# Lines are measured up to their LF, so the CR counts: at most 999 octets
+# come before an LF.
+_BEFORE_LF = MAX_LINE + 1
+
+# RFC 5321 §2.3.8: a CR not followed by LF, an LF not preceded by CR.  Each
+# starts with a literal, which the regular expression engine looks for in a
+# tight loop, so a chunk costs little more than a pass per pattern.
+_BARE_CR = re.compile(rb"\r(?!\n)")
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
 
 # The header section kept to check From: (Postfix's header_size_limit).
 MAX_HEADER_SECTION = 102400
@@ -53,13 +62,19 @@ class DotDecoder:
             that are certainly message content, and, once the terminator
             has been seen, the bytes that followed it (L{None} before).
         """
+        if b"." not in data and b"." not in self._held:
+            return self._feedUndotted(data), None
         scan = self._context + self._held + data
         skip = len(self._context)
-        end = scan.find(_TERMINATOR)
-        if end >= 0:
-            # The terminator's leading CRLF ends the last line of the message.
-            body = scan[: end + 2]
-            return body.replace(b"\r\n.", b"\r\n")[skip:], scan[end + 5 :]
+        # Both the terminator and a stuffed line start with <CRLF>.; the
+        # context is too short to hold one, so the scan starts in it.
+        first = scan.find(b"\r\n.")
+        if first >= 0:
+            end = scan.find(_TERMINATOR, first)
+            if end >= 0:
+                # The terminator's leading CRLF ends the last line of the message.
+                body = scan[: end + 2]
+                return body.replace(b"\r\n.", b"\r\n")[skip:], scan[end + 5 :]
         hold = 0
         for prefix in _PREFIXES:
             if scan.endswith(prefix):
@@ -68,8 +83,32 @@ class DotDecoder:
         done = scan[: len(scan) - hold]
         self._held = scan[len(scan) - hold :]
         self._context = done[-2:]
+        if first < 0 or first >= len(done) - 2:
+            # No line of C{done} starts with a period.
+            return done[skip:], None
         # RFC 5321 §4.5.2: a line starting with a period has it removed.
         return done.replace(b"\r\n.", b"\r\n")[skip:], None
+
+    def _feedUndotted(self, data: bytes) -> bytes:
+        """
+        L{feed} for C{data} when neither it nor the held bytes hold a
+        period: there is no terminator and nothing to unstuff, only a CR
+        or CRLF at the end to hold back, as in L{feed}.
+        """
+        scan = self._held + data if self._held else data
+        # Only the dotless prefixes of the terminator, CRLF and CR, can end
+        # the scan; the context counts for a CRLF split before the data.
+        tail = (self._context + scan[-2:])[-2:]
+        if tail == b"\r\n":
+            hold = min(2, len(scan))
+        elif tail.endswith(b"\r"):
+            hold = 1
+        else:
+            hold = 0
+        done = scan[: len(scan) - hold] if hold else scan
+        self._held = scan[len(scan) - hold :] if hold else b""
+        self._context = (self._context + done[-2:])[-2:]
+        return done
 
 
 class MessageChecker:
@@ -118,31 +157,39 @@ class MessageChecker:
         self._last = data[-1:]
 
     def _checkLineEndings(self, data: bytes) -> None:
+        start = 0
         if self._last == b"\r":
             # The CR that ended the previous chunk needs this LF.
             if data[:1] != b"\n":
                 self.bareLineEnding = True
                 return
-            data = data[1:]
-        if data.endswith(b"\r"):
-            data = data[:-1]  # judged with the next chunk (or at finish)
-        # Every CR and every LF belongs to a CRLF exactly when the counts agree.
-        pairs = data.count(b"\r\n")
-        if data.count(b"\r") != pairs or data.count(b"\n") != pairs:
+            start = 1
+        # A CR at the very end is judged with the next chunk (or at
+        # finish): the search stops before it.  The LF search may look
+        # back before C{start}, at the byte just judged.
+        end = len(data) - 1 if data.endswith(b"\r") else len(data)
+        if _BARE_LF.search(data, start) is not None or _BARE_CR.search(data, 0, end) is not None:
             self.bareLineEnding = True
 
     def _checkLineLength(self, data: bytes) -> None:
-        # Lines are measured up to their LF, so the CR counts: 999 at most.
-        first = data.find(b"\n")
-        if first < 0:
-            self._run += len(data)
+        # RFC 5321 §4.5.3.1.6.  Rather than visit every line, jump from an
+        # LF to the last LF within the next 999 + 1 octets: every line in
+        # between is short enough, and if there is none, the line is too
+        # long.  The unfinished line from the previous chunk has used
+        # C{self._run} octets of its allowance already.
+        size = len(data)
+        lf = data.find(b"\n", 0, _BEFORE_LF - self._run + 1)
+        if lf < 0:
+            self._run += size
         else:
-            self._run += first
-            if self._run > MAX_LINE + 1 or _LONG.search(data, first) is not None:
-                self.lineTooLong = True
-            self._run = len(data) - 1 - data.rfind(b"\n")
+            while lf + _BEFORE_LF + 1 < size:
+                lf = data.rfind(b"\n", lf + 1, lf + _BEFORE_LF + 2)
+                if lf < 0:
+                    self.lineTooLong = True
+                    return
+            self._run = size - 1 - data.rfind(b"\n", lf)
         # An unfinished line is too long already with 999 octets but a CR.
-        if self._run > MAX_LINE + 1 or (self._run == MAX_LINE + 1 and data[-1:] != b"\r"):
+        if self._run > _BEFORE_LF or (self._run == _BEFORE_LF and data[-1:] != b"\r"):
             self.lineTooLong = True
 
     def _collectHeaders(self, data: bytes) -> None:
