@@ -198,7 +198,7 @@ def _lineNumbers(path: str) -> Dict[Tuple[str, str], int]:
                 section = stripped[1 : stripped.index("]")].strip()
                 where.setdefault((section, ""), number)
             elif stripped and stripped[0] not in "#;" and not line[0].isspace():
-                key = re.split(r"[=:]", stripped, 1)[0].strip().lower()
+                key = re.split(r"[=:]", stripped, maxsplit=1)[0].strip().lower()
                 where.setdefault((section, key), number)
     return where
 

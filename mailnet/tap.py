@@ -4,7 +4,7 @@ C{twistd mailnet}: command-line options and the service they make.
 """
 
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from twisted.python import usage
 

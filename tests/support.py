@@ -4,7 +4,7 @@ chosen by the kernel, state in the test's temporary directory.
 """
 
 import os
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import attr
 from twisted.internet import reactor
@@ -48,7 +48,7 @@ def startServer(
     testCase,
     domains: Sequence[str] = ("example.test",),
     listeners: Sequence[str] = LISTENERS,
-    limits: Dict[str, Any] = {},
+    limits: Optional[Dict[str, Any]] = None,
     **overrides: Any,
 ) -> Deferred:
     """
@@ -65,7 +65,7 @@ def startServer(
         settings["listen." + name] = (LOOPBACK,) if name in listeners else ()
     settings.update(overrides)
     config = loadConfig(None, settings)
-    config = attr.evolve(config, limits=attr.evolve(Limits(auth_failure_delay=0), **limits))
+    config = attr.evolve(config, limits=attr.evolve(Limits(auth_failure_delay=0), **(limits or {})))
     service = MailService(config, reactor, handleSignals=False)
     service.startService()
     testCase.addCleanup(service.stopService)

@@ -3,7 +3,6 @@
 Tests for the twistd plugin and L{mailnet.tap}.
 """
 
-import os
 import subprocess
 import sys
 

@@ -222,7 +222,7 @@ async def runPOP3(
     watchdog = reactor.callLater(timeout, abort)
     results = await DeferredList(readies)
     onReady()
-    for ok, p in results:
+    for _ok, p in results:
         if p is not None:
             p.startRetrieving()
     await DeferredList(dones)

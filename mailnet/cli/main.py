@@ -683,7 +683,7 @@ def _addresses(values: Sequence[str]) -> List[str]:
     from mailnet.address import normalizeAddress
 
     result = []
-    for display, address in getaddresses(list(values)):
+    for _display, address in getaddresses(list(values)):
         if not address:
             continue
         normalizeAddress(address)  # raises BadAddress
