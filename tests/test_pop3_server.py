@@ -1020,6 +1020,35 @@ class DotStufferTests(SynchronousTestCase):
                     out = s.feed(sample[:i]) + s.feed(sample[i:j]) + s.feed(sample[j:]) + s.end()
                     self.assertEqual(out, whole, (sample, i, j))
 
+    def test_randomSplitsAgainstReference(self) -> None:
+        """
+        Longer messages with bare LFs, dotted lines and CRs at chunk ends,
+        cut anywhere, against the rules applied to the whole message: a
+        bare LF becomes CRLF, a line starting with "." gets another.
+        """
+        import random
+        import re
+
+        def reference(data: bytes) -> bytes:
+            fixed = re.sub(rb"(?<!\r)\n", b"\r\n", data)
+            stuffed = fixed.replace(b"\n.", b"\n..")
+            if stuffed.startswith(b"."):
+                stuffed = b"." + stuffed
+            if not fixed or fixed.endswith(b"\n"):
+                return stuffed + b".\r\n"
+            if fixed.endswith(b"\r"):
+                return stuffed + b"\n.\r\n"
+            return stuffed + b"\r\n.\r\n"
+
+        rng = random.Random(1939)
+        pieces = [b"a", b"text line", b".", b"..", b"\r\n", b"\r\n", b"\n", b"\r", b"\r\n.", b"\n.", b"x" * 200]
+        for _ in range(2000):
+            data = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+            cuts = sorted(rng.randint(0, len(data)) for _ in range(rng.randint(0, 6)))
+            s = _wire.DotStuffer()
+            out = [s.feed(data[a:b]) for a, b in zip([0] + cuts, cuts + [len(data)])]
+            self.assertEqual(b"".join(out) + s.end(), reference(data), (data, cuts))
+
     def test_values(self) -> None:
         self.assertEqual(self.stuffWhole(b""), b".\r\n")
         self.assertEqual(self.stuffWhole(b".a\r\n"), b"..a\r\n.\r\n")

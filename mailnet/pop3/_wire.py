@@ -16,7 +16,10 @@ from zope.interface import implementer
 
 # A LF not preceded by CR inside one chunk; the chunk's first byte is
 # handled separately, since its CR may have ended the previous chunk.
-_BARE_LF = re.compile(rb"(?<!\r)\n")
+# Written LF first: the regular expression engine then looks for the LF in
+# a tight loop and tries the look-behind only there, instead of at every
+# octet.
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
 
 
 class DotStuffer:
@@ -42,14 +45,18 @@ class DotStuffer:
         """
         if not data:
             return b""
-        head, rest = b"", data
-        if self._afterCR and data[:1] == b"\n":
-            # The CR that ended the previous chunk and this LF are one CRLF.
-            head, rest = b"\n", data[1:]
-        out = head + _BARE_LF.sub(b"\r\n", rest)
-        out = out.replace(b"\n.", b"\n..")
-        if self._atLineStart and out[:1] == b".":
-            out = b"." + out
+        # The CR that ended the previous chunk and an LF starting this one
+        # are one CRLF: the search for bare LFs starts after that LF (and
+        # may look back at it).
+        start = 1 if self._afterCR and data[:1] == b"\n" else 0
+        out = data
+        if _BARE_LF.search(data, start) is not None:
+            # Rare: files written by mailnet are CRLF throughout.
+            out = data[:start] + _BARE_LF.sub(b"\r\n", data[start:])
+        if b"." in out:
+            out = out.replace(b"\n.", b"\n..")
+            if self._atLineStart and out[:1] == b".":
+                out = b"." + out
         self._afterCR = data.endswith(b"\r")
         self._atLineStart = data.endswith(b"\n")
         return out
