@@ -23,6 +23,7 @@ from mailnet.config import Limits
 from mailnet.pop3 import _wire
 from mailnet.pop3.server import (
     CHUNK_SIZE,
+    MAX_UNDRAINED_OUTPUT,
     POP3Factory,
     POP3Server,
     State,
@@ -992,6 +993,87 @@ class StreamingTests(POP3Mixin, SynchronousTestCase):
         self.assertTrue(transport.disconnected)
         self.assertNotIn(b"\r\n.\r\n", transport.value())
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+class WholeMessageTests(POP3Mixin, SynchronousTestCase):
+    """
+    A message no larger than a chunk is sent by RETR in one write, without
+    a producer; output written that way is bounded until the transport is
+    seen to drain.
+    """
+
+    def test_oneWriteNoProducer(self) -> None:
+        self.deliver(SECOND)
+        [info] = self.snapshot()
+        protocol, transport = self.loggedIn()
+        transport.clear()
+        del transport.writes[:]
+        protocol.dataReceived(b"RETR 1\r\nNOOP\r\n")
+        # No producer, and the pipelined NOOP already answered.
+        self.assertIsNone(transport.producer)
+        with open(info.path, "rb") as f:
+            stored = f.read()
+        message = b"+OK %d octets\r\n" % info.size + stored.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+        self.assertEqual(transport.value(), message + b"+OK\r\n")
+        self.assertEqual(transport.writes[0], len(message))
+        # RFC 1939 §6: marked seen at QUIT, as a streamed one.
+        self.send(protocol, transport, b"QUIT\r\n")
+        self.assertEqual(len(self.files("cur")), 1)
+
+    def test_chunkSizeIsTheLimit(self) -> None:
+        """
+        A message of exactly one chunk is sent whole; one octet more and
+        it is streamed.
+        """
+        self.deliver(FIRST)
+        [info] = self.snapshot()
+        for size, whole in ((info.size, True), (info.size - 1, False)):
+            self.factory.chunkSize = size
+            protocol, transport = self.loggedIn()
+            transport.clear()
+            protocol.dataReceived(b"RETR 1\r\n")
+            self.assertEqual(transport.producer is None, whole, size)
+            self.pump(transport)
+            self.assertTrue(transport.value().endswith(b"first body\r\n.\r\n"), size)
+            protocol.connectionLost(None)
+
+    def test_largerThanListed(self) -> None:
+        """
+        A file that grew after the listing (another program) is streamed
+        whole, not cut at the listed size.
+        """
+        self.deliver(FIRST)
+        [info] = self.snapshot()
+        protocol, transport = self.loggedIn()
+        self.factory.chunkSize = info.size
+        with open(info.path, "ab") as f:
+            f.write(b"more\r\n" * 10)
+        transport.clear()
+        protocol.dataReceived(b"RETR 1\r\n")
+        self.assertIsNotNone(transport.producer)
+        self.pump(transport)
+        self.assertTrue(transport.value().endswith(b"first body\r\n" + b"more\r\n" * 10 + b".\r\n"))
+
+    def test_pipelinedWithoutReadingBounded(self) -> None:
+        """
+        RFC 2449 §6.6: a client that pipelines RETRs and does not read
+        gets at most about L{MAX_UNDRAINED_OUTPUT} octets written before
+        a producer waits for the transport; then the rest follow, in order.
+        """
+        body = b"Subject: s\r\n\r\n" + b"y" * 4000 + b"\r\n"
+        self.deliver(body)
+        [info] = self.snapshot()
+        protocol, transport = self.loggedIn()
+        transport.clear()
+        count = 3 * MAX_UNDRAINED_OUTPUT // info.size
+        protocol.dataReceived(b"RETR 1\r\n" * count + b"NOOP\r\n")
+        self.assertIsNotNone(transport.producer)
+        self.assertLessEqual(len(transport.value()), MAX_UNDRAINED_OUTPUT + 2 * info.size)
+        self.pump(transport)
+        reply = transport.value()
+        self.assertEqual(reply.count(b"+OK %d octets\r\n" % info.size), count)
+        self.assertEqual(reply.count(b"y\r\n.\r\n"), count)
+        self.assertTrue(reply.endswith(b".\r\n+OK\r\n"))
 
 
 class DotStufferTests(SynchronousTestCase):
