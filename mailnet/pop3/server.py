@@ -692,7 +692,7 @@ class POP3Server(Protocol):
         d.addCallback(lambda _: self._retrieved.add(index))
         return d
 
-    def do_TOP(self, args: bytes) -> Deferred:
+    def do_TOP(self, args: bytes) -> Optional[Deferred]:
         number, count = self._arguments(args, 2, 2, "TOP message lines")
         index = self._message(number)
         if not _COUNT.match(count):

@@ -228,7 +228,7 @@ class MessageChecker:
         message = HeaderParser(policy=compat32).parsestr(raw)
         values = [str(v) for v in message.get_all("From", [])]
         addresses = []
-        for name, address in getaddresses(values):
+        for _name, address in getaddresses(values):
             addresses.append(address.strip().lower())
         if values and not addresses:
             addresses.append("")
