@@ -198,8 +198,9 @@ class IMaildir(Interface):
         @return: L{Deferred} firing with a L{list} of
             L{mailnet.store.maildir.MessageInfo}.  The C{uid} is the
             Maildir unique name (stable across C{new/}->C{cur/} moves and
-            restarts; 1-70 characters in 0x21-0x7E); C{size} is the exact
-            file size, which is what POP3 RETR sends.
+            restarts; 1-70 characters in 0x21-0x7E); C{size} is the
+            message's size with CRLF line endings, which is what POP3 RETR
+            sends (the files hold LF line endings).
         """
 
     def open(info):

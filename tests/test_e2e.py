@@ -52,7 +52,8 @@ class DeliveryTests(TestCase):
     def test_deliveredByteExact(self):
         """
         A message sent with smtplib is in C{new/}: Return-Path and Received
-        headers, then the message exactly as sent.
+        headers, then the message exactly as sent, with the local line
+        ending (LF) as mutt and Dovecot expect.
         """
 
         def send():
@@ -66,8 +67,9 @@ class DeliveryTests(TestCase):
         [path] = self.server.newFiles("alice@example.test")
         with open(path, "rb") as f:
             stored = f.read()
-        self.assertTrue(stored.startswith(b"Return-Path: <bob@remote.test>\r\nReceived: from client.remote.test "))
-        self.assertTrue(stored.endswith(b"\r\n" + MESSAGE), stored)
+        self.assertTrue(stored.startswith(b"Return-Path: <bob@remote.test>\nReceived: from client.remote.test "))
+        self.assertTrue(stored.endswith(b"\n" + MESSAGE.replace(b"\r\n", b"\n")), stored)
+        self.assertNotIn(b"\r", stored)
 
     @inlineCallbacks
     def test_unknownUserAndRelay(self):
@@ -249,5 +251,5 @@ class RelayTests(TestCase):
         [path] = self.b.newFiles("bob@b.test")
         with open(path, "rb") as f:
             stored = f.read()
-        self.assertTrue(stored.startswith(b"Return-Path: <alice@a.test>\r\n"))
-        self.assertTrue(stored.endswith(b"\r\n\r\nhello bob\r\n"))
+        self.assertTrue(stored.startswith(b"Return-Path: <alice@a.test>\n"))
+        self.assertTrue(stored.endswith(b"\n\nhello bob\n"))

@@ -47,23 +47,37 @@ class MaildirStoreTests(SynchronousTestCase):
 
     def test_deliveredByteForByte(self) -> None:
         """
-        The stored file is the Return-Path header and then exactly the bytes
-        written; nothing is left in tmp/.
+        The stored file is the Return-Path header and then the bytes
+        written, with LF line endings as mutt and Dovecot expect; the name
+        carries the file size (S=) and the size on the wire (W=, CRLF).
+        Nothing is left in tmp/.
         """
         body = b"Subject: hi\r\n\r\nline one\r\n.leading dot\r\n\xff binary\r\n"
         self.deliver(body)
         [name] = self.newFiles("alice@example.test")
         path = os.path.join(self.store.pathFor("alice@example.test"), "new", name)
+        received = b"Return-Path: <bob@remote.test>\r\n" + body
         with open(path, "rb") as f:
-            self.assertEqual(f.read(), b"Return-Path: <bob@remote.test>\r\n" + body)
-        self.assertIn(",S=%d" % (os.path.getsize(path),), name)
+            self.assertEqual(f.read(), received.replace(b"\r\n", b"\n"))
+        self.assertIn(",S=%d,W=%d" % (os.path.getsize(path), len(received)), name)
+
+    def test_crlfSplitAcrossWrites(self) -> None:
+        """A CRLF split between two writes is still one line ending."""
+        receiver = self.store.receive("", ["alice@example.test"])
+        for piece in (b"a\r", b"\nb\r", b"\n\r", b"\n"):
+            receiver.write(piece)
+        self.successResultOf(receiver.finish())
+        [info] = self.successResultOf(self.store.maildir("alice@example.test").snapshot())
+        with self.store.maildir("alice@example.test").open(info) as f:
+            self.assertEqual(f.read(), b"Return-Path: <>\na\nb\n\n")
+        self.assertEqual(info.size, len(b"Return-Path: <>\r\na\r\nb\r\n\r\n"))
         self.assertEqual(os.listdir(os.path.join(self.store.pathFor("alice@example.test"), "tmp")), [])
 
     def test_nullSender(self) -> None:
         self.deliver(b"x\r\n", returnPath="")
         [info] = self.successResultOf(self.store.maildir("alice@example.test").snapshot())
         with self.store.maildir("alice@example.test").open(info) as f:
-            self.assertTrue(f.read().startswith(b"Return-Path: <>\r\n"))
+            self.assertTrue(f.read().startswith(b"Return-Path: <>\n"))
 
     def test_severalMailboxes(self) -> None:
         self.deliver(b"hello\r\n", ["alice@example.test", "bob@example.test", "carol@other.test"])
@@ -142,8 +156,9 @@ class MaildirStoreTests(SynchronousTestCase):
         for info in infos:
             with maildir.open(info) as f:
                 data = f.read()
-            self.assertEqual(len(data), info.size)
-            contents.append(data.split(b"\r\n")[1])
+            # The size is the message's on the wire, with CRLF line endings.
+            self.assertEqual(len(data.replace(b"\n", b"\r\n")), info.size)
+            contents.append(data.split(b"\n")[1])
         self.assertEqual(contents, [b"message %d" % (i,) for i in range(5)])
         for info in infos:
             self.assertTrue(1 <= len(info.uid) <= 70)
@@ -160,7 +175,7 @@ class MaildirStoreTests(SynchronousTestCase):
         self.assertTrue(after.path.endswith(":2,S"))
         # A stale snapshot entry still opens: the message is found in cur/.
         with maildir.open(before) as f:
-            self.assertEqual(f.read()[-5:], b"one\r\n")
+            self.assertEqual(f.read()[-4:], b"one\n")
 
     def test_remove(self) -> None:
         self.deliver(b"one\r\n")
@@ -180,9 +195,12 @@ class MaildirStoreTests(SynchronousTestCase):
             f.write(b"abc")
         with open(os.path.join(maildir.path, "new", ".hidden"), "wb") as f:
             f.write(b"x")
-        [info] = self.successResultOf(maildir.snapshot())
-        self.assertEqual(info.uid, "1700000000.M1P2.host")
-        self.assertEqual(info.size, 3)
+        with open(os.path.join(maildir.path, "cur", "1700000001.M1P2.host:2,S"), "wb") as f:
+            f.write(b"abcde")
+        first, second = self.successResultOf(maildir.snapshot())
+        self.assertEqual(first.uid, "1700000000.M1P2.host")
+        self.assertEqual(first.size, 4, "the W= size")
+        self.assertEqual(second.size, 5, "no W=: the file size")
 
     def test_uniqueNamesDiffer(self) -> None:
         names = {uniqueName("h/o:s,t") for _ in range(100)}

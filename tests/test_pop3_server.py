@@ -39,6 +39,17 @@ PASSWORD = "correct horse"
 HOSTNAME = "pop.example.test"
 
 
+
+def readFile(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def onTheWire(stored: bytes) -> bytes:
+    """A Maildir file (LF line endings) as RETR sends it: CRLF, before dot-stuffing."""
+    return stored.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
 class TLSStringTransport(StringTransport):
     """
     A StringTransport that records STLS, TCP_NODELAY and every write.
@@ -527,7 +538,7 @@ class TransactionTests(POP3Mixin, SynchronousTestCase):
         protocol, transport = self.loggedIn()
         self.transcript(protocol, transport, [("STAT", ["+OK 3 %d" % sum(self.sizes)])])
 
-    def test_listSizesAreFileSizes(self) -> None:
+    def test_listSizesAreWireSizes(self) -> None:
         protocol, transport = self.loggedIn()
         self.transcript(
             protocol,
@@ -536,7 +547,7 @@ class TransactionTests(POP3Mixin, SynchronousTestCase):
                 (
                     "LIST",
                     ["+OK 3 messages (%d octets)" % sum(self.sizes)]
-                    + ["%d %d" % (i + 1, os.path.getsize(m.path)) for i, m in enumerate(self.infos)]
+                    + ["%d %d" % (i + 1, len(onTheWire(readFile(m.path)))) for i, m in enumerate(self.infos)]
                     + ["."],
                 ),
                 ("LIST 2", ["+OK 2 %d" % self.sizes[1]]),
@@ -563,7 +574,9 @@ class TransactionTests(POP3Mixin, SynchronousTestCase):
         for number, body in ((1, FIRST), (2, SECOND), (3, THIRD)):
             with open(self.infos[number - 1].path, "rb") as f:
                 stored = f.read()
-            self.assertEqual(stored, (RP + "\r\n").encode() + body)
+            # Stored with LF line endings, sent with CRLF: as received.
+            self.assertEqual(stored, ((RP + "\r\n").encode() + body).replace(b"\r\n", b"\n"))
+            stored = onTheWire(stored)
             stuffed = stored.replace(b"\r\n.", b"\r\n..")
             reply = self.send(protocol, transport, b"RETR %d\r\n" % number)
             self.assertEqual(reply, b"+OK %d octets\r\n" % len(stored) + stuffed + b".\r\n")
@@ -869,7 +882,7 @@ class StreamingTests(POP3Mixin, SynchronousTestCase):
         self.assertTrue(max(transport.writes) <= CHUNK_SIZE * 2, max(transport.writes))
         self.assertGreater(len(transport.writes), info.size // CHUNK_SIZE)
         with open(info.path, "rb") as f:
-            stored = f.read()
+            stored = onTheWire(f.read())
         self.assertEqual(transport.value(), b"+OK %d octets\r\n" % info.size + stored.replace(b"\r\n.", b"\r\n..") + b".\r\n")
 
     def test_dotAtChunkBoundary(self) -> None:
@@ -881,7 +894,7 @@ class StreamingTests(POP3Mixin, SynchronousTestCase):
         self.deliver(b"Subject: dots\r\n\r\n.a\r\n..\r\n.\r\nb.\r\n\r\n.\r\n.")
         [info] = self.snapshot()
         with open(info.path, "rb") as f:
-            stored = f.read()
+            stored = onTheWire(f.read())
         expected = b"+OK %d octets\r\n" % info.size + stored.replace(b"\r\n.", b"\r\n..") + b"\r\n.\r\n"
         for size in range(1, len(stored) + 2):
             self.factory.chunkSize = size
@@ -1012,7 +1025,7 @@ class WholeMessageTests(POP3Mixin, SynchronousTestCase):
         # No producer, and the pipelined NOOP already answered.
         self.assertIsNone(transport.producer)
         with open(info.path, "rb") as f:
-            stored = f.read()
+            stored = onTheWire(f.read())
         message = b"+OK %d octets\r\n" % info.size + stored.replace(b"\r\n.", b"\r\n..") + b".\r\n"
         self.assertEqual(transport.value(), message + b"+OK\r\n")
         self.assertEqual(transport.writes[0], len(message))

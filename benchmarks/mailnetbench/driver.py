@@ -36,7 +36,7 @@ from twisted.internet.threads import deferToThread
 
 from mailnetbench import machine, procstat
 from mailnetbench.idle import closeIdle, openIdle
-from mailnetbench.messages import idsOnDisk, makeBody, messageFiles
+from mailnetbench.messages import idsOnDisk, makeBody, messageFiles, wireSize
 from mailnetbench.pop3load import runPOP3
 from mailnetbench.report import MB, buildRows, formatTable
 from mailnetbench.server import Server, startServer
@@ -406,7 +406,7 @@ class Driver:
             after = procstat.memory(server.pid)
             # Stored whole: the largest file holds at least what was sent.
             files = [p for m in server.maildirs.values() for p in messageFiles(m)]
-            stored = max((os.path.getsize(p) for p in files), default=0)
+            stored = max((wireSize(p) for p in files), default=0)
             if result["accepted"] and stored < size:
                 result["lost"] += 1
                 result["errors"].append("the stored message has %d octets, fewer than the %d sent" % (stored, size))

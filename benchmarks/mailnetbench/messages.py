@@ -10,7 +10,9 @@ from typing import Dict, Iterable, Iterator, Tuple
 
 SENDER = "load@sender.test"
 
-_ID = re.compile(rb"\r\nX-Bench-Id: ([!-~]+)\r\n")
+# Maildir files hold LF line endings (mailnet, Postfix, Dovecot) or CRLF.
+_ID = re.compile(rb"\r?\nX-Bench-Id: ([!-~]+)\r?\n")
+_WIRE_SIZE = re.compile(r",W=(\d+)")
 
 # Headers precede the body; the server adds Return-Path and Received, so
 # the id is always within the first few kilobytes.
@@ -56,6 +58,15 @@ def findIds(paths: Iterable[str]) -> Iterator[Tuple[str, str]]:
         match = _ID.search(head)
         if match:
             yield match.group(1).decode("ascii"), path
+
+
+def wireSize(path: str) -> int:
+    """
+    A stored message's size as it was sent (CRLF line endings): the C{W=}
+    field of a Dovecot-style file name, else the file's size.
+    """
+    match = _WIRE_SIZE.search(os.path.basename(path).split(":", 1)[0])
+    return int(match.group(1)) if match else os.path.getsize(path)
 
 
 def messageFiles(maildir: str) -> Iterator[str]:

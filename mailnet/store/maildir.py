@@ -7,8 +7,12 @@ C{tmp/}, flushed and fsync'd, linked into C{new/} of each mailbox, and the
 directories are fsync'd.  All of that runs in a thread pool; only buffered
 writes happen on the reactor thread.
 
-Files hold the message exactly as received (CRLF line endings), so a
-message's POP3 size is its file size.
+Files use the local line ending (LF), as Postfix and Dovecot write them
+and as mutt expects.  mailnet accepts no message with a bare CR or LF, so
+turning each CRLF into LF loses nothing: POP3 turns them back and sends the
+message exactly as it was received.  The file name carries both sizes, in
+Dovecot's form: C{S=} the file's, C{W=} the message's on the wire (CRLF),
+which is what POP3 LIST reports.
 """
 
 import itertools
@@ -85,7 +89,9 @@ class MessageInfo:
     One message in a snapshot.
 
     @ivar uid: the Maildir unique name: stable, 1-70 chars in 0x21-0x7E.
-    @ivar size: octets (the file size).
+    @ivar size: octets on the wire, with CRLF line endings (the C{W=} size
+        in the file name; the file size for files written by others
+        without one).
     @ivar path: where the file was at snapshot time.
     @ivar delivered: the delivery time (seconds since the epoch).
     """
@@ -94,6 +100,14 @@ class MessageInfo:
     size: int
     path: str
     delivered: float = 0.0
+
+
+def _wireSize(filename: str) -> Optional[int]:
+    """The C{W=} (CRLF) size in a Dovecot-style name, if there is one."""
+    for field in filename.split(":", 1)[0].split(",")[1:]:
+        if field.startswith("W=") and field[2:].isdigit():
+            return int(field[2:])
+    return None
 
 
 def _uidOf(filename: str) -> str:
@@ -132,7 +146,8 @@ class Maildir:
                     stat = entry.stat()
                 except FileNotFoundError:
                     continue
-                found.append(MessageInfo(_uidOf(entry.name), stat.st_size, entry.path, stat.st_mtime))
+                size = _wireSize(entry.name)
+                found.append(MessageInfo(_uidOf(entry.name), stat.st_size if size is None else size, entry.path, stat.st_mtime))
         found.sort(key=lambda m: (_sortKey(m.uid, m.delivered), m.uid))
         return found
 
@@ -254,12 +269,23 @@ class MaildirReceiver:
         self._tmp = os.path.join(self._maildirs[0], "tmp", self._name)
         self._file: Optional[IO[bytes]] = None
         self._chunks: List[bytes] = []
-        self._size = 0
+        self._wireSize = 0  # octets received (CRLF)
+        self._size = 0  # octets stored (LF)
+        self._carriedCR = False  # a CR that ended the last write
         self._done = False
         self.write(header)
 
     def write(self, data: bytes) -> None:
         assert not self._done, "write after finish or abort"
+        self._wireSize += len(data)
+        if self._carriedCR:
+            data = b"\r" + data
+        self._carriedCR = data.endswith(b"\r")
+        if self._carriedCR:
+            data = data[:-1]
+        self._store(data.replace(b"\r\n", b"\n"))
+
+    def _store(self, data: bytes) -> None:
         self._size += len(data)
         if self._file is not None:
             self._file.write(data)
@@ -280,6 +306,8 @@ class MaildirReceiver:
 
     def finish(self) -> Deferred:
         assert not self._done, "finish twice"
+        if self._carriedCR:
+            self._store(b"\r")
         self._done = True
         f, chunks, self._file, self._chunks = self._file, self._chunks, None, []
 
@@ -294,7 +322,7 @@ class MaildirReceiver:
                     os.fsync(target.fileno())
                 finally:
                     target.close()
-                self._publish("%s,S=%d" % (self._name, self._size))
+                self._publish("%s,S=%d,W=%d" % (self._name, self._size, self._wireSize))
             finally:
                 _unlinkQuietly(self._tmp)
             return self._name
