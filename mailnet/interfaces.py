@@ -135,8 +135,8 @@ class IMessageReceiver(Interface):
 
     def write(data):
         """
-        Append message bytes (CRLF line endings, dot-stuffing already
-        undone).  Must not block for long: buffered file writes only.
+        Append message bytes (CRLF line endings and no bare CR or LF,
+        dot-stuffing already undone).  Must not block for long: buffered file writes only.
 
         @type data: L{bytes}
         """
