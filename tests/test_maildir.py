@@ -6,6 +6,7 @@ Tests for L{mailnet.store.maildir}.
 import os
 import shutil
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -122,6 +123,58 @@ class MaildirStoreTests(SynchronousTestCase):
         [name] = self.newFiles("alice@example.test")
         self.assertTrue(name.startswith(spooled))
         self.assertEqual(self.tmpFiles("alice@example.test"), [])
+
+    def manualStore(self):
+        """A store whose thread work waits until the test runs it."""
+        pending = []
+
+        def run(f, *args):
+            d = Deferred()
+            pending.append((d, f, args))
+            return d
+
+        def runAll():
+            while pending:
+                d, f, args = pending.pop(0)
+                try:
+                    result = f(*args)
+                except BaseException:
+                    d.errback()
+                else:
+                    d.callback(result)
+
+        return MaildirStore(self.root, run, "mx.example.test"), pending, runAll
+
+    def test_largeMessageFileCreatedOffReactor(self) -> None:
+        """
+        Spilling a large message creates its file through the runner (a
+        thread in the daemon); what arrives meanwhile is kept, in order.
+        """
+        store, pending, runAll = self.manualStore()
+        receiver = store.receive("", ["alice@example.test"])
+        chunk = b"z" * 1000 + b"\r\n"
+        count = SPOOL_IN_MEMORY // len(chunk) + 2
+        for _ in range(count):
+            receiver.write(chunk)
+        self.assertEqual(len(pending), 1)
+        self.assertFalse(os.path.exists(store.pathFor("alice@example.test")))
+        receiver.write(b"last\r\n")
+        finished = receiver.finish()
+        runAll()
+        self.successResultOf(finished)
+        [info] = self.successResultOf(self.store.maildir("alice@example.test").snapshot())
+        with self.store.maildir("alice@example.test").open(info) as f:
+            self.assertEqual(f.read(), b"Return-Path: <>\n" + (b"z" * 1000 + b"\n") * count + b"last\n")
+
+    def test_abortWhileCreating(self) -> None:
+        """An abort while the file is being created leaves nothing behind."""
+        store, pending, runAll = self.manualStore()
+        receiver = store.receive("", ["alice@example.test"])
+        receiver.write(b"w" * (SPOOL_IN_MEMORY + 1))
+        receiver.abort()
+        runAll()
+        self.assertEqual(self.tmpFiles("alice@example.test"), [])
+        self.assertEqual(self.newFiles("alice@example.test"), [])
 
     def test_maildirRemovedMeanwhile(self) -> None:
         """A Maildir removed while the server runs is created again on delivery."""

@@ -256,10 +256,11 @@ class MaildirReceiver:
     Receives one message and delivers it to one or more Maildirs.
 
     The bytes are kept in memory (small messages) or written to a file in
-    the first mailbox's C{tmp/} (large ones); L{finish} writes and fsyncs
-    the file, hard-links it into every mailbox's C{new/} (a copy where links
-    are impossible) and fsyncs those directories.  Maildirs are created on
-    first delivery.
+    the first mailbox's C{tmp/} (large ones; the file is created in the
+    thread pool, and what arrives meanwhile waits in memory); L{finish}
+    writes and fsyncs the file, hard-links it into every mailbox's C{new/}
+    (a copy where links are impossible) and fsyncs those directories.
+    Maildirs are created on first delivery.
     """
 
     def __init__(self, maildirs: Sequence[str], header: bytes, run: Callable[..., Deferred], hostname: str) -> None:
@@ -271,7 +272,9 @@ class MaildirReceiver:
         self._chunks: List[bytes] = []
         self._wireSize = 0  # octets received (CRLF)
         self._size = 0  # octets stored (LF)
+        self._opening: Optional[Deferred] = None  # creating the tmp/ file
         self._done = False
+        self._aborted = False
         self.write(header)
 
     def write(self, data: bytes) -> None:
@@ -288,11 +291,20 @@ class MaildirReceiver:
             self._file.write(data)
             return
         self._chunks.append(data)
-        if self._size > SPOOL_IN_MEMORY:
-            # A large message: buffered writes from here on (no sync yet).
-            self._file = self._openTmp()
-            self._file.writelines(self._chunks)
-            self._chunks = []
+        if self._size > SPOOL_IN_MEMORY and self._opening is None:
+            # A large message: to the file from here on (creating a file
+            # can take a millisecond, so not on the reactor thread).
+            self._opening = self._run(self._openTmp)
+            self._opening.addCallback(self._opened)
+
+    def _opened(self, f: IO[bytes]) -> None:
+        if self._aborted:
+            f.close()
+            _unlinkQuietly(self._tmp)
+            return
+        # Buffered writes, no sync yet; finish() syncs.
+        f.writelines(self._chunks)
+        self._file, self._chunks = f, []
 
     def _openTmp(self) -> IO[bytes]:
         try:
@@ -304,6 +316,13 @@ class MaildirReceiver:
     def finish(self) -> Deferred:
         assert not self._done, "finish twice"
         self._done = True
+        if self._opening is not None:
+            # Publish once the file exists (or fail as its creation did).
+            opening, self._opening = self._opening, None
+            return opening.addCallback(lambda _: self._finish())
+        return self._finish()
+
+    def _finish(self) -> Deferred:
         f, chunks, self._file, self._chunks = self._file, self._chunks, None, []
 
         def publish() -> str:
@@ -345,7 +364,11 @@ class MaildirReceiver:
             raise
 
     def abort(self) -> None:
-        self._done = True
+        self._done = self._aborted = True
+        if self._opening is not None:
+            # _opened() closes and removes the file; a failure to create it
+            # no longer matters.
+            self._opening.addErrback(lambda failure: None)
         f, self._file, self._chunks = self._file, None, []
         if f is not None:
             f.close()
