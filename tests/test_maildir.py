@@ -5,6 +5,8 @@ Tests for L{mailnet.store.maildir}.
 
 import os
 import shutil
+import threading
+import time
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
@@ -12,7 +14,7 @@ from zope.interface.verify import verifyObject
 
 from mailnet.errors import BadAddress, MessageGone
 from mailnet.interfaces import IMaildir, IMailStore, IMessageReceiver
-from mailnet.store.maildir import SPOOL_IN_MEMORY, MaildirStore, runSynchronously, uniqueName
+from mailnet.store.maildir import SPOOL_IN_MEMORY, DirectorySyncer, MaildirStore, runSynchronously, uniqueName
 
 
 class MaildirStoreTests(SynchronousTestCase):
@@ -262,3 +264,58 @@ class MaildirStoreTests(SynchronousTestCase):
             self.assertNotIn("/", name)
             self.assertNotIn(":", name)
             self.assertNotIn(",", name)
+
+
+class DirectorySyncerTests(SynchronousTestCase):
+    """
+    Group commit: deliveries finishing together share directory syncs, and
+    none returns before a sync that started after its call.
+    """
+
+    def test_concurrentCallersShareOneSync(self) -> None:
+        started = threading.Event()
+        release = threading.Event()
+        calls = []
+
+        def slowSync(path: str) -> None:
+            calls.append(path)
+            if len(calls) == 1:
+                started.set()
+                release.wait(10)
+
+        syncer = DirectorySyncer(slowSync)
+        first = threading.Thread(target=syncer.sync, args=("/d",))
+        first.start()
+        self.assertTrue(started.wait(10))
+        # These arrive while the first sync runs: it may not cover them.
+        others = [threading.Thread(target=syncer.sync, args=("/d",)) for _ in range(5)]
+        for thread in others:
+            thread.start()
+        for _ in range(1000):  # until all five hold their tickets
+            if syncer._state["/d"][0] == 6:
+                break
+            time.sleep(0.01)
+        release.set()
+        for thread in [first] + others:
+            thread.join(10)
+            self.assertFalse(thread.is_alive())
+        # One sync for the first caller, one shared by the five others.
+        self.assertEqual(calls, ["/d", "/d"])
+        self.assertEqual(syncer._state, {})
+
+    def test_otherDirectoriesIndependent(self) -> None:
+        calls = []
+        syncer = DirectorySyncer(calls.append)
+        syncer.sync("/a")
+        syncer.sync("/b")
+        syncer.sync("/a")
+        self.assertEqual(calls, ["/a", "/b", "/a"])
+
+    def test_failureReachesCaller(self) -> None:
+        def failing(path: str) -> None:
+            raise OSError(5, "I/O error")
+
+        syncer = DirectorySyncer(failing)
+        self.assertRaises(OSError, syncer.sync, "/d")
+        # Not stuck: the next caller tries again.
+        self.assertRaises(OSError, syncer.sync, "/d")

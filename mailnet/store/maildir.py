@@ -18,8 +18,9 @@ which is what POP3 LIST reports.
 import itertools
 import os
 import socket
+import threading
 import time
-from typing import IO, Callable, List, Optional, Sequence
+from typing import IO, Callable, Dict, List, Optional, Sequence
 
 import attr
 from twisted.internet.defer import Deferred
@@ -62,6 +63,58 @@ def fsyncDirectory(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class DirectorySyncer:
+    """
+    Group commit for directory syncs, called from many threads at once.
+
+    A delivery must not be acknowledged before the directory entry that
+    publishes it is on disk.  When several deliveries to one directory
+    finish together, one fsync that starts after all of their links were
+    made covers them all: a thread whose link is already covered by a sync
+    in progress (or just finished) waits for it instead of issuing its own.
+    """
+
+    def __init__(self, sync: Callable[[str], None] = fsyncDirectory) -> None:
+        self._sync = sync
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        # path -> [tickets issued, highest ticket synced, sync running]
+        self._state: Dict[str, List] = {}
+
+    def sync(self, path: str) -> None:
+        """
+        Return once everything done to C{path} before this call is durable.
+
+        @raise OSError: the sync that would have covered this call failed.
+        """
+        with self._lock:
+            state = self._state.setdefault(path, [0, 0, False])
+            state[0] += 1
+            ticket = state[0]
+            while True:
+                if state[1] >= ticket:
+                    return
+                if not state[2]:
+                    break
+                self._changed.wait()
+            state[2] = True
+            covers = state[0]
+        try:
+            self._sync(path)
+        except BaseException:
+            with self._lock:
+                state[2] = False
+                self._changed.notify_all()
+            raise
+        with self._lock:
+            state[1] = max(state[1], covers)
+            state[2] = False
+            if state[0] == state[1]:
+                # Idle: forget it, so the table does not grow with every mailbox.
+                del self._state[path]
+            self._changed.notify_all()
 
 
 def ensureMaildir(path: str) -> None:
@@ -263,9 +316,17 @@ class MaildirReceiver:
     Maildirs are created on first delivery.
     """
 
-    def __init__(self, maildirs: Sequence[str], header: bytes, run: Callable[..., Deferred], hostname: str) -> None:
+    def __init__(
+        self,
+        maildirs: Sequence[str],
+        header: bytes,
+        run: Callable[..., Deferred],
+        hostname: str,
+        syncer: Optional[DirectorySyncer] = None,
+    ) -> None:
         self._maildirs = list(maildirs)
         self._run = run
+        self._syncDirectory = (syncer or DirectorySyncer()).sync
         self._name = uniqueName(hostname)
         self._tmp = os.path.join(self._maildirs[0], "tmp", self._name)
         self._file: Optional[IO[bytes]] = None
@@ -357,7 +418,7 @@ class MaildirReceiver:
                     _copy(self._tmp, os.path.join(maildir, "tmp", final), target)
                 published.append(target)
             for maildir in self._maildirs:
-                fsyncDirectory(os.path.join(maildir, "new"))
+                self._syncDirectory(os.path.join(maildir, "new"))
         except BaseException:
             for target in published:
                 _unlinkQuietly(target)
@@ -406,6 +467,7 @@ class MaildirStore:
     """
 
     def __init__(self, root: str, run: Callable[..., Deferred], hostname: str = "") -> None:
+        self._syncer = DirectorySyncer()
         self.root = root
         self._run = run
         self._hostname = hostname or socket.gethostname()
@@ -425,4 +487,4 @@ class MaildirStore:
     def receive(self, returnPath: str, mailboxes: Sequence[str]) -> MaildirReceiver:
         # Missing Maildirs are created off the reactor thread, on delivery.
         paths = [self.pathFor(a) for a in mailboxes]
-        return MaildirReceiver(paths, returnPathHeader(returnPath), self._run, self._hostname)
+        return MaildirReceiver(paths, returnPathHeader(returnPath), self._run, self._hostname, self._syncer)
