@@ -27,7 +27,7 @@ class Options(usage.Options):
     C{--config} supplies anything not given here.
     """
 
-    synopsis = "[twistd options] mailnet [options]"
+    synopsis = "[options]"
     longdesc = (
         "Runs the mailnet email server: ESMTP for local domains, authenticated submission "
         "(STARTTLS and implicit TLS), and POP3 (STLS and implicit TLS), storing mail in Maildirs "
