@@ -18,8 +18,15 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from mailnet.config import LISTENERS, Config
+from mailnet.cred import Authenticator, makePortal
 from mailnet.errors import ConfigError
+from mailnet.pop3.server import POP3Factory
+from mailnet.smtp.delivery import DeliveryAgent
+from mailnet.smtp.relay import RelayService
+from mailnet.smtp.server import SMTPFactory
+from mailnet.store.accounts import openAccountStore
 from mailnet.store.maildir import MaildirStore, ThreadRunner
+from mailnet.store.queue import DiskQueue
 from mailnet.tls import ReloadableContextFactory, certificatePaths, ensureCertificate, fingerprint
 
 log = Logger()
@@ -101,14 +108,6 @@ class MailService(service.MultiService):
     def __init__(self, config: Config, reactor, handleSignals: bool = True) -> None:
         service.MultiService.__init__(self)
         self.handleSignals = handleSignals
-        from mailnet.cred import Authenticator, makePortal
-        from mailnet.pop3.server import POP3Factory
-        from mailnet.smtp.delivery import DeliveryAgent
-        from mailnet.smtp.relay import RelayService
-        from mailnet.smtp.server import SMTPFactory
-        from mailnet.store.accounts import openAccountStore
-        from mailnet.store.queue import DiskQueue
-
         self.config = config
         self.reactor = reactor
         dataDir = config.data_dir
