@@ -125,3 +125,23 @@ class NoSuchMessage(ClientError):
 
 class ServerError(ClientError):
     """{host} answered {command} with: {reply}"""
+
+
+class FolderError(MailnetError):
+    """A folder operation failed."""
+
+
+class NoSuchFolder(FolderError):
+    """There is no folder named {name!r}."""
+
+
+class FolderExists(FolderError):
+    """A folder named {name!r} already exists."""
+
+
+class BadFolderName(FolderError):
+    """{name!r} cannot name a folder: {reason}."""
+
+
+class CannotDeleteFolder(FolderError):
+    """The folder {name!r} cannot be deleted: {reason}."""

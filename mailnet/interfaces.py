@@ -310,3 +310,195 @@ class IDeliveryAgent(Interface):
 
         @rtype: L{IMessageReceiver}
         """
+
+
+class IMailAccount(Interface):
+    """
+    The IMAP avatar: one user's folders (Maildir++ on disk: the inbox is the
+    user's Maildir, folder C{a.b} is its subdirectory C{.a.b}).
+
+    Unlike L{IMailbox}, an account is not held exclusively: any number of
+    sessions (IMAP, and POP3 on the inbox) may use it at once.  Folder
+    names are Unicode (L{mailnet.store.records.DELIMITER} between levels;
+    C{"INBOX"} in any case is the inbox); the protocol encodes them (modified
+    UTF-7 or UTF-8).  Every method that touches the disk returns a
+    L{Deferred} and does that work off the reactor thread.  Errors are the
+    L{mailnet.errors.FolderError} subclasses named below.
+    """
+
+    address = Attribute("The user's address (L{str}).")
+
+    def listFolders():
+        """
+        @return: L{Deferred} firing with every folder (L{list} of
+            L{mailnet.store.records.FolderInfo}, sorted by name, the inbox
+            first), including names that exist only as parents.
+        """
+
+    def createFolder(name, specialUse=None):
+        """
+        Create a folder (and any missing parents), subscribed.
+
+        @raise mailnet.errors.FolderExists: (in the Deferred) it exists.
+        @raise mailnet.errors.BadFolderName: an empty level, a name that
+            could not be a directory, too long or too deep.
+        """
+
+    def deleteFolder(name):
+        """
+        Delete a folder and its messages; folders below it stay.
+
+        @raise mailnet.errors.NoSuchFolder: (in the Deferred).
+        @raise mailnet.errors.CannotDeleteFolder: the inbox.
+        """
+
+    def renameFolder(oldName, newName):
+        """
+        Rename a folder; the folders below it follow.  Renaming the inbox
+        moves its messages into a new folder and leaves the inbox empty
+        (RFC 9051 §6.3.6).
+
+        @raise mailnet.errors.NoSuchFolder: C{oldName} does not exist.
+        @raise mailnet.errors.FolderExists: C{newName} does.
+        """
+
+    def setSubscribed(name, subscribed):
+        """
+        Add a name to the subscription list or remove it (the folder need
+        not exist).  Survives restarts.
+        """
+
+    def status(name):
+        """
+        @return: L{Deferred} firing with a
+            L{mailnet.store.records.FolderStatus}; the folder is synced with
+            the disk first (mail delivered since is counted).
+        @raise mailnet.errors.NoSuchFolder: (in the Deferred).
+        """
+
+    def openFolder(name):
+        """
+        @return: L{Deferred} firing with the folder's L{IFolder}, synced
+            with the disk.  Sessions of one process that open the same
+            folder share one object; each calls L{IFolder.close} when done.
+        @raise mailnet.errors.NoSuchFolder: (in the Deferred).
+        """
+
+    def append(name, flags, internalDate):
+        """
+        Start storing a message into a folder (IMAP APPEND).
+
+        @param flags: system flags and keywords to set (L{frozenset} of L{str}).
+        @param internalDate: seconds since the epoch, or L{None} for now.
+        @return: an L{IMessageReceiver} whose C{write} takes the message as
+            the client sent it (line endings normalised by the store, so
+            that the stored message, sent back with CRLF, is what its wire
+            size says) and whose C{finish} fires with C{(uidValidity, uid)}
+            once the message is durable (fsync'd) and visible to every
+            session, or fails with L{mailnet.errors.NoSuchFolder}.
+        """
+
+
+class IFolder(Interface):
+    """
+    One folder, shared by the sessions of a process that have it open.
+
+    It keeps the UIDs, flags and mod-sequences in an index that is a cache
+    of the Maildir: it can be rebuilt from the files (a lost index means a
+    new UIDVALIDITY, never lost mail).  Flags are written to the file names
+    as well (C{:2,} suffix), so other Maildir readers agree.
+    """
+
+    name = Attribute("The folder's name (L{str}).")
+    uidValidity = Attribute("The folder's UIDVALIDITY (L{int}, 1 to 2**32-1).")
+
+    def sync():
+        """
+        Take in what changed on disk (mail delivered by SMTP or another
+        process, files removed or renamed by other Maildir readers):
+        assign UIDs to new messages in delivery order, update flags, drop
+        vanished messages.  Cheap when nothing changed.
+
+        @return: L{Deferred} firing with the current
+            L{mailnet.store.records.FolderState}.
+        """
+
+    def claimRecent():
+        """
+        IMAP4rev1's C{\\Recent}: the UIDs of messages that no session has
+        claimed before (each message is recent for exactly one session).
+
+        @return: L{Deferred} firing with a L{frozenset} of UIDs.
+        """
+
+    def watch(callback):
+        """
+        Call C{callback()} on the reactor thread whenever the folder may
+        have changed (another session's STORE/EXPUNGE/APPEND in this
+        process at once; other processes' changes within 2 s, by inotify
+        where there is one, by polling otherwise).  The callee calls
+        L{sync} to see what changed.
+
+        @return: a callable that stops the watch.
+        """
+
+    def setFlags(uids, flags, mode, unchangedSince=None):
+        """
+        STORE.
+
+        @param mode: C{"+"} add, C{"-"} remove, C{""} replace.
+        @param unchangedSince: RFC 7162 UNCHANGEDSINCE, or L{None}.
+        @return: L{Deferred} firing with C{(changed, refused)}: the
+            L{mailnet.store.records.MessageRecord}s whose flags changed
+            (with their new modseq), and the UIDs left alone because their
+            modseq was above C{unchangedSince}.  UIDs not in the folder are
+            ignored.
+        """
+
+    def expunge(uids=None):
+        """
+        Remove the messages flagged C{\\Deleted} (only those among C{uids}
+        if given).
+
+        @return: L{Deferred} firing with the L{list} of removed UIDs.
+        """
+
+    def copy(uids, target):
+        """
+        Copy messages, with their flags, into folder C{target} (durably).
+
+        @return: L{Deferred} firing with C{(uidValidity, pairs)}: the
+            target's UIDVALIDITY and the (source UID, new UID) pairs, in
+            source UID order.
+        @raise mailnet.errors.NoSuchFolder: (in the Deferred) no C{target}.
+        """
+
+    def move(uids, target):
+        """
+        Like L{copy}, then the sources are removed from this folder.
+        """
+
+    def parsed(uids):
+        """
+        The parsed form of messages: what ENVELOPE, BODYSTRUCTURE, header
+        fetches and header searches need, without reading the files again
+        (cached in the index; parsed in a thread the first time).
+
+        @return: L{Deferred} firing with a L{dict} of UID to
+            L{mailnet.mime.ParsedMessage}; UIDs gone meanwhile are missing.
+        """
+
+    def openMessage(uid):
+        """
+        @return: L{Deferred} firing with a binary file of the message as
+            stored: LF line endings, no CR (the caller turns each LF into
+            CRLF; L{mailnet.mime.ParsedMessage} gives the offsets of both
+            forms).  The caller closes it and reads it off the reactor
+            thread.
+        @raise mailnet.errors.MessageGone: (in the Deferred).
+        """
+
+    def close():
+        """
+        One session is done with this folder (the last one frees it).
+        """
