@@ -12,6 +12,7 @@ from typing import IO, Any, Callable, Dict, List, Optional
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -98,6 +99,44 @@ class ThreadPoolService(service.Service):
         self.pool.stop()
 
 
+class TmpSweeperService(service.Service):
+    """
+    Removes stale files from the Maildirs' C{tmp/} (the leftovers of a crash
+    or a full disk) at start and then every C{interval} seconds.  The
+    timer runs on the reactor's clock; the sweep itself in the thread pool
+    (L{MaildirStore.sweepTmp}).
+    """
+
+    def __init__(self, mailStore: MaildirStore, clock, interval: float = 86400.0) -> None:
+        self.mailStore = mailStore
+        self.interval = interval
+        self._loop = LoopingCall(self._sweep)
+        self._loop.clock = clock
+
+    def _sweep(self) -> Deferred:
+        d = self.mailStore.sweepTmp()
+
+        def swept(removed: int) -> None:
+            if removed:
+                log.info("removed {n} stale file(s) from Maildir tmp/ directories", n=removed)
+
+        def failed(failure) -> None:
+            # Never stop the loop: try again at the next interval.
+            log.failure("sweeping Maildir tmp/ directories failed", failure)
+
+        return d.addCallbacks(swept, failed)
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self) -> Optional[Deferred]:  # type: ignore[override]
+        service.Service.stopService(self)
+        if self._loop.running:
+            self._loop.stop()
+        return None
+
+
 class MailService(service.MultiService):
     """
     The whole server.  Attributes give tests and tools the shared parts:
@@ -123,6 +162,7 @@ class MailService(service.MultiService):
         self.accounts = openAccountStore(dataDir, openNow=False)
         self.mailStore = MaildirStore(os.path.join(dataDir, "mail"), run, config.hostname)
         self.queue = DiskQueue(os.path.join(dataDir, "queue"), run, reactor, config.hostname)
+        TmpSweeperService(self.mailStore, reactor).setServiceParent(self)
         self.delivery = DeliveryAgent(self.accounts, self.mailStore, self.queue, clock=reactor)
         portal = makePortal(self.accounts, self.mailStore, run)
         limits = config.limits

@@ -7,13 +7,15 @@ files as the service user.
 
 import os
 
+from twisted.internet.defer import fail, succeed
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailnet.config import LISTENERS, loadConfig
 from mailnet.errors import ConfigError
-from mailnet.service import MailService
+from mailnet.service import MailService, TmpSweeperService
 from mailnet.testing import makeCertificate
 
 
@@ -131,3 +133,53 @@ class MailServiceTests(SynchronousTestCase):
         self.start(service)
         with open(path) as f:
             self.assertIn("local domains", f.read())
+
+
+class TmpSweeperServiceTests(SynchronousTestCase):
+    """
+    Issue 11 item 12: stale tmp/ files are swept at start and daily, the
+    sweep itself off the reactor (L{MaildirStore.sweepTmp} runs in the pool).
+    """
+
+    def test_sweepsAtStartAndDaily(self) -> None:
+        calls = []
+
+        class Store:
+            def sweepTmp(self):
+                calls.append(clock.seconds())
+                return succeed(3)
+
+        clock = Clock()
+        sweeper = TmpSweeperService(Store(), clock)
+        sweeper.startService()
+        self.assertEqual(calls, [0])
+        clock.advance(86399)
+        self.assertEqual(calls, [0])
+        clock.advance(1)
+        self.assertEqual(calls, [0, 86400])
+        sweeper.stopService()
+        clock.advance(86400)
+        self.assertEqual(len(calls), 2)
+
+    def test_failureDoesNotStopTheLoop(self) -> None:
+        calls = []
+
+        class Store:
+            def sweepTmp(self):
+                calls.append(1)
+                return fail(OSError(13, "Permission denied"))
+
+        clock = Clock()
+        sweeper = TmpSweeperService(Store(), clock)
+        sweeper.startService()
+        clock.advance(86400)
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+        sweeper.stopService()
+
+    def test_partOfTheMailService(self) -> None:
+        dataDir = os.path.abspath(self.mktemp())
+        config = loadConfig(None, {"server.data_dir": dataDir, "server.hostname": "mx.example.test"})
+        service = MailService(config, ThreadedMemoryReactor(), handleSignals=False)
+        [sweeper] = [s for s in service if isinstance(s, TmpSweeperService)]
+        self.assertIs(sweeper.mailStore, service.mailStore)
