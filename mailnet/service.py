@@ -21,6 +21,7 @@ from twisted.python.threadpool import ThreadPool
 from mailnet.config import LISTENERS, Config
 from mailnet.cred import Authenticator, makePortal
 from mailnet.errors import ConfigError
+from mailnet.limits import DESCRIPTORS_PER_CONNECTION, ConnectionLimiter, LimitingFactory, fitDescriptorLimit
 from mailnet.pop3.server import POP3Factory
 from mailnet.smtp.delivery import DeliveryAgent
 from mailnet.smtp.relay import RelayService
@@ -141,7 +142,8 @@ class MailService(service.MultiService):
     """
     The whole server.  Attributes give tests and tools the shared parts:
     C{accounts}, C{mailStore}, C{queue}, C{delivery}, C{authenticator},
-    C{tls}, and C{listeners} (role -> list of L{ListenerService}).
+    C{tls}, C{limiter} (the connection budget all listeners share), and
+    C{listeners} (role -> list of L{ListenerService}).
     """
 
     def __init__(self, config: Config, reactor, handleSignals: bool = True) -> None:
@@ -188,6 +190,8 @@ class MailService(service.MultiService):
             "pop3": lambda: POP3Factory(tlsOptions=self.tls, implicitTLS=False, **common),
             "pop3s": lambda: POP3Factory(tlsOptions=None, implicitTLS=True, **common),
         }
+        # One connection budget for every listener, and each client's share.
+        self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_client)
         self.listeners: Dict[str, List[ListenerService]] = {}
         for role in LISTENERS:
             for description in config.listen.get(role, ()):
@@ -198,6 +202,8 @@ class MailService(service.MultiService):
                 if role in IMPLICIT_TLS and not description.startswith("ssl:"):
                     factory = TLSMemoryBIOFactory(self.tls, False, factory)
                     factory.noisy = False
+                # Outermost, so that a refused connection costs no TLS handshake.
+                factory = LimitingFactory(self.limiter, factory)
                 try:
                     endpoint = serverFromString(reactor, description)
                 except (ValueError, KeyError, TypeError) as e:
@@ -230,6 +236,9 @@ class MailService(service.MultiService):
                 self.accounts.addDomain(domain)
 
     def privilegedStartService(self) -> None:
+        # Before binding: the budget must fit RLIMIT_NOFILE (outgoing relay
+        # connections need descriptors too).
+        fitDescriptorLimit(self.limiter, self.config.relay.max_connections * DESCRIPTORS_PER_CONNECTION)
         try:
             service.MultiService.privilegedStartService(self)
         except ConfigError as e:

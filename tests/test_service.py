@@ -71,6 +71,21 @@ class MailServiceTests(SynchronousTestCase):
         self.assertEqual(len(reactor.tcpServers), len(LISTENERS))
         self.assertEqual({interface for _, _, _, interface in reactor.tcpServers}, {"127.0.0.1"})
 
+    def test_oneConnectionBudget(self) -> None:
+        """
+        Issue 11 item 4: every listener draws from one connection budget
+        (max_connections), with max_connections_per_client per address.
+        """
+        service = MailService(
+            self.config(**{"limits.max_connections": 300, "limits.max_connections_per_client": 7}),
+            ThreadedMemoryReactor(),
+            handleSignals=False,
+        )
+        factories = [listener.factory for listeners in service.listeners.values() for listener in listeners]
+        self.assertEqual(len(factories), len(LISTENERS))
+        self.assertEqual({id(f.limiter) for f in factories}, {id(service.limiter)})
+        self.assertEqual((service.limiter.maxConnections, service.limiter.maxPerClient), (300, 7))
+
     def test_listenersTurnedOff(self) -> None:
         reactor = ThreadedMemoryReactor()
         service = MailService(self.config(**{"listen.pop3": (), "listen.smtps": ()}), reactor, handleSignals=False)
