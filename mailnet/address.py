@@ -13,6 +13,7 @@ case-insensitively, as Postfix and Dovecot do by default).
 """
 
 import re
+import unicodedata
 from typing import Tuple
 
 from mailnet.errors import BadAddress, BadDomain
@@ -101,7 +102,33 @@ def normalizeAddress(address: str, allowUTF8: bool = False) -> str:
         raise BadAddress(address=address, reason="the local part is not a dot-atom")
     if not isDomain(domain, allowUTF8):
         raise BadAddress(address=address, reason="the domain is not a valid host name")
-    return address.lower()
+    return canonicalAddress(address)
+
+
+def canonicalAddress(address: str) -> str:
+    """
+    The form in which addresses are stored and looked up: lower case, and
+    non-ASCII text in Unicode normalisation form C (RFC 6532 §3.1), so that
+    the same name typed as composed or decomposed characters is one
+    account.  No validation.
+    """
+    address = address.lower()
+    if not address.isascii():
+        address = unicodedata.normalize("NFC", address)
+    return address
+
+
+def foldedAddress(address: str) -> str:
+    """
+    The key under which look-alike addresses collide: NFKC case-folded
+    (Unicode's C{NFKC_Casefold}, as RFC 8265's PRECIS profiles fold
+    user names), so that C{ａｌｉｃｅ} (full width), C{ALICE} and C{alice}
+    are one key.  Used to refuse new names that look like existing ones.
+    """
+    if address.isascii():
+        return address.lower()
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", address).casefold())
+    return unicodedata.normalize("NFKC", folded.casefold())
 
 
 def isSafeMailboxName(address: str) -> bool:

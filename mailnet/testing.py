@@ -15,7 +15,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from mailnet.address import normalizeAddress, normalizeDomain, splitAddress
+from mailnet.address import canonicalAddress, normalizeAddress, normalizeDomain, splitAddress
 from mailnet.errors import (
     BadAddress,
     DomainExists,
@@ -34,8 +34,7 @@ from mailnet.interfaces import (
     IMessageReceiver,
     ISender,
 )
-
-MAX_ALIAS_DEPTH = 10
+from mailnet.store.accounts import expandAliases
 
 
 @implementer(IAccountStore)
@@ -126,31 +125,14 @@ class MemoryAccountStore:
     def aliases(self) -> Dict[str, Tuple[str, ...]]:
         return dict(sorted(self._aliases.items()))
 
+    def aliasTargets(self, alias: str) -> Optional[Tuple[str, ...]]:
+        return self._aliases.get(canonicalAddress(alias))
+
     def resolve(self, address: str) -> Optional[List[str]]:
-        address = address.lower()
-        result: Dict[str, None] = {}
-
-        def expand(addr: str, depth: int, seen: frozenset) -> bool:
-            if addr in self._users:
-                result[addr] = None
-                return True
-            domain = splitAddress(addr)[1]
-            if domain not in self._domains:
-                result[addr] = None  # remote
-                return True
-            targets = self._aliases.get(addr)
-            if targets is None:
-                targets = self._aliases.get("@" + domain)
-            if targets is None or depth >= MAX_ALIAS_DEPTH or addr in seen:
-                return False
-            found = False
-            for target in targets:
-                found = expand(target, depth + 1, seen | {addr}) or found
-            return found
-
-        if not self.isLocalDomain(splitAddress(address)[1]):
-            return None
-        return list(result) if expand(address, 0, frozenset()) else None
+        users = self._users
+        return expandAliases(
+            address, users.__contains__, self.isLocalDomain, self._aliases.get, lambda addresses: [a for a in addresses if a in users]
+        )
 
 
 @implementer(IMessageReceiver)
