@@ -14,7 +14,7 @@ case-insensitively, as Postfix and Dovecot do by default).
 
 import re
 import unicodedata
-from typing import Tuple
+from typing import Iterable, Optional, Tuple
 
 from mailnet.errors import BadAddress, BadDomain
 
@@ -121,14 +121,47 @@ def canonicalAddress(address: str) -> str:
 def foldedAddress(address: str) -> str:
     """
     The key under which look-alike addresses collide: NFKC case-folded
-    (Unicode's C{NFKC_Casefold}, as RFC 8265's PRECIS profiles fold
-    user names), so that C{ａｌｉｃｅ} (full width), C{ALICE} and C{alice}
-    are one key.  Used to refuse new names that look like existing ones.
+    without format characters (close to Unicode's C{NFKC_Casefold}, as
+    RFC 8265's PRECIS profiles fold user names), so that C{ａｌｉｃｅ} (full
+    width), C{ALICE}, C{al<ZWSP>ice} and C{alice} are one key.  Used to refuse new names that look like existing ones.
     """
     if address.isascii():
         return address.lower()
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", address).casefold())
-    return unicodedata.normalize("NFKC", folded.casefold())
+    # Invisible format characters (zero-width space and joiners, soft
+    # hyphen) go too, as NFKC_Casefold drops default-ignorable ones.
+    text = "".join(c for c in unicodedata.normalize("NFKC", address) if unicodedata.category(c) != "Cf")
+    return unicodedata.normalize("NFKC", text.casefold())
+
+
+def lookAlike(address: str, existing: Iterable[str]) -> Optional[str]:
+    """
+    @return: the first of C{existing} that is not C{address} itself but
+        folds to the same key (L{foldedAddress}), or L{None}.
+    """
+    key = foldedAddress(address)
+    for other in existing:
+        if other != address and foldedAddress(other) == key:
+            return other
+    return None
+
+
+def mailboxAddress(address: str) -> str:
+    """
+    The one validation of a mailbox's address, used by C{mailnet-admin
+    user add}, the account store and at login: a valid address (UTF-8
+    allowed) whose normalised form can name a directory (see
+    L{isSafeMailboxName}).
+
+    @return: the normalised address (L{canonicalAddress}).
+    @raise BadAddress: with the reason in words.
+    """
+    normalised = normalizeAddress(address, allowUTF8=True)
+    if not isSafeMailboxName(normalised):
+        raise BadAddress(
+            address=address,
+            reason="it cannot name a mailbox (no /, \\, :, control characters, '..' or leading dot in either part)",
+        )
+    return normalised
 
 
 def isSafeMailboxName(address: str) -> bool:

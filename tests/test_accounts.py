@@ -16,6 +16,7 @@ from mailnet.errors import (
     BadAddress,
     ConfigError,
     DomainExists,
+    LookAlikeAddress,
     UnknownAlias,
     UnknownDomain,
     UnknownUser,
@@ -345,6 +346,52 @@ class AccountStoreTestsMixin:
         self.store.addAlias("x@example.test", ["alice@example.test"])
         self.store.addAlias("top@example.test", ["a9@example.test", "x@example.test"])
         self.assertEqual(self.store.resolve("top@example.test"), ["alice@example.test"])
+
+    def test_addUserUnstorableName(self) -> None:
+        """
+        Issue 11 item 9: the store refuses a user whose Maildir it could not
+        create, with the same test it applies at delivery.
+        """
+        for name in ("/tmp/x@example.test", "a/b@example.test"):
+            error = self.assertRaises(BadAddress, self.store.addUser, name, "h")
+            self.assertIn("it cannot name a mailbox", str(error))
+        self.assertEqual(self.store.users(), [])
+
+    def test_addLookAlikeRefused(self) -> None:
+        """
+        Issue 11 item 9: a user or alias whose NFKC case fold collides with
+        an existing user or alias of the domain is refused.
+        """
+        fullWidthAlice = "\uff41\uff4c\uff49\uff43\uff45@example.test"
+        self.store.addUser(fullWidthAlice, "h")
+        error = self.assertRaises(LookAlikeAddress, self.store.addUser, "alice@example.test", "h")
+        self.assertEqual(
+            str(error),
+            "alice@example.test looks like the existing %s (they differ only in case, width or a similar form); "
+            "choose another name." % (fullWidthAlice,),
+        )
+        self.assertRaises(LookAlikeAddress, self.store.addAlias, "ALICE@example.test", ["x@remote.test"])
+        self.store.addAlias("info@example.test", ["x@remote.test"])
+        self.assertRaises(LookAlikeAddress, self.store.addUser, "\uff49nfo@example.test", "h")
+        # Replacing an alias's targets is no collision with itself; other
+        # domains are other names.
+        self.store.addAlias("info@example.test", ["y@remote.test"])
+        self.store.addDomain("other.test")
+        self.store.addUser("alice@other.test", "h")
+        self.assertEqual(self.store.users(), ["alice@other.test", fullWidthAlice])
+
+    def test_nfcOnAddAndLookUp(self) -> None:
+        """Composed and decomposed spellings are one address (RFC 6532 §3.1)."""
+        self.store.addUser("jose\u0301@example.test", "h")
+        self.assertEqual(self.store.users(), ["jos\u00e9@example.test"])
+        self.assertEqual(self.store.passwordHash("JOSE\u0301@example.test"), "h")
+        self.assertEqual(self.store.resolve("jose\u0301@example.test"), ["jos\u00e9@example.test"])
+        self.store.addAlias("cafe\u0301@example.test", ["jose\u0301@example.test"])
+        self.assertEqual(self.store.resolve("caf\u00e9@example.test"), ["jos\u00e9@example.test"])
+        self.store.setPasswordHash("jose\u0301@example.test", "h2")
+        self.store.removeAlias("cafe\u0301@example.test")
+        self.store.removeUser("jose\u0301@example.test")
+        self.assertEqual(self.store.users(), [])
 
     def test_aliasTargets(self) -> None:
         self.store.addAlias("info@example.test", ["a@remote.test", "b@remote.test"])

@@ -25,12 +25,13 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 from zope.interface import implementer
 
-from mailnet.address import canonicalAddress, normalizeAddress, normalizeDomain, splitAddress
+from mailnet.address import canonicalAddress, lookAlike, mailboxAddress, normalizeAddress, normalizeDomain, splitAddress
 from mailnet.errors import (
     AliasExpansionTooLarge,
     BadAddress,
     ConfigError,
     DomainExists,
+    LookAlikeAddress,
     UnknownAlias,
     UnknownDomain,
     UnknownUser,
@@ -347,14 +348,29 @@ class SQLiteAccountStore:
         return address, domain
 
     def addUser(self, address: str, passwordHash: str) -> None:
+        address = mailboxAddress(address)
         with self._transaction(write=True) as db:
             address, domain = self._localAddress(db, address)
             if self._isUser(db, address) or self._aliasTargets(db, address) is not None:
                 raise UserExists(address=address)
+            self._refuseLookAlike(db, address, domain)
             db.execute(
                 "INSERT INTO users (address, domain, password_hash) VALUES (?, ?, ?)",
                 (address, domain, passwordHash),
             )
+
+    @staticmethod
+    def _refuseLookAlike(db: sqlite3.Connection, address: str, domain: str) -> None:
+        """
+        @raise LookAlikeAddress: another user or alias of C{domain} differs
+            from C{address} only in case, width or a similar form.
+        """
+        rows = db.execute(
+            "SELECT address FROM users WHERE domain = ? UNION ALL SELECT alias FROM aliases WHERE domain = ?", (domain, domain)
+        )
+        existing = lookAlike(address, (r[0] for r in rows))
+        if existing is not None:
+            raise LookAlikeAddress(address=address, existing=existing)
 
     @staticmethod
     def _isUser(db: sqlite3.Connection, address: str) -> bool:
@@ -400,6 +416,8 @@ class SQLiteAccountStore:
                 raise UnknownDomain(domain=domain)
             if self._isUser(db, alias):
                 raise UserExists(address=alias)
+            if not alias.startswith("@"):
+                self._refuseLookAlike(db, alias, domain)
             db.execute("DELETE FROM aliases WHERE alias = ?", (alias,))
             db.execute("INSERT INTO aliases (alias, domain) VALUES (?, ?)", (alias, domain))
             db.executemany(
