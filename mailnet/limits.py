@@ -129,10 +129,19 @@ class _Refused(Protocol):
         self.transport.loseConnection()
 
 
+def _logPrefix(thing) -> str:
+    prefix = getattr(thing, "logPrefix", None)
+    return prefix() if prefix is not None else thing.__class__.__name__
+
+
 class _Counted(ProtocolWrapper):
     """A wrapped connection that gives its place back when it closes."""
 
     peerHost: Optional[str] = None
+
+    def logPrefix(self) -> str:
+        # Logs name the protocol, as without the wrapper.
+        return _logPrefix(self.wrappedProtocol)
 
     def connectionLost(self, reason) -> None:
         factory = self.factory
@@ -163,6 +172,9 @@ class LimitingFactory(WrappingFactory):
         self.limiter = limiter
         refusalLine: Optional[Callable[[bool], bytes]] = getattr(wrappedFactory, "refusalLine", None)
         self._refusalLine = refusalLine
+
+    def logPrefix(self) -> str:
+        return _logPrefix(self.wrappedFactory)
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None)

@@ -199,6 +199,13 @@ class LimitingFactoryTests(SynchronousTestCase):
         self.assertEqual(second.value(), b"")
         self.assertTrue(second.disconnecting)
 
+    def test_logsNameTheProtocol(self) -> None:
+        """The wrapper does not show in log prefixes ("SMTPFactory starting on 25")."""
+        factory = LimitingFactory(ConnectionLimiter(10, 10), smtpFactory())
+        self.assertEqual(factory.logPrefix(), "SMTPFactory")
+        protocol, _ = self.connect(factory, "192.0.2.1")
+        self.assertEqual(protocol.logPrefix(), "SMTPServer")
+
     def test_unixPeers(self) -> None:
         limiter = ConnectionLimiter(maxConnections=2, maxPerClient=1)
         factory = LimitingFactory(limiter, Factory.forProtocol(Protocol))
