@@ -548,6 +548,21 @@ class CheckTests(AdminTestCase):
         self.assertNotIn("warning", out)
         self.assertNotIn("error", out)
 
+    def test_namesFromOlderVersions(self) -> None:
+        """
+        Issue 11 item 9: users an older mailnet accepted -- names that
+        cannot be a Maildir, look-alikes -- are pointed out.
+        """
+        self.setUpAccounts()
+        store = self.store()
+        with store._transaction(write=True) as db:
+            for name in ("/tmp/x@example.test", "\uff41lice@example.test"):
+                db.execute("INSERT INTO users (address, domain, password_hash) VALUES (?, 'example.test', 'h')", (name,))
+        code, out, err = self.check(self.config())
+        self.assertEqual(code, 1, out)
+        self.assertIn("warning: user '/tmp/x@example.test' cannot have a Maildir; mail to it is refused", out)
+        self.assertIn("warning: 'alice@example.test' and '\\uff41lice@example.test' look alike", out)
+
     def test_dnsRecords(self) -> None:
         self.setUpAccounts()
         code, out, err = self.check(self.config())

@@ -22,7 +22,16 @@ import socket
 import sys
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from mailnet.address import canonicalAddress, lookAlike, mailboxAddress, normalizeAddress, normalizeDomain, splitAddress
+from mailnet.address import (
+    canonicalAddress,
+    foldedAddress,
+    isSafeMailboxName,
+    lookAlike,
+    mailboxAddress,
+    normalizeAddress,
+    normalizeDomain,
+    splitAddress,
+)
 from mailnet.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -468,7 +477,26 @@ def _checkDataDir(admin: Admin, report: Report) -> Optional[SQLiteAccountStore]:
     report.ok("account store: %d domain(s), %d user(s), %d alias(es)" % (len(store.domains()), len(users), len(store.aliases())))
     if not users:
         report.note("no users yet: add one with 'mailnet-admin user add ADDRESS'")
+    _checkNames(store, users, report)
     return store
+
+
+def _checkNames(store, users: List[str], report: Report) -> None:
+    """
+    Users made by an older mailnet may have names the store now refuses:
+    ones that cannot be a Maildir (mail to them is refused at RCPT), and
+    look-alikes of other users or aliases.
+    """
+    for address in users:
+        if not isSafeMailboxName(address):
+            report.warning("user %r cannot have a Maildir; mail to it is refused: remove it with 'mailnet-admin user del'" % (address,))
+    seen: Dict[str, str] = {}
+    for address in users + [a for a in store.aliases() if not a.startswith("@")]:
+        key = foldedAddress(address)
+        if key in seen:
+            report.warning("%a and %a look alike (they differ only in case, width or a similar form)" % (seen[key], address))
+        else:
+            seen[key] = address
 
 
 def _checkCertificate(config: Config, report: Report, now: datetime.datetime) -> None:
