@@ -13,7 +13,8 @@ case-insensitively, as Postfix and Dovecot do by default).
 """
 
 import re
-from typing import Tuple
+import unicodedata
+from typing import Iterable, Optional, Tuple
 
 from mailnet.errors import BadAddress, BadDomain
 
@@ -101,7 +102,66 @@ def normalizeAddress(address: str, allowUTF8: bool = False) -> str:
         raise BadAddress(address=address, reason="the local part is not a dot-atom")
     if not isDomain(domain, allowUTF8):
         raise BadAddress(address=address, reason="the domain is not a valid host name")
-    return address.lower()
+    return canonicalAddress(address)
+
+
+def canonicalAddress(address: str) -> str:
+    """
+    The form in which addresses are stored and looked up: lower case, and
+    non-ASCII text in Unicode normalisation form C (RFC 6532 §3.1), so that
+    the same name typed as composed or decomposed characters is one
+    account.  No validation.
+    """
+    address = address.lower()
+    if not address.isascii():
+        address = unicodedata.normalize("NFC", address)
+    return address
+
+
+def foldedAddress(address: str) -> str:
+    """
+    The key under which look-alike addresses collide: NFKC case-folded
+    without format characters (close to Unicode's C{NFKC_Casefold}, as
+    RFC 8265's PRECIS profiles fold user names), so that C{ａｌｉｃｅ} (full
+    width), C{ALICE}, C{al<ZWSP>ice} and C{alice} are one key.  Used to refuse new names that look like existing ones.
+    """
+    if address.isascii():
+        return address.lower()
+    # Invisible format characters (zero-width space and joiners, soft
+    # hyphen) go too, as NFKC_Casefold drops default-ignorable ones.
+    text = "".join(c for c in unicodedata.normalize("NFKC", address) if unicodedata.category(c) != "Cf")
+    return unicodedata.normalize("NFKC", text.casefold())
+
+
+def lookAlike(address: str, existing: Iterable[str]) -> Optional[str]:
+    """
+    @return: the first of C{existing} that is not C{address} itself but
+        folds to the same key (L{foldedAddress}), or L{None}.
+    """
+    key = foldedAddress(address)
+    for other in existing:
+        if other != address and foldedAddress(other) == key:
+            return other
+    return None
+
+
+def mailboxAddress(address: str) -> str:
+    """
+    The one validation of a mailbox's address, used by C{mailnet-admin
+    user add}, the account store and at login: a valid address (UTF-8
+    allowed) whose normalised form can name a directory (see
+    L{isSafeMailboxName}).
+
+    @return: the normalised address (L{canonicalAddress}).
+    @raise BadAddress: with the reason in words.
+    """
+    normalised = normalizeAddress(address, allowUTF8=True)
+    if not isSafeMailboxName(normalised):
+        raise BadAddress(
+            address=address,
+            reason="it cannot name a mailbox (no /, \\, :, control characters, '..' or leading dot in either part)",
+        )
+    return normalised
 
 
 def isSafeMailboxName(address: str) -> bool:

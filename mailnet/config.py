@@ -41,6 +41,7 @@ class Limits:
     idle_timeout: int = 300
     pop3_idle_timeout: int = 600
     max_connections: int = 1000
+    max_connections_per_client: int = 50
     auth_failure_delay: float = 2.0
     max_auth_failure_delay: float = 30.0
     max_command_line: int = 2048
@@ -165,6 +166,7 @@ SCHEMA: Dict[str, Dict[str, Callable[[str], Any]]] = {
         "idle_timeout": _positiveInt,
         "pop3_idle_timeout": _positiveInt,
         "max_connections": _positiveInt,
+        "max_connections_per_client": _positiveInt,
         "auth_failure_delay": _nonNegativeFloat,
         "max_auth_failure_delay": _nonNegativeFloat,
         "max_command_line": _positiveInt,

@@ -28,8 +28,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from mailnet.address import isSafeMailboxName, normalizeAddress
-from mailnet.errors import BadAddress, MailboxInUse
+from mailnet.address import canonicalAddress, isSafeMailboxName, normalizeAddress
+from mailnet.errors import AliasExpansionTooLarge, BadAddress, MailboxInUse
 from mailnet.interfaces import (
     IAccountStore,
     IAuthenticator,
@@ -196,14 +196,16 @@ class Sender:
     store: IAccountStore
 
     def maySendAs(self, address: str) -> bool:
-        address = address.lower()
+        address = canonicalAddress(address)
         if address == self.address:
             return True
-        if address not in self.store.aliases():
+        # One index read, not the whole alias table (a From: may list
+        # thousands of addresses).
+        if self.store.aliasTargets(address) is None:
             return False
         try:
             recipients = self.store.resolve(address)
-        except BadAddress:
+        except (BadAddress, AliasExpansionTooLarge):
             return False
         return recipients is not None and self.address in recipients
 

@@ -58,6 +58,14 @@ class UnknownAlias(AccountError):
     """There is no alias {alias}."""
 
 
+class AliasExpansionTooLarge(AccountError):
+    """The aliases of {address} expand to more than {limit} addresses; split the alias or raise the limit."""
+
+
+class LookAlikeAddress(AccountError):
+    """{address} looks like the existing {existing} (they differ only in case, width or a similar form); choose another name."""
+
+
 class MailboxInUse(MailnetError):
     """The mailbox of {address} is in use by another session."""
 

@@ -112,16 +112,27 @@ class IAccountStore(Interface):
         @rtype: L{dict} of L{str} to L{tuple} of L{str}
         """
 
+    def aliasTargets(alias):
+        """
+        One alias's own targets, not expanded: one cheap look-up.
+
+        @return: the targets, or L{None} if C{alias} (an address, or
+            C{"@domain"} for a catch-all) is not an alias.
+        @rtype: L{tuple} of L{str} or L{None}
+        """
+
     def resolve(address):
         """
         Expand an address in a local domain to the final recipients: user
         addresses, and remote addresses that aliases forward to.  Aliases
-        are expanded recursively (loops and depth are bounded), duplicates
-        removed, order kept.
+        are expanded recursively (loops and depth are bounded), each alias
+        once, duplicates removed, order kept.
 
         @return: the recipients, or L{None} if the address is not
             deliverable here (no user, alias or catch-all).
         @rtype: L{list} of L{str} or L{None}
+        @raise mailnet.errors.AliasExpansionTooLarge: it expands to too
+            many addresses (L{mailnet.store.accounts.MAX_ALIAS_EXPANSION}).
         """
 
 

@@ -12,6 +12,7 @@ from typing import IO, Any, Callable, Dict, List, Optional
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -20,6 +21,7 @@ from twisted.python.threadpool import ThreadPool
 from mailnet.config import LISTENERS, Config
 from mailnet.cred import Authenticator, makePortal
 from mailnet.errors import ConfigError
+from mailnet.limits import DESCRIPTORS_PER_CONNECTION, ConnectionLimiter, LimitingFactory, fitDescriptorLimit
 from mailnet.pop3.server import POP3Factory
 from mailnet.smtp.delivery import DeliveryAgent
 from mailnet.smtp.relay import RelayService
@@ -98,11 +100,50 @@ class ThreadPoolService(service.Service):
         self.pool.stop()
 
 
+class TmpSweeperService(service.Service):
+    """
+    Removes stale files from the Maildirs' C{tmp/} (the leftovers of a crash
+    or a full disk) at start and then every C{interval} seconds.  The
+    timer runs on the reactor's clock; the sweep itself in the thread pool
+    (L{MaildirStore.sweepTmp}).
+    """
+
+    def __init__(self, mailStore: MaildirStore, clock, interval: float = 86400.0) -> None:
+        self.mailStore = mailStore
+        self.interval = interval
+        self._loop = LoopingCall(self._sweep)
+        self._loop.clock = clock
+
+    def _sweep(self) -> Deferred:
+        d = self.mailStore.sweepTmp()
+
+        def swept(removed: int) -> None:
+            if removed:
+                log.info("removed {n} stale file(s) from Maildir tmp/ directories", n=removed)
+
+        def failed(failure) -> None:
+            # Never stop the loop: try again at the next interval.
+            log.failure("sweeping Maildir tmp/ directories failed", failure)
+
+        return d.addCallbacks(swept, failed)
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self._loop.start(self.interval, now=True)
+
+    def stopService(self) -> Optional[Deferred]:  # type: ignore[override]
+        service.Service.stopService(self)
+        if self._loop.running:
+            self._loop.stop()
+        return None
+
+
 class MailService(service.MultiService):
     """
     The whole server.  Attributes give tests and tools the shared parts:
     C{accounts}, C{mailStore}, C{queue}, C{delivery}, C{authenticator},
-    C{tls}, and C{listeners} (role -> list of L{ListenerService}).
+    C{tls}, C{limiter} (the connection budget all listeners share), and
+    C{listeners} (role -> list of L{ListenerService}).
     """
 
     def __init__(self, config: Config, reactor, handleSignals: bool = True) -> None:
@@ -123,6 +164,7 @@ class MailService(service.MultiService):
         self.accounts = openAccountStore(dataDir, openNow=False)
         self.mailStore = MaildirStore(os.path.join(dataDir, "mail"), run, config.hostname)
         self.queue = DiskQueue(os.path.join(dataDir, "queue"), run, reactor, config.hostname)
+        TmpSweeperService(self.mailStore, reactor).setServiceParent(self)
         self.delivery = DeliveryAgent(self.accounts, self.mailStore, self.queue, clock=reactor)
         portal = makePortal(self.accounts, self.mailStore, run)
         limits = config.limits
@@ -148,6 +190,8 @@ class MailService(service.MultiService):
             "pop3": lambda: POP3Factory(tlsOptions=self.tls, implicitTLS=False, **common),
             "pop3s": lambda: POP3Factory(tlsOptions=None, implicitTLS=True, **common),
         }
+        # One connection budget for every listener, and each client's share.
+        self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_client)
         self.listeners: Dict[str, List[ListenerService]] = {}
         for role in LISTENERS:
             for description in config.listen.get(role, ()):
@@ -158,6 +202,8 @@ class MailService(service.MultiService):
                 if role in IMPLICIT_TLS and not description.startswith("ssl:"):
                     factory = TLSMemoryBIOFactory(self.tls, False, factory)
                     factory.noisy = False
+                # Outermost, so that a refused connection costs no TLS handshake.
+                factory = LimitingFactory(self.limiter, factory)
                 try:
                     endpoint = serverFromString(reactor, description)
                 except (ValueError, KeyError, TypeError) as e:
@@ -190,6 +236,9 @@ class MailService(service.MultiService):
                 self.accounts.addDomain(domain)
 
     def privilegedStartService(self) -> None:
+        # Before binding: the budget must fit RLIMIT_NOFILE (outgoing relay
+        # connections need descriptors too).
+        fitDescriptorLimit(self.limiter, self.config.relay.max_connections * DESCRIPTORS_PER_CONNECTION)
         try:
             service.MultiService.privilegedStartService(self)
         except ConfigError as e:

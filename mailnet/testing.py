@@ -15,10 +15,11 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from mailnet.address import normalizeAddress, normalizeDomain, splitAddress
+from mailnet.address import canonicalAddress, lookAlike, mailboxAddress, normalizeAddress, normalizeDomain, splitAddress
 from mailnet.errors import (
     BadAddress,
     DomainExists,
+    LookAlikeAddress,
     MailboxInUse,
     SMTPReply,
     UnknownAlias,
@@ -34,8 +35,7 @@ from mailnet.interfaces import (
     IMessageReceiver,
     ISender,
 )
-
-MAX_ALIAS_DEPTH = 10
+from mailnet.store.accounts import expandAliases
 
 
 @implementer(IAccountStore)
@@ -82,25 +82,32 @@ class MemoryAccountStore:
         return address
 
     def addUser(self, address: str, passwordHash: str) -> None:
-        address = self._localAddress(address)
+        address = self._localAddress(mailboxAddress(address))
         if address in self._users or address in self._aliases:
             raise UserExists(address=address)
+        self._refuseLookAlike(address)
         self._users[address] = passwordHash
 
+    def _refuseLookAlike(self, address: str) -> None:
+        domain = splitAddress(address)[1]
+        existing = lookAlike(address, (a for a in list(self._users) + list(self._aliases) if splitAddress(a)[1] == domain))
+        if existing is not None:
+            raise LookAlikeAddress(address=address, existing=existing)
+
     def setPasswordHash(self, address: str, passwordHash: str) -> None:
-        address = address.lower()
+        address = canonicalAddress(address)
         if address not in self._users:
             raise UnknownUser(address=address)
         self._users[address] = passwordHash
 
     def removeUser(self, address: str) -> None:
-        address = address.lower()
+        address = canonicalAddress(address)
         if address not in self._users:
             raise UnknownUser(address=address)
         del self._users[address]
 
     def passwordHash(self, address: str) -> Optional[str]:
-        return self._users.get(address.lower())
+        return self._users.get(canonicalAddress(address))
 
     def addAlias(self, alias: str, targets: Sequence[str]) -> None:
         alias = alias.lower()
@@ -112,13 +119,14 @@ class MemoryAccountStore:
             alias = self._localAddress(alias)
             if alias in self._users:
                 raise UserExists(address=alias)
+            self._refuseLookAlike(alias)
         normalised = tuple(dict.fromkeys(normalizeAddress(t, allowUTF8=True) for t in targets))
         if not normalised:
             raise BadAddress(address=alias, reason="an alias needs at least one target")
         self._aliases[alias] = normalised
 
     def removeAlias(self, alias: str) -> None:
-        alias = alias.lower()
+        alias = canonicalAddress(alias)
         if alias not in self._aliases:
             raise UnknownAlias(alias=alias)
         del self._aliases[alias]
@@ -126,31 +134,14 @@ class MemoryAccountStore:
     def aliases(self) -> Dict[str, Tuple[str, ...]]:
         return dict(sorted(self._aliases.items()))
 
+    def aliasTargets(self, alias: str) -> Optional[Tuple[str, ...]]:
+        return self._aliases.get(canonicalAddress(alias))
+
     def resolve(self, address: str) -> Optional[List[str]]:
-        address = address.lower()
-        result: Dict[str, None] = {}
-
-        def expand(addr: str, depth: int, seen: frozenset) -> bool:
-            if addr in self._users:
-                result[addr] = None
-                return True
-            domain = splitAddress(addr)[1]
-            if domain not in self._domains:
-                result[addr] = None  # remote
-                return True
-            targets = self._aliases.get(addr)
-            if targets is None:
-                targets = self._aliases.get("@" + domain)
-            if targets is None or depth >= MAX_ALIAS_DEPTH or addr in seen:
-                return False
-            found = False
-            for target in targets:
-                found = expand(target, depth + 1, seen | {addr}) or found
-            return found
-
-        if not self.isLocalDomain(splitAddress(address)[1]):
-            return None
-        return list(result) if expand(address, 0, frozenset()) else None
+        users = self._users
+        return expandAliases(
+            address, users.__contains__, self.isLocalDomain, self._aliases.get, lambda addresses: [a for a in addresses if a in users]
+        )
 
 
 @implementer(IMessageReceiver)

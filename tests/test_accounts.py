@@ -12,16 +12,18 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from mailnet.errors import (
+    AliasExpansionTooLarge,
     BadAddress,
     ConfigError,
     DomainExists,
+    LookAlikeAddress,
     UnknownAlias,
     UnknownDomain,
     UnknownUser,
     UserExists,
 )
 from mailnet.interfaces import IAccountStore
-from mailnet.store.accounts import SCHEMA_VERSION, SQLiteAccountStore, openAccountStore
+from mailnet.store.accounts import MAX_ALIAS_EXPANSION, SCHEMA_VERSION, SQLiteAccountStore, openAccountStore
 from mailnet.testing import MemoryAccountStore
 
 
@@ -277,6 +279,157 @@ class AccountStoreTestsMixin:
         for i in range(10, 12):
             self.store.addAlias("a%d@example.test" % i, ["a%d@example.test" % (i - 1)])
         self.assertIsNone(self.store.resolve("a11@example.test"))
+
+
+    def test_resolveDiamond(self) -> None:
+        """
+        Issue 11 item 6: a "diamond" of 54 aliases, each pointing to every
+        alias of the next level, has 6^9 paths; one unauthenticated RCPT
+        blocked the reactor for 15 s walking them.  Each alias is expanded
+        once.
+        """
+        self.store.addUser("alice@example.test", "h")
+        width, levels = 6, 9
+        for level in range(levels):
+            if level == levels - 1:
+                targets = ["alice@example.test", "far@remote.test"]
+            else:
+                targets = ["d%d-%d@example.test" % (level + 1, j) for j in range(width)]
+            for i in range(width):
+                self.store.addAlias("d%d-%d@example.test" % (level, i), targets)
+        self.store.addAlias("top@example.test", ["d0-%d@example.test" % (i,) for i in range(width)])
+        lookups = countLookups(self, self.store)
+        self.assertEqual(self.store.resolve("top@example.test"), ["alice@example.test", "far@remote.test"])
+        self.assertLessEqual(lookups["aliasTargets"], 55)
+        self.assertLessEqual(lookups["isUser"], 57)
+
+    def test_resolveFanOutBounded(self) -> None:
+        """
+        An alias may expand to MAX_ALIAS_EXPANSION recipients, not more:
+        the work of one RCPT is bounded whatever the table holds.
+        """
+        members = ["m%d@remote.test" % (i,) for i in range(MAX_ALIAS_EXPANSION)]
+        self.store.addAlias("list@example.test", members)
+        self.assertEqual(self.store.resolve("list@example.test"), members)
+        self.store.addUser("alice@example.test", "h")
+        self.store.addUser("bob@example.test", "h")
+        local = ["alice@example.test", "bob@example.test"] + ["x%d@example.test" % (i,) for i in range(500)]
+        self.store.addAlias("x0@example.test", ["alice@example.test"])
+        self.store.addAlias("locals@example.test", local)
+        lookups = countLookups(self, self.store)
+        self.assertEqual(self.store.resolve("locals@example.test"), ["alice@example.test", "bob@example.test"])
+        self.assertLessEqual(lookups["isUser"], 3, "the members are looked up together")
+        self.store.addAlias("big@example.test", ["list@example.test", "one-more@remote.test"])
+        error = self.assertRaises(AliasExpansionTooLarge, self.store.resolve, "big@example.test")
+        self.assertIn("more than %d addresses" % (MAX_ALIAS_EXPANSION,), str(error))
+
+    def test_resolveDuplicatesOnce(self) -> None:
+        """Recipients reached along several paths are listed once, in order."""
+        self.store.addUser("alice@example.test", "h")
+        self.store.addUser("bob@example.test", "h")
+        self.store.addAlias("a@example.test", ["bob@example.test", "alice@example.test"])
+        self.store.addAlias("b@example.test", ["alice@example.test", "a@example.test"])
+        self.store.addAlias("c@example.test", ["a@example.test", "b@example.test", "bob@example.test"])
+        self.assertEqual(self.store.resolve("c@example.test"), ["bob@example.test", "alice@example.test"])
+
+    def test_resolveDepthByShortestPath(self) -> None:
+        """
+        An alias met first along a long path and then along a short one is
+        expanded again from the short one: the depth limit does not depend
+        on the order of targets.
+        """
+        self.store.addUser("alice@example.test", "h")
+        self.store.addAlias("a0@example.test", ["x@example.test"])
+        for i in range(1, 10):
+            self.store.addAlias("a%d@example.test" % i, ["a%d@example.test" % (i - 1)])
+        # x is at depth 10 through the chain (cut there), at depth 1 directly.
+        self.store.addAlias("x@example.test", ["alice@example.test"])
+        self.store.addAlias("top@example.test", ["a9@example.test", "x@example.test"])
+        self.assertEqual(self.store.resolve("top@example.test"), ["alice@example.test"])
+
+    def test_addUserUnstorableName(self) -> None:
+        """
+        Issue 11 item 9: the store refuses a user whose Maildir it could not
+        create, with the same test it applies at delivery.
+        """
+        for name in ("/tmp/x@example.test", "a/b@example.test"):
+            error = self.assertRaises(BadAddress, self.store.addUser, name, "h")
+            self.assertIn("it cannot name a mailbox", str(error))
+        self.assertEqual(self.store.users(), [])
+
+    def test_addLookAlikeRefused(self) -> None:
+        """
+        Issue 11 item 9: a user or alias whose NFKC case fold collides with
+        an existing user or alias of the domain is refused.
+        """
+        fullWidthAlice = "\uff41\uff4c\uff49\uff43\uff45@example.test"
+        self.store.addUser(fullWidthAlice, "h")
+        error = self.assertRaises(LookAlikeAddress, self.store.addUser, "alice@example.test", "h")
+        self.assertEqual(
+            str(error),
+            "alice@example.test looks like the existing %s (they differ only in case, width or a similar form); "
+            "choose another name." % (fullWidthAlice,),
+        )
+        self.assertRaises(LookAlikeAddress, self.store.addAlias, "ALICE@example.test", ["x@remote.test"])
+        self.store.addAlias("info@example.test", ["x@remote.test"])
+        self.assertRaises(LookAlikeAddress, self.store.addUser, "\uff49nfo@example.test", "h")
+        # Replacing an alias's targets is no collision with itself; other
+        # domains are other names.
+        self.store.addAlias("info@example.test", ["y@remote.test"])
+        self.store.addDomain("other.test")
+        self.store.addUser("alice@other.test", "h")
+        self.assertEqual(self.store.users(), ["alice@other.test", fullWidthAlice])
+
+    def test_nfcOnAddAndLookUp(self) -> None:
+        """Composed and decomposed spellings are one address (RFC 6532 §3.1)."""
+        self.store.addUser("jose\u0301@example.test", "h")
+        self.assertEqual(self.store.users(), ["jos\u00e9@example.test"])
+        self.assertEqual(self.store.passwordHash("JOSE\u0301@example.test"), "h")
+        self.assertEqual(self.store.resolve("jose\u0301@example.test"), ["jos\u00e9@example.test"])
+        self.store.addAlias("cafe\u0301@example.test", ["jose\u0301@example.test"])
+        self.assertEqual(self.store.resolve("caf\u00e9@example.test"), ["jos\u00e9@example.test"])
+        self.store.setPasswordHash("jose\u0301@example.test", "h2")
+        self.store.removeAlias("cafe\u0301@example.test")
+        self.store.removeUser("jose\u0301@example.test")
+        self.assertEqual(self.store.users(), [])
+
+    def test_aliasTargets(self) -> None:
+        self.store.addAlias("info@example.test", ["a@remote.test", "b@remote.test"])
+        self.store.addAlias("@example.test", ["a@remote.test"])
+        self.assertEqual(self.store.aliasTargets("Info@Example.test"), ("a@remote.test", "b@remote.test"))
+        self.assertEqual(self.store.aliasTargets("@example.test"), ("a@remote.test",))
+        self.assertIsNone(self.store.aliasTargets("nobody@example.test"))
+
+
+def countLookups(testCase, store) -> dict:
+    """
+    Count the look-ups that L{expandAliases} makes, for C{store}'s
+    resolve (both stores run it).
+    """
+    import mailnet.store.accounts as accounts
+    import mailnet.testing as testing
+
+    counts = {"isUser": 0, "aliasTargets": 0}
+    real = accounts.expandAliases
+
+    def counting(address, isUser, isLocalDomain, aliasTargets, usersAmong=None):
+        def user(a):
+            counts["isUser"] += 1
+            return isUser(a)
+
+        def targets(a):
+            counts["aliasTargets"] += 1
+            return aliasTargets(a)
+
+        def among(addresses):
+            counts["isUser"] += 1
+            return usersAmong(addresses)
+
+        return real(address, user, isLocalDomain, targets, among if usersAmong else None)
+
+    testCase.patch(accounts, "expandAliases", counting)
+    testCase.patch(testing, "expandAliases", counting)
+    return counts
 
 
 class MemoryAccountStoreTests(AccountStoreTestsMixin, SynchronousTestCase):

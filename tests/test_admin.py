@@ -256,6 +256,53 @@ class UserTests(AdminTestCase):
         self.assertEqual(self.lastStdin.tell(), 0)
         self.assertEqual(self.store().users(), [])
 
+    def test_addUnstorableName(self) -> None:
+        """
+        Issue 11 item 9: a name the store cannot make a Maildir of is
+        refused by mailnet-admin with a clear message, before any password
+        is asked for (it used to be added, and then every message to it and
+        to its fellow recipients failed with 451 at end of data).
+        """
+        for name in ("/tmp/x@example.test", "a/b@example.test", "../x@example.test", "a..b@example.test"):
+            err = self.fails("user", "add", name, "--password-stdin", stdin="pw\n")
+            self.assertIn("is not a valid mail address: ", err)
+            self.assertEqual(self.lastStdin.tell(), 0, "no password was read")
+        err = self.fails("user", "add", "/tmp/x@example.test", "--password-stdin", stdin="pw\n")
+        self.assertEqual(
+            err,
+            "mailnet-admin: error: '/tmp/x@example.test' is not a valid mail address: it cannot name a mailbox "
+            "(no /, \\, :, control characters, '..' or leading dot in either part).\n",
+        )
+        self.assertEqual(self.store().users(), [])
+
+    def test_addLookAlike(self) -> None:
+        """
+        Issue 11 item 9: full-width and other look-alike names do not
+        silently become separate accounts.
+        """
+        self.ok("user", "add", "alice@example.test", "--password-stdin", stdin="pw\n")
+        self.ok("alias", "add", "info@example.test", "alice@example.test")
+        for name, existing in (
+            ("\uff41\uff4c\uff49\uff43\uff45@example.test", "alice@example.test"),
+            ("al\u200bice@example.test", "alice@example.test"),
+            ("\u2139nfo@example.test", "info@example.test"),
+        ):
+            err = self.fails("user", "add", name, "--password-stdin", stdin="pw\n")
+            self.assertIn("looks like the existing %s" % (existing,), err)
+            self.assertEqual(self.lastStdin.tell(), 0, "no password was read")
+        self.assertEqual(self.store().users(), ["alice@example.test"])
+
+    def test_addNormalisesToNFC(self) -> None:
+        """
+        A name typed with a combining accent and one typed precomposed are
+        the same account (Unicode NFC), for adding and for log-in look-ups.
+        """
+        self.ok("user", "add", "jose\u0301@example.test", "--password-stdin", stdin="pw\n")
+        self.assertEqual(self.store().users(), ["jos\u00e9@example.test"])
+        self.assertIsNotNone(self.store().passwordHash("JOSE\u0301@example.test"))
+        err = self.fails("user", "add", "jos\u00e9@example.test", "--password-stdin", stdin="pw\n")
+        self.assertIn("already exists", err)
+
     def test_addDuplicate(self) -> None:
         """
         A duplicate is refused before the password is asked for.
@@ -500,6 +547,21 @@ class CheckTests(AdminTestCase):
         self.assertIn("ok: smtp tcp:0:interface=127.0.0.1: can listen", out)
         self.assertNotIn("warning", out)
         self.assertNotIn("error", out)
+
+    def test_namesFromOlderVersions(self) -> None:
+        """
+        Issue 11 item 9: users an older mailnet accepted -- names that
+        cannot be a Maildir, look-alikes -- are pointed out.
+        """
+        self.setUpAccounts()
+        store = self.store()
+        with store._transaction(write=True) as db:
+            for name in ("/tmp/x@example.test", "\uff41lice@example.test"):
+                db.execute("INSERT INTO users (address, domain, password_hash) VALUES (?, 'example.test', 'h')", (name,))
+        code, out, err = self.check(self.config())
+        self.assertEqual(code, 1, out)
+        self.assertIn("warning: user '/tmp/x@example.test' cannot have a Maildir; mail to it is refused", out)
+        self.assertIn("warning: 'alice@example.test' and '\\uff41lice@example.test' look alike", out)
 
     def test_dnsRecords(self) -> None:
         self.setUpAccounts()

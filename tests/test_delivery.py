@@ -88,6 +88,40 @@ class DeliveryAgentTests(SynchronousTestCase):
         local, remote = self.agent.route(["bob@example.test", "alice@example.test"])
         self.assertEqual((local, remote), (["alice@example.test"], []))
 
+    def test_aliasExpansionTooLargeIsTemporary(self) -> None:
+        """
+        Issue 11 item 6: an alias that expands past the limit is refused
+        at RCPT with a temporary error (the administrator can fix it), and
+        a message to it and others still goes to the others.
+        """
+        from mailnet.store.accounts import MAX_ALIAS_EXPANSION
+
+        self.accounts.addAlias("huge@example.test", ["m%d@remote.test" % (i,) for i in range(MAX_ALIAS_EXPANSION + 1)])
+        error = self.assertRaises(SMTPReply, self.agent.checkRecipient, "huge@example.test", None)
+        self.assertEqual((error.code, error.text), (451, "4.3.0 <huge@example.test>: Alias expansion too large; try again later"))
+        local, remote = self.agent.route(["huge@example.test", "alice@example.test"])
+        self.assertEqual((local, remote), (["alice@example.test"], []))
+
+    def test_unstorableMailboxRefusedAtRCPT(self) -> None:
+        """
+        Issue 11 item 9: a user whose name cannot be a mailbox directory
+        (created before mailnet-admin checked names) is refused at RCPT,
+        with the store's own test, instead of failing the whole message
+        for every recipient at end of data; an alias that leads to it too.
+        """
+        self.accounts._users["/tmp/x@example.test"] = "x"
+        self.accounts.addAlias("odd@example.test", ["/tmp/x@example.test", "alice@example.test"])
+        for address in ("/tmp/x@example.test", "odd@example.test"):
+            error = self.assertRaises(SMTPReply, self.agent.checkRecipient, address, None)
+            self.assertEqual(error.code, 550)
+            self.assertTrue(error.text.startswith("5.1.3 <%s>" % (address,)), error.text)
+        # Accepted before the check existed: the others are still delivered.
+        local, remote = self.agent.route(["odd@example.test", "bob@example.test"])
+        self.assertEqual((local, remote), (["alice@example.test", "bob@example.test"], []))
+        # A remote address with a slash in it is someone else's business.
+        self.accounts.addAlias("fwd@example.test", ["/x@remote.test"])
+        self.agent.checkRecipient("fwd@example.test", None)
+
     def test_positiveLookupsCached(self) -> None:
         """
         With a clock, a deliverable address is looked up once for RCPT and

@@ -178,6 +178,64 @@ class MaildirStoreTests(SynchronousTestCase):
         self.assertEqual(self.tmpFiles("alice@example.test"), [])
         self.assertEqual(self.newFiles("alice@example.test"), [])
 
+    def test_abortRemovesTmpFileWhenCloseFails(self) -> None:
+        """
+        Issue 11 item 12: when the disk is full, closing the aborted file
+        fails (its buffer cannot be flushed); the partial file in tmp/ is
+        removed all the same.
+        """
+        store, pending, runAll = self.manualStore()
+        receiver = store.receive("", ["alice@example.test"])
+        receiver.write(b"w" * (SPOOL_IN_MEMORY + 1))
+        runAll()
+        self.assertEqual(len(self.tmpFiles("alice@example.test")), 1)
+        real = receiver._file
+
+        class FullDisk:
+            def close(self) -> None:
+                real.close()
+                raise OSError(28, "No space left on device")
+
+        receiver._file = FullDisk()
+        receiver.abort()
+        self.assertEqual(self.tmpFiles("alice@example.test"), [])
+        self.assertEqual(self.newFiles("alice@example.test"), [])
+
+    def test_sweepTmpRemovesOldLeftovers(self) -> None:
+        """
+        Issue 11 item 12: files in tmp/ older than 36 hours (a crash, a
+        full disk) are removed; younger ones (deliveries under way) and
+        everything in new/ and cur/ stay.
+        """
+        self.deliver(b"kept\r\n")
+        maildir = self.store.maildir("alice@example.test")
+        bob = self.store.maildir("bob@other.test")
+        now = time.time()
+        old = os.path.join(maildir.path, "tmp", "old")
+        young = os.path.join(maildir.path, "tmp", "young")
+        oldBob = os.path.join(bob.path, "tmp", "old")
+        for path, age in ((old, 37 * 3600), (young, 35 * 3600), (oldBob, 40 * 3600)):
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            os.utime(path, (now - age, now - age))
+        [published] = self.newFiles("alice@example.test")
+        stale = now - 90 * 86400
+        os.utime(os.path.join(maildir.path, "new", published), (stale, stale))
+
+        self.assertEqual(self.successResultOf(self.store.sweepTmp()), 2)
+        self.assertEqual(self.tmpFiles("alice@example.test"), ["young"])
+        self.assertEqual(self.tmpFiles("bob@other.test"), [])
+        self.assertEqual(self.newFiles("alice@example.test"), [published])
+
+    def test_sweepTmpRunsOffTheReactor(self) -> None:
+        """The sweep is disk work: it goes through the runner (a thread)."""
+        store, pending, runAll = self.manualStore()
+        d = store.sweepTmp()
+        self.assertNoResult(d)
+        self.assertEqual(len(pending), 1)
+        runAll()
+        self.assertEqual(self.successResultOf(d), 0)
+
     def test_maildirRemovedMeanwhile(self) -> None:
         """A Maildir removed while the server runs is created again on delivery."""
         self.deliver(b"one\r\n")

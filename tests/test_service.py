@@ -7,13 +7,15 @@ files as the service user.
 
 import os
 
+from twisted.internet.defer import fail, succeed
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailnet.config import LISTENERS, loadConfig
 from mailnet.errors import ConfigError
-from mailnet.service import MailService
+from mailnet.service import MailService, TmpSweeperService
 from mailnet.testing import makeCertificate
 
 
@@ -68,6 +70,21 @@ class MailServiceTests(SynchronousTestCase):
         self.assertEqual(sorted(service.listeners), sorted(LISTENERS))
         self.assertEqual(len(reactor.tcpServers), len(LISTENERS))
         self.assertEqual({interface for _, _, _, interface in reactor.tcpServers}, {"127.0.0.1"})
+
+    def test_oneConnectionBudget(self) -> None:
+        """
+        Issue 11 item 4: every listener draws from one connection budget
+        (max_connections), with max_connections_per_client per address.
+        """
+        service = MailService(
+            self.config(**{"limits.max_connections": 300, "limits.max_connections_per_client": 7}),
+            ThreadedMemoryReactor(),
+            handleSignals=False,
+        )
+        factories = [listener.factory for listeners in service.listeners.values() for listener in listeners]
+        self.assertEqual(len(factories), len(LISTENERS))
+        self.assertEqual({id(f.limiter) for f in factories}, {id(service.limiter)})
+        self.assertEqual((service.limiter.maxConnections, service.limiter.maxPerClient), (300, 7))
 
     def test_listenersTurnedOff(self) -> None:
         reactor = ThreadedMemoryReactor()
@@ -131,3 +148,53 @@ class MailServiceTests(SynchronousTestCase):
         self.start(service)
         with open(path) as f:
             self.assertIn("local domains", f.read())
+
+
+class TmpSweeperServiceTests(SynchronousTestCase):
+    """
+    Issue 11 item 12: stale tmp/ files are swept at start and daily, the
+    sweep itself off the reactor (L{MaildirStore.sweepTmp} runs in the pool).
+    """
+
+    def test_sweepsAtStartAndDaily(self) -> None:
+        calls = []
+
+        class Store:
+            def sweepTmp(self):
+                calls.append(clock.seconds())
+                return succeed(3)
+
+        clock = Clock()
+        sweeper = TmpSweeperService(Store(), clock)
+        sweeper.startService()
+        self.assertEqual(calls, [0])
+        clock.advance(86399)
+        self.assertEqual(calls, [0])
+        clock.advance(1)
+        self.assertEqual(calls, [0, 86400])
+        sweeper.stopService()
+        clock.advance(86400)
+        self.assertEqual(len(calls), 2)
+
+    def test_failureDoesNotStopTheLoop(self) -> None:
+        calls = []
+
+        class Store:
+            def sweepTmp(self):
+                calls.append(1)
+                return fail(OSError(13, "Permission denied"))
+
+        clock = Clock()
+        sweeper = TmpSweeperService(Store(), clock)
+        sweeper.startService()
+        clock.advance(86400)
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+        sweeper.stopService()
+
+    def test_partOfTheMailService(self) -> None:
+        dataDir = os.path.abspath(self.mktemp())
+        config = loadConfig(None, {"server.data_dir": dataDir, "server.hostname": "mx.example.test"})
+        service = MailService(config, ThreadedMemoryReactor(), handleSignals=False)
+        [sweeper] = [s for s in service if isinstance(s, TmpSweeperService)]
+        self.assertIs(sweeper.mailStore, service.mailStore)

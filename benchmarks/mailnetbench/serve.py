@@ -80,7 +80,11 @@ def buildMailnet(reactor, spec: dict):
     for role in LISTENERS:
         settings["listen." + role] = ("tcp:0:interface=127.0.0.1",) if role in spec["listeners"] else ()
     config = loadConfig(None, settings)
-    config = attr.evolve(config, limits=attr.evolve(Limits(), **spec.get("limits", {})))
+    limits = dict(spec.get("limits", {}))
+    # Every load generator connects from 127.0.0.1: the per-client limit
+    # would measure itself, not the server.  A case may still set it.
+    limits.setdefault("max_connections_per_client", limits.get("max_connections", Limits().max_connections))
+    config = attr.evolve(config, limits=attr.evolve(Limits(), **limits))
     service = MailService(config, reactor, handleSignals=False)
     # Started first: it prepares the data dir and the account store.  The
     # driver connects only after our ports line, when all below is done.

@@ -22,7 +22,16 @@ import socket
 import sys
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from mailnet.address import normalizeAddress, normalizeDomain, splitAddress
+from mailnet.address import (
+    canonicalAddress,
+    foldedAddress,
+    isSafeMailboxName,
+    lookAlike,
+    mailboxAddress,
+    normalizeAddress,
+    normalizeDomain,
+    splitAddress,
+)
 from mailnet.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -34,6 +43,7 @@ from mailnet.config import LISTENERS, Config, loadConfig
 from mailnet.errors import (
     ConfigError,
     DomainExists,
+    LookAlikeAddress,
     MailnetError,
     UnknownDomain,
     UnknownUser,
@@ -194,13 +204,19 @@ def domainList(admin: Admin) -> None:
 
 def userAdd(admin: Admin) -> None:
     store = admin.store
-    address = normalizeAddress(admin.args.address, allowUTF8=True)
+    # The store's own validation (a name that cannot be a Maildir is
+    # refused here, not at the first delivery).
+    address = mailboxAddress(admin.args.address)
     # Refuse before asking for a password that would be thrown away.
     domain = splitAddress(address)[1]
     if not store.isLocalDomain(domain):
         raise UnknownDomain(domain=domain)
-    if store.passwordHash(address) is not None or address in store.aliases():
+    aliases = store.aliases()
+    if store.passwordHash(address) is not None or address in aliases:
         raise UserExists(address=address)
+    existing = lookAlike(address, store.users(domain) + [a for a in aliases if a.endswith("@" + domain)])
+    if existing is not None:
+        raise LookAlikeAddress(address=address, existing=existing)
     password = readNewPassword(address, admin.stdin, admin.stderr, admin.args.password_stdin)
     store.addUser(address, hashPassword(password))
     admin.say("Added user %s." % (address,))
@@ -208,7 +224,7 @@ def userAdd(admin: Admin) -> None:
 
 def userPasswd(admin: Admin) -> None:
     store = admin.store
-    address = admin.args.address.lower()
+    address = canonicalAddress(admin.args.address)
     if store.passwordHash(address) is None:
         raise UnknownUser(address=address)
     password = readNewPassword(address, admin.stdin, admin.stderr, admin.args.password_stdin)
@@ -217,7 +233,7 @@ def userPasswd(admin: Admin) -> None:
 
 
 def userDel(admin: Admin) -> None:
-    address = admin.args.address.lower()
+    address = canonicalAddress(admin.args.address)
     admin.store.removeUser(address)
     admin.say("Removed user %s (the Maildir stays on disk in %s)." % (address, admin.maildirPath(address)))
 
@@ -461,7 +477,26 @@ def _checkDataDir(admin: Admin, report: Report) -> Optional[SQLiteAccountStore]:
     report.ok("account store: %d domain(s), %d user(s), %d alias(es)" % (len(store.domains()), len(users), len(store.aliases())))
     if not users:
         report.note("no users yet: add one with 'mailnet-admin user add ADDRESS'")
+    _checkNames(store, users, report)
     return store
+
+
+def _checkNames(store, users: List[str], report: Report) -> None:
+    """
+    Users made by an older mailnet may have names the store now refuses:
+    ones that cannot be a Maildir (mail to them is refused at RCPT), and
+    look-alikes of other users or aliases.
+    """
+    for address in users:
+        if not isSafeMailboxName(address):
+            report.warning("user %r cannot have a Maildir; mail to it is refused: remove it with 'mailnet-admin user del'" % (address,))
+    seen: Dict[str, str] = {}
+    for address in users + [a for a in store.aliases() if not a.startswith("@")]:
+        key = foldedAddress(address)
+        if key in seen:
+            report.warning("%a and %a look alike (they differ only in case, width or a similar form)" % (seen[key], address))
+        else:
+            seen[key] = address
 
 
 def _checkCertificate(config: Config, report: Report, now: datetime.datetime) -> None:

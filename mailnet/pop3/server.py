@@ -882,5 +882,14 @@ class POP3Factory(Factory):
         self.connections = 0
         self.chunkSize = CHUNK_SIZE
 
+    def refusalLine(self, perClient: bool) -> bytes:
+        """
+        The answer to a connection that the connection limits refuse (see
+        L{mailnet.limits.LimitingFactory}); RFC 2449 §8.1.2 C{[SYS/TEMP]}.
+        """
+        if perClient:
+            return b"-ERR [SYS/TEMP] too many connections from your address\r\n"
+        return b"-ERR " + TOO_MANY_CONNECTIONS.encode("ascii") + b"\r\n"
+
     def buildProtocol(self, addr) -> POP3Server:  # type: ignore[override]
         return self.protocol(self, overloaded=self.connections >= self.limits.max_connections)

@@ -13,8 +13,8 @@ from twisted.python.failure import Failure
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailnet.address import splitAddress
-from mailnet.errors import SMTPReply
+from mailnet.address import isSafeMailboxName, splitAddress
+from mailnet.errors import AliasExpansionTooLarge, SMTPReply
 from mailnet.interfaces import (
     IAccountStore,
     IDeliveryAgent,
@@ -82,7 +82,13 @@ class DeliveryAgent:
     def checkRecipient(self, address: str, sender: Optional[ISender]) -> None:
         # resolve() answers None for other domains too, so the common case
         # (a deliverable local address) costs one look-up.
-        if self._resolve(address) is not None:
+        try:
+            targets = self._resolve(address)
+        except AliasExpansionTooLarge as e:
+            log.error("<{recipient}>: {error}", recipient=address, error=str(e))
+            raise SMTPReply(451, "4.3.0 <%s>: Alias expansion too large; try again later" % (address,))
+        if targets is not None:
+            self._checkMailboxNames(address, targets)
             return
         if self._isLocalDomain(splitAddress(address)[1]):
             # RFC 3463 §3.2: X.1.1 bad destination mailbox address.
@@ -92,6 +98,18 @@ class DeliveryAgent:
             raise SMTPReply(554, "5.7.1 <%s>: Relay access denied" % (address,))
         if self.queue is None:
             raise SMTPReply(451, "4.3.0 <%s>: Relaying is not available right now" % (address,))
+
+    def _checkMailboxNames(self, address: str, targets: Sequence[str]) -> None:
+        """
+        Refuse at RCPT a recipient whose mailbox could not be stored (a
+        user created before mailnet-admin checked names, such as
+        C{/tmp/x@example.test}), with the same test as the store's: then it
+        cannot fail the whole message, for every recipient, at end of data.
+        """
+        for target in targets:
+            if not isSafeMailboxName(target) and self._isLocalDomain(splitAddress(target)[1]):
+                log.warn("<{recipient}>: mailbox name {target!r} cannot be stored; refused", recipient=address, target=target)
+                raise SMTPReply(550, "5.1.3 <%s>: Recipient address rejected: bad mailbox name" % (address,))
 
     def route(self, recipients: Sequence[str]) -> "tuple[List[str], List[str]]":
         """
@@ -109,7 +127,12 @@ class DeliveryAgent:
             return localDomains[domain]
 
         for recipient in recipients:
-            targets = self._resolve(recipient)
+            try:
+                targets = self._resolve(recipient)
+            except AliasExpansionTooLarge as e:
+                # Changed since RCPT: the others are still delivered.
+                log.error("<{recipient}>: {error}; not delivered", recipient=recipient, error=str(e))
+                continue
             if targets is None:
                 if isLocal(recipient):
                     # Removed between RCPT and DATA: nothing to deliver to.
@@ -119,7 +142,12 @@ class DeliveryAgent:
                 continue
             localDomains[splitAddress(recipient)[1]] = True
             for target in targets:
-                (local if isLocal(target) else remote)[target] = None
+                if not isLocal(target):
+                    remote[target] = None
+                elif isSafeMailboxName(target):
+                    local[target] = None
+                else:
+                    log.warn("<{target}>: mailbox name cannot be stored; not delivered", target=target)
         return list(local), list(remote)
 
     def receive(self, returnPath: str, recipients: Sequence[str]) -> IMessageReceiver:

@@ -1206,3 +1206,16 @@ class SMTPFactory(Factory):
         self.allowPlaintextAuth = allowPlaintextAuth
         self.clock: IReactorTime = clock
         self.connections = 0
+
+    def refusalLine(self, perClient: bool) -> bytes:
+        """
+        The reply to a connection that the connection limits refuse (see
+        L{mailnet.limits.LimitingFactory}): from a client with too many
+        connections open (C{perClient}), or while the server is full.
+        """
+        if perClient:
+            text = "%s Too many connections from your address" % (self.hostname,)
+        else:
+            text = "%s too many connections, try again later" % (self.hostname,)
+        # RFC 5321 §3.8: a server that must refuse service answers 421.
+        return b"%d %s %s\r\n" % (codes.SERVICE_UNAVAILABLE, codes.T_POLICY.encode("ascii"), text.encode("utf-8"))

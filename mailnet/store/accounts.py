@@ -21,15 +21,17 @@ import os
 import sqlite3
 import threading
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from zope.interface import implementer
 
-from mailnet.address import normalizeAddress, normalizeDomain, splitAddress
+from mailnet.address import canonicalAddress, lookAlike, mailboxAddress, normalizeAddress, normalizeDomain, splitAddress
 from mailnet.errors import (
+    AliasExpansionTooLarge,
     BadAddress,
     ConfigError,
     DomainExists,
+    LookAlikeAddress,
     UnknownAlias,
     UnknownDomain,
     UnknownUser,
@@ -39,6 +41,11 @@ from mailnet.interfaces import IAccountStore
 
 #: How deep alias chains may go before an address counts as undeliverable.
 MAX_ALIAS_DEPTH = 10
+
+#: Recipients one address may expand to, and aliases expanded on the way
+#: (as Postfix's virtual_alias_expansion_limit): resolving runs on the
+#: reactor thread, so its cost must be bounded whatever the table holds.
+MAX_ALIAS_EXPANSION = 1000
 
 #: Milliseconds a connection waits for another one's write to finish.
 BUSY_TIMEOUT_MS = 10000
@@ -98,44 +105,88 @@ def _targets(alias: str, targets: Sequence[str]) -> Tuple[str, ...]:
 
 def expandAliases(
     address: str,
-    isUser,
-    isLocalDomain,
-    aliasTargets,
+    isUser: Callable[[str], bool],
+    isLocalDomain: Callable[[str], bool],
+    aliasTargets: Callable[[str], Optional[Tuple[str, ...]]],
+    usersAmong: Optional[Callable[[Sequence[str]], Iterable[str]]] = None,
 ) -> Optional[List[str]]:
     """
     The resolution rules of L{IAccountStore.resolve}, shared by the stores.
 
+    Each address is expanded once (again only if it is reached by a
+    shorter path, so that the depth limit means the same in any order):
+    a "diamond" of aliases that all point to each other costs a look-up
+    per alias, not one per path.  At most L{MAX_ALIAS_DEPTH} levels deep,
+    with at most L{MAX_ALIAS_EXPANSION} recipients and as many alias
+    look-ups.
+
     @param isUser: C{address -> bool}.
     @param isLocalDomain: C{domain -> bool}.
     @param aliasTargets: C{alias -> tuple of targets or None}.
+    @param usersAmong: C{addresses -> those that are users}: one look-up
+        for all the targets of an alias (a list of a thousand members is
+        then a few queries, not a thousand).
+    @raise AliasExpansionTooLarge: the expansion needs more recipients or
+        look-ups than L{MAX_ALIAS_EXPANSION}.
     """
-    address = address.lower()
-    if not isLocalDomain(splitAddress(address)[1]):
+    address = canonicalAddress(address)
+    domains: Dict[str, bool] = {}
+
+    def local(domain: str) -> bool:
+        known = domains.get(domain)
+        if known is None:
+            known = domains[domain] = isLocalDomain(domain)
+        return known
+
+    if not local(splitAddress(address)[1]):
         return None
     result: Dict[str, None] = {}
+    catchAlls: Dict[str, Optional[Tuple[str, ...]]] = {}
+    # alias -> the smallest depth it was expanded at.  A loop comes back to
+    # an alias deeper than before, so it ends here too.
+    expanded: Dict[str, int] = {}
+    expansions = [0]
+    users: Dict[str, bool] = {}
 
-    def expand(addr: str, depth: int, seen: frozenset) -> bool:
-        if isUser(addr):
-            result[addr] = None
-            return True
+    def user(addr: str) -> bool:
+        known = users.get(addr)
+        if known is None:
+            known = users[addr] = isUser(addr)
+        return known
+
+    def expand(addr: str, depth: int) -> None:
+        if addr in result or expanded.get(addr, MAX_ALIAS_DEPTH + 1) <= depth:
+            return
         domain = splitAddress(addr)[1]
-        if not isLocalDomain(domain):
-            result[addr] = None  # remote: the relay queue takes it
-            return True
-        if depth >= MAX_ALIAS_DEPTH or addr in seen:
-            return False
+        if not local(domain) or user(addr):
+            if len(result) >= MAX_ALIAS_EXPANSION:
+                raise AliasExpansionTooLarge(address=address, limit=MAX_ALIAS_EXPANSION)
+            result[addr] = None  # a user, or remote: the relay queue takes it
+            return
+        expansions[0] += 1
+        if expansions[0] > MAX_ALIAS_EXPANSION:
+            raise AliasExpansionTooLarge(address=address, limit=MAX_ALIAS_EXPANSION)
+        expanded[addr] = depth
+        if depth >= MAX_ALIAS_DEPTH:
+            return
         targets = aliasTargets(addr)
         if targets is None:
             # A catch-all only for addresses that are neither users nor aliases.
-            targets = aliasTargets("@" + domain)
+            if domain not in catchAlls:
+                catchAlls[domain] = aliasTargets("@" + domain)
+            targets = catchAlls[domain]
         if targets is None:
-            return False
-        found = False
+            return
+        if usersAmong is not None and len(targets) > 1:
+            unknown = [t for t in targets if t not in users and t not in result and t not in expanded]
+            if len(unknown) > 1:
+                found = set(usersAmong(unknown))
+                users.update((t, t in found) for t in unknown)
         for target in targets:
-            found = expand(target, depth + 1, seen | {addr}) or found
-        return found
+            expand(target, depth + 1)
 
-    return list(result) if expand(address, 0, frozenset()) else None
+    expand(address, 0)
+    return list(result) or None
 
 
 @implementer(IAccountStore)
@@ -297,35 +348,59 @@ class SQLiteAccountStore:
         return address, domain
 
     def addUser(self, address: str, passwordHash: str) -> None:
+        address = mailboxAddress(address)
         with self._transaction(write=True) as db:
             address, domain = self._localAddress(db, address)
             if self._isUser(db, address) or self._aliasTargets(db, address) is not None:
                 raise UserExists(address=address)
+            self._refuseLookAlike(db, address, domain)
             db.execute(
                 "INSERT INTO users (address, domain, password_hash) VALUES (?, ?, ?)",
                 (address, domain, passwordHash),
             )
 
     @staticmethod
+    def _refuseLookAlike(db: sqlite3.Connection, address: str, domain: str) -> None:
+        """
+        @raise LookAlikeAddress: another user or alias of C{domain} differs
+            from C{address} only in case, width or a similar form.
+        """
+        rows = db.execute(
+            "SELECT address FROM users WHERE domain = ? UNION ALL SELECT alias FROM aliases WHERE domain = ?", (domain, domain)
+        )
+        existing = lookAlike(address, (r[0] for r in rows))
+        if existing is not None:
+            raise LookAlikeAddress(address=address, existing=existing)
+
+    @staticmethod
     def _isUser(db: sqlite3.Connection, address: str) -> bool:
         return db.execute("SELECT 1 FROM users WHERE address = ?", (address,)).fetchone() is not None
 
+    @staticmethod
+    def _usersAmong(db: sqlite3.Connection, addresses: Sequence[str]) -> List[str]:
+        found: List[str] = []
+        for start in range(0, len(addresses), 500):  # under SQLite's variable limit
+            chunk = addresses[start : start + 500]
+            query = "SELECT address FROM users WHERE address IN (%s)" % (", ".join("?" * len(chunk)),)
+            found.extend(r[0] for r in db.execute(query, chunk))
+        return found
+
     def setPasswordHash(self, address: str, passwordHash: str) -> None:
-        address = address.lower()
+        address = canonicalAddress(address)
         with self._transaction(write=True) as db:
             cursor = db.execute("UPDATE users SET password_hash = ? WHERE address = ?", (passwordHash, address))
             if cursor.rowcount == 0:
                 raise UnknownUser(address=address)
 
     def removeUser(self, address: str) -> None:
-        address = address.lower()
+        address = canonicalAddress(address)
         with self._transaction(write=True) as db:
             if db.execute("DELETE FROM users WHERE address = ?", (address,)).rowcount == 0:
                 raise UnknownUser(address=address)
 
     def passwordHash(self, address: str) -> Optional[str]:
         with self._transaction() as db:
-            row = db.execute("SELECT password_hash FROM users WHERE address = ?", (address.lower(),)).fetchone()
+            row = db.execute("SELECT password_hash FROM users WHERE address = ?", (canonicalAddress(address),)).fetchone()
         return row[0] if row else None
 
     # --- aliases ----------------------------------------------------------
@@ -341,6 +416,8 @@ class SQLiteAccountStore:
                 raise UnknownDomain(domain=domain)
             if self._isUser(db, alias):
                 raise UserExists(address=alias)
+            if not alias.startswith("@"):
+                self._refuseLookAlike(db, alias, domain)
             db.execute("DELETE FROM aliases WHERE alias = ?", (alias,))
             db.execute("INSERT INTO aliases (alias, domain) VALUES (?, ?)", (alias, domain))
             db.executemany(
@@ -349,17 +426,21 @@ class SQLiteAccountStore:
             )
 
     def removeAlias(self, alias: str) -> None:
-        alias = alias.lower()
+        alias = canonicalAddress(alias)
         with self._transaction(write=True) as db:
             if db.execute("DELETE FROM aliases WHERE alias = ?", (alias,)).rowcount == 0:
                 raise UnknownAlias(alias=alias)
 
     @staticmethod
     def _aliasTargets(db: sqlite3.Connection, alias: str) -> Optional[Tuple[str, ...]]:
-        if db.execute("SELECT 1 FROM aliases WHERE alias = ?", (alias,)).fetchone() is None:
-            return None
-        rows = db.execute("SELECT target FROM alias_targets WHERE alias = ? ORDER BY position", (alias,))
-        return tuple(r[0] for r in rows)
+        # Every alias has at least one target (addAlias insists): no rows,
+        # no alias.  One index read instead of two.
+        rows = db.execute("SELECT target FROM alias_targets WHERE alias = ? ORDER BY position", (alias,)).fetchall()
+        return tuple(r[0] for r in rows) or None
+
+    def aliasTargets(self, alias: str) -> Optional[Tuple[str, ...]]:
+        with self._transaction() as db:
+            return self._aliasTargets(db, canonicalAddress(alias))
 
     def aliases(self) -> Dict[str, Tuple[str, ...]]:
         with self._transaction() as db:
@@ -378,6 +459,7 @@ class SQLiteAccountStore:
                 isUser=lambda a: self._isUser(db, a),
                 isLocalDomain=lambda d: self._isLocalDomain(db, d),
                 aliasTargets=lambda a: self._aliasTargets(db, a),
+                usersAmong=lambda addresses: self._usersAmong(db, addresses),
             )
 
 

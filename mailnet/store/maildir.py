@@ -432,8 +432,14 @@ class MaildirReceiver:
             self._opening.addErrback(lambda failure: None)
         f, self._file, self._chunks = self._file, None, []
         if f is not None:
-            f.close()
-            _unlinkQuietly(self._tmp)
+            # close() flushes the buffer and may fail (ENOSPC, EIO): the
+            # partial file goes all the same.
+            try:
+                f.close()
+            except OSError as e:
+                log.warn("closing an aborted message in tmp/ failed: {error}", error=e.strerror)
+            finally:
+                _unlinkQuietly(self._tmp)
 
 
 def _copy(source: str, tmp: str, target: str) -> None:
@@ -453,6 +459,52 @@ def _unlinkQuietly(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+#: Files in C{tmp/} older than this are leftovers of a crash or of a full
+#: disk: the Maildir convention (qmail, Dovecot) is 36 hours.
+TMP_MAX_AGE = 36 * 3600
+
+
+def sweepTmp(root: str, maxAge: float = TMP_MAX_AGE, now: Optional[float] = None) -> int:
+    """
+    Remove files older than C{maxAge} seconds from the C{tmp/} directory of
+    every Maildir under C{root} (C{root/domain/local/tmp/}).  Blocking: run
+    it in the thread pool.  A file that vanishes meanwhile, or cannot be
+    removed, is skipped.
+
+    @return: how many files were removed.
+    """
+    if now is None:
+        now = time.time()
+    removed = 0
+    try:
+        domains = list(os.scandir(root))
+    except FileNotFoundError:
+        return 0
+    for domain in domains:
+        if not domain.is_dir(follow_symlinks=False):
+            continue
+        try:
+            mailboxes = list(os.scandir(domain.path))
+        except OSError:
+            continue
+        for mailbox in mailboxes:
+            tmp = os.path.join(mailbox.path, "tmp")
+            try:
+                entries = list(os.scandir(tmp))
+            except OSError:  # not a Maildir, gone, or unreadable
+                continue
+            for entry in entries:
+                try:
+                    stat = entry.stat(follow_symlinks=False)
+                    if not entry.is_file(follow_symlinks=False) or now - stat.st_mtime < maxAge:
+                        continue
+                    os.unlink(entry.path)
+                except OSError:
+                    continue
+                removed += 1
+    return removed
 
 
 def returnPathHeader(returnPath: str) -> bytes:
@@ -483,6 +535,15 @@ class MaildirStore:
         path = self.pathFor(address)
         ensureMaildir(path)
         return Maildir(path, self._run)
+
+    def sweepTmp(self, maxAge: float = TMP_MAX_AGE) -> Deferred:
+        """
+        Remove the leftovers of crashed or failed deliveries (L{sweepTmp})
+        in the thread pool.
+
+        @return: a L{Deferred} firing with the number of files removed.
+        """
+        return self._run(sweepTmp, self.root, maxAge)
 
     def receive(self, returnPath: str, mailboxes: Sequence[str]) -> MaildirReceiver:
         # Missing Maildirs are created off the reactor thread, on delivery.
