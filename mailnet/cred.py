@@ -17,6 +17,7 @@ throttling delay, whether or not the user exists.
 
 import ipaddress
 import math
+import os
 from collections import OrderedDict
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
@@ -349,11 +350,13 @@ class Authenticator:
     without recent failures (many users behind one NAT) is checked in
     parallel.
 
-    B{Bounds.}  At most C{maxPerClient} attempts per client are in progress
-    at once (waiting for the delay owed, being checked, or waiting to
-    report a failure), and at most C{maxChecking} attempts are being
-    checked (queued for or in the password-hashing pool) at once.  An
-    attempt beyond either bound fails at once with
+    B{Bounds.}  At most C{maxChecking} attempts are being checked (queued
+    for or in the password-hashing pool) at once, and only half of them
+    from clients with recent failures: the other half stays free for the
+    others.  A client with recent failures has at most C{maxPerClient}
+    attempts in progress (waiting for the delay owed, being checked, or
+    waiting to report a failure); one without, at most C{maxChecking}.  An
+    attempt beyond any of these bounds fails at once with
     L{mailnet.errors.LoginBusy}, which does not count as a failure: the
     client may retry.  At most C{maxPeers} clients and C{maxPeers} pairs
     are remembered; the ones whose last failure is oldest are forgotten
@@ -376,7 +379,7 @@ class Authenticator:
         maxPeers: int = 10000,
         decay: float = 60.0,
         maxPerClient: int = 4,
-        maxChecking: int = 8,
+        maxChecking: int = 16,
     ) -> None:
         self.portal = portal
         self._clock = clock
@@ -444,6 +447,11 @@ class Authenticator:
                     break
                 table.popitem(last=False)
 
+    def _suspect(self, client: str) -> bool:
+        """@return: whether the client failed recently (it has a level or owes a delay)."""
+        record = self._clients.get(client)
+        return record is not None and (self._level(record) > 0 or record.notBefore > self._clock.seconds())
+
     def _owed(self, client: str) -> float:
         """@return: how long the client must still wait before a check."""
         record = self._clients.get(client)
@@ -482,12 +490,9 @@ class Authenticator:
     def login(self, credentials, peerHost: str, interface) -> Deferred:
         client = peerKey(peerHost)
         account = accountKey(getattr(credentials, "username", None))
-        if self._inProgress.get(client, 0) >= self.maxPerClient:
-            log.info(
-                "Login from {peer} refused: {count} attempts from it already in progress",
-                peer=client,
-                count=self.maxPerClient,
-            )
+        count = self._inProgress.get(client, 0)
+        if count >= (self.maxPerClient if self._suspect(client) else self.maxChecking):
+            log.info("Login from {peer} refused: {count} attempts from it already in progress", peer=client, count=count)
             return fail(LoginBusy())
         self._inProgress[client] = self._inProgress.get(client, 0) + 1
         d = self._attempt(client, account, credentials, interface)
@@ -503,7 +508,7 @@ class Authenticator:
         owed = self._owed(client)
         if owed > 0:
             return deferLater(self._clock, owed, self._attempt, client, account, credentials, interface)
-        if client in self._checkingClients and client in self._clients:
+        if client in self._checkingClients and self._suspect(client):
             waiters = self._waiters.setdefault(client, [])
             waiter: Deferred = Deferred(lambda d: waiters.remove(d) if d in waiters else None)
             waiters.append(waiter)
@@ -511,7 +516,7 @@ class Authenticator:
         return self._check(client, account, credentials, interface)
 
     def _check(self, client: str, account: str, credentials, interface) -> Deferred:
-        if self._checking >= self.maxChecking:
+        if self._checking >= (max(1, self.maxChecking // 2) if self._suspect(client) else self.maxChecking):
             log.info("Login from {peer} refused: {count} logins already being checked", peer=client, count=self._checking)
             return fail(LoginBusy())
         self._checking += 1
@@ -589,6 +594,22 @@ class Authenticator:
         return result
 
 
+#: Logins checked at once per hashing thread (one hashing, the others
+#: queued): with Argon2's ~0.25 s per check, a login waits at most about
+#: two seconds for the pool, however many are refused meanwhile.
+CHECKS_PER_HASHING_THREAD = 8
+
+
+def hashingThreads(cpus: Optional[int] = None) -> int:
+    """
+    @return: the size of the password-hashing pool: one thread per CPU but
+        one (at least one, at most four), so that a login flood leaves a
+        CPU to the reactor and the disk work.
+    """
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    return max(1, min(4, cpus - 1))
+
+
 def makePortal(
     store: IAccountStore,
     mailStore: IMailStore,
@@ -598,6 +619,9 @@ def makePortal(
 ) -> Portal:
     """
     The portal every listener shares: L{MailRealm} with L{AccountChecker}.
+
+    @param run: runs the password checks (Argon2) in threads: give it a
+        pool of its own, not the one that syncs Maildirs.
 
     @param extraCheckers: more checkers (e.g. an external user database).
         For credentials both handle, the account checker is asked first

@@ -661,38 +661,46 @@ class LoginLoadTests(SynchronousTestCase):
         self.login(peer="192.0.2.2")
         self.assertEqual(self.runner.started, 2)
 
+    def failOnce(self, peer: str) -> None:
+        """A failed login from C{peer}: it now owes 2 s."""
+        d = self.login(peer=peer)
+        self.runner.finish()
+        self.clock.advance(2)
+        self.failureResultOf(d, UnauthorizedLogin)
+
     def test_perClientLimit(self) -> None:
         """
-        At most C{maxPerClient} attempts per client are in progress; more
-        fail at once with L{LoginBusy}, which is not a failed login, and
-        other clients are not affected.
+        A client with recent failures has at most C{maxPerClient} attempts
+        in progress, waiting ones included; more fail at once with
+        L{LoginBusy}, which is not a failed login.  Other clients are not
+        affected, and the first answer frees a place.
         """
-        attempts = [self.login(peer="2001:db8::%d" % (i,)) for i in range(3)]
+        first = self.login(peer="2001:db8::1")
+        self.runner.finish()
+        self.login(peer="2001:db8::2")
+        self.login(peer="2001:db8::3")
         self.assertEqual(self.auth.inProgress("2001:db8::99"), 3)
         busy = self.failureResultOf(self.login(peer="2001:db8::4"), LoginBusy)
         self.assertEqual(str(busy.value), "Too many login attempts in progress, try again later")
-        self.assertEqual(self.runner.started, 3)
-        self.assertEqual(self.auth.failures("2001:db8::4"), 0)
+        self.assertEqual(self.runner.started, 1)
+        self.assertEqual(self.auth.failures("2001:db8::4", "alice@example.test"), 1)
         self.login(peer="192.0.2.2")
-        self.assertEqual(self.runner.started, 4)
-        # The first answer frees a place.
-        self.runner.finish()
+        self.assertEqual(self.runner.started, 2)
         self.clock.advance(2)
-        self.failureResultOf(attempts[0], UnauthorizedLogin)
+        self.failureResultOf(first, UnauthorizedLogin)
         self.assertEqual(self.auth.inProgress("2001:db8::4"), 2)
         self.login(peer="2001:db8::4")
+        self.assertEqual(self.auth.inProgress("2001:db8::4"), 3)
 
-    def test_waitingCountsAsInProgress(self) -> None:
+    def test_cleanClientLimit(self) -> None:
         """
-        Attempts that wait for the delay owed, or to report a failure, hold
-        their client's places: a client cannot stack up waiting attempts.
+        A client without recent failures (users behind one NAT) may have
+        as many attempts in progress as can be checked at once.
         """
-        self.login()
-        self.runner.finish()
-        self.login()
-        self.login()
-        self.failureResultOf(self.login(), LoginBusy)
-        self.assertEqual(self.runner.started, 1)
+        for _ in range(4):
+            self.login("bob@example.test", "bob-pw")
+        self.assertEqual(self.auth.inProgress("192.0.2.1"), 4)
+        self.failureResultOf(self.login("bob@example.test", "bob-pw"), LoginBusy)
 
     def test_overallLimit(self) -> None:
         """
@@ -712,6 +720,21 @@ class LoginLoadTests(SynchronousTestCase):
         for _ in range(4):
             self.runner.finish()
         self.assertEqual(self.successResultOf(d)[1].address, "bob@example.test")
+
+    def test_halfForCleanClients(self) -> None:
+        """
+        Clients with recent failures get only half of the checks at once:
+        a flood from many addresses leaves room for the others.
+        """
+        for peer in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
+            self.failOnce(peer)
+        self.login(peer="198.51.100.1")
+        self.login(peer="198.51.100.2")
+        self.assertEqual(self.auth.inProgress(), 2)
+        self.failureResultOf(self.login(peer="198.51.100.3"), LoginBusy)
+        self.login("bob@example.test", "bob-pw", peer="192.0.2.9")
+        self.login("alice@example.test", "alice-pw", peer="192.0.2.10")
+        self.assertEqual(self.auth.inProgress(), 4)
 
     def test_busyAfterWaiting(self) -> None:
         """
