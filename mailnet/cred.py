@@ -492,7 +492,7 @@ class Authenticator:
         account = accountKey(getattr(credentials, "username", None))
         count = self._inProgress.get(client, 0)
         if count >= (self.maxPerClient if self._suspect(client) else self.maxChecking):
-            log.info("Login from {peer} refused: {count} attempts from it already in progress", peer=client, count=count)
+            log.debug("Login from {peer} refused: {count} attempts from it already in progress", peer=client, count=count)
             return fail(LoginBusy())
         self._inProgress[client] = self._inProgress.get(client, 0) + 1
         d = self._attempt(client, account, credentials, interface)
@@ -517,7 +517,7 @@ class Authenticator:
 
     def _check(self, client: str, account: str, credentials, interface) -> Deferred:
         if self._checking >= (max(1, self.maxChecking // 2) if self._suspect(client) else self.maxChecking):
-            log.info("Login from {peer} refused: {count} logins already being checked", peer=client, count=self._checking)
+            log.debug("Login from {peer} refused: {count} logins already being checked", peer=client, count=self._checking)
             return fail(LoginBusy())
         self._checking += 1
         self._checkingClients[client] = self._checkingClients.get(client, 0) + 1

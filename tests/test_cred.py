@@ -418,8 +418,8 @@ class AuthenticatorTests(SynchronousTestCase):
         self.failAfter(self.login("alice@example.test", "wrong"), 2)
         self.failAfter(self.login("alice@example.test", "wrong"), 4)
         self.successResultOf(self.login("bob@example.test", "bob-pw", interface=ISender))
-        self.assertEqual(self.auth.failures("192.0.2.1", "alice@example.test"), 2)
         self.failAfter(self.login("alice@example.test", "wrong"), 8)
+        self.assertEqual(self.auth.failures("192.0.2.1", "alice@example.test"), 3)
         # Nor does a success in between each guess.
         self.successResultOf(self.login("bob@example.test", "bob-pw", interface=ISender))
         self.failAfter(self.login("alice@example.test", "wrong"), 16)

@@ -30,7 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Protocol
@@ -128,6 +128,7 @@ class Flood:
         self.connections = 0
         self.errors: List[str] = []
         self._done: List[Deferred] = []
+        self._clients: Set[LineClient] = set()
 
     def source(self, index: int) -> str:
         if self.sources <= 1:
@@ -145,6 +146,8 @@ class Flood:
             try:
                 client = await connect(self.reactor, self.port, self.source(index))
                 self.connections += 1
+                self._clients.add(client)
+                client.lost.addCallback(lambda _, c=client: self._clients.discard(c))
                 await client.expect()
                 await client.send(b"EHLO attacker.test")
                 while self.running and not client.closed:
@@ -155,13 +158,17 @@ class Flood:
                         break
                 client.transport.loseConnection()
             except Exception as e:  # reconnect: the flood goes on
+                if not self.running:
+                    break
                 if len(self.errors) < 20:
                     self.errors.append("%s: %s" % (type(e).__name__, e))
                 await deferLater(self.reactor, 0.1, lambda: None)
 
     async def stop(self) -> None:
         self.running = False
-        # Each attacker ends after its current answer (30 s at most).
+        # Without waiting for the answers (a throttled one takes 30 s).
+        for client in list(self._clients):
+            client.transport.abortConnection()
         for d in self._done:
             d.addTimeout(60, self.reactor)
             try:
