@@ -3,16 +3,21 @@
 Authentication with L{twisted.cred}: credentials -> L{AccountChecker} ->
 avatar id (the user's address) -> L{MailRealm} -> (interface, avatar,
 logout), and the L{Authenticator} every listener shares, which slows down
-password guessing per client address.
+password guessing per client address and per (client, account) pair, and
+bounds the logins in progress so that a flood of them cannot take the
+machine from mail delivery.
 
 Logins are full addresses, compared case-insensitively.  Only users log in:
 an alias has no password.  Checking a password costs one Argon2
-verification in a thread, also for unknown users (against a dummy hash),
-and a failure is reported the same way, after the same throttling delay,
-whether or not the user exists.
+verification in a thread of the hashing pool (its own, not the pool that
+syncs Maildirs: see L{mailnet.service}), also for unknown users (against a
+dummy hash), and a failure is reported the same way, after the same
+throttling delay, whether or not the user exists.
 """
 
 import ipaddress
+import math
+import os
 from collections import OrderedDict
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
@@ -23,13 +28,14 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from mailnet.address import canonicalAddress, isSafeMailboxName, normalizeAddress
-from mailnet.errors import AliasExpansionTooLarge, BadAddress, MailboxInUse
+from mailnet.errors import AliasExpansionTooLarge, BadAddress, LoginBusy, MailboxInUse
 from mailnet.interfaces import (
     IAccountStore,
     IAuthenticator,
@@ -280,8 +286,39 @@ def peerKey(peerHost: str) -> str:
     return str(ip)
 
 
+def accountKey(username) -> str:
+    """
+    The account part of a throttling key: the normalised address a login
+    names, or (for a name that cannot be an address) its text, lower-cased
+    and cut to 320 characters so that junk names cannot grow the tables.
+    """
+    address = loginAddress(username)
+    if address is not None:
+        return address
+    text = _text(username)
+    return (text if text is not None else repr(username))[:320].lower()
+
+
 @attr.s(auto_attribs=True)
-class _PeerRecord:
+class _ClientRecord:
+    """
+    What a client address owes.
+
+    @ivar level: its recent failures, whatever the account; decays by one
+        every C{decay} seconds.
+    @ivar updated: when C{level} was last brought up to date.
+    @ivar notBefore: no check of this client's passwords starts earlier.
+    """
+
+    level: float
+    updated: float
+    notBefore: float
+
+
+@attr.s(auto_attribs=True)
+class _PairRecord:
+    """Failures in a row from one client at one account."""
+
     failures: int
     last: float
 
@@ -289,18 +326,49 @@ class _PeerRecord:
 @implementer(IAuthenticator)
 class Authenticator:
     """
-    Logs clients in through the portal and throttles failures per client
-    address, across every listener that shares this object.
+    Logs clients in through the portal, throttles password guessing per
+    client address and per (client, account) pair, and bounds how many
+    logins are in progress, across every listener that shares this object.
 
-    The I{n}th failure in a row from one address is reported after
-    C{baseDelay * 2 ** (n - 1)} seconds, at most C{maxDelay}.  A success
-    (or a right password for a busy mailbox) forgets the address's
-    failures, and so does C{forgetAfter} seconds without one.  At most
-    C{maxPeers} addresses are remembered; the ones that failed longest ago
-    are forgotten first.
+    B{Throttling.}  A client is keyed by L{peerKey} (an IPv6 client by its
+    /64).  Two counts set the delay after a failed login:
+
+      - the failures in a row from the client at this account (the pair):
+        a success forgets them -- only them -- and so does C{forgetAfter}
+        seconds without a failure;
+      - the client's recent failures at any account (its level): one more
+        per failure, one less every C{decay} seconds, never more than
+        C{forgetAfter / decay}.  A success does not lower it, so that
+        logging in to one's own account cannot buy more guesses at
+        another one.
+
+    With I{n} the larger of the two, the failure is reported after
+    C{baseDelay * 2 ** (n - 1)} seconds (at most C{maxDelay}), and the
+    client owes that delay: a later attempt from it, on any connection,
+    first waits until the delay has passed, then checks its password.  A
+    client with recent failures also has one check at a time (an attempt
+    waits for the one in progress, then for the delay that one cost).  So
+    parallel connections do not multiply the guessing rate; a client
+    without recent failures (many users behind one NAT) is checked in
+    parallel.
+
+    B{Bounds.}  At most C{maxChecking} attempts are being checked (queued
+    for or in the password-hashing pool) at once, and only half of them
+    from clients with recent failures: the other half stays free for the
+    others.  A client with recent failures has at most C{maxPerClient}
+    attempts in progress (waiting for the delay owed, being checked, or
+    waiting to report a failure); one without, at most C{maxChecking}.  An
+    attempt beyond any of these bounds fails at once with
+    L{mailnet.errors.LoginBusy}, which does not count as a failure: the
+    client may retry.  At most C{maxPeers} clients and C{maxPeers} pairs
+    are remembered; the ones whose last failure is oldest are forgotten
+    first.
 
     @param portal: the shared L{Portal} (see L{makePortal}).
     @param clock: an L{IReactorTime} (L{twisted.internet.task.Clock} in tests).
+    @param decay: seconds for the client's level to drop by one (> 0).
+    @param maxChecking: should match the hashing pool: its threads and a
+        short queue (see L{mailnet.service}).
     """
 
     def __init__(
@@ -311,6 +379,9 @@ class Authenticator:
         maxDelay: float = 30.0,
         forgetAfter: float = 900.0,
         maxPeers: int = 10000,
+        decay: float = 60.0,
+        maxPerClient: int = 4,
+        maxChecking: int = 16,
     ) -> None:
         self.portal = portal
         self._clock = clock
@@ -318,8 +389,18 @@ class Authenticator:
         self.maxDelay = maxDelay
         self.forgetAfter = forgetAfter
         self.maxPeers = maxPeers
+        self.decay = decay
+        self.maxPerClient = maxPerClient
+        self.maxChecking = maxChecking
         # Oldest failure first: the order to expire and evict in.
-        self._peers: "OrderedDict[str, _PeerRecord]" = OrderedDict()
+        self._clients: "OrderedDict[str, _ClientRecord]" = OrderedDict()
+        self._pairs: "OrderedDict[Tuple[str, str], _PairRecord]" = OrderedDict()
+        # Attempts in progress per client; attempts being checked, in all
+        # and per client; attempts waiting for their client's check to end.
+        self._inProgress: Dict[str, int] = {}
+        self._checking = 0
+        self._checkingClients: Dict[str, int] = {}
+        self._waiters: Dict[str, List[Deferred]] = {}
 
     def delayFor(self, failures: int) -> float:
         """@return: the delay before reporting the C{failures}th failure."""
@@ -329,70 +410,206 @@ class Authenticator:
             return self.maxDelay
         return min(self.baseDelay * 2 ** (failures - 1), self.maxDelay)
 
-    def failures(self, peerHost: str) -> int:
-        """@return: the failures remembered for a client address."""
+    def failures(self, peerHost: str, username=None) -> int:
+        """
+        @return: with C{username}, the failures in a row remembered for that
+            login from this client address; without it, the client's
+            current level (its recent failures at any account, rounded up).
+        """
         self._expire()
-        record = self._peers.get(peerKey(peerHost))
-        return record.failures if record else 0
+        client = peerKey(peerHost)
+        if username is not None:
+            pair = self._pairs.get((client, accountKey(username)))
+            return pair.failures if pair else 0
+        record = self._clients.get(client)
+        return math.ceil(self._level(record)) if record else 0
+
+    def inProgress(self, peerHost: Optional[str] = None) -> int:
+        """
+        @return: the login attempts in progress from one client address, or
+            being checked (all clients) if none is given.
+        """
+        if peerHost is None:
+            return self._checking
+        return self._inProgress.get(peerKey(peerHost), 0)
+
+    # --- the tables -----------------------------------------------------
+
+    def _level(self, record: _ClientRecord) -> float:
+        elapsed = self._clock.seconds() - record.updated
+        return max(0.0, record.level - elapsed / self.decay)
 
     def _expire(self) -> None:
         now = self._clock.seconds()
-        while self._peers:
-            key, record = next(iter(self._peers.items()))
-            if now - record.last < self.forgetAfter:
-                break
-            del self._peers[key]
+        for table in (self._clients, self._pairs):
+            while table:
+                record = next(iter(table.values()))
+                last = record.updated if isinstance(record, _ClientRecord) else record.last
+                if now - last < self.forgetAfter:
+                    break
+                table.popitem(last=False)
 
-    def _recordFailure(self, key: str) -> int:
+    def _suspect(self, client: str) -> bool:
+        """@return: whether the client failed recently (it has a level or owes a delay)."""
+        record = self._clients.get(client)
+        return record is not None and (self._level(record) > 0 or record.notBefore > self._clock.seconds())
+
+    def _owed(self, client: str) -> float:
+        """@return: how long the client must still wait before a check."""
+        record = self._clients.get(client)
+        return record.notBefore - self._clock.seconds() if record else 0.0
+
+    def _recordFailure(self, client: str, account: str) -> Tuple[float, int, int]:
+        """
+        Count a failure.
+
+        @return: the delay it costs the client, the pair's failures in a
+            row, and the client's level (rounded up).
+        """
         self._expire()
-        record = self._peers.pop(key, None) or _PeerRecord(0, 0.0)
-        record.failures += 1
-        record.last = self._clock.seconds()
-        self._peers[key] = record
-        while len(self._peers) > self.maxPeers:
-            self._peers.popitem(last=False)
-        return record.failures
+        now = self._clock.seconds()
+        pair = self._pairs.pop((client, account), None) or _PairRecord(0, now)
+        pair.failures += 1
+        pair.last = now
+        self._pairs[(client, account)] = pair
+        record = self._clients.pop(client, None)
+        if record is None:
+            record = _ClientRecord(0.0, now, now)
+        # Capped so that forgetAfter seconds without a failure forget it.
+        record.level = min(self._level(record) + 1, max(self.forgetAfter / self.decay, 1.0))
+        record.updated = now
+        level = math.ceil(record.level)
+        delay = self.delayFor(max(pair.failures, level))
+        record.notBefore = max(record.notBefore, now + delay)
+        self._clients[client] = record
+        for table in (self._clients, self._pairs):
+            while len(table) > self.maxPeers:
+                table.popitem(last=False)
+        return delay, pair.failures, level
+
+    # --- logging in -----------------------------------------------------
 
     def login(self, credentials, peerHost: str, interface) -> Deferred:
-        key = peerKey(peerHost)
-        d = self.portal.login(credentials, None, interface)
-        d.addCallbacks(self._succeeded, self._failed, callbackArgs=(key,), errbackArgs=(key, credentials))
+        client = peerKey(peerHost)
+        account = accountKey(getattr(credentials, "username", None))
+        count = self._inProgress.get(client, 0)
+        if count >= (self.maxPerClient if self._suspect(client) else self.maxChecking):
+            log.debug("Login from {peer} refused: {count} attempts from it already in progress", peer=client, count=count)
+            return fail(LoginBusy())
+        self._inProgress[client] = self._inProgress.get(client, 0) + 1
+        d = self._attempt(client, account, credentials, interface)
+        d.addBoth(self._finished, client)
         return d
 
-    def _succeeded(self, result, key: str):
-        self._peers.pop(key, None)
+    def _attempt(self, client: str, account: str, credentials, interface) -> Deferred:
+        """
+        Wait for the delay the client owes, and, if it failed recently, for
+        its check in progress to end (then look again: either may have
+        grown); then check.
+        """
+        owed = self._owed(client)
+        if owed > 0:
+            return deferLater(self._clock, owed, self._attempt, client, account, credentials, interface)
+        if client in self._checkingClients and self._suspect(client):
+            waiters = self._waiters.setdefault(client, [])
+            waiter: Deferred = Deferred(lambda d: waiters.remove(d) if d in waiters else None)
+            waiters.append(waiter)
+            return waiter.addCallback(lambda _: self._attempt(client, account, credentials, interface))
+        return self._check(client, account, credentials, interface)
+
+    def _check(self, client: str, account: str, credentials, interface) -> Deferred:
+        if self._checking >= (max(1, self.maxChecking // 2) if self._suspect(client) else self.maxChecking):
+            log.debug("Login from {peer} refused: {count} logins already being checked", peer=client, count=self._checking)
+            return fail(LoginBusy())
+        self._checking += 1
+        self._checkingClients[client] = self._checkingClients.get(client, 0) + 1
+        timer: List[IDelayedCall] = []
+
+        def cancel(d: Deferred) -> None:
+            # The client left.  The check itself goes on (the hash runs in
+            # its thread) and is still counted, in the pool and against the
+            # client; only the answer is dropped.
+            if timer and timer[0].active():
+                timer[0].cancel()
+
+        result: Deferred = Deferred(cancel)
+
+        def checked(outcome) -> None:
+            self._checking -= 1
+            count = self._checkingClients.pop(client) - 1
+            if count:
+                self._checkingClients[client] = count
+            outcome, delay = self._judge(outcome, client, account, credentials)
+            for waiter in self._waiters.pop(client, []):
+                waiter.callback(None)
+            if result.called:
+                if not isinstance(outcome, Failure):
+                    outcome[2]()  # nobody wants the avatar any more: log it out
+                return None
+            if delay > 0:
+                timer.append(self._clock.callLater(delay, result.errback, outcome))
+            elif isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+            return None
+
+        self.portal.login(credentials, None, interface).addBoth(checked)
         return result
 
-    def _failed(self, failure: Failure, key: str, credentials):
-        if failure.check(MailboxInUse):
-            # The password was right: not a guess.
-            self._peers.pop(key, None)
-            return failure
-        if not failure.check(LoginFailed):
-            # A fault of ours (e.g. the store is unreadable): let the
-            # protocol answer with a temporary error.
-            return failure
-        count = self._recordFailure(key)
-        delay = self.delayFor(count)
-        username = _text(credentials.username) or repr(credentials.username)
+    def _judge(self, outcome, client: str, account: str, credentials) -> Tuple[object, float]:
+        """
+        Count a check's outcome.
+
+        @return: what to answer, and after how many seconds.
+        """
+        if not isinstance(outcome, Failure) or outcome.check(MailboxInUse):
+            # A success, or the right password for a busy mailbox: forget
+            # this pair's failures, only them (see the class docstring).
+            self._pairs.pop((client, account), None)
+            return outcome, 0.0
+        if not outcome.check(LoginFailed):
+            # A fault of ours (e.g. the store is unreadable): not the
+            # client's guess; let the protocol answer with a temporary error.
+            return outcome, 0.0
+        delay, count, level = self._recordFailure(client, account)
+        raw = getattr(credentials, "username", None)
+        username = _text(raw) or repr(raw)
         log.info(
-            "Authentication failed for {username!r} from {peer} (failure {count}); answering in {delay}s",
+            "Authentication failed for {username!r} from {peer} (failure {count} at this account, "
+            "{recent} recent at any); answering in {delay}s",
             username=username[:100],
-            peer=key,
+            peer=client,
             count=count,
+            recent=level,
             delay=delay,
         )
         # The same exception, message and delay whether or not the user exists.
-        return self._later(delay, UnauthorizedLogin(FAILED))
+        return Failure(UnauthorizedLogin(FAILED)), delay
 
-    def _later(self, delay: float, error: Exception) -> Deferred:
-        def cancel(d: Deferred) -> None:
-            if call.active():
-                call.cancel()
+    def _finished(self, result, client: str):
+        count = self._inProgress.get(client, 0) - 1
+        if count > 0:
+            self._inProgress[client] = count
+        else:
+            self._inProgress.pop(client, None)
+        return result
 
-        d: Deferred = Deferred(cancel)
-        call = self._clock.callLater(delay, d.errback, Failure(error))
-        return d
+
+#: Logins checked at once per hashing thread (one hashing, the others
+#: queued): with Argon2's ~0.25 s per check, a login waits at most about
+#: two seconds for the pool, however many are refused meanwhile.
+CHECKS_PER_HASHING_THREAD = 8
+
+
+def hashingThreads(cpus: Optional[int] = None) -> int:
+    """
+    @return: the size of the password-hashing pool: one thread per CPU but
+        one (at least one, at most four), so that a login flood leaves a
+        CPU to the reactor and the disk work.
+    """
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    return max(1, min(4, cpus - 1))
 
 
 def makePortal(
@@ -404,6 +621,9 @@ def makePortal(
 ) -> Portal:
     """
     The portal every listener shares: L{MailRealm} with L{AccountChecker}.
+
+    @param run: runs the password checks (Argon2) in threads: give it a
+        pool of its own, not the one that syncs Maildirs.
 
     @param extraCheckers: more checkers (e.g. an external user database).
         For credentials both handle, the account checker is asked first

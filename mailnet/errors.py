@@ -70,6 +70,10 @@ class MailboxInUse(MailnetError):
     """The mailbox of {address} is in use by another session."""
 
 
+class LoginBusy(MailnetError):
+    """Too many login attempts in progress, try again later"""
+
+
 class MessageGone(MailnetError):
     """Message {uid} was removed by another session."""
 

@@ -268,19 +268,36 @@ class ISender(Interface):
 class IAuthenticator(Interface):
     """
     Logs clients in through the shared L{twisted.cred.portal.Portal},
-    throttling failures per peer address across every protocol.
+    throttling failures per client address and per (client, account) pair
+    across every protocol, and bounding the logins in progress per client
+    and overall.
     """
 
     def login(credentials, peerHost, interface):
         """
+        Check credentials.  A client that owes a failure delay waits for it
+        before its password is checked (the returned L{Deferred} fires
+        later).  At most one login is in progress per session: a protocol
+        reads no further command until it fires.
+
         @param credentials: an L{twisted.cred.credentials.IUsernamePassword}.
-        @param peerHost: the client's IP address (L{str}), for throttling.
+        @param peerHost: the client's IP address (L{str}), for throttling
+            (IPv6 clients count by their /64).
         @param interface: L{IMailbox} (POP3) or L{ISender} (SMTP).
         @return: L{Deferred} firing with C{(interface, avatar, logout)}, or
-            failing with L{twisted.cred.error.UnauthorizedLogin} -- after the
-            failure delay, and the same whether the user exists or not -- or
-            with L{mailnet.errors.MailboxInUse} when another session holds
-            the mailbox.
+            failing with:
+              - L{twisted.cred.error.UnauthorizedLogin}: wrong credentials
+                -- after the failure delay, and the same whether the user
+                exists or not;
+              - L{mailnet.errors.MailboxInUse}: right credentials, but
+                another session holds the mailbox;
+              - L{mailnet.errors.LoginBusy}: too many logins in progress
+                (from this client, or overall); nothing was checked or
+                counted, and the client may retry: answer with a temporary
+                error (SMTP C{454 4.7.0}, POP3 C{-ERR [SYS/TEMP]}, IMAP
+                C{NO [UNAVAILABLE]}) and keep the connection;
+              - anything else: a fault of the server (a temporary error).
+            Cancelling it drops the answer (the client left).
         """
 
 

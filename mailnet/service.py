@@ -19,7 +19,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from mailnet.config import LISTENERS, Config
-from mailnet.cred import Authenticator, makePortal
+from mailnet.cred import CHECKS_PER_HASHING_THREAD, Authenticator, hashingThreads, makePortal
 from mailnet.errors import ConfigError
 from mailnet.limits import DESCRIPTORS_PER_CONNECTION, ConnectionLimiter, LimitingFactory, fitDescriptorLimit
 from mailnet.pop3.server import POP3Factory
@@ -86,7 +86,7 @@ class ListenerService(service.Service):
 
 
 class ThreadPoolService(service.Service):
-    """Starts and stops the pool that runs disk syncs and password hashing."""
+    """Starts and stops a thread pool (disk syncs, or password hashing)."""
 
     def __init__(self, pool: ThreadPool) -> None:
         self.pool = pool
@@ -160,16 +160,25 @@ class MailService(service.MultiService):
         pool = ThreadPool(minthreads=1, maxthreads=16, name="mailnet-io")
         ThreadPoolService(pool).setServiceParent(self)
         run = ThreadRunner(reactor, pool)
+        # Password hashing (Argon2, CPU-bound) on a small pool of its own,
+        # never on the one that syncs Maildirs: a login flood must not
+        # queue in front of deliveries (issue 11).
+        self.hashPool = ThreadPool(minthreads=1, maxthreads=hashingThreads(), name="mailnet-hash")
+        ThreadPoolService(self.hashPool).setServiceParent(self)
 
         self.accounts = openAccountStore(dataDir, openNow=False)
         self.mailStore = MaildirStore(os.path.join(dataDir, "mail"), run, config.hostname)
         self.queue = DiskQueue(os.path.join(dataDir, "queue"), run, reactor, config.hostname)
         TmpSweeperService(self.mailStore, reactor).setServiceParent(self)
         self.delivery = DeliveryAgent(self.accounts, self.mailStore, self.queue, clock=reactor)
-        portal = makePortal(self.accounts, self.mailStore, run)
+        portal = makePortal(self.accounts, self.mailStore, ThreadRunner(reactor, self.hashPool))
         limits = config.limits
         self.authenticator = Authenticator(
-            portal, reactor, baseDelay=limits.auth_failure_delay, maxDelay=limits.max_auth_failure_delay
+            portal,
+            reactor,
+            baseDelay=limits.auth_failure_delay,
+            maxDelay=limits.max_auth_failure_delay,
+            maxChecking=CHECKS_PER_HASHING_THREAD * self.hashPool.max,
         )
 
         certPath, keyPath, selfSigned = certificatePaths(dataDir, config.tls_cert, config.tls_key)

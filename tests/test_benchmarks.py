@@ -265,3 +265,51 @@ class SmokeTests(SynchronousTestCase):
             self.assertEqual(cases[name]["lost"], 0, name)
         self.assertGreater(cases["idle"]["established"], 0)
         self.assertEqual(os.listdir(tmp), [], "the run must clean up after itself")
+
+
+class AuthFloodTests(SynchronousTestCase):
+    def test_lineClient(self):
+        """
+        An SMTP reply is complete at its line without a dash; a POP3 reply
+        is one line.  Replies split anywhere are understood.
+        """
+        from mailnetbench.authflood import LineClient, POP3Client
+
+        client = LineClient()
+        client.transport = StringTransport()
+        d = client.send(b"EHLO x")
+        self.assertEqual(client.transport.value(), b"EHLO x\r\n")
+        client.dataReceived(b"250-mx\r\n250-PIPE")
+        self.assertNoResult(d)
+        client.dataReceived(b"LINING\r\n250 SIZE\r\n")
+        self.assertEqual(self.successResultOf(d), [b"250-mx", b"250-PIPELINING", b"250 SIZE"])
+        pop = POP3Client()
+        pop.transport = StringTransport()
+        d = pop.expect()
+        pop.dataReceived(b"-ERR [SYS/TEMP] busy\r\n")
+        self.assertEqual(self.successResultOf(d), [b"-ERR [SYS/TEMP] busy"])
+
+    def test_shortRun(self):
+        """
+        C{python benchmarks/authflood.py --short} floods, measures honest
+        deliveries and logins, exits 0 (none of them failed).  No time is
+        asserted.
+        """
+        output = os.path.abspath(self.mktemp())
+        tmp = os.path.abspath(self.mktemp())
+        os.makedirs(tmp)
+        process = subprocess.run(
+            [sys.executable, os.path.join(BENCHMARKS, "authflood.py"), "--short", "--json", output, "--tmp", tmp],
+            capture_output=True,
+            timeout=180,
+        )
+        detail = (process.stdout + process.stderr).decode("utf-8", "replace")
+        self.assertEqual(process.returncode, 0, detail)
+        with open(output, encoding="utf-8") as f:
+            results = json.load(f)
+        for phase in ("idle", "flood"):
+            self.assertEqual(results[phase]["failed"], [], detail)
+            self.assertEqual(len(results[phase]["deliveries_s"]), 2)
+            self.assertEqual(len(results[phase]["logins_s"]), 2)
+        self.assertGreater(sum(results["flood"]["answers"].values()), 0, detail)
+        self.assertEqual(os.listdir(tmp), [], "the run must clean up after itself")

@@ -15,7 +15,7 @@ from twisted.cred.checkers import (
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
@@ -32,7 +32,7 @@ from mailnet.cred import (
     makePortal,
     peerKey,
 )
-from mailnet.errors import MailboxInUse
+from mailnet.errors import LoginBusy, MailboxInUse
 from mailnet.interfaces import IAuthenticator, IMailbox, ISender
 from mailnet.passwords import (
     dummyHash,
@@ -400,7 +400,7 @@ class AuthenticatorTests(SynchronousTestCase):
         """
         for expected in [2, 4, 8, 16, 30, 30]:
             self.failAfter(self.login("alice@example.test", "wrong"), expected)
-        self.assertEqual(self.auth.failures("192.0.2.1"), 6)
+        self.assertEqual(self.auth.failures("192.0.2.1", "alice@example.test"), 6)
 
     def test_delayFor(self) -> None:
         self.assertEqual([self.auth.delayFor(n) for n in range(0, 7)], [0, 2, 4, 8, 16, 30, 30])
@@ -424,20 +424,78 @@ class AuthenticatorTests(SynchronousTestCase):
         self.failAfter(self.login("alice@example.test", "wrong", peer="2001:db8::1"), 2)
         self.failAfter(self.login("alice@example.test", "wrong", peer="2001:db8::2"), 4)
 
-    def test_successForgets(self) -> None:
+    def test_successForgetsItsPair(self) -> None:
+        """
+        A success forgets the failures in a row at that account from that
+        client: a user who mistyped and then got it right starts afresh
+        there.
+        """
+        self.failAfter(self.login("alice@example.test", "wrong"), 2)
+        self.successResultOf(self.login("alice@example.test", "alice-pw"))
+        self.assertEqual(self.auth.failures("192.0.2.1", "alice@example.test"), 0)
+        self.clock.advance(self.auth.decay)
+        self.failAfter(self.login("alice@example.test", "wrong"), 2)
+
+    def test_ownAccountDoesNotReset(self) -> None:
+        """
+        Issue 11, item 3: logging in to one's own account from an address
+        does not reset the delay for guesses at another account from it.
+        """
         self.failAfter(self.login("alice@example.test", "wrong"), 2)
         self.failAfter(self.login("alice@example.test", "wrong"), 4)
         self.successResultOf(self.login("bob@example.test", "bob-pw", interface=ISender))
+        self.failAfter(self.login("alice@example.test", "wrong"), 8)
+        self.assertEqual(self.auth.failures("192.0.2.1", "alice@example.test"), 3)
+        # Nor does a success in between each guess.
+        self.successResultOf(self.login("bob@example.test", "bob-pw", interface=ISender))
+        self.failAfter(self.login("alice@example.test", "wrong"), 16)
+
+    def test_sprayAcrossAccounts(self) -> None:
+        """
+        One guess at each of many accounts is throttled by the client's
+        level: the delay grows although no account saw two failures.
+        """
+        for i, expected in enumerate([2, 4, 8, 16, 30]):
+            self.failAfter(self.login("user%d@example.test" % (i,), "wrong"), expected)
+        self.assertEqual(self.auth.failures("192.0.2.1", "user0@example.test"), 1)
+        # A success does not lower the level: the next new account waits too.
+        self.successResultOf(self.login("bob@example.test", "bob-pw"))
+        self.failAfter(self.login("user9@example.test", "wrong"), 30)
+
+    def test_levelDecays(self) -> None:
+        """
+        The client's level drops by one every C{decay} seconds: occasional
+        typos over a day do not add up.
+        """
+        for i in range(3):
+            self.failAfter(self.login("user%d@example.test" % (i,), "wrong"), 2 * 2 ** i)
+        self.assertEqual(self.auth.failures("192.0.2.1"), 3)
+        self.clock.advance(self.auth.decay)
+        self.assertEqual(self.auth.failures("192.0.2.1"), 2)
+        self.clock.advance(2 * self.auth.decay)
         self.assertEqual(self.auth.failures("192.0.2.1"), 0)
-        self.failAfter(self.login("alice@example.test", "wrong"), 2)
+        self.failAfter(self.login("user9@example.test", "wrong"), 2)
+
+    def test_levelCapped(self) -> None:
+        """
+        However long a flood went on, C{forgetAfter} quiet seconds forget
+        the client.
+        """
+        auth = Authenticator(self.portal, self.clock, baseDelay=0, maxDelay=0)
+        for i in range(100):
+            self.failAfter(auth.login(creds("user%d@example.test" % (i,), "wrong"), "192.0.2.1", IMailbox), 0)
+        self.assertEqual(auth.failures("192.0.2.1"), auth.forgetAfter / auth.decay)
+        self.clock.advance(auth.forgetAfter)
+        self.assertEqual(auth.failures("192.0.2.1"), 0)
 
     def test_quietPeriodForgets(self) -> None:
         self.failAfter(self.login("alice@example.test", "wrong"), 2)
         lastFailure = self.clock.seconds()
         self.failAfter(self.login("alice@example.test", "wrong"), 4)
         self.clock.advance(lastFailure + self.auth.forgetAfter - 1 - self.clock.seconds())
-        self.assertEqual(self.auth.failures("192.0.2.1"), 2)
+        self.assertEqual(self.auth.failures("192.0.2.1", "alice@example.test"), 2)
         self.clock.advance(1)
+        self.assertEqual(self.auth.failures("192.0.2.1", "alice@example.test"), 0)
         self.assertEqual(self.auth.failures("192.0.2.1"), 0)
         self.failAfter(self.login("alice@example.test", "wrong"), 2)
 
@@ -450,8 +508,23 @@ class AuthenticatorTests(SynchronousTestCase):
             self.clock.advance(1)
             d = auth.login(creds("alice@example.test", "wrong"), "192.0.2.%d" % i, IMailbox)
             self.failAfter(d, 0)
-        self.assertEqual(len(auth._peers), 3)
+        self.assertEqual(len(auth._clients), 3)
+        self.assertEqual(len(auth._pairs), 3)
         self.assertEqual([auth.failures("192.0.2.%d" % i) for i in range(5)], [0, 0, 1, 1, 1])
+        self.assertEqual(
+            [auth.failures("192.0.2.%d" % i, "alice@example.test") for i in range(5)], [0, 0, 1, 1, 1]
+        )
+
+    def test_boundedPairs(self) -> None:
+        """
+        Guesses at many accounts from one client keep at most C{maxPeers}
+        pairs; junk user names are cut short in the key.
+        """
+        auth = Authenticator(self.portal, self.clock, baseDelay=0, maxDelay=0, maxPeers=3)
+        for i in range(5):
+            self.failAfter(auth.login(creds(str(i) + "x" * 5000, "wrong"), "192.0.2.1", IMailbox), 0)
+        self.assertEqual(len(auth._pairs), 3)
+        self.assertTrue(all(len(account) <= 320 for _, account in auth._pairs))
 
     def test_noUserExistenceLeak(self) -> None:
         """
@@ -472,7 +545,7 @@ class AuthenticatorTests(SynchronousTestCase):
         _, _, logout = self.successResultOf(self.login("alice@example.test", "alice-pw"))
         self.failAfter(self.login("alice@example.test", "wrong"), 2)
         self.failureResultOf(self.login("alice@example.test", "alice-pw"), MailboxInUse)
-        self.assertEqual(self.auth.failures("192.0.2.1"), 0)
+        self.assertEqual(self.auth.failures("192.0.2.1", "alice@example.test"), 0)
         logout()
         self.successResultOf(self.login("alice@example.test", "alice-pw"))
 
@@ -511,6 +584,229 @@ class AuthenticatorTests(SynchronousTestCase):
 
         d = self.auth.login(Odd(), "192.0.2.1", IMailbox)
         self.failAfter(d, 2)
+
+
+class ManualRunner:
+    """
+    A hashing pool that runs nothing until told: C{started} counts the
+    calls handed to it, L{finish} runs the oldest.
+    """
+
+    def __init__(self) -> None:
+        self.pending: List[tuple] = []
+        self.started = 0
+
+    def __call__(self, f, *args, **kwargs):
+        d: Deferred = Deferred()
+        self.started += 1
+        self.pending.append((d, f, args, kwargs))
+        return d
+
+    def finish(self) -> None:
+        d, f, args, kwargs = self.pending.pop(0)
+        d.callback(f(*args, **kwargs))
+
+
+class LoginLoadTests(SynchronousTestCase):
+    """
+    Issue 11, item 2: a flood of logins cannot take the hashing pool or
+    out-guess the delay with parallel connections.
+    """
+
+    def setUp(self) -> None:
+        self.store = makeStore()
+        self.clock = Clock()
+        self.runner = ManualRunner()
+        self.mailStore = MaildirStore(self.mktemp(), runSynchronously, "test.host")
+        self.portal = makePortal(self.store, self.mailStore, self.runner, hasher=CHEAP)
+        self.auth = Authenticator(self.portal, self.clock, baseDelay=2.0, maxDelay=30.0, maxPerClient=3, maxChecking=4)
+
+    def login(self, username="alice@example.test", password="wrong", peer="192.0.2.1"):
+        return self.auth.login(creds(username, password), peer, IMailbox)
+
+    def test_delayBeforeNextCheck(self) -> None:
+        """
+        After a failure, an attempt from the same client on another
+        connection waits for the delay owed before its password is
+        checked, and is then checked once.
+        """
+        first = self.login()
+        self.runner.finish()
+        self.assertNoResult(first)  # answered in 2 s
+        self.clock.advance(0.5)
+        second = self.login()
+        self.assertEqual(self.runner.started, 1)
+        self.clock.advance(1.4)
+        self.assertEqual(self.runner.started, 1)
+        self.clock.advance(0.1)
+        self.failureResultOf(first, UnauthorizedLogin)
+        self.assertEqual(self.runner.started, 2)
+        self.runner.finish()
+        self.clock.advance(4)
+        self.failureResultOf(second, UnauthorizedLogin)
+
+    def test_oneCheckAtATimeAfterFailures(self) -> None:
+        """
+        An attempt from a client with recent failures waits for that
+        client's check in progress, then for the delay it cost.
+        """
+        first = self.login()
+        self.runner.finish()
+        second = self.login()
+        self.clock.advance(1)
+        self.assertEqual(self.runner.started, 1)
+        self.clock.advance(1)
+        self.failureResultOf(first, UnauthorizedLogin)
+        self.assertEqual(self.runner.started, 2)
+        # A third arrives while the second is being checked; the second
+        # fails, and the client owes 4 s from now.
+        third = self.login()
+        self.runner.finish()
+        self.clock.advance(3.9)
+        self.assertEqual(self.runner.started, 2)
+        self.clock.advance(0.1)
+        self.assertEqual(self.runner.started, 3)
+        self.failureResultOf(second, UnauthorizedLogin)
+        self.runner.finish()
+        self.clock.advance(8)
+        self.failureResultOf(third, UnauthorizedLogin)
+
+    def test_cleanClientInParallel(self) -> None:
+        """
+        A client without recent failures (users behind one NAT) has its
+        attempts checked in parallel.
+        """
+        for _ in range(3):
+            self.login("bob@example.test", "bob-pw")
+        self.assertEqual(self.runner.started, 3)
+
+    def test_otherClientNotDelayed(self) -> None:
+        """The delay a client owes is its own."""
+        self.login()
+        self.runner.finish()
+        self.login(peer="192.0.2.2")
+        self.assertEqual(self.runner.started, 2)
+
+    def failOnce(self, peer: str) -> None:
+        """A failed login from C{peer}: it now owes 2 s."""
+        d = self.login(peer=peer)
+        self.runner.finish()
+        self.clock.advance(2)
+        self.failureResultOf(d, UnauthorizedLogin)
+
+    def test_perClientLimit(self) -> None:
+        """
+        A client with recent failures has at most C{maxPerClient} attempts
+        in progress, waiting ones included; more fail at once with
+        L{LoginBusy}, which is not a failed login.  Other clients are not
+        affected, and the first answer frees a place.
+        """
+        first = self.login(peer="2001:db8::1")
+        self.runner.finish()
+        self.login(peer="2001:db8::2")
+        self.login(peer="2001:db8::3")
+        self.assertEqual(self.auth.inProgress("2001:db8::99"), 3)
+        busy = self.failureResultOf(self.login(peer="2001:db8::4"), LoginBusy)
+        self.assertEqual(str(busy.value), "Too many login attempts in progress, try again later")
+        self.assertEqual(self.runner.started, 1)
+        self.assertEqual(self.auth.failures("2001:db8::4", "alice@example.test"), 1)
+        self.login(peer="192.0.2.2")
+        self.assertEqual(self.runner.started, 2)
+        self.clock.advance(2)
+        self.failureResultOf(first, UnauthorizedLogin)
+        self.assertEqual(self.auth.inProgress("2001:db8::4"), 2)
+        self.login(peer="2001:db8::4")
+        self.assertEqual(self.auth.inProgress("2001:db8::4"), 3)
+
+    def test_cleanClientLimit(self) -> None:
+        """
+        A client without recent failures (users behind one NAT) may have
+        as many attempts in progress as can be checked at once.
+        """
+        for _ in range(4):
+            self.login("bob@example.test", "bob-pw")
+        self.assertEqual(self.auth.inProgress("192.0.2.1"), 4)
+        self.failureResultOf(self.login("bob@example.test", "bob-pw"), LoginBusy)
+
+    def test_overallLimit(self) -> None:
+        """
+        At most C{maxChecking} attempts are being checked at once, whatever
+        their clients; the next fails at once with L{LoginBusy}, and is
+        accepted again when a check ends.
+        """
+        for i in range(4):
+            self.login(peer="192.0.2.%d" % (i,))
+        self.failureResultOf(self.login(peer="198.51.100.1"), LoginBusy)
+        self.assertEqual(self.runner.started, 4)
+        self.assertEqual(self.auth.inProgress(), 4)
+        self.runner.finish()
+        self.assertEqual(self.auth.inProgress(), 3)
+        d = self.login("bob@example.test", "bob-pw", peer="198.51.100.1")
+        self.assertEqual(self.runner.started, 5)
+        for _ in range(4):
+            self.runner.finish()
+        self.assertEqual(self.successResultOf(d)[1].address, "bob@example.test")
+
+    def test_halfForCleanClients(self) -> None:
+        """
+        Clients with recent failures get only half of the checks at once:
+        a flood from many addresses leaves room for the others.
+        """
+        for peer in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
+            self.failOnce(peer)
+        self.login(peer="198.51.100.1")
+        self.login(peer="198.51.100.2")
+        self.assertEqual(self.auth.inProgress(), 2)
+        self.failureResultOf(self.login(peer="198.51.100.3"), LoginBusy)
+        self.login("bob@example.test", "bob-pw", peer="192.0.2.9")
+        self.login("alice@example.test", "alice-pw", peer="192.0.2.10")
+        self.assertEqual(self.auth.inProgress(), 4)
+
+    def test_busyAfterWaiting(self) -> None:
+        """
+        An attempt whose delay ends while the pool is full fails with
+        L{LoginBusy} without a check, and costs the client nothing more.
+        """
+        first = self.login()
+        self.runner.finish()
+        second = self.login()
+        for i in range(4):
+            self.login(peer="192.0.2.%d" % (10 + i,))
+        self.clock.advance(2)
+        self.failureResultOf(first, UnauthorizedLogin)
+        self.failureResultOf(second, LoginBusy)
+        self.assertEqual(self.auth.failures("192.0.2.1", "alice@example.test"), 1)
+        self.assertEqual(self.auth.inProgress("192.0.2.1"), 0)
+
+    def test_cancelWhileWaiting(self) -> None:
+        """
+        An attempt cancelled (the client left) while it waits for the
+        delay owed is never checked, and frees its place.
+        """
+        first = self.login()
+        self.runner.finish()
+        waiting = self.login()
+        waiting.cancel()
+        self.failureResultOf(waiting, CancelledError)
+        self.clock.advance(30)
+        self.failureResultOf(first, UnauthorizedLogin)
+        self.assertEqual(self.runner.started, 1)
+        self.assertEqual(self.auth.inProgress("192.0.2.1"), 0)
+
+    def test_cancelWhileChecking(self) -> None:
+        """
+        Cancelling an attempt being checked frees the client's place at
+        once, but not the pool's until the hash is done; a mailbox won
+        meanwhile is released.
+        """
+        d = self.login("alice@example.test", "alice-pw")
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.auth.inProgress("192.0.2.1"), 0)
+        self.assertEqual(self.auth.inProgress(), 1)
+        self.runner.finish()
+        self.assertEqual(self.auth.inProgress(), 0)
+        self.assertFalse(self.portal.realm.isHeld("alice@example.test"))
 
 
 class MakePortalTests(SynchronousTestCase):

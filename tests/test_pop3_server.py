@@ -20,6 +20,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailnet.config import Limits
+from mailnet.errors import LoginBusy
 from mailnet.pop3 import _wire
 from mailnet.pop3.server import (
     CHUNK_SIZE,
@@ -381,6 +382,29 @@ class AuthorizationTests(POP3Mixin, SynchronousTestCase):
         reply = self.lines(protocol, transport, b"USER alice@example.test\r\nPASS x\r\n")
         self.assertEqual(reply[-1], "-ERR [SYS/TEMP] Internal server error, try again later")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_loginBusy(self) -> None:
+        """
+        Issue 11: too many logins in progress (L{LoginBusy}), by USER/PASS
+        or AUTH PLAIN, is answered [SYS/TEMP] without a traceback; it does
+        not count towards C{max_errors}, so the session goes on and a
+        retry may succeed.
+        """
+        self.limits = Limits(max_errors=2)
+        protocol, transport = self.connect(self.makeFactory())
+        login = self.authenticator.login
+        self.authenticator.login = lambda *a: fail(LoginBusy())
+        busy = "-ERR [SYS/TEMP] Too many login attempts in progress, try again later"
+        plain = base64.b64encode(b"\0" + ALICE.encode() + b"\0" + PASSWORD.encode())
+        for _ in range(2):
+            reply = self.lines(protocol, transport, b"USER alice@example.test\r\nPASS x\r\n")
+            self.assertEqual(reply, ["+OK Send your password", busy])
+            self.assertEqual(self.lines(protocol, transport, b"AUTH PLAIN " + plain + b"\r\n"), [busy])
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.authenticator.login = login
+        reply = self.lines(protocol, transport, b"AUTH PLAIN " + plain + b"\r\n")
+        self.assertEqual(reply, ["+OK Logged in, 0 messages (0 octets)"])
 
     def test_snapshotFails(self) -> None:
         """

@@ -6,16 +6,21 @@ files as the service user.
 """
 
 import os
+import threading
 
 from twisted.internet.defer import fail, succeed
+from twisted.cred.credentials import UsernamePassword
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from mailnet import cred
 from mailnet.config import LISTENERS, loadConfig
+from mailnet.cred import CHECKS_PER_HASHING_THREAD, hashingThreads
 from mailnet.errors import ConfigError
 from mailnet.service import MailService, TmpSweeperService
+from mailnet.interfaces import IMailbox
 from mailnet.testing import makeCertificate
 
 
@@ -57,6 +62,40 @@ class MailServiceTests(SynchronousTestCase):
         """
         MailService(self.config(), ThreadedMemoryReactor(), handleSignals=False)
         self.assertFalse(os.path.exists(self.dataDir))
+
+    def test_hashingPool(self) -> None:
+        """
+        Issue 11: passwords are checked on a small pool of their own, not
+        on the pool that syncs Maildirs, and the authenticator admits no
+        more checks at once than that pool can work off quickly.
+        """
+        reactor = ThreadedMemoryReactor()
+        service = MailService(self.config(), reactor, handleSignals=False)
+        pool = service.hashPool
+        self.assertEqual(pool.name, "mailnet-hash")
+        self.assertEqual(pool.max, hashingThreads())
+        self.assertEqual(service.authenticator.maxChecking, CHECKS_PER_HASHING_THREAD * pool.max)
+        checked = threading.Event()
+        names = []
+
+        def verify(*args):
+            names.append(threading.current_thread().name)
+            checked.set()
+            return False
+
+        self.patch(cred, "verifyPassword", verify)
+        os.makedirs(self.dataDir)
+        service.accounts.open()
+        pool.start()
+        self.addCleanup(pool.stop)
+        service.authenticator.login(UsernamePassword(b"alice@example.test", b"x"), "192.0.2.1", IMailbox)
+        self.assertTrue(checked.wait(10))
+        self.assertEqual(len(names), 1)
+        self.assertEqual(names, ["PoolThread-mailnet-hash-0"])
+
+    def test_hashingThreads(self) -> None:
+        """One thread per CPU but one (one at least, four at most)."""
+        self.assertEqual([hashingThreads(n) for n in (1, 2, 3, 8, 64)], [1, 1, 2, 4, 4])
 
     def test_startPreparesDataDir(self) -> None:
         reactor = ThreadedMemoryReactor()

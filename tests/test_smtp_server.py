@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from mailnet.config import Limits
-from mailnet.errors import SMTPReply
+from mailnet.errors import LoginBusy, SMTPReply
 from mailnet.interfaces import IMessageReceiver
 from mailnet.smtp._data import DotDecoder, MessageChecker
 from mailnet.smtp.server import INPUT_HIGH_WATER, SMTPFactory, SMTPServer
@@ -849,6 +849,25 @@ class AuthTests(SynchronousTestCase):
         self.h.authenticator.login = lambda c, p, i: fail(RuntimeError("db down"))  # type: ignore[method-assign]
         self.assertEqual(self.h.login(), ["454 4.7.0 Temporary authentication failure"])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_loginBusy(self) -> None:
+        """
+        Issue 11: too many logins in progress (L{LoginBusy}) is answered
+        C{454 4.7.0}, without a traceback; it does not count towards
+        C{max_errors}, so the session goes on and a retry may succeed.
+        """
+        from twisted.internet.defer import fail
+
+        h = Harness(role="smtps", tls=True, limits=Limits(max_errors=2))
+        h.ehlo()
+        login = h.authenticator.login
+        h.authenticator.login = lambda c, p, i: fail(LoginBusy())  # type: ignore[method-assign]
+        for _ in range(3):
+            self.assertEqual(h.login(), ["454 4.7.0 Too many login attempts in progress, try again later"])
+        self.assertFalse(h.transport.disconnecting)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        h.authenticator.login = login  # type: ignore[method-assign]
+        self.assertEqual(h.login(), ["235 2.7.0 Authentication successful"])
 
 
 class SubmissionTests(SynchronousTestCase):

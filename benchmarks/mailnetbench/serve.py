@@ -12,7 +12,8 @@ C{[count, size]}: messages written straight into the Maildir before the
 start), C{profile} (optional path: profile the reactor thread and write a
 text report there on exit) and C{profiler} (C{"pyinstrument"} or
 C{"cprofile"}, see L{startProfiler}) and C{cheapHash} (store the users'
-password hashed with the cheapest Argon2 parameters, for smoke runs).
+password hashed with the cheapest Argon2 parameters, for smoke runs) and
+C{hashThreads} (optional: the size of the password-hashing pool).
 
 Once listening it prints one JSON line: C{pid}, C{ports} (role -> port),
 C{nofile}, C{cert}, C{key}, C{maildirs} (address -> path).  It stops on
@@ -85,6 +86,11 @@ def buildMailnet(reactor, spec: dict):
     # would measure itself, not the server.  A case may still set it.
     limits.setdefault("max_connections_per_client", limits.get("max_connections", Limits().max_connections))
     config = attr.evolve(config, limits=attr.evolve(Limits(), **limits))
+    if spec.get("hashThreads"):
+        # The login-flood case compares sizes of the hashing pool.
+        import mailnet.service
+
+        setattr(mailnet.service, "hashingThreads", lambda: spec["hashThreads"])
     service = MailService(config, reactor, handleSignals=False)
     # Started first: it prepares the data dir and the account store.  The
     # driver connects only after our ports line, when all below is done.

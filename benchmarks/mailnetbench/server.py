@@ -71,16 +71,19 @@ class Server:
             self.process.transport.signalProcess("KILL")
 
 
-async def startServer(reactor, spec: Dict[str, Any], timeout: float = 120) -> Server:
+async def startServer(reactor, spec: Dict[str, Any], timeout: float = 120, serve: str = SERVE) -> Server:
     """
     Start L{mailnetbench.serve} with C{spec}.
+
+    @param serve: the C{serve.py} to run: another checkout's runs that
+        checkout's mailnet (a before-and-after figure).
 
     @raise RuntimeError: it exited, or did not report its ports in time.
     """
     process = ServerProcess()
     started = process.started
     assert started is not None
-    reactor.spawnProcess(process, sys.executable, [sys.executable, SERVE, json.dumps(spec)], env=dict(os.environ))
+    reactor.spawnProcess(process, sys.executable, [sys.executable, serve, json.dumps(spec)], env=dict(os.environ))
     started.addTimeout(timeout, reactor)
     try:
         info = await started

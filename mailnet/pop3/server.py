@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailnet.config import Limits
-from mailnet.errors import MailboxInUse, MessageGone
+from mailnet.errors import LoginBusy, MailboxInUse, MessageGone
 from mailnet.interfaces import IAuthenticator, IMailbox
 from mailnet.pop3._wire import DotStuffer, MessageProducer, headersAndLines, wholeMessage
 
@@ -580,6 +580,10 @@ class POP3Server(Protocol):
         if failure.check(MailboxInUse):
             log.info("POP3 login for {user} from {peer}: mailbox in use", user=user, peer=self.peer)
             raise POP3Error(IN_USE, countsAsError=False)
+        if failure.check(LoginBusy):
+            # Issue 11: too many logins in progress; the client may retry.
+            log.info("POP3 login for {user} from {peer}: too many logins in progress", user=user, peer=self.peer)
+            raise POP3Error("[SYS/TEMP] %s" % (failure.value,), countsAsError=False)
         log.failure("POP3 login for {user} from {peer} failed", failure, user=user, peer=self.peer)
         raise POP3Error(SYS_TEMP, countsAsError=False)
 

@@ -45,7 +45,7 @@ from zope.interface import implementer
 
 from mailnet.address import MAX_PATH, isDomain, normalizeAddress
 from mailnet.config import Limits
-from mailnet.errors import BadAddress, SMTPReply
+from mailnet.errors import BadAddress, LoginBusy, SMTPReply
 from mailnet.interfaces import IAuthenticator, IDeliveryAgent, IMessageReceiver, ISender
 from mailnet.smtp import codes
 from mailnet.smtp._data import DotDecoder, MessageChecker
@@ -1009,10 +1009,18 @@ class SMTPServer(Protocol):
             log.info("SMTP {peer}: authenticated as {user}", peer=self._peer, user=avatar.address)
             return reply(codes.AUTH_SUCCEEDED, codes.S_AUTH_OK, "Authentication successful")
 
-        def failed(failure: Failure) -> SMTPReply:
+        def failed(failure: Failure) -> Optional[SMTPReply]:
             if failure.check(UnauthorizedLogin):
                 log.info("SMTP {peer}: authentication failed for {user!r}", peer=self._peer, user=user[:100])
                 return reply(codes.AUTH_INVALID, codes.P_AUTH_INVALID, "Authentication credentials invalid")
+            if failure.check(LoginBusy):
+                # Issue 11: too many logins in progress.  Not the client's
+                # mistake: written here so that it does not count towards
+                # max_errors, and the session goes on (it may retry).
+                log.info("SMTP {peer}: authentication refused, too many logins in progress", peer=self._peer)
+                if not self._closed:
+                    self._writeReply(reply(codes.TEMPORARY_AUTH_FAILURE, codes.T_POLICY, str(failure.value)))
+                return None
             log.failure("SMTP {peer}: authentication error", failure, peer=self._peer)
             return reply(codes.TEMPORARY_AUTH_FAILURE, codes.T_POLICY, "Temporary authentication failure")
 
