@@ -46,9 +46,11 @@ from zope.interface import implementer
 from mailnet.address import MAX_PATH, isDomain, normalizeAddress
 from mailnet.config import Limits
 from mailnet.errors import BadAddress, SMTPReply
+from mailnet.escape import escape
 from mailnet.interfaces import IAuthenticator, IDeliveryAgent, IMessageReceiver, ISender
 from mailnet.smtp import codes
-from mailnet.smtp._data import DotDecoder, MessageChecker
+from mailnet.message import AddressSyntaxError
+from mailnet.smtp._data import DotDecoder, HeaderSection, MessageChecker
 from mailnet.smtp.codes import reply
 
 log = Logger()
@@ -64,6 +66,16 @@ JUNK_COMMAND_LIMIT = 100
 # A DATA or BDAT phase must bring at least this many octets per second on
 # average over each command_timeout window (a 1-byte/s trickle is cut).
 MIN_DATA_RATE = 10
+
+# RCPT commands past max_recipients answered 452 (RFC 5321 §4.5.3.1.10)
+# before they count as errors, so that a client that pipelines a long list
+# can still finish the transaction for those accepted (Postfix's
+# smtpd_recipient_overshoot_limit).
+RECIPIENT_OVERSHOOT = 1000
+
+# Seconds a client has to close its side after our last reply (and, over
+# TLS, to answer our close_notify) before the connection is aborted.
+CLOSE_GRACE = 10
 
 # Input kept while the client is not reading our replies, before we stop
 # reading its input.
@@ -167,6 +179,12 @@ class _Transaction:
     id: str = attr.ib(factory=lambda: secrets.token_hex(6).upper())
     receiver: Optional[IMessageReceiver] = None
     checker: Optional[MessageChecker] = None
+    headers: Optional[HeaderSection] = None
+    # The header section's verdict, once it is complete: None if it passed.
+    headersJudged: bool = False
+    headerRefusal: Optional[SMTPReply] = None
+    # RCPT commands refused for exceeding max_recipients.
+    overshoot: int = 0
     decoder: Optional[DotDecoder] = None
     usedBDAT: bool = False
     # Set when storing failed half-way: the reply at the end of the data.
@@ -208,6 +226,7 @@ class SMTPServer(Protocol):
         self._readingPaused = False
         self._closed = False
         self._counted = False
+        self._registered = False
         self._errors = 0
         self._junk = 0
         self._helo: Optional[str] = None
@@ -221,6 +240,7 @@ class SMTPServer(Protocol):
         self._peer = "unknown"
         self._idleCall: Optional[IDelayedCall] = None
         self._deadlineCall: Optional[IDelayedCall] = None
+        self._abortCall: Optional[IDelayedCall] = None
         self._dataWindowBytes = 0
         self._handlers: Dict[str, Callable[[str], object]] = {
             "EHLO": self.do_EHLO,
@@ -280,6 +300,7 @@ class SMTPServer(Protocol):
         self._counted = True
         log.debug("SMTP connection from {peer} ({role})", peer=self._peer, role=self.factory.role)
         self.transport.registerProducer(self, True)
+        self._registered = True
         # RFC 5321 §4.2: the greeting carries no enhanced status code.
         self._write(codes.SERVICE_READY, "%s ESMTP mailnet" % (self.hostname,))
         self._restartIdleTimer()
@@ -311,12 +332,28 @@ class SMTPServer(Protocol):
         self._closed = True
         self._discardInput()
         self._cancelTimers()
+        self._hangUp()
+
+    def _hangUp(self) -> None:
+        """
+        Close the connection once the replies are written.  The producer is
+        unregistered first: Twisted's TLS layer does not send its
+        close_notify (nor close the socket) while a producer is registered,
+        so a TLS session would stay open after C{221} until the idle
+        timeout.
+        """
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
+        # A peer that does not close its side (nor answer TLS's
+        # close_notify) is cut off.
+        self._abortCall = self.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
     # --- timers -----------------------------------------------------------
 
     def _cancelTimers(self) -> None:
-        for name in ("_idleCall", "_deadlineCall"):
+        for name in ("_idleCall", "_deadlineCall", "_abortCall"):
             call = getattr(self, name)
             if call is not None and call.active():
                 call.cancel()
@@ -609,13 +646,13 @@ class SMTPServer(Protocol):
         text = "\n".join(line.replace("\r", " ") for line in str(r.text).split("\n"))
         self._write(r.code, text)
 
-    def _reply(self, r: SMTPReply) -> None:
+    def _reply(self, r: SMTPReply, countError: bool = True) -> None:
         """The one place replies are written, counted and logged."""
         if self._closed:
             return
         self._writeReply(r)
-        if r.code >= 400:
-            log.info("SMTP {peer}: {code} {text}", peer=self._peer, code=r.code, text=r.text.split("\n")[0])
+        if r.code >= 400 and countError:
+            log.info("SMTP {peer}: {code} {text}", peer=self._peer, code=r.code, text=escape(r.text.split("\n")[0]))
             if r.code != codes.SERVICE_UNAVAILABLE:
                 self._countError()
 
@@ -675,8 +712,8 @@ class SMTPServer(Protocol):
         """Open the receiver as the data begins, so the message streams to disk."""
         transaction = self._transaction
         assert transaction is not None
-        keepHeaders = self._sender is not None
-        transaction.checker = MessageChecker(self.limits.max_message_size, keepHeaders=keepHeaders)
+        transaction.checker = MessageChecker(self.limits.max_message_size)
+        transaction.headers = HeaderSection()
         try:
             transaction.receiver = self.factory.delivery.receive(transaction.returnPath, list(transaction.recipients))
             transaction.receiver.write(self._receivedHeader(transaction))
@@ -693,14 +730,30 @@ class SMTPServer(Protocol):
         """Check and store some message bytes."""
         if not data:
             return
-        checker = transaction.checker
-        assert checker is not None
+        checker, headers = transaction.checker, transaction.headers
+        assert checker is not None and headers is not None
         checker.feed(data)
         if transaction.receiver is None:
             return
         if checker.tooBig:
-            receiver, transaction.receiver = transaction.receiver, None
-            receiver.abort()
+            self._dropReceiver(transaction)
+            return
+        self._store(transaction, headers.feed(data))
+
+    def _store(self, transaction: _Transaction, data: bytes) -> None:
+        """
+        Write what the header section lets through; once it is complete,
+        judge it, and store nothing more if it is refused.
+        """
+        headers = transaction.headers
+        assert headers is not None
+        if (headers.complete or headers.tooLarge) and not transaction.headersJudged:
+            transaction.headersJudged = True
+            refusal = self._judgeHeaders(transaction, headers)
+            if refusal is not None:
+                transaction.headerRefusal = refusal
+                self._dropReceiver(transaction)
+        if not data or transaction.receiver is None:
             return
         try:
             transaction.receiver.write(data)
@@ -714,6 +767,15 @@ class SMTPServer(Protocol):
             except Exception:
                 log.failure("SMTP {peer}: could not abort message {id}", peer=self._peer, id=transaction.id)
 
+    def _dropReceiver(self, transaction: _Transaction) -> None:
+        """Nothing of this message is stored: drop what was written."""
+        receiver, transaction.receiver = transaction.receiver, None
+        if receiver is not None:
+            try:
+                receiver.abort()
+            except Exception:
+                log.failure("SMTP {peer}: could not abort message {id}", peer=self._peer, id=transaction.id)
+
     def _endMessage(self, transaction: _Transaction) -> Deferred:
         """
         All data is in: refuse it, or make it durable and answer 250 only
@@ -721,18 +783,26 @@ class SMTPServer(Protocol):
 
         @raise SMTPReply: the message is refused.
         """
-        checker = transaction.checker
-        assert checker is not None
-        checker.finish()
-        refusal = self._judge(transaction, checker)
+        checker, headers = transaction.checker, transaction.headers
+        assert checker is not None and headers is not None
+        try:
+            checker.finish()
+            if transaction.receiver is not None and not checker.tooBig:
+                self._store(transaction, headers.finish())
+            refusal = self._judge(transaction, checker)
+        except Exception:
+            # Whatever went wrong, the transaction ends here, cleanly.
+            log.failure("SMTP {peer}: could not check message {id}", peer=self._peer, id=transaction.id)
+            refusal = reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Local error in processing, try again later")
+            self._dropReceiver(transaction)
         if refusal is not None:
             self._resetTransaction()
             log.info(
                 "SMTP {peer}: message {id} from <{sender}> refused: {reason}",
                 peer=self._peer,
                 id=transaction.id,
-                sender=transaction.returnPath,
-                reason=refusal.text,
+                sender=escape(transaction.returnPath),
+                reason=escape(refusal.text),
             )
             raise refusal
         receiver = transaction.receiver
@@ -778,16 +848,66 @@ class SMTPServer(Protocol):
         if checker.lineTooLong:
             # RFC 5321 §4.5.3.1.6: refuse rather than split a line.
             return reply(codes.MAILBOX_UNAVAILABLE, codes.P_MEDIA_ERROR, "Message has a line longer than 1000 octets")
-        if self._sender is not None:
-            if checker.headersTooLarge:
-                return reply(codes.EXCEEDED_STORAGE, codes.P_MESSAGE_TOO_BIG, "Header section too large")
-            for address in checker.fromAddresses():
-                if not self._sender.maySendAs(address):
-                    return reply(
-                        codes.MAILBOX_NAME_NOT_ALLOWED,
-                        codes.P_NOT_AUTHORIZED,
-                        "From: <%s> is not yours to send as" % (address[:256],),
-                    )
+        if transaction.headerRefusal is not None:
+            return transaction.headerRefusal
+        if transaction.receiver is None:
+            # Dropped without a reason recorded: never acknowledge it.
+            return reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Local error in processing, try again later")
+        return None
+
+    def _judgeHeaders(self, transaction: _Transaction, headers: HeaderSection) -> Optional[SMTPReply]:
+        """
+        The checks on the header section, on every port: its size, the hop
+        count and forwarding loops (RFC 5321 §6.3), and for authenticated
+        clients its syntax and the From: addresses.  Any error in them
+        refuses the message (451) rather than leaving it half-judged.
+        """
+        try:
+            return self._headerRefusal(transaction, headers)
+        except Exception:
+            log.failure("SMTP {peer}: could not check the header of message {id}", peer=self._peer, id=transaction.id)
+            return reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Local error in processing, try again later")
+
+    def _headerRefusal(self, transaction: _Transaction, headers: HeaderSection) -> Optional[SMTPReply]:
+        if headers.tooLarge:
+            return reply(codes.EXCEEDED_STORAGE, codes.P_MESSAGE_TOO_BIG, "Header section too large")
+        if headers.received >= self.limits.max_hops:
+            # RFC 5321 §6.3: a message with too many Received: fields is
+            # in a loop; it is refused, never stored or relayed.
+            return reply(
+                codes.TRANSACTION_FAILED,
+                codes.P_ROUTING_LOOP,
+                "Too many hops (%d Received: header fields): mail loop?" % (headers.received,),
+            )
+        for recipient in transaction.recipients:
+            if recipient in headers.deliveredTo:
+                # Already delivered to this address once: an alias loop.
+                return reply(
+                    codes.TRANSACTION_FAILED,
+                    codes.P_ROUTING_LOOP,
+                    "Mail forwarding loop for <%s>" % (recipient,),
+                )
+        if self._sender is None:
+            return None
+        if headers.malformed:
+            # RFC 5322 §2.2: what downstream software would make of such a
+            # line is anyone's guess; a submitting client must not send it.
+            return reply(
+                codes.MAILBOX_UNAVAILABLE,
+                codes.P_MEDIA_ERROR,
+                "Header section has a line that is neither a header field nor a continuation",
+            )
+        try:
+            addresses = headers.fromAddresses()
+        except AddressSyntaxError as e:
+            return reply(codes.MAILBOX_UNAVAILABLE, codes.P_MEDIA_ERROR, "From: cannot be read: %s" % (e,))
+        for address in addresses:
+            if not self._sender.maySendAs(address):
+                return reply(
+                    codes.MAILBOX_NAME_NOT_ALLOWED,
+                    codes.P_NOT_AUTHORIZED,
+                    "From: <%s> is not yours to send as" % (escape(address, 256),),
+                )
         return None
 
     # --- message data -----------------------------------------------------
@@ -931,7 +1051,7 @@ class SMTPServer(Protocol):
             log.failure("SMTP {peer}: could not start TLS", peer=self._peer)
             self._closed = True
             self._cancelTimers()
-            self.transport.loseConnection()
+            self._hangUp()
             return
         self._tls = True
         log.debug("SMTP {peer}: TLS started", peer=self._peer)
@@ -1091,12 +1211,20 @@ class SMTPServer(Protocol):
         if params:
             raise reply(codes.PARAMETERS_NOT_RECOGNIZED, codes.P_INVALID_ARGUMENTS, "Unsupported parameter %s" % (next(iter(params))[:40],))
         if address.lower() == "postmaster":
-            # RFC 5321 §4.5.1: <Postmaster> without a domain must work.
-            address = "postmaster@%s" % (self.hostname,)
+            # RFC 5321 §4.5.1: <Postmaster> without a domain must work, on
+            # every port; it is the primary local domain's postmaster.
+            address = self.factory.delivery.postmaster()
         recipient = self._checkAddress(address, transaction.smtputf8, codes.P_BAD_DESTINATION_SYNTAX)
         if transaction.rcptCount >= self.limits.max_recipients:
-            # RFC 5321 §4.5.3.1.10.
-            raise reply(codes.INSUFFICIENT_STORAGE, codes.T_TOO_MANY_RECIPIENTS, "Too many recipients")
+            # RFC 5321 §4.5.3.1.10: a temporary refusal the client is meant
+            # to act on (send the rest later), so it is not a client error
+            # until far past the limit.
+            transaction.overshoot += 1
+            self._reply(
+                reply(codes.INSUFFICIENT_STORAGE, codes.T_TOO_MANY_RECIPIENTS, "Too many recipients"),
+                countError=transaction.overshoot > RECIPIENT_OVERSHOOT,
+            )
+            return None
         d = maybeDeferred(self.factory.delivery.checkRecipient, recipient, self._sender)
 
         def accepted(_: object) -> SMTPReply:
