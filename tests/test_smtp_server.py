@@ -465,7 +465,7 @@ class TransactionTests(SynchronousTestCase):
         self.assertEqual(rest, b": hi\r\n\r\n.leading dot\r\n")
         self.assertRegex(
             received.decode(),
-            r"^Received: from client\.example\.org \(192\.0\.2\.7\)\r\n"
+            r"^Received: from client\.example\.org \(\[192\.0\.2\.7\]\)\r\n"
             r"\tby mx\.example\.test with ESMTP id [0-9A-F]{12}\r\n"
             r"\tfor <alice@example\.test>; Thu, 01 Jan 1970 00:00:00 \+0000$",
         )

@@ -104,6 +104,10 @@ def _isAddressLiteral(text: str) -> bool:
     if not (text.startswith("[") and text.endswith("]")):
         return False
     inner = text[1:-1]
+    if "%" in inner:
+        # An IPv6 zone id means nothing to anyone else (RFC 5321 §4.1.3
+        # has none), and it may hold any text.
+        return False
     try:
         if inner[:5].lower() == "ipv6:":
             ipaddress.IPv6Address(inner[5:])
@@ -112,6 +116,22 @@ def _isAddressLiteral(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _tcpInfo(host: str) -> str:
+    """
+    The peer's address as an RFC 5321 §4.1.3 address literal for the
+    C{Received:} field's TCP-info (§4.4): C{[192.0.2.7]} or
+    C{[IPv6:2001:db8::1]}, without any zone id; C{[unknown]} for anything
+    that is not an IP address (a UNIX socket, a test transport).
+    """
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return "[unknown]"
+    if address.version == 6:
+        return "[IPv6:%s]" % (address,)
+    return "[%s]" % (address,)
 
 
 def _parseParameters(text: str) -> Dict[str, Optional[str]]:
@@ -681,7 +701,7 @@ class SMTPServer(Protocol):
                     "SMTP {peer}: message {id} from <{sender}> abandoned: {why}",
                     peer=self._peer,
                     id=transaction.id,
-                    sender=transaction.returnPath,
+                    sender=escape(transaction.returnPath),
                     why=why,
                 )
 
@@ -698,7 +718,10 @@ class SMTPServer(Protocol):
 
     def _receivedHeader(self, transaction: _Transaction) -> bytes:
         """RFC 5321 §4.4: the trace header this server adds."""
-        lines = ["Received: from %s (%s)" % (self._helo, self._peer)]
+        # The HELO name is a checked domain or address literal (no ";",
+        # parentheses or zone ids can break the field's structure), and the
+        # peer's address is written as a literal of our own making.
+        lines = ["Received: from %s (%s)" % (self._helo, _tcpInfo(self._peer))]
         lines.append("\tby %s with %s id %s" % (self.hostname, self._protocolName(transaction), transaction.id))
         stamp = _now(self.clock)
         if len(transaction.recipients) == 1:
@@ -817,13 +840,14 @@ class SMTPServer(Protocol):
             # As Postfix: the error and junk counts are per delivered message.
             self._errors = self._junk = 0
             log.info(
-                "SMTP accepted message {id} ({localId}) from <{sender}> to {recipients}, {size} octets, peer {peer}",
+                "SMTP accepted message {id} ({localId}) from <{sender}> to {recipients}, {size} octets, peer {peer} ({helo})",
                 id=messageId,
                 localId=transaction.id,
-                sender=transaction.returnPath,
-                recipients=",".join(transaction.recipients),
+                sender=escape(transaction.returnPath),
+                recipients=escape(",".join(transaction.recipients)),
                 size=checker.size,
                 peer=self._peer,
+                helo=escape(self._helo or ""),
             )
             return reply(codes.OK, codes.S_OK, "Ok: queued as %s" % (messageId,))
 
