@@ -1278,6 +1278,57 @@ class RealConnectionTests(TestCase):
             self.assertTrue(self.delivery.messages[-1].data.endswith(b"\r\nSubject: own client\r\n\r\n.dot\r\n"))
             self.assertIn(b" with ESMTPSA id ", self.delivery.messages[-1].data)
 
+    def quitAndWaitForClose(self, port: int, implicit: bool) -> Dict[str, object]:
+        """
+        Over TLS: QUIT, then read to the end of the stream, as openssl
+        s_client and MUAs do; how long the end took to come.
+        """
+        import socket
+        import time
+
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            if implicit:
+                conn = self.context().wrap_socket(raw)
+                files = conn.makefile("rb")
+            else:
+                files = raw.makefile("rb")
+                files.readline()
+                raw.sendall(b"EHLO client.example.org\r\n")
+                while files.readline()[3:4] == b"-":
+                    pass
+                raw.sendall(b"STARTTLS\r\n")
+                files.readline()
+                conn = self.context().wrap_socket(raw)
+                files = conn.makefile("rb")
+                conn.sendall(b"EHLO client.example.org\r\n")
+            conn.sendall(b"QUIT\r\n")
+            lines = []
+            started = time.monotonic()
+            while True:
+                line = files.readline()
+                if not line:
+                    break
+                lines.append(line)
+            return {"last": lines[-1], "seconds": time.monotonic() - started}
+        finally:
+            raw.close()
+
+    @inlineCallbacks
+    def test_quitClosesStartTLSSession(self):
+        """After QUIT over STARTTLS the server closes at once (it waited for the idle timeout)."""
+        port = self.listen("submission")
+        result = yield deferToThread(self.quitAndWaitForClose, port, False)
+        self.assertEqual(result["last"], b"221 2.0.0 localhost closing connection\r\n")
+        self.assertLess(result["seconds"], 2)
+
+    @inlineCallbacks
+    def test_quitClosesImplicitTLSSession(self):
+        port = self.listen("smtps", implicit=True)
+        result = yield deferToThread(self.quitAndWaitForClose, port, True)
+        self.assertEqual(result["last"], b"221 2.0.0 localhost closing connection\r\n")
+        self.assertLess(result["seconds"], 2)
+
     @inlineCallbacks
     def test_implicitTLSWithSmtplib(self):
         port = self.listen("smtps", implicit=True)
