@@ -680,3 +680,51 @@ class RecipientOvershootTests(SynchronousTestCase):
         replies = h.send(b"RCPT TO:<bob@example.test>\r\n" * 1010)
         self.assertEqual(replies[-1], "421 4.7.0 too many errors")
         self.assertEqual(len(replies), 1006)
+
+
+class NetworkTextTests(SynchronousTestCase):
+    """
+    What a client sends is escaped before it reaches the log, and cannot
+    break the structure of the Received: field we write.
+    """
+
+    def test_logEscaped(self) -> None:
+        """A UTF-8 envelope address with C1 controls and a direction override."""
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = Harness()
+        h.ehlo()
+        h.delivery.users.add("bob\u202e@example.test")
+        h.command("MAIL FROM:<evil\u009b2J@remote.test> SMTPUTF8")
+        h.command("RCPT TO:<nobody\u202e@example.test>")
+        h.command("RCPT TO:<bob\u202e@example.test>")
+        h.command("DATA")
+        h.send(b"Subject: x\r\n\r\nx\r\n.\r\n")
+        text = "\n".join(formatEvent(e) for e in events)
+        self.assertIn("from <evil\\x9b2j@remote.test>", text)
+        self.assertIn("nobody\\u202e@example.test", text)
+        self.assertIn("to bob\\u202e@example.test", text)
+        for raw in ("\u009b", "\u202e"):
+            self.assertNotIn(raw, text)
+
+    def test_ipv6ZoneIdRefused(self) -> None:
+        """RFC 5321 §4.1.3 address literals have no zone id (which may hold any text)."""
+        h = Harness()
+        for name in ("[IPv6:fe80::1%eth0]", "[IPv6:fe80::1%x;(y)]"):
+            self.assertEqual(h.command("EHLO " + name), ["501 5.5.4 Syntax: EHLO <domain or address literal>"], name)
+        self.assertTrue(h.command("EHLO [IPv6:fe80::1]")[0].startswith("250-"))
+
+    def test_receivedStructure(self) -> None:
+        """Received: from <name> ([address literal]) by ...; date (RFC 5321 §4.4)."""
+        from mailnet.smtp.server import _tcpInfo
+
+        self.assertEqual(_tcpInfo("192.0.2.7"), "[192.0.2.7]")
+        self.assertEqual(_tcpInfo("fe80::1%eth0;(x)"), "[IPv6:fe80::1]")
+        self.assertEqual(_tcpInfo("/tmp/socket (x);"), "[unknown]")
+        h = Harness()
+        h.command("EHLO [IPv6:2001:db8::1]")
+        h.envelope()
+        _message(h, b"Subject: x\r\n\r\nx\r\n")
+        first = h.delivery.messages[0].data.split(b"\r\n")[0]
+        self.assertEqual(first, b"Received: from [IPv6:2001:db8::1] ([192.0.2.7])")
