@@ -650,6 +650,23 @@ class FromHeaderTests(SynchronousTestCase):
         self.assertEqual(h.command("MAIL FROM:<a@remote.test>"), ["250 2.1.0 Sender <a@remote.test> ok"])
 
 
+    def test_readErrorEndsTransaction(self) -> None:
+        """An error while the header section streams in: 451 at the end, nothing stored."""
+        h = Harness()
+        h.ehlo()
+        h.envelope()
+        h.command("DATA")
+
+        def broken(data: bytes) -> bytes:
+            raise RuntimeError("bug")
+
+        h.protocol._transaction.headers.feed = broken  # type: ignore[union-attr, method-assign]
+        self.assertEqual(h.send(b"Subject: x\r\n\r\nbody\r\n.\r\n"), ["451 4.3.0 Local error in processing, try again later"])
+        self.assertTrue(h.delivery.messages[0].aborted)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(h.command("MAIL FROM:<a@remote.test>"), ["250 2.1.0 Sender <a@remote.test> ok"])
+
+
 class RecipientOvershootTests(SynchronousTestCase):
     """
     RFC 5321 §4.5.3.1.10: 452 for recipients past max_recipients is a

@@ -761,7 +761,15 @@ class SMTPServer(Protocol):
         if checker.tooBig:
             self._dropReceiver(transaction)
             return
-        self._store(transaction, headers.feed(data))
+        try:
+            data = headers.feed(data)
+        except Exception:
+            log.failure("SMTP {peer}: could not read the header of message {id}", peer=self._peer, id=transaction.id)
+            transaction.headersJudged = True
+            transaction.headerRefusal = reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Local error in processing, try again later")
+            self._dropReceiver(transaction)
+            return
+        self._store(transaction, data)
 
     def _store(self, transaction: _Transaction, data: bytes) -> None:
         """
