@@ -24,11 +24,16 @@ from typing import List, Optional, Sequence
 
 import attr
 
+from mailnet.escape import asciiEscape, escape
+
 FAILED = "failed"
 DELAYED = "delayed"
 
 _POLICY = email.policy.compat32.clone(linesep="\r\n", max_line_length=78)
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+# The most of the original header section a notification carries: whole
+# fields only, never one cut in the middle.
+MAX_RETURNED_HEADER = 64 * 1024
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -66,16 +71,47 @@ def statusFromReply(reply: str, permanent: bool) -> str:
 
 
 def _text(data: str) -> str:
-    """One header line: no line breaks can slip in from remote replies."""
-    return " ".join(data.split())
+    """One line of text: no line breaks or control characters can slip in from remote replies."""
+    return escape(" ".join(data.split()))
 
 
 def _fields(pairs: Sequence[tuple]) -> Message:
     block = Message()
     for name, value in pairs:
         if value is not None:
-            block[name] = _text(value)
+            # RFC 3464 §2.1.2: the fields are ASCII text (a Diagnostic-Code
+            # is "smtp; 550 ..."), never RFC 2047 encoded words: anything
+            # else is escaped.
+            block[name] = asciiEscape(_text(value))
     return block
+
+
+def wholeFields(headers: bytes, limit: int = MAX_RETURNED_HEADER) -> bytes:
+    """
+    The header section to return in a notification: up to its blank line,
+    at most C{limit} octets, and only whole fields (with their
+    continuation lines).  Without a blank line, C{headers} may have been
+    cut by whoever read it, so its last field is left out unless it ends
+    in a line ending.
+    """
+    end = headers.find(b"\r\n\r\n")
+    if end >= 0:
+        headers = headers[: end + 2]
+        if len(headers) <= limit:
+            return headers
+    elif len(headers) <= limit and headers.endswith(b"\r\n") and len(headers) < MAX_RETURNED_HEADER:
+        return headers
+    # Cut before the last field that starts within the limit: a line
+    # ending followed by something other than white space.
+    window = headers[: limit + 1]
+    cut = len(window)
+    while cut > 0:
+        cut = window.rfind(b"\r\n", 0, cut - 1)
+        if cut < 0:
+            return b""
+        if window[cut + 2 : cut + 3] not in (b" ", b"\t") and cut + 2 < len(window):
+            return window[: cut + 2]
+    return b""
 
 
 def _when(moment: float) -> str:
@@ -191,11 +227,11 @@ def makeBounce(
     # RFC 6522 §4 / RFC 3462: the original header only, never the body.
     headers = MIMEBase("text", "rfc822-headers")
     headers["Content-Description"] = "Undelivered message header"
-    text = originalHeaders.decode("ascii", "surrogateescape")
+    text = wholeFields(originalHeaders).decode("ascii", "surrogateescape")
     if not text.endswith("\n"):
         text += "\n"
     headers.set_payload(text.replace("\r\n", "\n"))
-    headers["Content-Transfer-Encoding"] = "7bit" if originalHeaders.isascii() else "8bit"
+    headers["Content-Transfer-Encoding"] = "7bit" if text.isascii() else "8bit"
     report.attach(headers)
 
     out = io.BytesIO()

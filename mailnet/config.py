@@ -47,6 +47,7 @@ class Limits:
     max_command_line: int = 2048
     max_errors: int = 20
     command_timeout: int = 300
+    max_hops: int = 100
 
 
 @attr.s(frozen=True, auto_attribs=True, kw_only=True)
@@ -172,6 +173,7 @@ SCHEMA: Dict[str, Dict[str, Callable[[str], Any]]] = {
         "max_command_line": _positiveInt,
         "max_errors": _positiveInt,
         "command_timeout": _positiveInt,
+        "max_hops": _positiveInt,
     },
     "relay": {
         "smarthost": _optionalHostPort,

@@ -331,6 +331,15 @@ class IDeliveryAgent(Interface):
             user, 554 5.7.1 relay denied, 451 4.3.0 temporary).
         """
 
+    def postmaster():
+        """
+        The address C{RCPT TO:<postmaster>} (no domain) stands for
+        (RFC 5321 §4.5.1): the primary local domain's postmaster.
+
+        @rtype: L{str}
+        @raise mailnet.errors.SMTPReply: there is none (no local domain).
+        """
+
     def receive(returnPath, recipients):
         """
         Start storing a message accepted for C{recipients} (all of which

@@ -527,3 +527,198 @@ def envelopeSenderOf(data: bytes) -> str:
     return email.utils.parseaddr(value)[1]
 
 
+
+
+# --- header sections, as the SMTP server checks them ---------------------
+
+# RFC 5322 §3.6.8: a field name is printable ASCII except the colon; §4.5
+# (obsolete syntax, obs-optional and the obs- forms of every field) allows
+# white space between the name and the colon, so "From :" and "From\t:" are
+# From fields too, and software downstream reads them as such.
+_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+
+#: Comments may nest (RFC 5322 §3.2.2), but no real address needs more
+#: than a few levels; deeper nesting is refused rather than followed.
+MAX_COMMENT_DEPTH = 16
+
+FIELD, CONTINUATION, BLANK, OTHER = "field", "continuation", "blank", "other"
+
+
+def classifyHeaderLine(line: bytes) -> Tuple[str, Optional[bytes]]:
+    """
+    What one line (with or without its line ending) is in a header section
+    (RFC 5322 §2.2).
+
+    @return: C{(kind, name)}: L{FIELD} and the field's name (as written,
+        without white space), L{CONTINUATION} (folded: starts with white
+        space), L{BLANK} (the end of the header section), or L{OTHER}: a
+        line that is none of these, such as an mbox C{From } line or a
+        body without a header section.
+    """
+    if line in (b"\r\n", b"\n", b""):
+        return BLANK, None
+    if line[:1] in (b" ", b"\t"):
+        return CONTINUATION, None
+    match = _FIELD.match(line)
+    if match is None:
+        return OTHER, None
+    return FIELD, match.group(1)
+
+
+def fieldValue(field: bytes) -> str:
+    """
+    @param field: a whole header field, continuation lines included.
+    @return: its value, unfolded (RFC 5322 §2.2.3), as text (UTF-8 is
+        allowed by RFC 6532; bad bytes are replaced).
+    """
+    _, _, value = field.partition(b":")
+    value = re.sub(rb"\r?\n(?=[ \t])", b"", value)
+    return value.decode("utf-8", "replace").strip()
+
+
+class AddressSyntaxError(ValueError):
+    """An address list is nested too deeply to be taken apart safely."""
+
+
+def _skipComment(value: str, i: int) -> int:
+    """
+    @param i: the index of a C{(} in C{value}.
+    @return: the index after the matching C{)}, or C{-1} if there is none.
+    @raise AddressSyntaxError: the comment nests too deeply.
+    """
+    depth, i, n = 1, i + 1, len(value)
+    while i < n:
+        char = value[i]
+        if char == "\\":
+            i += 1
+        elif char == "(":
+            depth += 1
+            if depth > MAX_COMMENT_DEPTH:
+                raise AddressSyntaxError("comments nested more than %d deep" % (MAX_COMMENT_DEPTH,))
+        elif char == ")":
+            depth -= 1
+            if not depth:
+                return i + 1
+        i += 1
+    return -1
+
+
+def _skipQuoted(value: str, i: int, close: str) -> int:
+    """
+    @return: the index after the C{close} that ends the quoted string or
+        domain literal opening at C{i}, or C{-1} if there is none.
+    """
+    i, n = i + 1, len(value)
+    while i < n:
+        if value[i] == "\\":
+            i += 2
+            continue
+        if value[i] == close:
+            return i + 1
+        i += 1
+    return -1
+
+
+class _Mailbox:
+    """One mailbox of an address list, as it is read."""
+
+    def __init__(self) -> None:
+        self.text: List[str] = []
+        self.angle: List[str] = []
+        self.angles = 0
+        self.open = False
+        self.trailing = False
+        self.bad = False
+
+    def add(self, piece: str) -> None:
+        if self.open:
+            self.angle.append(piece)
+        elif self.angles:
+            # After the angle address only white space may follow.
+            self.trailing = self.trailing or bool(piece.strip())
+        else:
+            self.text.append(piece)
+
+    def address(self) -> Optional[str]:
+        """@return: the address; C{""} if unclear; L{None} if empty."""
+        if self.bad or self.open or self.trailing or self.angles > 1:
+            return ""
+        address = "".join(("".join(self.angle) if self.angles else "".join(self.text)).split())
+        if address.startswith("@"):
+            # RFC 5322 §4.4 obs-route: <@relay:user@domain>
+            address = address.partition(":")[2]
+        return address.lower() if address or self.angles else None
+
+
+def mailboxAddresses(value: str) -> List[str]:
+    """
+    The addresses of an RFC 5322 §3.4 address list (as in C{From:}),
+    found in one pass without recursion: comments (nested at most
+    L{MAX_COMMENT_DEPTH} deep) are dropped, quoted strings and domain
+    literals are kept whole, groups are opened up, and each mailbox gives
+    the address in its angle brackets, or its whole text if it has none.
+
+    Anything that is not one clear address (two angle addresses in one
+    mailbox, text after the angle address, an unterminated quote, comment
+    or bracket, a group inside a group) gives C{""}, which matches no
+    sender: the caller refuses rather than guesses.
+
+    @return: the addresses, lower-cased, white space removed.
+    @raise AddressSyntaxError: comments are nested too deeply.
+    """
+    addresses: List[str] = []
+    mailbox = _Mailbox()
+    inGroup = False
+
+    def end() -> None:
+        nonlocal mailbox
+        address = mailbox.address()
+        if address is not None:
+            addresses.append(address)
+        mailbox = _Mailbox()
+
+    i, n = 0, len(value)
+    while i < n:
+        char = value[i]
+        if char == "(":
+            after = _skipComment(value, i)
+            if after < 0:
+                mailbox.bad = True
+                break
+            mailbox.add(" ")
+            i = after
+            continue
+        if char in "\"[":
+            after = _skipQuoted(value, i, '"' if char == '"' else "]")
+            if after < 0:
+                mailbox.bad = True
+                break
+            mailbox.add(value[i:after])
+            i = after
+            continue
+        if char == "<" and not mailbox.open:
+            mailbox.angles += 1
+            mailbox.open = True
+        elif char == ">" and mailbox.open:
+            mailbox.open = False
+        elif char == ">":
+            mailbox.bad = True
+        elif mailbox.open:
+            # A source route's "," and ":" belong to the angle address.
+            mailbox.add(char)
+        elif char == ",":
+            end()
+        elif char == ":":
+            # What came before was a group's display name, not a mailbox.
+            if inGroup or mailbox.angles:
+                mailbox.bad = True
+            inGroup = True
+            mailbox.text.clear()
+        elif char == ";" and inGroup:
+            end()
+            inGroup = False
+        else:
+            mailbox.add(char)
+        i += 1
+    end()
+    return addresses

@@ -170,7 +170,9 @@ class MailService(service.MultiService):
         self.mailStore = MaildirStore(os.path.join(dataDir, "mail"), run, config.hostname)
         self.queue = DiskQueue(os.path.join(dataDir, "queue"), run, reactor, config.hostname)
         TmpSweeperService(self.mailStore, reactor).setServiceParent(self)
-        self.delivery = DeliveryAgent(self.accounts, self.mailStore, self.queue, clock=reactor)
+        self.delivery = DeliveryAgent(
+            self.accounts, self.mailStore, self.queue, clock=reactor, primaryDomain=config.domains[0] if config.domains else None
+        )
         portal = makePortal(self.accounts, self.mailStore, ThreadRunner(reactor, self.hashPool))
         limits = config.limits
         self.authenticator = Authenticator(

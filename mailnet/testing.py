@@ -192,10 +192,14 @@ class FakeDeliveryAgent:
 
     def checkRecipient(self, address: str, sender: Optional[ISender]) -> None:
         if splitAddress(address)[1] in self.localDomains:
-            if address not in self.users:
+            # RFC 5321 §4.5.1: postmaster exists in every local domain.
+            if address not in self.users and splitAddress(address)[0] != "postmaster":
                 raise SMTPReply(550, "5.1.1 <%s>: no such user here" % (address,))
         elif sender is None:
             raise SMTPReply(554, "5.7.1 <%s>: relay access denied" % (address,))
+
+    def postmaster(self) -> str:
+        return "postmaster@" + sorted(self.localDomains)[0]
 
     def receive(self, returnPath: str, recipients: Sequence[str]) -> RecordingReceiver:
         receiver = RecordingReceiver(returnPath, recipients, self.result)

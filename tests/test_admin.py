@@ -495,6 +495,26 @@ class QueueTests(AdminTestCase):
         self.assertIn("%s  from <>  to z@remote.test" % (second,), out)
         self.assertIn("2 messages queued.", out)
 
+    def test_listEscapesNetworkText(self) -> None:
+        """
+        A remote reply with ESC, BEL and CR (kept by an older version, or
+        written by hand) cannot drive the terminal of whoever lists the
+        queue.
+        """
+        import json
+
+        entryId = self.queueMessage("alice@example.test", ["x@remote.test"])
+        path = os.path.join(self.dataDir, "queue", "env", entryId + ".json")
+        with open(path) as f:
+            envelope = json.load(f)
+        envelope["last_error"] = "451 4.3.0 \x1b]0;owned\x07\x1b[2J\rgone\u202e"
+        with open(path, "w") as f:
+            json.dump(envelope, f)
+        out = self.ok("queue", "list")
+        self.assertIn("    last error: 451 4.3.0 \\x1b]0;owned\\x07\\x1b[2J\\x0dgone\\u202e\n", out)
+        self.assertNotIn("\x1b", out)
+        self.assertNotIn("\r", out)
+
     def test_flush(self) -> None:
         out = self.ok("queue", "flush")
         self.assertIn("retried now", out)

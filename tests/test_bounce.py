@@ -158,3 +158,31 @@ class StatusFromReplyTests(unittest.TestCase):
     def test_noEnhancedCode(self) -> None:
         self.assertEqual(statusFromReply("550 go away", True), "5.0.0")
         self.assertEqual(statusFromReply("421 busy", False), "4.0.0")
+
+
+class ReturnedHeaderTests(unittest.TestCase):
+    """The original header in a notification: whole fields, up to a cap."""
+
+    def test_wholeFieldsOnly(self) -> None:
+        from mailnet.bounce import wholeFields
+
+        headers = b"A: 1\r\nB: 2\r\n 2b\r\nC: 3\r\n\r\nbody"
+        self.assertEqual(wholeFields(headers), b"A: 1\r\nB: 2\r\n 2b\r\nC: 3\r\n")
+        # B's continuation would be cut: B is left out whole.
+        self.assertEqual(wholeFields(headers, 16), b"A: 1\r\n")
+        self.assertEqual(wholeFields(headers, 22), b"A: 1\r\nB: 2\r\n 2b\r\n")
+        # Read without its end (by a reader with a cap): the last field may be cut.
+        self.assertEqual(wholeFields(b"A: 1\r\nB: 2\r\n 2b"), b"A: 1\r\n")
+
+    def test_longHeaderCutBetweenFields(self) -> None:
+        """A 64 kB read of a 100 kB header section: no field is cut in the middle."""
+        from mailnet.bounce import MAX_RETURNED_HEADER
+
+        field = b"Received: from a.test\r\n\tby b.test; Thu, 1 Jan 2026 00:00:00 +0000\r\n"
+        headers = (field * (100 * 1024 // len(field)))[:MAX_RETURNED_HEADER]
+        bounce = makeBounce(
+            "mx.example.test", "alice@example.test", [RecipientResult("b@x.test", FAILED, "5.4.6", "554 5.4.6 loop")], headers, ARRIVAL, NOW
+        )
+        part = parse(bounce).get_payload()[2].get_payload()
+        self.assertTrue(part.endswith("+0000\r\n") or part.endswith("+0000\n"), part[-100:])
+        self.assertEqual(part.count("Received:"), part.count("\tby b.test"))

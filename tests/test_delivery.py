@@ -171,3 +171,86 @@ class DeliveryAgentTests(SynchronousTestCase):
         parts = [RecordingReceiver(), RecordingReceiver()]
         FanOutReceiver(parts).abort()
         self.assertTrue(all(p.aborted for p in parts))
+
+
+class PostmasterTests(SynchronousTestCase):
+    """RFC 5321 §4.5.1: postmaster is always accepted, never relayed."""
+
+    def setUp(self) -> None:
+        self.accounts = MemoryAccountStore()
+        for domain in ("b.test", "a.test"):
+            self.accounts.addDomain(domain)
+        self.accounts.addUser("alice@b.test", "x")
+        self.mail = RecordingStore()
+        self.queue = RecordingStore()
+
+    def test_primaryDomain(self) -> None:
+        """<postmaster> is the configured primary domain's, else the first local one."""
+        self.assertEqual(DeliveryAgent(self.accounts, self.mail, self.queue, primaryDomain="B.test").postmaster(), "postmaster@b.test")
+        self.assertEqual(DeliveryAgent(self.accounts, self.mail, self.queue).postmaster(), "postmaster@a.test")
+        agent = DeliveryAgent(self.accounts, self.mail, self.queue, primaryDomain="gone.test")
+        self.assertEqual(agent.postmaster(), "postmaster@a.test")
+
+    def test_noLocalDomain(self) -> None:
+        agent = DeliveryAgent(MemoryAccountStore(), self.mail, self.queue)
+        error = self.assertRaises(SMTPReply, agent.postmaster)
+        self.assertEqual((error.code, error.text), (550, "5.1.1 <postmaster>: no local domain is configured here"))
+
+    def test_withoutAccount(self) -> None:
+        """No postmaster user or alias: a Maildir of its own, for the primary domain."""
+        agent = DeliveryAgent(self.accounts, self.mail, self.queue, primaryDomain="b.test")
+        for address in ("postmaster@b.test", "PostMaster@a.test"):
+            agent.checkRecipient(address, None)
+        self.assertEqual(agent.route(["postmaster@b.test", "postmaster@a.test"]), (["postmaster@b.test"], []))
+
+    def test_aliasOrUser(self) -> None:
+        self.accounts.addAlias("postmaster@b.test", ["alice@b.test"])
+        agent = DeliveryAgent(self.accounts, self.mail, self.queue, primaryDomain="b.test")
+        self.assertEqual(agent.route([agent.postmaster(), "postmaster@a.test"]), (["alice@b.test"], []))
+        self.accounts.addUser("postmaster@a.test", "x")
+        self.assertEqual(agent.route(["postmaster@a.test"]), (["postmaster@a.test"], []))
+
+    def test_otherAddressesUnchanged(self) -> None:
+        agent = DeliveryAgent(self.accounts, self.mail, self.queue, primaryDomain="b.test")
+        self.assertRaises(SMTPReply, agent.checkRecipient, "abuse@b.test", None)
+        self.assertRaises(SMTPReply, agent.checkRecipient, "postmaster@remote.test", None)
+
+
+class DeliveredToTests(SynchronousTestCase):
+    """
+    A copy an alias forwards to a remote address carries Delivered-To: the
+    alias, so that the message is recognised if it comes back (a loop).
+    """
+
+    def setUp(self) -> None:
+        self.accounts = MemoryAccountStore()
+        self.accounts.addDomain("example.test")
+        self.accounts.addUser("alice@example.test", "x")
+        self.accounts.addAlias("fwd@example.test", ["alice@example.test", "x@remote.test"])
+        self.accounts.addAlias("other@example.test", ["y@remote.test"])
+        self.mail = RecordingStore()
+        self.queue = RecordingStore()
+        self.agent = DeliveryAgent(self.accounts, self.mail, self.queue)
+
+    def test_forwardedCopy(self) -> None:
+        receiver = self.agent.receive("s@remote.test", ["fwd@example.test", "other@example.test", "plain@remote.test"])
+        receiver.write(b"Received: by us\r\n\r\nbody\r\n")
+        receiver.finish()
+        [local] = self.mail.receivers
+        plain, forwarded = self.queue.receivers
+        self.assertEqual(local.recipients, ["alice@example.test"])
+        self.assertEqual(local.data, b"Received: by us\r\n\r\nbody\r\n")
+        self.assertEqual(plain.recipients, ["plain@remote.test"])
+        self.assertEqual(plain.data, b"Received: by us\r\n\r\nbody\r\n")
+        self.assertEqual(forwarded.recipients, ["x@remote.test", "y@remote.test"])
+        self.assertEqual(
+            forwarded.data,
+            b"Delivered-To: fwd@example.test\r\nDelivered-To: other@example.test\r\nReceived: by us\r\n\r\nbody\r\n",
+        )
+
+    def test_relayedMailUnmarked(self) -> None:
+        """An authenticated user's mail to remote addresses gets no Delivered-To."""
+        receiver = self.agent.receive("alice@example.test", ["x@remote.test"])
+        receiver.write(b"Subject: x\r\n\r\n")
+        [entry] = self.queue.receivers
+        self.assertEqual(entry.data, b"Subject: x\r\n\r\n")

@@ -243,3 +243,56 @@ class ForwardedMessageTests(unittest.SynchronousTestCase):
         [attachment] = decoded.attachments
         self.assertEqual((attachment.safeName, attachment.contentType), ("forwarded.eml", "message/rfc822"))
         self.assertIn(b"Subject: the report", attachment.data)
+
+
+class HeaderScanTests(unittest.SynchronousTestCase):
+    """The header-section reading the SMTP server's checks rely on (RFC 5322)."""
+
+    def test_classify(self) -> None:
+        from mailnet.message import BLANK, CONTINUATION, FIELD, OTHER, classifyHeaderLine
+
+        self.assertEqual(classifyHeaderLine(b"From: a\r\n"), (FIELD, b"From"))
+        # RFC 5322 §4.5: obs- syntax allows white space before the colon.
+        self.assertEqual(classifyHeaderLine(b"From : a\r\n"), (FIELD, b"From"))
+        self.assertEqual(classifyHeaderLine(b"From\t: a\r\n"), (FIELD, b"From"))
+        self.assertEqual(classifyHeaderLine(b"X-A:\r\n"), (FIELD, b"X-A"))
+        self.assertEqual(classifyHeaderLine(b" folded\r\n"), (CONTINUATION, None))
+        self.assertEqual(classifyHeaderLine(b"\r\n"), (BLANK, None))
+        for other in (b"From a@b Sat Dec 5\r\n", b": no name\r\n", b"bad name: x\r\n", b"\xc3\xa9: x\r\n"):
+            self.assertEqual(classifyHeaderLine(other), (OTHER, None), other)
+
+    def test_fieldValueUnfolded(self) -> None:
+        from mailnet.message import fieldValue
+
+        self.assertEqual(fieldValue(b"From : Alice\r\n <alice@x.test>\r\n"), "Alice <alice@x.test>")
+
+    def test_mailboxAddresses(self) -> None:
+        from mailnet.message import mailboxAddresses
+
+        cases = {
+            "alice@x.test": ["alice@x.test"],
+            "Alice <ALICE@x.test>": ["alice@x.test"],
+            '"Bob, <bob@y.test>" <alice@x.test>': ["alice@x.test"],
+            "a@x.test, b@y.test": ["a@x.test", "b@y.test"],
+            "alice@x.test <bob@y.test>": ["bob@y.test"],
+            "<a@x.test> <b@y.test>": [""],
+            "<a@x.test> trailing": [""],
+            "team: a@x.test, b@y.test;, c@z.test": ["a@x.test", "b@y.test", "c@z.test"],
+            "undisclosed-recipients:;": [],
+            "bob@y.test (<alice@x.test>)": ["bob@y.test"],
+            "(a(b(c)))alice@x.test": ["alice@x.test"],
+            '"unterminated <alice@x.test>': [""],
+            "<@relay.test:alice@x.test>": ["alice@x.test"],
+            "alice @ x . test": ["alice@x.test"],
+            "<>": [""],
+        }
+        for value, expected in cases.items():
+            self.assertEqual(mailboxAddresses(value), expected, value)
+
+    def test_boundedNesting(self) -> None:
+        """No recursion: 10,000 comments or groups are refused or read in one pass."""
+        from mailnet.message import MAX_COMMENT_DEPTH, AddressSyntaxError, mailboxAddresses
+
+        self.assertRaises(AddressSyntaxError, mailboxAddresses, "(" * 10000 + "a@x.test")
+        self.assertEqual(mailboxAddresses("(" * MAX_COMMENT_DEPTH + ")" * MAX_COMMENT_DEPTH + "a@x.test"), ["a@x.test"])
+        self.assertEqual(mailboxAddresses("g:" * 10000 + "a@x.test;"), [""])

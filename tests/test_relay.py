@@ -1128,3 +1128,51 @@ class OwnServerTests(RelayTestMixin, unittest.TestCase):
         block = email.message_from_bytes(bounce.data).get_payload()[1].get_payload()[1]
         self.assertEqual(block["Final-Recipient"], "rfc822; nobody@b.test")
         self.assertEqual(block["Status"], "5.1.1")
+
+
+class HostileReplyTests(RelayTestMixin, unittest.TestCase):
+    """
+    What a remote server says reaches logs, the queue (and so
+    C{mailnet-admin queue list}) and bounces: never raw.
+    """
+
+    @defer.inlineCallbacks
+    def test_controlCharactersEscaped(self) -> Any:
+        server = yield self.startServer()
+        server.dataReplies.append("451 4.3.0 \x1b]0;owned\x07\x1b[2J\rnot\x9bme")
+        relay = self.makeRelay(routes={"b.test": ("127.0.0.1", server.port)})
+        entryId = self.enqueue("alice@example.test", ["bob@b.test"])
+        yield relay.whenIdle()
+        lastError = self.envelope(entryId)["recipients"][0]["last_error"]
+        self.assertEqual(lastError, "451 4.3.0 \\x1b]0;owned\\x07\\x1b[2J\\x0dnot\\x9bme")
+        self.assertEqual(q.listEntries(self.queueDir)[0]["last_error"], lastError)
+
+    def test_replyLength(self) -> None:
+        reply = _relayclient.Reply(550, ("x" * 3000,) * 50)
+        self.assertLess(len(str(reply)), _relayclient.MAX_REPLY_TEXT + 10)
+
+    @defer.inlineCallbacks
+    def test_loopBounceCarriesWholeHeader(self) -> Any:
+        """
+        A next hop that refuses a looping message (554 5.4.6): the bounce
+        holds every original header field, whole, and its Diagnostic-Code
+        is RFC 3464 text.
+        """
+        server = yield self.startServer()
+        server.dataReplies.append("554 5.4.6 Too many hops (150 Received: header fields): mail loop? caf\u00e9")
+        relay = self.makeRelay(routes={"b.test": ("127.0.0.1", server.port)})
+        received = b"".join(b"Received: from hop%d.test\r\n\tby hop%d.test; Thu, 1 Jan 2026 00:00:00 +0000\r\n" % (i, i + 1) for i in range(150))
+        self.enqueue("alice@example.test", ["bob@b.test"], received + b"Subject: loop\r\n\r\nbody\r\n")
+        yield relay.whenIdle()
+        [bounce] = self.injected
+        self.assertEqual(bounce.returnPath, "")
+        self.assertNotIn(b"=?", bounce.data)
+        _, status, headers = email.message_from_bytes(bounce.data).get_payload()
+        diagnostic = status.get_payload()[1]["Diagnostic-Code"]
+        self.assertEqual(
+            " ".join(diagnostic.split()),
+            "smtp; 554 5.4.6 Too many hops (150 Received: header fields): mail loop? caf\\u00e9",
+        )
+        part = headers.get_payload()
+        self.assertEqual(part.count("Received: from hop"), 150)
+        self.assertTrue(part.rstrip("\r\n").endswith("Subject: loop"), part[-200:])

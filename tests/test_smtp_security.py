@@ -178,12 +178,13 @@ class LongLineTests(SynchronousTestCase):
             self.assertEqual(h.send(chunk), [])
             self.assertEqual(h.protocol._buffer, b"")
             transaction = h.protocol._transaction
-            self.assertLessEqual(len(transaction.decoder._held) + len(transaction.checker._headers), 2)
+            self.assertLessEqual(len(transaction.decoder._held), 2)
+            self.assertLessEqual(sum(map(len, transaction.headers._partial)), 102400)
         self.assertEqual(h.send(b"\r\n.\r\n"), ["550 5.6.0 Message has a line longer than 1000 octets"])
         self.assertTrue(h.delivery.messages[0].aborted)
 
     def test_headerSectionBounded(self) -> None:
-        """Submission keeps at most 100 kB of header to check From:."""
+        """At most 100 kB of header section is held (to check it), on every port."""
         h = Harness(role="submission", allowPlaintextAuth=True)
         h.ehlo()
         h.command("AUTH PLAIN " + base64.b64encode(b"\0alice@example.test\0secret").decode())
@@ -191,7 +192,7 @@ class LongLineTests(SynchronousTestCase):
         h.command("DATA")
         for _ in range(200):
             h.send(b"X-Filler: " + b"x" * 900 + b"\r\n")
-        self.assertLessEqual(sum(map(len, h.protocol._transaction.checker._headers)), 102400)
+        self.assertLessEqual(sum(map(len, h.protocol._transaction.headers._held)), 102400)
         self.assertEqual(
             h.send(b"From: bob@example.test\r\n\r\nx\r\n.\r\n"), ["552 5.3.4 Header section too large"]
         )
@@ -420,3 +421,327 @@ class SecretsTests(SynchronousTestCase):
         self.assertIn("authentication failed", text)
         for secret in ("sup3r-s3cret", "c3VwM3ItczNjcmV0", "AHN1cDNy"):
             self.assertNotIn(secret, text)
+
+
+def _message(h: Harness, data: bytes) -> List[str]:
+    """Send C{data} (CRLF lines, not dot-stuffed) as DATA; the replies."""
+    h.command("DATA")
+    return h.send(data + b".\r\n")
+
+
+def _received(n: int) -> bytes:
+    return b"".join(b"Received: from hop%d.test by hop%d.test; Thu, 1 Jan 2026 00:00:00 +0000\r\n" % (i, i + 1) for i in range(n))
+
+
+class MailLoopTests(SynchronousTestCase):
+    """
+    RFC 5321 §6.3: a message that went round a loop (too many Received:
+    fields, or a Delivered-To: for an address it is sent to again) is
+    refused with 554 5.4.6 on every port, and nothing of it is stored.
+    """
+
+    def test_tooManyHops(self) -> None:
+        for role in ("mta", "submission", "smtps"):
+            h = Harness(role=role, allowPlaintextAuth=True)
+            h.ehlo()
+            sender = "someone@remote.test"
+            if role != "mta":
+                h.login()
+                sender = "alice@example.test"
+            h.envelope(sender, "bob@example.test")
+            replies = _message(h, _received(150) + b"From: alice@example.test\r\n\r\nloop\r\n")
+            self.assertEqual(replies, ["554 5.4.6 Too many hops (150 Received: header fields): mail loop?"], role)
+            self.assertTrue(h.delivery.messages[0].aborted, role)
+            self.assertFalse(h.delivery.messages[0].finished, role)
+            # Nothing of the message was written but our own Received: field.
+            self.assertNotIn(b"hop1.test", h.delivery.messages[0].data, role)
+            # The session goes on.
+            h.envelope(sender, "bob@example.test")
+
+    def test_hopLimitSetting(self) -> None:
+        """[limits] max_hops: that many Received: fields are refused, one fewer is not."""
+        h = Harness(limits=Limits(max_hops=3))
+        h.ehlo()
+        h.envelope()
+        self.assertEqual(_message(h, _received(2) + b"\r\nok\r\n"), ["250 2.0.0 Ok: queued as test-id"])
+        h.envelope()
+        self.assertEqual(_message(h, _received(3) + b"\r\nloop\r\n")[0][:9], "554 5.4.6")
+
+    def test_hopsCountedInHeaderOnly(self) -> None:
+        """
+        A bounce quotes the looping message's header in its body: those
+        Received: lines are not hops, so the bounce itself gets through.
+        """
+        h = Harness(limits=Limits(max_hops=3))
+        h.ehlo()
+        h.envelope("", "alice@example.test")
+        replies = _message(h, b"Subject: bounce\r\n\r\n" + _received(10))
+        self.assertEqual(replies, ["250 2.0.0 Ok: queued as test-id"])
+
+    def test_hopsAcrossChunks(self) -> None:
+        """The header section may arrive a byte at a time (or in BDAT chunks)."""
+        h = Harness(limits=Limits(max_hops=5))
+        h.ehlo()
+        h.envelope()
+        data = _received(5) + b"\r\nloop\r\n"
+        h.command("BDAT %d" % (len(data) - 10,))
+        replies: List[str] = []
+        for i in range(len(data) - 10):
+            replies += h.send(data[i : i + 1])
+        self.assertEqual(replies, ["250 2.0.0 %d octets received" % (len(data) - 10,)])
+        self.assertEqual(h.send(b"BDAT 10 LAST\r\n" + data[-10:])[0][:9], "554 5.4.6")
+        self.assertTrue(h.delivery.messages[0].aborted)
+
+    def test_deliveredToLoop(self) -> None:
+        """A message that carries Delivered-To: for a recipient has been here before."""
+        h = Harness()
+        h.ehlo()
+        h.envelope("someone@remote.test", "bob@example.test", "alice@example.test")
+        replies = _message(h, b"Delivered-To: Alice@Example.test\r\nSubject: x\r\n\r\nloop\r\n")
+        self.assertEqual(replies, ["554 5.4.6 Mail forwarding loop for <alice@example.test>"])
+        self.assertTrue(h.delivery.messages[0].aborted)
+
+    def test_deliveredToOtherAddress(self) -> None:
+        h = Harness()
+        h.ehlo()
+        h.envelope("someone@remote.test", "alice@example.test")
+        replies = _message(h, b"Delivered-To: carol@elsewhere.test\r\n\r\nfine\r\n")
+        self.assertEqual(replies, ["250 2.0.0 Ok: queued as test-id"])
+
+    def test_headerSizeCapOnMTA(self) -> None:
+        """The header-section cap applies without authentication too."""
+        h = Harness()
+        h.ehlo()
+        h.envelope()
+        h.command("DATA")
+        for _ in range(120):
+            h.send(b"X-Filler: " + b"x" * 900 + b"\r\n")
+        self.assertEqual(h.send(b"\r\nbody\r\n.\r\n"), ["552 5.3.4 Header section too large"])
+        self.assertTrue(h.delivery.messages[0].aborted)
+
+
+class DroppedHeaderTests(SynchronousTestCase):
+    """
+    Return-Path: is written by the delivering MTA (RFC 5321 §4.4) and Bcc:
+    must not reach recipients: a client's own are dropped on arrival, on
+    every port, however the data is cut into packets.
+    """
+
+    MESSAGE = (
+        b"Return-Path: <ceo@bank.test>\r\n"
+        b"From: alice@example.test\r\n"
+        b"bcc: secret@example.test,\r\n"
+        b"  other-secret@example.test\r\n"
+        b"Subject: hi\r\n"
+        b"Resent-Bcc: x@y.test\r\n"
+        b"\r\n"
+        b"Return-Path: in the body stays\r\n"
+    )
+
+    def check(self, data: bytes) -> None:
+        self.assertNotIn(b"ceo@bank.test", data)
+        self.assertNotIn(b"secret@", data)
+        self.assertNotIn(b"x@y.test", data)
+        self.assertIn(b"From: alice@example.test\r\nSubject: hi\r\n\r\nReturn-Path: in the body stays\r\n", data)
+
+    def test_allPorts(self) -> None:
+        for role in ("mta", "submission", "smtps"):
+            h = Harness(role=role, allowPlaintextAuth=True)
+            h.ehlo()
+            if role != "mta":
+                h.login()
+            h.envelope("alice@example.test", "bob@example.test")
+            self.assertEqual(_message(h, self.MESSAGE), ["250 2.0.0 Ok: queued as test-id"], role)
+            self.check(h.delivery.messages[0].data)
+
+    def test_byteByByte(self) -> None:
+        h = Harness()
+        h.ehlo()
+        h.envelope("alice@example.test", "bob@example.test")
+        h.command("DATA")
+        stream = self.MESSAGE + b".\r\n"
+        replies: List[str] = []
+        for i in range(len(stream)):
+            replies += h.send(stream[i : i + 1])
+        self.assertEqual(replies, ["250 2.0.0 Ok: queued as test-id"])
+        self.check(h.delivery.messages[0].data)
+
+    def test_bdat(self) -> None:
+        h = Harness()
+        h.ehlo()
+        h.envelope("alice@example.test", "bob@example.test")
+        first, second = self.MESSAGE[:40], self.MESSAGE[40:]
+        self.assertEqual(h.send(b"BDAT %d\r\n" % (len(first),) + first)[0][:3], "250")
+        self.assertEqual(h.send(b"BDAT %d LAST\r\n" % (len(second),) + second), ["250 2.0.0 Ok: queued as test-id"])
+        self.check(h.delivery.messages[0].data)
+
+    def test_headerOnlyMessage(self) -> None:
+        """No blank line, no body: the fields are still filtered."""
+        h = Harness()
+        h.ehlo()
+        h.envelope()
+        data = b"Subject: a\r\nBcc: hidden@example.test"
+        self.assertEqual(h.send(b"BDAT %d LAST\r\n" % (len(data),) + data), ["250 2.0.0 Ok: queued as test-id"])
+        data = h.delivery.messages[0].data
+        self.assertTrue(data.endswith(b"Subject: a\r\n"), data)
+
+
+class FromHeaderTests(SynchronousTestCase):
+    """
+    The submission From: check reads the header section as RFC 5322 does
+    (obs-from "From :" and "From<TAB>:" are From fields), refuses a line
+    that is no field, and is bounded: no input can crash it or leave the
+    transaction half-open.
+    """
+
+    def submit(self, header: bytes) -> List[str]:
+        h = self.h = Harness(role="submission", allowPlaintextAuth=True)
+        h.ehlo()
+        h.login()
+        h.envelope("alice@example.test", "bob@example.test")
+        return _message(h, header + b"\r\nbody\r\n")
+
+    def test_obsoleteFrom(self) -> None:
+        for field in (b"From : bob@example.test\r\n", b"From\t: bob@example.test\r\n", b"FROM  \t : bob@example.test\r\n"):
+            self.assertEqual(self.submit(field), ["553 5.7.1 From: <bob@example.test> is not yours to send as"], field)
+            self.assertTrue(self.h.delivery.messages[0].aborted)
+
+    def test_secondFromField(self) -> None:
+        replies = self.submit(b"From: alice@example.test\r\nFrom : bob@example.test\r\n")
+        self.assertEqual(replies, ["553 5.7.1 From: <bob@example.test> is not yours to send as"])
+
+    def test_ownFromPasses(self) -> None:
+        self.assertEqual(self.submit(b"From : Alice <alice@example.test>\r\n"), ["250 2.0.0 Ok: queued as test-id"])
+
+    def test_notAFieldRefused(self) -> None:
+        for line in (b"From bob@example.test Sat Dec  5 2026\r\n", b"no colon here\r\n", b" starts folded\r\n"):
+            replies = self.submit(b"From: alice@example.test\r\n" + line if line[:1] != b" " else line)
+            self.assertEqual(
+                replies,
+                ["550 5.6.0 Header section has a line that is neither a header field nor a continuation"],
+                line,
+            )
+
+    def test_nestedComments(self) -> None:
+        """900 nested comments: refused, and the next transaction works."""
+        replies = self.submit(b"From: " + (b"(" * 300 + b"\r\n ") * 3 + b"alice@example.test\r\n")
+        self.assertEqual(replies, ["550 5.6.0 From: cannot be read: comments nested more than 16 deep"])
+        self.assertEqual(self.h.command("MAIL FROM:<alice@example.test>"), ["250 2.1.0 Sender <alice@example.test> ok"])
+
+    def test_nestedGroups(self) -> None:
+        # Folded, so that no line is over 1000 octets.
+        replies = self.submit(b"From: " + (b"g:" * 300 + b"\r\n ") * 4 + b"alice@example.test;\r\n")
+        self.assertEqual(replies, ["553 5.7.1 From: <> is not yours to send as"])
+        self.assertEqual(self.h.command("MAIL FROM:<alice@example.test>"), ["250 2.1.0 Sender <alice@example.test> ok"])
+
+    def test_checkErrorEndsTransaction(self) -> None:
+        """Any unexpected error in a check: 451, and the session is ready for MAIL."""
+        h = Harness()
+        h.ehlo()
+        h.envelope()
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("bug")
+
+        h.protocol._headerRefusal = broken  # type: ignore[method-assign]
+        self.assertEqual(_message(h, b"Subject: x\r\n\r\nbody\r\n"), ["451 4.3.0 Local error in processing, try again later"])
+        self.assertTrue(h.delivery.messages[0].aborted)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(h.command("MAIL FROM:<a@remote.test>"), ["250 2.1.0 Sender <a@remote.test> ok"])
+
+
+    def test_readErrorEndsTransaction(self) -> None:
+        """An error while the header section streams in: 451 at the end, nothing stored."""
+        h = Harness()
+        h.ehlo()
+        h.envelope()
+        h.command("DATA")
+
+        def broken(data: bytes) -> bytes:
+            raise RuntimeError("bug")
+
+        h.protocol._transaction.headers.feed = broken  # type: ignore[union-attr, method-assign]
+        self.assertEqual(h.send(b"Subject: x\r\n\r\nbody\r\n.\r\n"), ["451 4.3.0 Local error in processing, try again later"])
+        self.assertTrue(h.delivery.messages[0].aborted)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(h.command("MAIL FROM:<a@remote.test>"), ["250 2.1.0 Sender <a@remote.test> ok"])
+
+
+class RecipientOvershootTests(SynchronousTestCase):
+    """
+    RFC 5321 §4.5.3.1.10: 452 for recipients past max_recipients is a
+    signal to send the rest later, not a client error: a client that
+    pipelines a long list can finish the transaction.
+    """
+
+    def test_pipelinedListFinishes(self) -> None:
+        h = Harness(limits=Limits(max_recipients=200, max_errors=20))
+        h.ehlo()
+        h.delivery.users.update("user%d@example.test" % (i,) for i in range(300))
+        commands = b"MAIL FROM:<list@remote.test>\r\n"
+        commands += b"".join(b"RCPT TO:<user%d@example.test>\r\n" % (i,) for i in range(300))
+        commands += b"DATA\r\n"
+        replies = h.send(commands)
+        self.assertEqual(replies.count("250 2.1.5 Recipient <user0@example.test> ok"), 1)
+        self.assertEqual(len([r for r in replies if r.startswith("250 2.1.5")]), 200)
+        self.assertEqual(replies.count("452 4.5.3 Too many recipients"), 100)
+        self.assertEqual(replies[-1], "354 End data with <CR><LF>.<CR><LF>")
+        self.assertEqual(h.send(b"Subject: list\r\n\r\nhi\r\n.\r\n"), ["250 2.0.0 Ok: queued as test-id"])
+        self.assertEqual(len(h.delivery.messages[0].recipients), 200)
+
+    def test_overshootLimit(self) -> None:
+        """Far past the limit (1000 more), the 452s do count as errors."""
+        h = Harness(limits=Limits(max_recipients=1, max_errors=5))
+        h.ehlo()
+        h.envelope()
+        replies = h.send(b"RCPT TO:<bob@example.test>\r\n" * 1010)
+        self.assertEqual(replies[-1], "421 4.7.0 too many errors")
+        self.assertEqual(len(replies), 1006)
+
+
+class NetworkTextTests(SynchronousTestCase):
+    """
+    What a client sends is escaped before it reaches the log, and cannot
+    break the structure of the Received: field we write.
+    """
+
+    def test_logEscaped(self) -> None:
+        """A UTF-8 envelope address with C1 controls and a direction override."""
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = Harness()
+        h.ehlo()
+        h.delivery.users.add("bob\u202e@example.test")
+        h.command("MAIL FROM:<evil\u009b2J@remote.test> SMTPUTF8")
+        h.command("RCPT TO:<nobody\u202e@example.test>")
+        h.command("RCPT TO:<bob\u202e@example.test>")
+        h.command("DATA")
+        h.send(b"Subject: x\r\n\r\nx\r\n.\r\n")
+        text = "\n".join(formatEvent(e) for e in events)
+        self.assertIn("from <evil\\x9b2j@remote.test>", text)
+        self.assertIn("nobody\\u202e@example.test", text)
+        self.assertIn("to bob\\u202e@example.test", text)
+        for raw in ("\u009b", "\u202e"):
+            self.assertNotIn(raw, text)
+
+    def test_ipv6ZoneIdRefused(self) -> None:
+        """RFC 5321 §4.1.3 address literals have no zone id (which may hold any text)."""
+        h = Harness()
+        for name in ("[IPv6:fe80::1%eth0]", "[IPv6:fe80::1%x;(y)]"):
+            self.assertEqual(h.command("EHLO " + name), ["501 5.5.4 Syntax: EHLO <domain or address literal>"], name)
+        self.assertTrue(h.command("EHLO [IPv6:fe80::1]")[0].startswith("250-"))
+
+    def test_receivedStructure(self) -> None:
+        """Received: from <name> ([address literal]) by ...; date (RFC 5321 §4.4)."""
+        from mailnet.smtp.server import _tcpInfo
+
+        self.assertEqual(_tcpInfo("192.0.2.7"), "[192.0.2.7]")
+        self.assertEqual(_tcpInfo("fe80::1%eth0;(x)"), "[IPv6:fe80::1]")
+        self.assertEqual(_tcpInfo("/tmp/socket (x);"), "[unknown]")
+        h = Harness()
+        h.command("EHLO [IPv6:2001:db8::1]")
+        h.envelope()
+        _message(h, b"Subject: x\r\n\r\nx\r\n")
+        first = h.delivery.messages[0].data.split(b"\r\n")[0]
+        self.assertEqual(first, b"Received: from [IPv6:2001:db8::1] ([192.0.2.7])")

@@ -425,11 +425,13 @@ class TransactionTests(SynchronousTestCase):
         self.assertEqual(self.h.command("RCPT FROM:<a@b.test>"), ["501 5.5.4 Syntax: TO:<address>"])
 
     def test_postmaster(self) -> None:
-        """RFC 5321 §4.5.1: <Postmaster> without a domain is accepted."""
-        self.h.delivery.localDomains.add(HOST)
-        self.h.delivery.users.add("postmaster@" + HOST)
+        """
+        RFC 5321 §4.5.1: <Postmaster> without a domain is accepted, for the
+        primary local domain's postmaster (not the host name, which is not
+        a local domain and would be relaying).
+        """
         self.h.command("MAIL FROM:<a@remote.test>")
-        self.assertEqual(self.h.command("RCPT TO:<Postmaster>"), ["250 2.1.5 Recipient <postmaster@mx.example.test> ok"])
+        self.assertEqual(self.h.command("RCPT TO:<Postmaster>"), ["250 2.1.5 Recipient <postmaster@example.test> ok"])
 
     def test_tooManyRecipients(self) -> None:
         """RFC 5321 §4.5.3.1.10: 452 4.5.3 past the limit."""
@@ -463,7 +465,7 @@ class TransactionTests(SynchronousTestCase):
         self.assertEqual(rest, b": hi\r\n\r\n.leading dot\r\n")
         self.assertRegex(
             received.decode(),
-            r"^Received: from client\.example\.org \(192\.0\.2\.7\)\r\n"
+            r"^Received: from client\.example\.org \(\[192\.0\.2\.7\]\)\r\n"
             r"\tby mx\.example\.test with ESMTP id [0-9A-F]{12}\r\n"
             r"\tfor <alice@example\.test>; Thu, 01 Jan 1970 00:00:00 \+0000$",
         )
@@ -485,12 +487,17 @@ class TransactionTests(SynchronousTestCase):
         self.assertEqual(self.h.delivery.messages[0].recipients, ["alice@example.test"])
 
     def test_receiverStartsAtData(self) -> None:
-        """The receiver gets data as it arrives, not at the end."""
+        """
+        The receiver gets data as it arrives, not at the end: the header
+        section once it is complete, then the body as it comes.
+        """
         self.h.envelope()
         self.h.command("DATA")
         self.h.send(b"Subject: streaming\r\n")
+        self.assertNotIn(b"Subject", self.h.delivery.messages[0].data)
+        self.h.send(b"\r\nbody line\r\n")
         # (The CRLF waits: it could begin the end-of-data marker.)
-        self.assertIn(b"\r\nSubject: streaming", self.h.delivery.messages[0].data)
+        self.assertIn(b"\r\nSubject: streaming\r\n\r\nbody line", self.h.delivery.messages[0].data)
         self.assertFalse(self.h.delivery.messages[0].finished)
 
     def test_emptyMessage(self) -> None:
@@ -1289,6 +1296,57 @@ class RealConnectionTests(TestCase):
             self.assertEqual([r.code for r in result.recipients], [250, 550])
             self.assertTrue(self.delivery.messages[-1].data.endswith(b"\r\nSubject: own client\r\n\r\n.dot\r\n"))
             self.assertIn(b" with ESMTPSA id ", self.delivery.messages[-1].data)
+
+    def quitAndWaitForClose(self, port: int, implicit: bool) -> Dict[str, object]:
+        """
+        Over TLS: QUIT, then read to the end of the stream, as openssl
+        s_client and MUAs do; how long the end took to come.
+        """
+        import socket
+        import time
+
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            if implicit:
+                conn = self.context().wrap_socket(raw)
+                files = conn.makefile("rb")
+            else:
+                files = raw.makefile("rb")
+                files.readline()
+                raw.sendall(b"EHLO client.example.org\r\n")
+                while files.readline()[3:4] == b"-":
+                    pass
+                raw.sendall(b"STARTTLS\r\n")
+                files.readline()
+                conn = self.context().wrap_socket(raw)
+                files = conn.makefile("rb")
+                conn.sendall(b"EHLO client.example.org\r\n")
+            conn.sendall(b"QUIT\r\n")
+            lines = []
+            started = time.monotonic()
+            while True:
+                line = files.readline()
+                if not line:
+                    break
+                lines.append(line)
+            return {"last": lines[-1], "seconds": time.monotonic() - started}
+        finally:
+            raw.close()
+
+    @inlineCallbacks
+    def test_quitClosesStartTLSSession(self):
+        """After QUIT over STARTTLS the server closes at once (it waited for the idle timeout)."""
+        port = self.listen("submission")
+        result = yield deferToThread(self.quitAndWaitForClose, port, False)
+        self.assertEqual(result["last"], b"221 2.0.0 localhost closing connection\r\n")
+        self.assertLess(result["seconds"], 2)
+
+    @inlineCallbacks
+    def test_quitClosesImplicitTLSSession(self):
+        port = self.listen("smtps", implicit=True)
+        result = yield deferToThread(self.quitAndWaitForClose, port, True)
+        self.assertEqual(result["last"], b"221 2.0.0 localhost closing connection\r\n")
+        self.assertLess(result["seconds"], 2)
 
     @inlineCallbacks
     def test_implicitTLSWithSmtplib(self):

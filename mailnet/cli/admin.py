@@ -49,6 +49,7 @@ from mailnet.errors import (
     UnknownUser,
     UserExists,
 )
+from mailnet.escape import escape
 from mailnet.passwords import hashPassword
 from mailnet.store.accounts import SQLiteAccountStore, openAccountStore
 
@@ -296,13 +297,21 @@ def queueList(admin: Admin) -> None:
     if not entries:
         admin.say("The queue is empty.")
         return
+    # Addresses and remote replies come from the network: escaped, so
+    # that none can drive the terminal (ESC sequences, BEL, CR).
     for entry in entries:
         admin.say(
             "%s  from <%s>  to %s  attempts %d  next try %s"
-            % (entry["id"], entry["sender"], ", ".join(entry["recipients"]) or "-", entry["attempts"], _when(entry["next_try"]))
+            % (
+                escape(entry["id"]),
+                escape(entry["sender"]),
+                escape(", ".join(entry["recipients"])) or "-",
+                entry["attempts"],
+                _when(entry["next_try"]),
+            )
         )
         if entry.get("last_error"):
-            admin.say("    last error: %s" % (entry["last_error"],))
+            admin.say("    last error: %s" % (escape(entry["last_error"]),))
     admin.say("%d message%s queued." % (len(entries), "" if len(entries) == 1 else "s"))
 
 

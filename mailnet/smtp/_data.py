@@ -13,10 +13,9 @@ from line end to line end about 1000 octets at a time.
 """
 
 import re
-from email.parser import HeaderParser
-from email.policy import compat32
-from email.utils import getaddresses
-from typing import List, Optional, Tuple
+from typing import List, Optional, Set, Tuple
+
+from mailnet.message import BLANK, CONTINUATION, FIELD, AddressSyntaxError, classifyHeaderLine, fieldValue, mailboxAddresses
 
 # RFC 5321 §4.1.1.4: the end of mail data is <CRLF>.<CRLF>, and nothing else
 # (§4.1.1.4 and RFC 5321 errata on SMTP smuggling: not <LF>.<LF>, not
@@ -40,8 +39,14 @@ _BEFORE_LF = MAX_LINE + 1
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _BARE_LF = re.compile(rb"\n(?<!\r\n)")
 
-# The header section kept to check From: (Postfix's header_size_limit).
+# The largest header section accepted, on every port (Postfix's
+# header_size_limit): it is held in memory until it is complete.
 MAX_HEADER_SECTION = 102400
+
+# Header fields a client may not set (as Postfix's message_drop_headers):
+# the delivering MTA writes Return-Path (RFC 5321 §4.4), and Bcc must not
+# reach the recipients (RFC 5322 §3.6.3).
+DROPPED_FIELDS = frozenset({b"return-path", b"bcc", b"resent-bcc"})
 
 
 class DotDecoder:
@@ -124,7 +129,7 @@ class MessageChecker:
         it in 7bit and 8bitmime content).
     """
 
-    def __init__(self, maxSize: int, keepHeaders: bool = False) -> None:
+    def __init__(self, maxSize: int) -> None:
         self.maxSize = maxSize
         self.size = 0
         self.tooBig = False
@@ -133,12 +138,6 @@ class MessageChecker:
         self.nul = False
         self._last = b"\n"
         self._run = 0
-        self._keepHeaders = keepHeaders
-        self._headers: List[bytes] = []
-        self._headerBytes = 0
-        self._headerTail = b"\r\n"
-        self.headersComplete = False
-        self.headersTooLarge = False
 
     def feed(self, data: bytes) -> None:
         if not data:
@@ -152,8 +151,6 @@ class MessageChecker:
             self._checkLineLength(data)
         if not self.nul and b"\0" in data:
             self.nul = True
-        if self._keepHeaders and not (self.headersComplete or self.headersTooLarge):
-            self._collectHeaders(data)
         self._last = data[-1:]
 
     def _checkLineEndings(self, data: bytes) -> None:
@@ -192,44 +189,149 @@ class MessageChecker:
         if self._run > _BEFORE_LF or (self._run == _BEFORE_LF and data[-1:] != b"\r"):
             self.lineTooLong = True
 
-    def _collectHeaders(self, data: bytes) -> None:
-        # The blank line ending the header section may straddle chunks.
-        room = MAX_HEADER_SECTION - self._headerBytes
-        piece = data[: room + 1]
-        joined = self._headerTail + piece
-        end = joined.find(b"\r\n\r\n")
-        if end >= 0:
-            keep = end + 2 - len(self._headerTail)
-            if keep > 0:
-                self._headers.append(piece[:keep])
-            self.headersComplete = True
-            return
-        if len(piece) > room:
-            self.headersTooLarge = True
-            return
-        self._headers.append(piece)
-        self._headerBytes += len(piece)
-        self._headerTail = joined[-3:]
-
     def finish(self) -> None:
         """The message is complete: judge what is still pending."""
         if self._last == b"\r":
             self.bareLineEnding = True
-        if self._keepHeaders and not self.headersTooLarge:
-            self.headersComplete = True
+
+
+
+class HeaderSection:
+    """
+    Hold the header section (RFC 5322 §2.1) of a message as it streams in,
+    look at it, and let it through without the fields in
+    L{DROPPED_FIELDS}; the body then passes untouched.
+
+    The section ends at the blank line, or at a line that is neither a
+    field nor a continuation (which is then the first body line, as
+    Postfix treats it; L{malformed} says so).  At most
+    L{MAX_HEADER_SECTION} octets are held: past that L{tooLarge} is set and
+    nothing more is let through.
+
+    @ivar complete: the section has ended (at the blank line, a body line,
+        or the end of the message).
+    @ivar received: how many C{Received:} fields it has (RFC 5321 §6.3).
+    @ivar deliveredTo: the addresses of its C{Delivered-To:} fields,
+        lower-cased.
+    @ivar fromFields: the values of its C{From:} fields (unfolded).
+    @ivar malformed: a line was neither a field, a continuation nor blank.
+    """
+
+    def __init__(self, limit: int = MAX_HEADER_SECTION) -> None:
+        self.limit = limit
+        self.complete = False
+        self.tooLarge = False
+        self.malformed = False
+        self.received = 0
+        self.deliveredTo: Set[str] = set()
+        self.fromFields: List[str] = []
+        self._held: List[bytes] = []
+        self._heldBytes = 0
+        # The field being read: its lines and its name, lower-cased.
+        self._field: List[bytes] = []
+        self._name = b""
+        self._partial: List[bytes] = []
+
+    def feed(self, data: bytes) -> bytes:
+        """
+        @return: the bytes to store now: nothing while the header section
+            is incomplete, then the filtered section and the rest.
+        """
+        if self.complete:
+            return data
+        if self.tooLarge:
+            return b""
+        self._heldBytes += len(data)
+        end = data.find(b"\n")
+        if end < 0:
+            # Pieces of one line are joined only once it is complete.
+            self._partial.append(data)
+            return self._checkSize()
+        if self._partial:
+            self._partial.append(data)
+            buffer = b"".join(self._partial)
+            end += len(buffer) - len(data)
+            self._partial = []
+        else:
+            buffer = data
+        start = 0
+        while end >= 0:
+            line = buffer[start : end + 1]
+            kind, name = classifyHeaderLine(line)
+            if kind == CONTINUATION and self._field:
+                self._field.append(line)
+            else:
+                self._endField()
+                if kind != FIELD:
+                    # The blank line, or a first body line: both are body.
+                    self.malformed = kind != BLANK
+                    self.complete = True
+                    return self._release() + buffer[start:]
+                assert name is not None
+                self._field, self._name = [line], name.lower()
+            start = end + 1
+            end = buffer.find(b"\n", start)
+        if start < len(buffer):
+            self._partial.append(buffer[start:])
+        return self._checkSize()
+
+    def _checkSize(self) -> bytes:
+        if self._heldBytes > self.limit:
+            self.tooLarge = True
+            self._held, self._field, self._partial = [], [], []
+        return b""
+
+    def finish(self) -> bytes:
+        """
+        The message ended: what is still held, filtered (a message may be
+        all header, without a blank line).
+        """
+        if self.complete or self.tooLarge:
+            return b""
+        partial = b"".join(self._partial)
+        self._partial = []
+        if self._field and partial[:1] in (b" ", b"\t"):
+            self._field.append(partial)
+            partial = b""
+        self._endField()
+        if partial and classifyHeaderLine(partial)[0] == FIELD:
+            self._field, self._name = [partial], (classifyHeaderLine(partial)[1] or b"").lower()
+            self._endField()
+            partial = b""
+        self.complete = True
+        return self._release() + partial
+
+    def _endField(self) -> None:
+        field, self._field = self._field, []
+        if not field:
+            return
+        name = self._name
+        if name == b"received":
+            self.received += 1
+        elif name == b"delivered-to":
+            try:
+                self.deliveredTo.update(a for a in mailboxAddresses(fieldValue(b"".join(field))) if a)
+            except AddressSyntaxError:
+                pass  # not one we wrote
+        elif name == b"from":
+            self.fromFields.append(fieldValue(b"".join(field)))
+        if name not in DROPPED_FIELDS:
+            self._held.extend(field)
+
+    def _release(self) -> bytes:
+        held, self._held = self._held, []
+        return b"".join(held)
 
     def fromAddresses(self) -> List[str]:
         """
-        @return: the addresses in the C{From:} fields of the header section
-            (RFC 5322 §3.6.2), lower-cased; empty if there is none.
+        @return: the addresses in the C{From:} fields (RFC 5322 §3.6.2,
+            and the obsolete C{From :} of §4.5.2), lower-cased; C{[""]}
+            for a field that gives none.
+        @raise mailnet.message.AddressSyntaxError: a field is too deeply
+            nested to read.
         """
-        # RFC 6532: header fields may hold UTF-8 (with SMTPUTF8).
-        raw = b"".join(self._headers).decode("utf-8", "replace")
-        message = HeaderParser(policy=compat32).parsestr(raw)
-        values = [str(v) for v in message.get_all("From", [])]
         addresses = []
-        for _name, address in getaddresses(values):
-            addresses.append(address.strip().lower())
-        if values and not addresses:
-            addresses.append("")
+        for value in self.fromFields:
+            found = mailboxAddresses(value)
+            addresses.extend(found or [""])
         return addresses

@@ -30,6 +30,8 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailnet.escape import escape
+
 log = Logger()
 
 DELIVERED = "delivered"
@@ -49,6 +51,8 @@ TIMEOUT_CLOSE = 30
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100
 MAX_UNREAD_REPLIES = 10
+# How much of a reply's text is kept (in logs, the queue and bounces).
+MAX_REPLY_TEXT = 1000
 CHUNK = 64 * 1024
 
 
@@ -65,7 +69,13 @@ class Reply:
     lines: Tuple[str, ...]
 
     def __str__(self) -> str:
-        return ("%d %s" % (self.code, " ".join(line.strip() for line in self.lines))).strip()
+        """
+        The reply on one line, as it is logged, kept in the queue and put
+        in bounces: control characters (ESC, BEL, a bare CR...) escaped, and
+        at most L{MAX_REPLY_TEXT} characters of the remote server's text.
+        """
+        text = escape(" ".join(line.strip() for line in self.lines), MAX_REPLY_TEXT)
+        return ("%d %s" % (self.code, text)).strip()
 
     @property
     def positive(self) -> bool:

@@ -3,6 +3,18 @@
 What happens to mail the SMTP server accepts: the recipient policy (local
 users, aliases, relay only for authenticated senders) and the routing of an
 accepted message to local Maildirs and/or the relay queue.
+
+Two rules guard against loops and lost mail:
+
+  - a copy that an alias forwards to a remote address is queued with a
+    C{Delivered-To:} field naming the alias (as Postfix does), so that
+    when the message comes back to that address, the SMTP server sees the
+    loop and refuses it;
+  - C{postmaster} (RFC 5321 §4.5.1: every domain must have one) always
+    works: C{postmaster@domain} goes to that user or alias if there is
+    one, else to the primary domain's postmaster, else to a Maildir of its
+    own for C{postmaster@<primary domain>}, which an administrator reads by
+    creating that user.
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -44,9 +56,20 @@ class DeliveryAgent:
     CACHE_ENTRIES = 10000
 
     def __init__(
-        self, accounts: IAccountStore, mailStore: IMailStore, queue: Optional[IRelayQueue], clock: Optional[IReactorTime] = None
+        self,
+        accounts: IAccountStore,
+        mailStore: IMailStore,
+        queue: Optional[IRelayQueue],
+        clock: Optional[IReactorTime] = None,
+        primaryDomain: Optional[str] = None,
     ) -> None:
+        """
+        @param primaryDomain: the domain whose postmaster C{<postmaster>}
+            is (the first configured one); if it is not given or not
+            local, the first local domain in alphabetical order.
+        """
         self.accounts = accounts
+        self.primaryDomain = primaryDomain.lower() if primaryDomain else None
         self.mailStore = mailStore
         self.queue = queue
         self._clock = clock
@@ -56,7 +79,34 @@ class DeliveryAgent:
     def _now(self) -> Optional[float]:
         return self._clock.seconds() if self._clock is not None else None
 
+    def postmaster(self) -> str:
+        """
+        @return: the address C{<postmaster>} without a domain stands for
+            (RFC 5321 §4.5.1): C{postmaster@} the primary local domain.
+        @raise SMTPReply: there is no local domain at all (550 5.1.1).
+        """
+        domain = self.primaryDomain
+        if domain is None or not self._isLocalDomain(domain):
+            domains = self.accounts.domains()
+            if not domains:
+                raise SMTPReply(550, "5.1.1 <postmaster>: no local domain is configured here")
+            domain = domains[0]
+        return "postmaster@" + domain
+
     def _resolve(self, address: str) -> Optional[List[str]]:
+        targets = self._lookUp(address)
+        if targets is not None:
+            return targets
+        local, _, domain = address.rpartition("@")
+        if local.lower() != "postmaster" or not self._isLocalDomain(domain):
+            return None
+        # RFC 5321 §4.5.1: postmaster@ every local domain is accepted.
+        primary = self.postmaster()
+        if primary != address.lower():
+            targets = self._lookUp(primary)
+        return targets if targets is not None else [primary]
+
+    def _lookUp(self, address: str) -> Optional[List[str]]:
         now = self._now()
         cached = self._resolved.get(address)
         if now is not None and cached is not None and cached[0] > now:
@@ -116,8 +166,20 @@ class DeliveryAgent:
         Split envelope recipients into local mailboxes and remote addresses,
         expanding aliases; duplicates are delivered once.
         """
+        local, remote, _ = self._route(recipients)
+        return local, remote
+
+    def _route(self, recipients: Sequence[str]) -> "tuple[List[str], List[str], Dict[str, List[str]]]":
+        """
+        L{route}, with the remote addresses that aliases forward to apart.
+
+        @return: C{(local, remote, forwarded)}: the local mailboxes, the
+            remote addresses, and for each alias that forwards to remote
+            addresses, those of them it brought in.
+        """
         local: Dict[str, None] = {}
         remote: Dict[str, None] = {}
+        forwarded: Dict[str, List[str]] = {}
         localDomains: Dict[str, bool] = {}
 
         def isLocal(address: str) -> bool:
@@ -143,26 +205,63 @@ class DeliveryAgent:
             localDomains[splitAddress(recipient)[1]] = True
             for target in targets:
                 if not isLocal(target):
-                    remote[target] = None
+                    if target not in remote:
+                        remote[target] = None
+                        if target != recipient:
+                            forwarded.setdefault(recipient, []).append(target)
                 elif isSafeMailboxName(target):
                     local[target] = None
                 else:
                     log.warn("<{target}>: mailbox name cannot be stored; not delivered", target=target)
-        return list(local), list(remote)
+        return list(local), list(remote), forwarded
 
     def receive(self, returnPath: str, recipients: Sequence[str]) -> IMessageReceiver:
-        local, remote = self.route(recipients)
+        local, remote, forwarded = self._route(recipients)
         receivers: List[IMessageReceiver] = []
         if local:
             receivers.append(self.mailStore.receive(returnPath, local))
-        if remote:
-            if self.queue is None:
-                raise SMTPReply(451, "4.3.0 Relaying is not available right now")
-            receivers.append(self.queue.receive(returnPath, remote))
+        if (remote or forwarded) and self.queue is None:
+            raise SMTPReply(451, "4.3.0 Relaying is not available right now")
+        targets = [t for addresses in forwarded.values() for t in addresses]
+        inTrace = set(targets)
+        plain = [r for r in remote if r not in inTrace]
+        if plain:
+            assert self.queue is not None
+            receivers.append(self.queue.receive(returnPath, plain))
+        if forwarded:
+            assert self.queue is not None
+            # Its own queue entry, so that the other remote recipients do
+            # not learn the aliases.
+            trace = b"".join(b"Delivered-To: " + alias.encode("utf-8") + b"\r\n" for alias in forwarded)
+            receivers.append(PrefixedReceiver(self.queue.receive(returnPath, targets), trace))
         if not receivers:
             # Every alias target vanished between RCPT and DATA.
             raise SMTPReply(451, "4.3.0 No recipient is deliverable any more; try again later")
         return receivers[0] if len(receivers) == 1 else FanOutReceiver(receivers)
+
+
+@implementer(IMessageReceiver)
+class PrefixedReceiver:
+    """
+    Passes a message on with some header fields written first.
+    """
+
+    def __init__(self, receiver: IMessageReceiver, prefix: bytes) -> None:
+        self._receiver = receiver
+        self._prefix = prefix
+
+    def write(self, data: bytes) -> None:
+        if self._prefix:
+            data, self._prefix = self._prefix + data, b""
+        self._receiver.write(data)
+
+    def finish(self) -> Deferred:
+        if self._prefix:
+            self.write(b"")
+        return self._receiver.finish()
+
+    def abort(self) -> None:
+        self._receiver.abort()
 
 
 @implementer(IMessageReceiver)

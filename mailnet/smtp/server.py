@@ -46,9 +46,11 @@ from zope.interface import implementer
 from mailnet.address import MAX_PATH, isDomain, normalizeAddress
 from mailnet.config import Limits
 from mailnet.errors import BadAddress, LoginBusy, SMTPReply
+from mailnet.escape import escape
 from mailnet.interfaces import IAuthenticator, IDeliveryAgent, IMessageReceiver, ISender
 from mailnet.smtp import codes
-from mailnet.smtp._data import DotDecoder, MessageChecker
+from mailnet.message import AddressSyntaxError
+from mailnet.smtp._data import DotDecoder, HeaderSection, MessageChecker
 from mailnet.smtp.codes import reply
 
 log = Logger()
@@ -64,6 +66,16 @@ JUNK_COMMAND_LIMIT = 100
 # A DATA or BDAT phase must bring at least this many octets per second on
 # average over each command_timeout window (a 1-byte/s trickle is cut).
 MIN_DATA_RATE = 10
+
+# RCPT commands past max_recipients answered 452 (RFC 5321 §4.5.3.1.10)
+# before they count as errors, so that a client that pipelines a long list
+# can still finish the transaction for those accepted (Postfix's
+# smtpd_recipient_overshoot_limit).
+RECIPIENT_OVERSHOOT = 1000
+
+# Seconds a client has to close its side after our last reply (and, over
+# TLS, to answer our close_notify) before the connection is aborted.
+CLOSE_GRACE = 10
 
 # Input kept while the client is not reading our replies, before we stop
 # reading its input.
@@ -92,6 +104,10 @@ def _isAddressLiteral(text: str) -> bool:
     if not (text.startswith("[") and text.endswith("]")):
         return False
     inner = text[1:-1]
+    if "%" in inner:
+        # An IPv6 zone id means nothing to anyone else (RFC 5321 §4.1.3
+        # has none), and it may hold any text.
+        return False
     try:
         if inner[:5].lower() == "ipv6:":
             ipaddress.IPv6Address(inner[5:])
@@ -100,6 +116,22 @@ def _isAddressLiteral(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _tcpInfo(host: str) -> str:
+    """
+    The peer's address as an RFC 5321 §4.1.3 address literal for the
+    C{Received:} field's TCP-info (§4.4): C{[192.0.2.7]} or
+    C{[IPv6:2001:db8::1]}, without any zone id; C{[unknown]} for anything
+    that is not an IP address (a UNIX socket, a test transport).
+    """
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return "[unknown]"
+    if address.version == 6:
+        return "[IPv6:%s]" % (address,)
+    return "[%s]" % (address,)
 
 
 def _parseParameters(text: str) -> Dict[str, Optional[str]]:
@@ -167,6 +199,12 @@ class _Transaction:
     id: str = attr.ib(factory=lambda: secrets.token_hex(6).upper())
     receiver: Optional[IMessageReceiver] = None
     checker: Optional[MessageChecker] = None
+    headers: Optional[HeaderSection] = None
+    # The header section's verdict, once it is complete: None if it passed.
+    headersJudged: bool = False
+    headerRefusal: Optional[SMTPReply] = None
+    # RCPT commands refused for exceeding max_recipients.
+    overshoot: int = 0
     decoder: Optional[DotDecoder] = None
     usedBDAT: bool = False
     # Set when storing failed half-way: the reply at the end of the data.
@@ -208,6 +246,7 @@ class SMTPServer(Protocol):
         self._readingPaused = False
         self._closed = False
         self._counted = False
+        self._registered = False
         self._errors = 0
         self._junk = 0
         self._helo: Optional[str] = None
@@ -221,6 +260,7 @@ class SMTPServer(Protocol):
         self._peer = "unknown"
         self._idleCall: Optional[IDelayedCall] = None
         self._deadlineCall: Optional[IDelayedCall] = None
+        self._abortCall: Optional[IDelayedCall] = None
         self._dataWindowBytes = 0
         self._handlers: Dict[str, Callable[[str], object]] = {
             "EHLO": self.do_EHLO,
@@ -280,6 +320,7 @@ class SMTPServer(Protocol):
         self._counted = True
         log.debug("SMTP connection from {peer} ({role})", peer=self._peer, role=self.factory.role)
         self.transport.registerProducer(self, True)
+        self._registered = True
         # RFC 5321 §4.2: the greeting carries no enhanced status code.
         self._write(codes.SERVICE_READY, "%s ESMTP mailnet" % (self.hostname,))
         self._restartIdleTimer()
@@ -311,12 +352,28 @@ class SMTPServer(Protocol):
         self._closed = True
         self._discardInput()
         self._cancelTimers()
+        self._hangUp()
+
+    def _hangUp(self) -> None:
+        """
+        Close the connection once the replies are written.  The producer is
+        unregistered first: Twisted's TLS layer does not send its
+        close_notify (nor close the socket) while a producer is registered,
+        so a TLS session would stay open after C{221} until the idle
+        timeout.
+        """
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
+        # A peer that does not close its side (nor answer TLS's
+        # close_notify) is cut off.
+        self._abortCall = self.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
     # --- timers -----------------------------------------------------------
 
     def _cancelTimers(self) -> None:
-        for name in ("_idleCall", "_deadlineCall"):
+        for name in ("_idleCall", "_deadlineCall", "_abortCall"):
             call = getattr(self, name)
             if call is not None and call.active():
                 call.cancel()
@@ -609,13 +666,13 @@ class SMTPServer(Protocol):
         text = "\n".join(line.replace("\r", " ") for line in str(r.text).split("\n"))
         self._write(r.code, text)
 
-    def _reply(self, r: SMTPReply) -> None:
+    def _reply(self, r: SMTPReply, countError: bool = True) -> None:
         """The one place replies are written, counted and logged."""
         if self._closed:
             return
         self._writeReply(r)
-        if r.code >= 400:
-            log.info("SMTP {peer}: {code} {text}", peer=self._peer, code=r.code, text=r.text.split("\n")[0])
+        if r.code >= 400 and countError:
+            log.info("SMTP {peer}: {code} {text}", peer=self._peer, code=r.code, text=escape(r.text.split("\n")[0]))
             if r.code != codes.SERVICE_UNAVAILABLE:
                 self._countError()
 
@@ -644,7 +701,7 @@ class SMTPServer(Protocol):
                     "SMTP {peer}: message {id} from <{sender}> abandoned: {why}",
                     peer=self._peer,
                     id=transaction.id,
-                    sender=transaction.returnPath,
+                    sender=escape(transaction.returnPath),
                     why=why,
                 )
 
@@ -661,7 +718,10 @@ class SMTPServer(Protocol):
 
     def _receivedHeader(self, transaction: _Transaction) -> bytes:
         """RFC 5321 §4.4: the trace header this server adds."""
-        lines = ["Received: from %s (%s)" % (self._helo, self._peer)]
+        # The HELO name is a checked domain or address literal (no ";",
+        # parentheses or zone ids can break the field's structure), and the
+        # peer's address is written as a literal of our own making.
+        lines = ["Received: from %s (%s)" % (self._helo, _tcpInfo(self._peer))]
         lines.append("\tby %s with %s id %s" % (self.hostname, self._protocolName(transaction), transaction.id))
         stamp = _now(self.clock)
         if len(transaction.recipients) == 1:
@@ -675,8 +735,8 @@ class SMTPServer(Protocol):
         """Open the receiver as the data begins, so the message streams to disk."""
         transaction = self._transaction
         assert transaction is not None
-        keepHeaders = self._sender is not None
-        transaction.checker = MessageChecker(self.limits.max_message_size, keepHeaders=keepHeaders)
+        transaction.checker = MessageChecker(self.limits.max_message_size)
+        transaction.headers = HeaderSection()
         try:
             transaction.receiver = self.factory.delivery.receive(transaction.returnPath, list(transaction.recipients))
             transaction.receiver.write(self._receivedHeader(transaction))
@@ -693,14 +753,38 @@ class SMTPServer(Protocol):
         """Check and store some message bytes."""
         if not data:
             return
-        checker = transaction.checker
-        assert checker is not None
+        checker, headers = transaction.checker, transaction.headers
+        assert checker is not None and headers is not None
         checker.feed(data)
         if transaction.receiver is None:
             return
         if checker.tooBig:
-            receiver, transaction.receiver = transaction.receiver, None
-            receiver.abort()
+            self._dropReceiver(transaction)
+            return
+        try:
+            data = headers.feed(data)
+        except Exception:
+            log.failure("SMTP {peer}: could not read the header of message {id}", peer=self._peer, id=transaction.id)
+            transaction.headersJudged = True
+            transaction.headerRefusal = reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Local error in processing, try again later")
+            self._dropReceiver(transaction)
+            return
+        self._store(transaction, data)
+
+    def _store(self, transaction: _Transaction, data: bytes) -> None:
+        """
+        Write what the header section lets through; once it is complete,
+        judge it, and store nothing more if it is refused.
+        """
+        headers = transaction.headers
+        assert headers is not None
+        if (headers.complete or headers.tooLarge) and not transaction.headersJudged:
+            transaction.headersJudged = True
+            refusal = self._judgeHeaders(transaction, headers)
+            if refusal is not None:
+                transaction.headerRefusal = refusal
+                self._dropReceiver(transaction)
+        if not data or transaction.receiver is None:
             return
         try:
             transaction.receiver.write(data)
@@ -714,6 +798,15 @@ class SMTPServer(Protocol):
             except Exception:
                 log.failure("SMTP {peer}: could not abort message {id}", peer=self._peer, id=transaction.id)
 
+    def _dropReceiver(self, transaction: _Transaction) -> None:
+        """Nothing of this message is stored: drop what was written."""
+        receiver, transaction.receiver = transaction.receiver, None
+        if receiver is not None:
+            try:
+                receiver.abort()
+            except Exception:
+                log.failure("SMTP {peer}: could not abort message {id}", peer=self._peer, id=transaction.id)
+
     def _endMessage(self, transaction: _Transaction) -> Deferred:
         """
         All data is in: refuse it, or make it durable and answer 250 only
@@ -721,18 +814,26 @@ class SMTPServer(Protocol):
 
         @raise SMTPReply: the message is refused.
         """
-        checker = transaction.checker
-        assert checker is not None
-        checker.finish()
-        refusal = self._judge(transaction, checker)
+        checker, headers = transaction.checker, transaction.headers
+        assert checker is not None and headers is not None
+        try:
+            checker.finish()
+            if transaction.receiver is not None and not checker.tooBig:
+                self._store(transaction, headers.finish())
+            refusal = self._judge(transaction, checker)
+        except Exception:
+            # Whatever went wrong, the transaction ends here, cleanly.
+            log.failure("SMTP {peer}: could not check message {id}", peer=self._peer, id=transaction.id)
+            refusal = reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Local error in processing, try again later")
+            self._dropReceiver(transaction)
         if refusal is not None:
             self._resetTransaction()
             log.info(
                 "SMTP {peer}: message {id} from <{sender}> refused: {reason}",
                 peer=self._peer,
                 id=transaction.id,
-                sender=transaction.returnPath,
-                reason=refusal.text,
+                sender=escape(transaction.returnPath),
+                reason=escape(refusal.text),
             )
             raise refusal
         receiver = transaction.receiver
@@ -747,13 +848,14 @@ class SMTPServer(Protocol):
             # As Postfix: the error and junk counts are per delivered message.
             self._errors = self._junk = 0
             log.info(
-                "SMTP accepted message {id} ({localId}) from <{sender}> to {recipients}, {size} octets, peer {peer}",
+                "SMTP accepted message {id} ({localId}) from <{sender}> to {recipients}, {size} octets, peer {peer} ({helo})",
                 id=messageId,
                 localId=transaction.id,
-                sender=transaction.returnPath,
-                recipients=",".join(transaction.recipients),
+                sender=escape(transaction.returnPath),
+                recipients=escape(",".join(transaction.recipients)),
                 size=checker.size,
                 peer=self._peer,
+                helo=escape(self._helo or ""),
             )
             return reply(codes.OK, codes.S_OK, "Ok: queued as %s" % (messageId,))
 
@@ -778,16 +880,66 @@ class SMTPServer(Protocol):
         if checker.lineTooLong:
             # RFC 5321 §4.5.3.1.6: refuse rather than split a line.
             return reply(codes.MAILBOX_UNAVAILABLE, codes.P_MEDIA_ERROR, "Message has a line longer than 1000 octets")
-        if self._sender is not None:
-            if checker.headersTooLarge:
-                return reply(codes.EXCEEDED_STORAGE, codes.P_MESSAGE_TOO_BIG, "Header section too large")
-            for address in checker.fromAddresses():
-                if not self._sender.maySendAs(address):
-                    return reply(
-                        codes.MAILBOX_NAME_NOT_ALLOWED,
-                        codes.P_NOT_AUTHORIZED,
-                        "From: <%s> is not yours to send as" % (address[:256],),
-                    )
+        if transaction.headerRefusal is not None:
+            return transaction.headerRefusal
+        if transaction.receiver is None:
+            # Dropped without a reason recorded: never acknowledge it.
+            return reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Local error in processing, try again later")
+        return None
+
+    def _judgeHeaders(self, transaction: _Transaction, headers: HeaderSection) -> Optional[SMTPReply]:
+        """
+        The checks on the header section, on every port: its size, the hop
+        count and forwarding loops (RFC 5321 §6.3), and for authenticated
+        clients its syntax and the From: addresses.  Any error in them
+        refuses the message (451) rather than leaving it half-judged.
+        """
+        try:
+            return self._headerRefusal(transaction, headers)
+        except Exception:
+            log.failure("SMTP {peer}: could not check the header of message {id}", peer=self._peer, id=transaction.id)
+            return reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Local error in processing, try again later")
+
+    def _headerRefusal(self, transaction: _Transaction, headers: HeaderSection) -> Optional[SMTPReply]:
+        if headers.tooLarge:
+            return reply(codes.EXCEEDED_STORAGE, codes.P_MESSAGE_TOO_BIG, "Header section too large")
+        if headers.received >= self.limits.max_hops:
+            # RFC 5321 §6.3: a message with too many Received: fields is
+            # in a loop; it is refused, never stored or relayed.
+            return reply(
+                codes.TRANSACTION_FAILED,
+                codes.P_ROUTING_LOOP,
+                "Too many hops (%d Received: header fields): mail loop?" % (headers.received,),
+            )
+        for recipient in transaction.recipients:
+            if recipient in headers.deliveredTo:
+                # Already delivered to this address once: an alias loop.
+                return reply(
+                    codes.TRANSACTION_FAILED,
+                    codes.P_ROUTING_LOOP,
+                    "Mail forwarding loop for <%s>" % (recipient,),
+                )
+        if self._sender is None:
+            return None
+        if headers.malformed:
+            # RFC 5322 §2.2: what downstream software would make of such a
+            # line is anyone's guess; a submitting client must not send it.
+            return reply(
+                codes.MAILBOX_UNAVAILABLE,
+                codes.P_MEDIA_ERROR,
+                "Header section has a line that is neither a header field nor a continuation",
+            )
+        try:
+            addresses = headers.fromAddresses()
+        except AddressSyntaxError as e:
+            return reply(codes.MAILBOX_UNAVAILABLE, codes.P_MEDIA_ERROR, "From: cannot be read: %s" % (e,))
+        for address in addresses:
+            if not self._sender.maySendAs(address):
+                return reply(
+                    codes.MAILBOX_NAME_NOT_ALLOWED,
+                    codes.P_NOT_AUTHORIZED,
+                    "From: <%s> is not yours to send as" % (escape(address, 256),),
+                )
         return None
 
     # --- message data -----------------------------------------------------
@@ -931,7 +1083,7 @@ class SMTPServer(Protocol):
             log.failure("SMTP {peer}: could not start TLS", peer=self._peer)
             self._closed = True
             self._cancelTimers()
-            self.transport.loseConnection()
+            self._hangUp()
             return
         self._tls = True
         log.debug("SMTP {peer}: TLS started", peer=self._peer)
@@ -1099,12 +1251,20 @@ class SMTPServer(Protocol):
         if params:
             raise reply(codes.PARAMETERS_NOT_RECOGNIZED, codes.P_INVALID_ARGUMENTS, "Unsupported parameter %s" % (next(iter(params))[:40],))
         if address.lower() == "postmaster":
-            # RFC 5321 §4.5.1: <Postmaster> without a domain must work.
-            address = "postmaster@%s" % (self.hostname,)
+            # RFC 5321 §4.5.1: <Postmaster> without a domain must work, on
+            # every port; it is the primary local domain's postmaster.
+            address = self.factory.delivery.postmaster()
         recipient = self._checkAddress(address, transaction.smtputf8, codes.P_BAD_DESTINATION_SYNTAX)
         if transaction.rcptCount >= self.limits.max_recipients:
-            # RFC 5321 §4.5.3.1.10.
-            raise reply(codes.INSUFFICIENT_STORAGE, codes.T_TOO_MANY_RECIPIENTS, "Too many recipients")
+            # RFC 5321 §4.5.3.1.10: a temporary refusal the client is meant
+            # to act on (send the rest later), so it is not a client error
+            # until far past the limit.
+            transaction.overshoot += 1
+            self._reply(
+                reply(codes.INSUFFICIENT_STORAGE, codes.T_TOO_MANY_RECIPIENTS, "Too many recipients"),
+                countError=transaction.overshoot > RECIPIENT_OVERSHOOT,
+            )
+            return None
         d = maybeDeferred(self.factory.delivery.checkRecipient, recipient, self._sender)
 
         def accepted(_: object) -> SMTPReply:
