@@ -42,6 +42,7 @@ import attr
 from twisted.internet import defer, task
 from twisted.internet.threads import deferToThreadPool
 
+from mailnet.cli._common import isTerminal, silenceClosedPipe
 from mailnet.cli._clientconfig import (
     Connection,
     NoPassword,
@@ -93,6 +94,8 @@ EXIT_AUTH = 5  # login refused, no password
 EXIT_RECIPIENT = 6  # a recipient refused (some or all)
 EXIT_TOO_LARGE = 7  # the server refused the message's size
 EXIT_NO_MESSAGE = 8  # no such message number
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as a shell reports it)
+EXIT_PIPE = 141  # the reader of our output went away (128 + SIGPIPE, as git)
 
 
 class UsageError(ClientError):
@@ -293,6 +296,10 @@ class Invocation:
     def transcript(self, who: str, line: str) -> None:
         self.io.err("%s: %s" % (who, line))
 
+    #: Set when the reactor shuts down (Ctrl-C) before the command ends:
+    #: what fails after that is a consequence, not news.
+    interrupted: bool = False
+
     def execute(self, reactor: Any) -> defer.Deferred:
         """@return: Deferred firing with the exit status."""
         commands = {
@@ -304,8 +311,13 @@ class Invocation:
             "fetch": self.do_fetch,
         }
         d = defer.ensureDeferred(commands[self.options.command](reactor))
-        d.addErrback(lambda f: report(f.value, self.io, self.options.debug, f))
+        d.addErrback(self._failed)
         return d
+
+    def _failed(self, failure: Any) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return report(failure.value, self.io, self.options.debug, failure)
 
     def _inThread(self, reactor: Any, f: Callable, *args: Any) -> defer.Deferred:
         if self.run is not None:
@@ -631,6 +643,10 @@ def report(error: BaseException, io: Streams, debug: bool, failure: Any = None) 
     The one error dispatcher: an expected error is one line on stderr and
     its exit status; anything else is a bug, shown with its traceback.
     """
+    if isinstance(error, BrokenPipeError):
+        # Whoever read our output has gone (`mailnet-cli list | head -1`):
+        # nothing to say, and no one to say it to.
+        return EXIT_PIPE
     code = exitCodeFor(error)
     if code is not None:
         io.err("%s: error: %s" % (PROG, error))
@@ -801,18 +817,49 @@ def main(
     @return: the exit status (the console script passes it to C{sys.exit}).
     """
     io = Streams(stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr, os.environ if environ is None else environ)
-    invocation = prepare(sys.argv[1:] if argv is None else argv, io)
+    try:
+        status = _main(sys.argv[1:] if argv is None else argv, io)
+    except KeyboardInterrupt:
+        status = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        status = EXIT_PIPE
+    if status == EXIT_INTERRUPTED:
+        _interrupted(io)
+    elif status == EXIT_PIPE:
+        silenceClosedPipe(io.stdout)
+    return status
+
+
+def _interrupted(io: Streams) -> None:
+    try:
+        if isTerminal(io.stderr):
+            io.err("")  # end the line of a prompt or a progress bar
+        io.err("%s: interrupted" % (PROG,))
+    except (OSError, ValueError):
+        pass
+
+
+def _main(argv: Sequence[str], io: Streams) -> int:
+    invocation = prepare(argv, io)
     if isinstance(invocation, int):
         return invocation
     status: List[int] = []
 
     def go(reactor: Any) -> defer.Deferred:
+        def shuttingDown() -> None:
+            # Ctrl-C (or SIGTERM) stops the reactor before the command ended.
+            if not status:
+                invocation.interrupted = True
+
+        reactor.addSystemEventTrigger("before", "shutdown", shuttingDown)
         return invocation.execute(reactor).addCallback(status.append)
 
     try:
         task.react(go)
     except SystemExit:
         pass
+    if invocation.interrupted:
+        return EXIT_INTERRUPTED
     return status[0] if status else EXIT_ERROR
 
 
