@@ -259,6 +259,7 @@ class CommandTests(CLITestMixin, unittest.TestCase):
         os.makedirs(os.path.join(self.home, ".config", "mailnet"))
         with open(os.path.join(self.home, ".config", "mailnet", "config.ini"), "w") as f:
             f.write("[a]\nuser = alice@example.test\npassword_command = echo nope >&2; exit 3\n")
+        del self.environ["MAILNET_PASSWORD"]
         status, out, err = yield self.cli("list")
         self.assertEqual(status, 5)
         self.assertOneErrorLine(err, "password_command", "exit status 3", "nope")
@@ -581,5 +582,94 @@ class HeaderInjectionTests(unittest.SynchronousTestCase):
             status = cli.main(["--user", "a@example.test", "send", "--body", "b"] + extra, stdin=io.StringIO(), stdout=stdout,
                               stderr=stderr, environ={"HOME": "/nonexistent", "MAILNET_PASSWORD": "x"})
             self.assertEqual(status, 2, stderr.getvalue())
-            self.assertIn("may not contain line breaks", stderr.getvalue())
+            self.assertRegex(stderr.getvalue(), "may not contain line breaks|control characters")
             self.assertNotIn("Traceback", stderr.getvalue())
+
+
+class AddressParsingTests(unittest.SynchronousTestCase):
+    """One parser for headers and envelope (issue 15 item 3)."""
+
+    def main(self, *to: str) -> tuple:
+        stdout, stderr = io.StringIO(), io.StringIO()
+        argv = ["--user", "a@example.test", "send", "--subject", "s", "--body", "b"]
+        for value in to:
+            argv += ["--to", value]
+        status = cli.main(argv, stdin=io.StringIO(), stdout=stdout, stderr=stderr,
+                          environ={"HOME": "/nonexistent", "MAILNET_PASSWORD": "x"})
+        return status, stderr.getvalue()
+
+    def test_refusedBeforeSending(self) -> None:
+        """Each bad value is refused (exit 2), naming it, before any connection."""
+        for value, reason in [
+            ("bob@exa mple.test", "spaces"),
+            ("a@x.test;b@y.test", "commas"),
+            ("bob@", "domain"),
+            ("bob", "no @domain"),
+            ("Bob <bob@exa mple.test>", "Bob <bob@exa mple.test>"),
+        ]:
+            status, err = self.main("ok@example.test", value)
+            self.assertEqual(status, 2, (value, err))
+            self.assertIn(repr(value), err)
+            self.assertIn(reason, err)
+            self.assertEqual(len(err.splitlines()), 1, err)
+
+    def test_headerAndEnvelopeAgree(self) -> None:
+        """What To: says is exactly where the message goes."""
+        options = cli.makeParser().parse_args(
+            ["--user", "a@example.test", "send", "--subject", "s", "--body", "b",
+             "--to", '"Smith, J" <j@x.test>, k@y.test', "--to", "Bob <bob@example.test>", "--bcc", "hidden@z.test"]
+        )
+        from mailnet.cli._clientconfig import Account, resolve
+
+        prepared = cli._prepareSend(options, resolve(Account(), options), None, __import__("datetime").datetime.now().astimezone())
+        self.assertEqual(prepared["recipients"], ["j@x.test", "k@y.test", "bob@example.test", "hidden@z.test"])
+        message = email.message_from_bytes(prepared["message"], policy=email.policy.default)
+        self.assertEqual([a.addr_spec for a in message["To"].addresses], ["j@x.test", "k@y.test", "bob@example.test"])
+        self.assertEqual(message["To"].addresses[0].display_name, "Smith, J")
+        self.assertIsNone(message["Bcc"])
+
+
+class PasswordSourceTests(unittest.SynchronousTestCase):
+    """Whose password goes where (issue 15 item 4, a security fix)."""
+
+    def connection(self, *argv: str):
+        from mailnet.cli._clientconfig import resolve
+
+        account = Account(name="bob", host="mail.example.test", user="bob@example.test",
+                          password_command="echo bob-secret", sender="Bob <bob@example.test>")
+        options = cli.makeParser().parse_args(list(argv) + ["list"])
+        return resolve(account, options)
+
+    def password(self, connection, environ=None) -> str:
+        from mailnet.cli._clientconfig import getPassword
+
+        def prompt(text, stream=None):
+            return "prompted"
+
+        return getPassword(connection, environ or {}, TTY(), io.StringIO(), prompt=prompt)
+
+    def test_accountCommand(self) -> None:
+        self.assertEqual(self.password(self.connection()), "bob-secret")
+
+    def test_environmentWins(self) -> None:
+        """MAILNET_PASSWORD, given for this run, wins over the account's command."""
+        self.assertEqual(self.password(self.connection(), {"MAILNET_PASSWORD": "given"}), "given")
+
+    def test_otherUserNeverGetsAccountPassword(self) -> None:
+        """--account bob --user alice: not bob's password, and not bob's From."""
+        connection = self.connection("--user", "alice@example.test")
+        self.assertIsNone(connection.passwordCommand)
+        self.assertEqual(self.password(connection), "prompted")
+        self.assertEqual(connection.sender, "alice@example.test")
+
+    def test_otherHostNeverGetsAccountPassword(self) -> None:
+        connection = self.connection("--host", "evil.example")
+        self.assertIsNone(connection.passwordCommand)
+        self.assertEqual(self.password(connection), "prompted")
+
+    def test_noPasswordSaysWhy(self) -> None:
+        from mailnet.cli._clientconfig import NoPassword, getPassword
+
+        connection = self.connection("--host", "other.example")
+        error = self.assertRaises(NoPassword, getPassword, connection, {}, io.StringIO(), io.StringIO())
+        self.assertIn("--host other.example is not the account's host", str(error))

@@ -692,33 +692,69 @@ def _editBody(io: Streams) -> str:
         os.unlink(path)
 
 
-def _addresses(values: Sequence[str]) -> List[str]:
-    """Split comma-separated values and validate each address."""
-    from email.utils import getaddresses
+def parseAddresses(value: str) -> List[Tuple[str, str]]:
+    """
+    Parse one C{--to}/C{--cc}/C{--bcc} value, or the sender: one or more
+    addresses (C{bob@example.test}, C{Bob <bob@example.test>}), separated by
+    commas.  The one parser for both the headers and the envelope: what is
+    written in To: is exactly what is sent to.
+
+    @return: C{(display name, address)} pairs.
+    @raise BadAddress: naming the first bad address and why.
+    """
+    from email.errors import InvalidHeaderDefect, NonASCIILocalPartDefect
+    from email.policy import default
 
     from mailnet.address import normalizeAddress
 
-    result = []
-    for _display, address in getaddresses(list(values)):
-        if not address:
-            continue
-        normalizeAddress(address)  # raises BadAddress
-        result.append(address)
-    return result
+    text = value.strip()
+    if not any(c in text for c in '<>",()'):
+        # The common case, one bare address: the precise reason comes from
+        # the address rules themselves ("bob@exa mple.test" has a space).
+        for piece in [text] if text else []:
+            if ";" in piece:
+                raise BadAddress(address=piece, reason="separate addresses with commas, or repeat the option")
+            normalizeAddress(piece)
+        return [("", text)] if text else []
+    try:
+        header = default.header_factory("To", text)
+        defects = [d for d in header.defects if isinstance(d, InvalidHeaderDefect)
+                   and not isinstance(d, NonASCIILocalPartDefect)]
+        parsed = [(a.display_name, a.addr_spec) for a in header.addresses]
+    except Exception:  # the stdlib parser fails on some garbage (IndexError ...)
+        raise BadAddress(address=text, reason="it cannot be read as a list of addresses")
+    if defects:
+        reason = str(defects[0]) or "it cannot be read as a list of addresses"
+        if ";" in text:
+            reason = "separate addresses with commas, or repeat the option"
+        raise BadAddress(address=text, reason=reason)
+    for _name, address in parsed:
+        normalizeAddress(address)  # raises BadAddress naming it
+    return parsed
+
+
+def _addresses(values: Sequence[str]) -> List[Tuple[str, str]]:
+    """Every address of several option values (see L{parseAddresses})."""
+    return [pair for value in values for pair in parseAddresses(value)]
+
+
+def _formatAddress(pair: Tuple[str, str]) -> str:
+    from email.headerregistry import Address
+
+    name, address = pair
+    if not name:
+        return address
+    return str(Address(display_name=name, addr_spec=address))
 
 
 def _prepareSend(options: argparse.Namespace, connection: Connection, io: Streams, now: datetime.datetime) -> Dict[str, Any]:
-    from email.utils import getaddresses
-
     to, cc, bcc = _addresses(options.to), _addresses(options.cc), _addresses(options.bcc)
     if not (to or cc or bcc):
         raise UsageError(problem="send needs at least one --to, --cc or --bcc")
-    senderAddress = getaddresses([connection.sender])[0][1]
-    if not senderAddress:
+    senders = parseAddresses(connection.sender)
+    if len(senders) != 1:
         raise UsageError(problem="no sender address: set from in the account or use a full address as --user")
-    from mailnet.address import normalizeAddress
-
-    normalizeAddress(senderAddress)  # raises BadAddress
+    senderAddress = senders[0][1]
     attachments = []
     for path in options.attach:
         try:
@@ -730,9 +766,9 @@ def _prepareSend(options: argparse.Namespace, connection: Connection, io: Stream
         raise EmptyMessage()
     try:
         message = composeMessage(
-            sender=connection.sender,
-            to=list(options.to),
-            cc=list(options.cc),
+            sender=_formatAddress(senders[0]),
+            to=[_formatAddress(p) for p in to],
+            cc=[_formatAddress(p) for p in cc],
             subject=options.subject,
             body=body,
             attachments=attachments,
@@ -742,7 +778,7 @@ def _prepareSend(options: argparse.Namespace, connection: Connection, io: Stream
         raise UsageError(problem=str(e))
     return {
         "message": messageBytes(message),
-        "recipients": envelopeRecipients(to, cc, bcc),
+        "recipients": envelopeRecipients([a for _, a in to], [a for _, a in cc], [a for _, a in bcc]),
         "envelopeSender": senderAddress,
     }
 
