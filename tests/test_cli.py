@@ -673,3 +673,14 @@ class PasswordSourceTests(unittest.SynchronousTestCase):
         connection = self.connection("--host", "other.example")
         error = self.assertRaises(NoPassword, getPassword, connection, {}, io.StringIO(), io.StringIO())
         self.assertIn("--host other.example is not the account's host", str(error))
+
+
+class TerminalSafetyTests(unittest.SynchronousTestCase):
+    def test_serverTextEscaped(self) -> None:
+        """A server's reply with an escape sequence is shown escaped, in errors and the transcript."""
+        from mailnet.errors import AuthenticationFailed
+
+        streams = cli.Streams(io.StringIO(), io.StringIO(), io.StringIO(), {})
+        cli.report(AuthenticationFailed(host="h", user="u", reply="535 no\x1b]0;pwned\x07"), streams, False)
+        self.assertIn("535 no\\x1b]0;pwned\\x07", streams.stderr.getvalue())
+        self.assertNotIn("\x1b", streams.stderr.getvalue())

@@ -19,6 +19,7 @@ import datetime
 import fcntl
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -171,6 +172,18 @@ class Streams:
             _write(self.stdout, data.decode("utf-8", "replace"))
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """
+    Text from the network made safe for a terminal: control characters
+    (an escape sequence in a server's reply, say) are shown as C{\\xNN},
+    never sent to the terminal to act on.
+    """
+    return _CONTROL.sub(lambda m: "\\x%02x" % (ord(m.group()),), text)
+
+
 def _write(stream: IO[str], text: str) -> None:
     try:
         stream.write(text)
@@ -294,7 +307,7 @@ class Invocation:
     run: Optional[Callable[..., defer.Deferred]] = None
 
     def transcript(self, who: str, line: str) -> None:
-        self.io.err("%s: %s" % (who, line))
+        self.io.err("%s: %s" % (who, shown(line)))
 
     #: Set when the reactor shuts down (Ctrl-C) before the command ends:
     #: what fails after that is a consequence, not news.
@@ -649,7 +662,7 @@ def report(error: BaseException, io: Streams, debug: bool, failure: Any = None) 
         return EXIT_PIPE
     code = exitCodeFor(error)
     if code is not None:
-        io.err("%s: error: %s" % (PROG, error))
+        io.err("%s: error: %s" % (PROG, shown(str(error))))
         return code
     if debug:
         if failure is not None:

@@ -31,6 +31,8 @@ from mailnet.client.tls import (
     Transcript,
     VerifyingCreator,
     clientError,
+    noGreeting,
+    wrongService,
 )
 from mailnet.errors import (
     AuthenticationFailed,
@@ -174,6 +176,7 @@ class SubmissionClient(smtp.ESMTPClient):
         self._outcome: Any = None
         self._masking = False
         self._extensions: dict = {}
+        self._greeting: Optional[bytes] = None
         if username is not None:
             user = username.encode("utf-8")
             self.registerAuthenticator(_PlainAuthenticator(user))
@@ -193,7 +196,15 @@ class SubmissionClient(smtp.ESMTPClient):
     def lineReceived(self, line: bytes) -> Any:
         if self.transcript is not None:
             self.transcript("S", _text(line))
+        if self._greeting is None:
+            self._greeting = line
+            self.setTimeout(self.endpoint.timeout)
         return smtp.ESMTPClient.lineReceived(self, line)
+
+    def connectionMade(self) -> None:
+        smtp.ESMTPClient.connectionMade(self)
+        # Silence from a port we greet in the clear: probably implicit TLS.
+        self.setTimeout(self.endpoint.firstTimeout)
 
     # -- the conversation ------------------------------------------------
 
@@ -355,6 +366,13 @@ class SubmissionClient(smtp.ESMTPClient):
             self._fail(ServerError(host=host, command="DATA", reply=_reply(code, resp)), quit=False)
 
     def sendError(self, exc: Any) -> None:
+        if self._greeting is None and isinstance(exc, smtp.SMTPTimeoutError):
+            self._fail(noGreeting(self.endpoint, self.endpoint.firstTimeout))
+            return
+        wrong = wrongService(self.endpoint, "smtp", self._greeting) if self._greeting is not None else None
+        if wrong is not None and isinstance(exc, smtp.SMTPClientError) and not self._sent:
+            self._fail(wrong)
+            return
         if isinstance(exc, smtp.SMTPTimeoutError):
             self._fail(ServerTimeout(host=self.endpoint.host, port=self.endpoint.port, seconds="%g" % (self.endpoint.timeout,)))
         elif isinstance(exc, smtp.SMTPConnectError):
