@@ -622,11 +622,15 @@ class LoopbackTests(ScriptedServerMixin, unittest.TestCase):
         self.assertIn("not found", str(caught.exception))
 
 
-class WrongPortTests(TranscriptTests):
+class WrongPortTests(unittest.SynchronousTestCase):
     """
     A wrong port or a wrong TLS mode is named, with the fix (issue 15
     item 8), instead of a long wait or a misleading message.
     """
+
+    setUp = TranscriptTests.setUp
+    client = TranscriptTests.client
+    server = TranscriptTests.server
 
     def test_silentServerIsProbablyImplicitTLS(self) -> None:
         """STARTTLS against an implicit-TLS port: the server waits for our
