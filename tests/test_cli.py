@@ -293,11 +293,18 @@ class CommandTests(CLITestMixin, unittest.TestCase):
         self.assertIn("page 1 of 3 (5 messages)", out)
         status, out, err = yield self.cli(*options, "list", "--limit", "2", "--page", "3", "--json")
         self.assertEqual(status, 0, err)
-        document = json.loads(out)
+        page = json.loads(out)
+        # The total and how to page (issue 15 item 7), not 2 of 5 silently.
+        self.assertEqual({k: v for k, v in page.items() if k != "messages"},
+                         {"total": 5, "page": 3, "pages": 3, "limit": 2, "next_page": None})
+        document = page["messages"]
         self.assertEqual([m["number"] for m in document], [1])
         self.assertEqual(document[0]["from"], "m1@example.test")
         self.assertEqual(document[0]["uid"], "uid-1")
         self.assertEqual(set(document[0]), {"number", "uid", "from", "subject", "date", "size"})
+        status, out, err = yield self.cli(*options, "list", "--limit", "2", "--json")
+        self.assertEqual(json.loads(out)["next_page"], 2)
+        self.assertEqual(len(json.loads(out)["messages"]), 2)
         status, out, err = yield self.cli(*options, "list", "--limit", "2", "--page", "4")
         self.assertEqual((status, out), (0, "no page 4: 5 messages, 3 pages\n"))
         # Headers only: TOP n 0, never RETR.
@@ -430,14 +437,84 @@ class CommandTests(CLITestMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_fetchProgress(self):
-        """Many messages and a terminal on stderr: a progress bar."""
-        options = self.servers(pop3={"messages": [b"Subject: %d\r\n\r\nx\r\n" % (i,) for i in range(12)]})
+        """A terminal on stderr: a progress bar in bytes, erased at the end."""
+        self.patch(cli.Progress, "DELAY", 0)
+        self.patch(cli.Progress, "MININTERVAL", 0)
+        messages = [b"Subject: %d\r\n\r\n" % (i,) + b"x" * 3000 + b"\r\n" for i in range(2)]
+        options = self.servers(pop3={"messages": messages})
         status, out, err = yield self.cli(*options, "fetch", "--to-mbox", os.path.join(self.home, "m"), stderr=TTY())
         self.assertEqual(status, 0, err)
-        self.assertIn("\r[", err)
-        self.assertIn("12/12", err)
-        status, out, err = yield self.cli(*options, "fetch", "--to-mbox", os.path.join(self.home, "m2"))
+        self.assertIn("fetching 2/2", err)
+        self.assertIn("100%", err)
+        self.assertIn("B/s", err)  # in bytes, not messages
+        self.assertTrue(err.endswith("\r"), repr(err[-40:]))  # erased: the next output starts clean
+        # Not a terminal: nothing.
+        status, out, err = yield self.cli(*options, "fetch", "--all", "--to-mbox", os.path.join(self.home, "m2"))
         self.assertEqual(err, "")
+
+    @defer.inlineCallbacks
+    def test_sendProgress(self):
+        """send shows the bytes sent (on a terminal)."""
+        self.patch(cli.Progress, "DELAY", 0)
+        self.patch(cli.Progress, "MININTERVAL", 0)
+        options = self.servers()
+        status, out, err = yield self.cli(*options, "send", "--to", "b@example.test", "--subject", "s",
+                                          "--body", "x" * 50000, stderr=TTY())
+        self.assertEqual(status, 0, err)
+        self.assertIn("sending", err)
+        self.assertIn("100%", err)
+
+    @defer.inlineCallbacks
+    def test_quickTransferPrintsNothing(self):
+        """Under a second: no bar even on a terminal."""
+        options = self.servers()
+        status, out, err = yield self.cli(*options, "read", "1", stderr=TTY())
+        self.assertEqual((status, err), (0, ""))
+
+    @defer.inlineCallbacks
+    def test_fetchRemembers(self):
+        """
+        Without --delete, fetch remembers what it saved (by UIDL, per user
+        and server) and does not save it again; --all does (issue 15 item 6).
+        """
+        options = self.servers()
+        mbox = os.path.join(self.home, "mbox")
+        status, out, err = yield self.cli(*options, "fetch", "--to-mbox", mbox)
+        self.assertEqual((status, out), (0, "fetched 2 messages into %s\n" % (mbox,)))
+        status, out, err = yield self.cli(*options, "fetch", "--to-mbox", mbox)
+        self.assertEqual(status, 0, err)
+        self.assertIn("fetched 0 new messages", out)
+        self.assertIn("2 fetched before were skipped (--all fetches them again)", out)
+        import mailbox
+
+        self.assertEqual(len(mailbox.mbox(mbox)), 2)
+        # A new message arrives: only it is fetched.
+        self.pop3Config.messages.append(b"Subject: three\r\n\r\nthree\r\n")
+        status, out, err = yield self.cli(*options, "fetch", "--to-mbox", mbox)
+        self.assertIn("fetched 1 new message into", out)
+        self.assertEqual([m["Subject"] for m in mailbox.mbox(mbox)], ["one", "two", "three"])
+        status, out, err = yield self.cli(*options, "fetch", "--all", "--to-mbox", mbox)
+        self.assertIn("fetched 3 messages", out)
+        self.assertEqual(len(mailbox.mbox(mbox)), 6)
+        # Kept in the XDG state directory, per user and server.
+        state = os.path.join(self.home, ".local", "state", "mailnet", "fetched")
+        [name] = os.listdir(state)
+        self.assertTrue(name.startswith("alice@example.test@localhost:"), name)
+
+    def test_fetchedPathPerServer(self):
+        from mailnet.cli._clientconfig import Account, resolve
+
+        def path(*argv):
+            options = cli.makeParser().parse_args(list(argv) + ["fetch", "--to-mbox", "m"])
+            return cli.fetchedPath({"HOME": "/h"}, resolve(Account(), options))
+
+        first = path("--user", "a@x.test", "--host", "one.test")
+        self.assertTrue(first.startswith("/h/.local/state/mailnet/fetched/"))
+        self.assertNotEqual(first, path("--user", "a@x.test", "--host", "two.test"))
+        self.assertNotEqual(first, path("--user", "b@x.test", "--host", "one.test"))
+        self.assertNotEqual(first, path("--user", "a@x.test", "--host", "one.test", "--pop3-port", "2110"))
+        # Whatever the user name, one file directly in the state directory.
+        self.assertEqual(os.path.dirname(path("--user", "../../a/b@x.test", "--host", "one.test")), os.path.dirname(first))
 
 
 class ErrorPathTests(CLITestMixin, unittest.TestCase):

@@ -72,6 +72,8 @@ class _POP3Protocol(POP3Client):
         self.endpoint = endpoint
         self.timeout = timeout  # type: ignore[assignment]
         self.firstLine: Optional[bytes] = None
+        #: Called with the octets of each line received (a progress bar).
+        self.onBytes: Optional[Callable[[int], None]] = None
         self.transcript = transcript
         if clock is not None:
             self.callLater = clock.callLater  # type: ignore[method-assign]  # TimeoutMixin's clock
@@ -123,6 +125,8 @@ class _POP3Protocol(POP3Client):
             return
         if self.transcript is not None:
             self.transcript("S", line.decode("utf-8", "replace"))
+        if self.onBytes is not None:
+            self.onBytes(len(line) + 2)
         if self.firstLine is None:
             self.firstLine = line
             if self.endpoint is not None:
@@ -311,9 +315,22 @@ class POP3Session:
         """
         return self._fetch(number, lines)
 
-    def retrieve(self, number: int) -> defer.Deferred:
-        """@return: Deferred firing with a whole message (RETR), CRLF line endings."""
-        return self._fetch(number, None)
+    def retrieve(self, number: int, progress: Optional[Callable[[int], None]] = None) -> defer.Deferred:
+        """
+        @param progress: called with the octets of each line as it arrives
+            (for a progress bar; the whole is about the size from LIST).
+        @return: Deferred firing with a whole message (RETR), CRLF line
+            endings.
+        """
+        if progress is None:
+            return self._fetch(number, None)
+        self.protocol.onBytes = progress
+
+        def done(result: Any) -> Any:
+            self.protocol.onBytes = None
+            return result
+
+        return self._fetch(number, None).addBoth(done)
 
     def _fetch(self, number: int, lines: Optional[int]) -> defer.Deferred:
         failed = self._check(number)

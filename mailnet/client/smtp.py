@@ -17,7 +17,7 @@ credentials masked.
 
 import base64
 import re
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import attr
 from twisted.internet import defer
@@ -155,6 +155,7 @@ class SubmissionClient(smtp.ESMTPClient):
         identity: str = "localhost",
         transcript: Optional[Transcript] = None,
         clock: Any = None,
+        progress: Optional[Callable[[int], None]] = None,
     ) -> None:
         secret = password.encode("utf-8") if password is not None else None
         smtp.ESMTPClient.__init__(self, secret, creator, identity)
@@ -165,6 +166,7 @@ class SubmissionClient(smtp.ESMTPClient):
         self.recipients = list(recipients)
         self.data = wireData(message)
         self.transcript = transcript
+        self.progress = progress
         self.finished: defer.Deferred = defer.Deferred()
         self.timeout = endpoint.timeout  # type: ignore[assignment]
         if clock is not None:
@@ -330,6 +332,8 @@ class SubmissionClient(smtp.ESMTPClient):
         # wireData already made the bytes wire-ready; the stock transform
         # would double CRs and misses dots at chunk boundaries.
         self.resetTimeout()
+        if self.progress is not None:
+            self.progress(len(chunk))
         return chunk
 
     def finishedFileTransfer(self, lastsent: bytes) -> None:
@@ -435,6 +439,7 @@ def sendMessage(
     *,
     transcript: Optional[Transcript] = None,
     identity: str = "localhost",
+    progress: Optional[Callable[[int], None]] = None,
 ) -> defer.Deferred:
     """
     Submit one message.
@@ -446,6 +451,9 @@ def sendMessage(
     @param message: the message (LF or CRLF line endings, not dot-stuffed).
     @param transcript: called with C{("C"|"S", line)} for each protocol
         line; credentials are masked.
+    @param progress: called with the number of octets of each piece of
+        the message as it is sent (for a progress bar); the whole is
+        C{len(wireData(message))}.
     @return: a Deferred firing with a L{SendResult} when the server took the
         message for at least one recipient, or failing with a
         L{mailnet.errors.ClientError}: L{ConnectFailed}, L{ServerTimeout},
@@ -472,6 +480,7 @@ def sendMessage(
             identity=identity,
             transcript=transcript,
             clock=reactor,
+            progress=progress,
         )
 
     connecting = endpoint.endpoint(reactor, creator).connect(_SubmissionFactory(build))
