@@ -107,6 +107,14 @@ class ServerTimeout(ClientError):
     """{host} port {port} did not answer within {seconds} seconds"""
 
 
+class NoGreeting(ServerTimeout):
+    """{host} port {port} sent no greeting within {seconds} seconds; if it is an implicit-TLS port ({implicitPorts}), use --tls implicit"""
+
+
+class WrongService(ConnectFailed):
+    """{host} port {port} is {what}, not {expected} (it greeted with {greeting}); {hint}"""
+
+
 class TLSFailed(ClientError):
     """TLS with {host} port {port} failed: {reason}"""
 

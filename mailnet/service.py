@@ -5,8 +5,10 @@ Maildir store, one relay queue, one cred portal, and a listener for each
 configured endpoint, all sharing them.
 """
 
+import errno
 import os
 import signal
+import sqlite3
 from typing import IO, Any, Callable, Dict, List, Optional
 
 from twisted.application import service
@@ -20,6 +22,7 @@ from twisted.python.threadpool import ThreadPool
 
 from mailnet.config import LISTENERS, Config
 from mailnet.cred import CHECKS_PER_HASHING_THREAD, Authenticator, hashingThreads, makePortal
+from mailnet.datalock import DataDirLock
 from mailnet.errors import ConfigError
 from mailnet.limits import DESCRIPTORS_PER_CONNECTION, ConnectionLimiter, LimitingFactory, fitDescriptorLimit
 from mailnet.pop3.server import POP3Factory
@@ -138,6 +141,23 @@ class TmpSweeperService(service.Service):
         return None
 
 
+def dataDirProblem(error: BaseException) -> str:
+    """
+    One line saying what went wrong with the data dir at start-up and what
+    to do, for the errors a person can fix (no traceback in the log).
+    """
+    if isinstance(error, OSError):
+        where = error.filename or "it"
+        if error.errno in (errno.EACCES, errno.EPERM):
+            return "permission denied on %s: run mailnet as the user who owns the data dir (or chown it to that user)" % (where,)
+        if error.errno == errno.ENOSPC:
+            return "no space left on the device of %s: free some space, then start mailnet again" % (where,)
+        if error.errno == errno.EROFS:
+            return "%s is on a read-only file system: give a writable --data-dir" % (where,)
+        return "%s: %s" % (where, error.strerror or error)
+    return "the account store cannot be opened: %s (is the disk full, or the file owned by another user?)" % (error,)
+
+
 class MailService(service.MultiService):
     """
     The whole server.  Attributes give tests and tools the shared parts:
@@ -203,6 +223,7 @@ class MailService(service.MultiService):
         }
         # One connection budget for every listener, and each client's share.
         self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_client)
+        self.dataLock = DataDirLock(dataDir)
         self.listeners: Dict[str, List[ListenerService]] = {}
         for role in LISTENERS:
             for description in config.listen.get(role, ()):
@@ -235,6 +256,8 @@ class MailService(service.MultiService):
             os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
         except OSError as e:
             raise ConfigError(where="data_dir %s" % (config.data_dir,), problem="cannot create it: %s" % (e.strerror,))
+        # One daemon per data dir: a second would run the same queue.
+        self.dataLock.acquire()
         if not (config.tls_cert and config.tls_key):
             try:
                 _, _, self.certificateGenerated = ensureCertificate(config.data_dir, config.hostname, None, None)
@@ -253,14 +276,18 @@ class MailService(service.MultiService):
         try:
             service.MultiService.privilegedStartService(self)
         except ConfigError as e:
-            log.critical("mailnet cannot start: {error}", error=str(e))
+            log.critical("mailnet: error: {error}", error=str(e))
             raise SystemExit(1)
 
     def startService(self) -> None:
         try:
-            self.prepareDataDir()
+            try:
+                self.prepareDataDir()
+            except (OSError, sqlite3.Error) as e:
+                raise ConfigError(where="data_dir %s" % (self.config.data_dir,), problem=dataDirProblem(e))
         except ConfigError as e:
-            log.critical("mailnet cannot start: {error}", error=str(e))
+            self.dataLock.release()
+            log.critical("mailnet: error: {error}", error=str(e))
             # A clean exit with status 1: twistd prints a traceback for anything else.
             raise SystemExit(1)
         service.MultiService.startService(self)
@@ -272,6 +299,7 @@ class MailService(service.MultiService):
     def stopService(self) -> Deferred:
         stopped = service.MultiService.stopService(self)
         self._closeJSONLog()
+        stopped.addBoth(lambda result: (self.dataLock.release(), result)[1])
         return stopped
 
     _jsonLog: Optional[IO[str]] = None

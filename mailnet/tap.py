@@ -51,6 +51,18 @@ class Options(usage.Options):
             self[name] = []
             self["no-" + name] = False
 
+    #: Where configuration errors are written (tests replace it).
+    stderr = sys.stderr
+
+    def opt_version(self) -> None:
+        """Print mailnet's version and exit."""
+        import twisted
+
+        from mailnet import __version__
+
+        print("mailnet %s (Twisted %s)" % (__version__, twisted.__version__))
+        raise SystemExit(0)
+
     def opt_domain(self, domain: str) -> None:
         """A local domain (repeatable)."""
         self["domain"].append(domain)
@@ -61,8 +73,15 @@ class Options(usage.Options):
                 raise usage.UsageError("--%s and --no-%s cannot be used together" % (name, name))
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-cert and --tls-key must be given together")
-        # Validate the ini file here, so that twistd reports problems as usage errors.
-        self.mailnetConfig = self.config()
+        # Validate the ini file here, before twistd starts anything.  A
+        # configuration error is one line and exit status 1, not twistd's
+        # page of usage with the one useful line at its end.
+        try:
+            self.mailnetConfig = loadConfig(self["config"], self.overrides())
+        except ConfigError as e:
+            self.stderr.write("mailnet: error: %s\n" % (e,))
+            self.stderr.flush()
+            raise SystemExit(1)
 
     def overrides(self) -> Dict[str, Any]:
         """The command line as flat config keys (see L{mailnet.config.buildConfig})."""

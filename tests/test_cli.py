@@ -259,6 +259,7 @@ class CommandTests(CLITestMixin, unittest.TestCase):
         os.makedirs(os.path.join(self.home, ".config", "mailnet"))
         with open(os.path.join(self.home, ".config", "mailnet", "config.ini"), "w") as f:
             f.write("[a]\nuser = alice@example.test\npassword_command = echo nope >&2; exit 3\n")
+        del self.environ["MAILNET_PASSWORD"]
         status, out, err = yield self.cli("list")
         self.assertEqual(status, 5)
         self.assertOneErrorLine(err, "password_command", "exit status 3", "nope")
@@ -292,11 +293,18 @@ class CommandTests(CLITestMixin, unittest.TestCase):
         self.assertIn("page 1 of 3 (5 messages)", out)
         status, out, err = yield self.cli(*options, "list", "--limit", "2", "--page", "3", "--json")
         self.assertEqual(status, 0, err)
-        document = json.loads(out)
+        page = json.loads(out)
+        # The total and how to page (issue 15 item 7), not 2 of 5 silently.
+        self.assertEqual({k: v for k, v in page.items() if k != "messages"},
+                         {"total": 5, "page": 3, "pages": 3, "limit": 2, "next_page": None})
+        document = page["messages"]
         self.assertEqual([m["number"] for m in document], [1])
         self.assertEqual(document[0]["from"], "m1@example.test")
         self.assertEqual(document[0]["uid"], "uid-1")
         self.assertEqual(set(document[0]), {"number", "uid", "from", "subject", "date", "size"})
+        status, out, err = yield self.cli(*options, "list", "--limit", "2", "--json")
+        self.assertEqual(json.loads(out)["next_page"], 2)
+        self.assertEqual(len(json.loads(out)["messages"]), 2)
         status, out, err = yield self.cli(*options, "list", "--limit", "2", "--page", "4")
         self.assertEqual((status, out), (0, "no page 4: 5 messages, 3 pages\n"))
         # Headers only: TOP n 0, never RETR.
@@ -429,14 +437,84 @@ class CommandTests(CLITestMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_fetchProgress(self):
-        """Many messages and a terminal on stderr: a progress bar."""
-        options = self.servers(pop3={"messages": [b"Subject: %d\r\n\r\nx\r\n" % (i,) for i in range(12)]})
+        """A terminal on stderr: a progress bar in bytes, erased at the end."""
+        self.patch(cli.Progress, "DELAY", 0)
+        self.patch(cli.Progress, "MININTERVAL", 0)
+        messages = [b"Subject: %d\r\n\r\n" % (i,) + b"x" * 3000 + b"\r\n" for i in range(2)]
+        options = self.servers(pop3={"messages": messages})
         status, out, err = yield self.cli(*options, "fetch", "--to-mbox", os.path.join(self.home, "m"), stderr=TTY())
         self.assertEqual(status, 0, err)
-        self.assertIn("\r[", err)
-        self.assertIn("12/12", err)
-        status, out, err = yield self.cli(*options, "fetch", "--to-mbox", os.path.join(self.home, "m2"))
+        self.assertIn("fetching 2/2", err)
+        self.assertIn("100%", err)
+        self.assertIn("B/s", err)  # in bytes, not messages
+        self.assertTrue(err.endswith("\r"), repr(err[-40:]))  # erased: the next output starts clean
+        # Not a terminal: nothing.
+        status, out, err = yield self.cli(*options, "fetch", "--all", "--to-mbox", os.path.join(self.home, "m2"))
         self.assertEqual(err, "")
+
+    @defer.inlineCallbacks
+    def test_sendProgress(self):
+        """send shows the bytes sent (on a terminal)."""
+        self.patch(cli.Progress, "DELAY", 0)
+        self.patch(cli.Progress, "MININTERVAL", 0)
+        options = self.servers()
+        status, out, err = yield self.cli(*options, "send", "--to", "b@example.test", "--subject", "s",
+                                          "--body", "x" * 50000, stderr=TTY())
+        self.assertEqual(status, 0, err)
+        self.assertIn("sending", err)
+        self.assertIn("100%", err)
+
+    @defer.inlineCallbacks
+    def test_quickTransferPrintsNothing(self):
+        """Under a second: no bar even on a terminal."""
+        options = self.servers()
+        status, out, err = yield self.cli(*options, "read", "1", stderr=TTY())
+        self.assertEqual((status, err), (0, ""))
+
+    @defer.inlineCallbacks
+    def test_fetchRemembers(self):
+        """
+        Without --delete, fetch remembers what it saved (by UIDL, per user
+        and server) and does not save it again; --all does (issue 15 item 6).
+        """
+        options = self.servers()
+        mbox = os.path.join(self.home, "mbox")
+        status, out, err = yield self.cli(*options, "fetch", "--to-mbox", mbox)
+        self.assertEqual((status, out), (0, "fetched 2 messages into %s\n" % (mbox,)))
+        status, out, err = yield self.cli(*options, "fetch", "--to-mbox", mbox)
+        self.assertEqual(status, 0, err)
+        self.assertIn("fetched 0 new messages", out)
+        self.assertIn("2 fetched before were skipped (--all fetches them again)", out)
+        import mailbox
+
+        self.assertEqual(len(mailbox.mbox(mbox)), 2)
+        # A new message arrives: only it is fetched.
+        self.pop3Config.messages.append(b"Subject: three\r\n\r\nthree\r\n")
+        status, out, err = yield self.cli(*options, "fetch", "--to-mbox", mbox)
+        self.assertIn("fetched 1 new message into", out)
+        self.assertEqual([m["Subject"] for m in mailbox.mbox(mbox)], ["one", "two", "three"])
+        status, out, err = yield self.cli(*options, "fetch", "--all", "--to-mbox", mbox)
+        self.assertIn("fetched 3 messages", out)
+        self.assertEqual(len(mailbox.mbox(mbox)), 6)
+        # Kept in the XDG state directory, per user and server.
+        state = os.path.join(self.home, ".local", "state", "mailnet", "fetched")
+        [name] = os.listdir(state)
+        self.assertTrue(name.startswith("alice@example.test@localhost:"), name)
+
+    def test_fetchedPathPerServer(self):
+        from mailnet.cli._clientconfig import Account, resolve
+
+        def path(*argv):
+            options = cli.makeParser().parse_args(list(argv) + ["fetch", "--to-mbox", "m"])
+            return cli.fetchedPath({"HOME": "/h"}, resolve(Account(), options))
+
+        first = path("--user", "a@x.test", "--host", "one.test")
+        self.assertTrue(first.startswith("/h/.local/state/mailnet/fetched/"))
+        self.assertNotEqual(first, path("--user", "a@x.test", "--host", "two.test"))
+        self.assertNotEqual(first, path("--user", "b@x.test", "--host", "one.test"))
+        self.assertNotEqual(first, path("--user", "a@x.test", "--host", "one.test", "--pop3-port", "2110"))
+        # Whatever the user name, one file directly in the state directory.
+        self.assertEqual(os.path.dirname(path("--user", "../../a/b@x.test", "--host", "one.test")), os.path.dirname(first))
 
 
 class ErrorPathTests(CLITestMixin, unittest.TestCase):
@@ -581,5 +659,105 @@ class HeaderInjectionTests(unittest.SynchronousTestCase):
             status = cli.main(["--user", "a@example.test", "send", "--body", "b"] + extra, stdin=io.StringIO(), stdout=stdout,
                               stderr=stderr, environ={"HOME": "/nonexistent", "MAILNET_PASSWORD": "x"})
             self.assertEqual(status, 2, stderr.getvalue())
-            self.assertIn("may not contain line breaks", stderr.getvalue())
+            self.assertRegex(stderr.getvalue(), "may not contain line breaks|control characters")
             self.assertNotIn("Traceback", stderr.getvalue())
+
+
+class AddressParsingTests(unittest.SynchronousTestCase):
+    """One parser for headers and envelope (issue 15 item 3)."""
+
+    def main(self, *to: str) -> tuple:
+        stdout, stderr = io.StringIO(), io.StringIO()
+        argv = ["--user", "a@example.test", "send", "--subject", "s", "--body", "b"]
+        for value in to:
+            argv += ["--to", value]
+        status = cli.main(argv, stdin=io.StringIO(), stdout=stdout, stderr=stderr,
+                          environ={"HOME": "/nonexistent", "MAILNET_PASSWORD": "x"})
+        return status, stderr.getvalue()
+
+    def test_refusedBeforeSending(self) -> None:
+        """Each bad value is refused (exit 2), naming it, before any connection."""
+        for value, reason in [
+            ("bob@exa mple.test", "spaces"),
+            ("a@x.test;b@y.test", "commas"),
+            ("bob@", "domain"),
+            ("bob", "no @domain"),
+            ("Bob <bob@exa mple.test>", "Bob <bob@exa mple.test>"),
+        ]:
+            status, err = self.main("ok@example.test", value)
+            self.assertEqual(status, 2, (value, err))
+            self.assertIn(repr(value), err)
+            self.assertIn(reason, err)
+            self.assertEqual(len(err.splitlines()), 1, err)
+
+    def test_headerAndEnvelopeAgree(self) -> None:
+        """What To: says is exactly where the message goes."""
+        options = cli.makeParser().parse_args(
+            ["--user", "a@example.test", "send", "--subject", "s", "--body", "b",
+             "--to", '"Smith, J" <j@x.test>, k@y.test', "--to", "Bob <bob@example.test>", "--bcc", "hidden@z.test"]
+        )
+        from mailnet.cli._clientconfig import Account, resolve
+
+        prepared = cli._prepareSend(options, resolve(Account(), options), None, __import__("datetime").datetime.now().astimezone())
+        self.assertEqual(prepared["recipients"], ["j@x.test", "k@y.test", "bob@example.test", "hidden@z.test"])
+        message = email.message_from_bytes(prepared["message"], policy=email.policy.default)
+        self.assertEqual([a.addr_spec for a in message["To"].addresses], ["j@x.test", "k@y.test", "bob@example.test"])
+        self.assertEqual(message["To"].addresses[0].display_name, "Smith, J")
+        self.assertIsNone(message["Bcc"])
+
+
+class PasswordSourceTests(unittest.SynchronousTestCase):
+    """Whose password goes where (issue 15 item 4, a security fix)."""
+
+    def connection(self, *argv: str):
+        from mailnet.cli._clientconfig import resolve
+
+        account = Account(name="bob", host="mail.example.test", user="bob@example.test",
+                          password_command="echo bob-secret", sender="Bob <bob@example.test>")
+        options = cli.makeParser().parse_args(list(argv) + ["list"])
+        return resolve(account, options)
+
+    def password(self, connection, environ=None) -> str:
+        from mailnet.cli._clientconfig import getPassword
+
+        def prompt(text, stream=None):
+            return "prompted"
+
+        return getPassword(connection, environ or {}, TTY(), io.StringIO(), prompt=prompt)
+
+    def test_accountCommand(self) -> None:
+        self.assertEqual(self.password(self.connection()), "bob-secret")
+
+    def test_environmentWins(self) -> None:
+        """MAILNET_PASSWORD, given for this run, wins over the account's command."""
+        self.assertEqual(self.password(self.connection(), {"MAILNET_PASSWORD": "given"}), "given")
+
+    def test_otherUserNeverGetsAccountPassword(self) -> None:
+        """--account bob --user alice: not bob's password, and not bob's From."""
+        connection = self.connection("--user", "alice@example.test")
+        self.assertIsNone(connection.passwordCommand)
+        self.assertEqual(self.password(connection), "prompted")
+        self.assertEqual(connection.sender, "alice@example.test")
+
+    def test_otherHostNeverGetsAccountPassword(self) -> None:
+        connection = self.connection("--host", "evil.example")
+        self.assertIsNone(connection.passwordCommand)
+        self.assertEqual(self.password(connection), "prompted")
+
+    def test_noPasswordSaysWhy(self) -> None:
+        from mailnet.cli._clientconfig import NoPassword, getPassword
+
+        connection = self.connection("--host", "other.example")
+        error = self.assertRaises(NoPassword, getPassword, connection, {}, io.StringIO(), io.StringIO())
+        self.assertIn("--host other.example is not the account's host", str(error))
+
+
+class TerminalSafetyTests(unittest.SynchronousTestCase):
+    def test_serverTextEscaped(self) -> None:
+        """A server's reply with an escape sequence is shown escaped, in errors and the transcript."""
+        from mailnet.errors import AuthenticationFailed
+
+        streams = cli.Streams(io.StringIO(), io.StringIO(), io.StringIO(), {})
+        cli.report(AuthenticationFailed(host="h", user="u", reply="535 no\x1b]0;pwned\x07"), streams, False)
+        self.assertIn("535 no\\x1b]0;pwned\\x07", streams.stderr.getvalue())
+        self.assertNotIn("\x1b", streams.stderr.getvalue())

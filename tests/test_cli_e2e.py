@@ -81,7 +81,7 @@ class CLIEndToEndTests(CLIMixin, unittest.TestCase):
 
         status, out, err = yield self.cli("bob@example.test", "list", "--json")
         self.assertEqual(status, 0, err)
-        [entry] = json.loads(out)
+        [entry] = json.loads(out)["messages"]
         self.assertEqual((entry["number"], entry["from"], entry["subject"]), (1, "alice@example.test", "Grüße, Bob"))
 
         status, out, err = yield self.cli("bob@example.test", "read", "1")
@@ -114,7 +114,7 @@ class CLIEndToEndTests(CLIMixin, unittest.TestCase):
 
         # The Bcc copy reached Alice.
         status, out, err = yield self.cli("alice@example.test", "list", "--json")
-        self.assertEqual(len(json.loads(out)), 1)
+        self.assertEqual(len(json.loads(out)["messages"]), 1)
 
     @defer.inlineCallbacks
     def test_implicitTLSAndDelete(self):
@@ -125,7 +125,7 @@ class CLIEndToEndTests(CLIMixin, unittest.TestCase):
         status, out, err = yield self.cli("bob@example.test", "delete", "1", "3", implicit=True)
         self.assertEqual(status, 0, err)
         status, out, err = yield self.cli("bob@example.test", "list", "--json", implicit=True)
-        self.assertEqual([m["subject"] for m in json.loads(out)], ["n1"])
+        self.assertEqual([m["subject"] for m in json.loads(out)["messages"]], ["n1"])
         mbox = os.path.join(self.home, "mbox")
         status, out, err = yield self.cli("bob@example.test", "fetch", "--to-mbox", mbox, implicit=True)
         self.assertEqual(status, 0, err)

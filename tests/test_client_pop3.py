@@ -11,6 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mailnet.client.pop3 import POP3Session, _POP3Protocol
@@ -381,3 +382,50 @@ class STLSInjectionTests(unittest.SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionAborted()))
         outcome[0].trap(TLSFailed)
         self.assertIn("unencrypted data after its STLS reply", str(outcome[0].value))
+
+
+class WrongPortTests(unittest.SynchronousTestCase):
+    """POP3 against the wrong port (issue 15 item 8)."""
+
+    def connect(self, mode: TLSMode = TLSMode.starttls):
+        from twisted.internet.error import ConnectionDone
+
+        self.clock = Clock()
+        endpoint = ServerEndpoint(host="mail.example.test", port=110, tls=mode, timeout=60)
+        self.protocol = _POP3Protocol(60, None, self.clock, "mail.example.test", 110, endpoint)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+        self.outcome: list = []
+        self.protocol.greeted.addBoth(self.outcome.append)
+        self.done = lambda: self.protocol.connectionLost(Failure(ConnectionDone()))
+
+    def test_smtpPort(self) -> None:
+        """The greeting of an SMTP server: named as such, not "-ERR"."""
+        from mailnet.errors import WrongService
+
+        self.connect()
+        self.protocol.dataReceived(b"220 mail.example.test ESMTP mailnet\r\n")
+        self.done()
+        self.outcome[0].trap(WrongService)
+        message = str(self.outcome[0].value)
+        self.assertIn("is an SMTP submission server, not a POP3 server", message)
+        self.assertIn("'220 mail.example.test ESMTP mailnet'", message)
+        self.assertIn("--pop3-port", message)
+        self.assertNotIn("-ERR", message)
+
+    def test_silentServer(self) -> None:
+        """STLS mode against an implicit-TLS port: said after 15 s."""
+        from mailnet.errors import NoGreeting
+
+        self.connect()
+        self.clock.advance(15.5)
+        self.assertTrue(self.transport.disconnecting)
+        self.done()
+        self.outcome[0].trap(NoGreeting)
+        self.assertIn("--tls implicit", str(self.outcome[0].value))
+
+    def test_implicitWaitsLonger(self) -> None:
+        """In implicit mode the greeting comes after the handshake: full timeout."""
+        self.connect(TLSMode.implicit)
+        self.clock.advance(30)
+        self.assertFalse(self.transport.disconnecting)

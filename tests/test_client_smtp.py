@@ -620,3 +620,71 @@ class LoopbackTests(ScriptedServerMixin, unittest.TestCase):
         with self.assertRaises(ConnectFailed) as caught:
             yield self.send(endpoint)
         self.assertIn("not found", str(caught.exception))
+
+
+class WrongPortTests(unittest.SynchronousTestCase):
+    """
+    A wrong port or a wrong TLS mode is named, with the fix (issue 15
+    item 8), instead of a long wait or a misleading message.
+    """
+
+    setUp = TranscriptTests.setUp
+    client = TranscriptTests.client
+    server = TranscriptTests.server
+
+    def test_silentServerIsProbablyImplicitTLS(self) -> None:
+        """STARTTLS against an implicit-TLS port: the server waits for our
+        TLS hello and says nothing; we say so after 15 s, not 60."""
+        from mailnet.errors import NoGreeting
+
+        self.client(mode=TLSMode.starttls)
+        self.clock.advance(14)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1.5)
+        self.assertTrue(self.transport.disconnecting)
+        self.protocol.connectionLost(None)
+        error = self.outcome[0].trap(NoGreeting) and self.outcome[0].value
+        self.assertIn("--tls implicit", str(error))
+
+    def test_greetedThenNormalTimeout(self) -> None:
+        """After the greeting, the normal reply timeout applies."""
+        self.client()
+        self.server(b"220 hi")
+        self.clock.advance(20)
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_pop3Port(self) -> None:
+        """SMTP against a POP3 port."""
+        from mailnet.errors import WrongService
+
+        self.client()
+        self.server(b"+OK POP3 ready \x1b[2J")
+        self.protocol.connectionLost(None)
+        self.outcome[0].trap(WrongService)
+        message = str(self.outcome[0].value)
+        self.assertIn("is a POP3 server, not an SMTP submission server", message)
+        self.assertIn("--smtp-port", message)
+        self.assertIn("\\x1b", message)  # escaped, never raw to the terminal
+        self.assertNotIn("\x1b", message)
+
+
+class PlaintextAnswerTests(unittest.TestCase):
+    """Implicit TLS against a STARTTLS port: the reply is plaintext."""
+
+    @defer.inlineCallbacks
+    def test_implicitAgainstStartTLSPort(self) -> None:
+        from twisted.internet import protocol, reactor
+
+        class Greeter(protocol.Protocol):
+            def connectionMade(self) -> None:
+                self.transport.write(b"220 mail.example.test ESMTP\r\n")
+
+        port = reactor.listenTCP(0, protocol.Factory.forProtocol(Greeter), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        cert = certificate(self)
+        endpoint = ServerEndpoint(host="localhost", port=port.getHost().port, tls=TLSMode.implicit, cafile=cert[0], timeout=5)
+        failure = yield self.assertFailure(
+            sendMessage(reactor, endpoint, ("a@example.test", "x"), "a@example.test", ["b@example.test"], b"x\r\n"), TLSFailed
+        )
+        self.assertIn("answered in plaintext", str(failure))
+        self.assertIn("--tls starttls", str(failure))

@@ -3,6 +3,7 @@
 Tests for the twistd plugin and L{mailnet.tap}.
 """
 
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,10 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailnet.tap import Options
+
+
+# Run twistd on this checkout's mailnet, not whatever is installed.
+ENVIRON = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class PluginTests(SynchronousTestCase):
@@ -62,12 +67,45 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.hostname, "ini.test")
         self.assertEqual(config.listen["smtp"], ("tcp:1",))
 
-    def test_badIniIsUsageError(self) -> None:
+    def test_badIniIsOneLine(self) -> None:
+        """
+        A bad ini file: one line, "mailnet: error: FILE:LINE: ...", and exit
+        status 1; not twistd's page of usage first (issue 15 item 13).
+        """
+        import io
+
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("[limits]\nmax_recipients = many\n")
-        error = self.assertRaises(usage.UsageError, self.parse, "--config", path)
-        self.assertIn("%s:2" % (path,), str(error))
+        stderr = io.StringIO()
+        self.patch(Options, "stderr", stderr)
+        error = self.assertRaises(SystemExit, self.parse, "--config", path)
+        self.assertEqual(error.code, 1)
+        self.assertEqual(len(stderr.getvalue().splitlines()), 1)
+        self.assertTrue(stderr.getvalue().startswith("mailnet: error: %s:2: " % (path,)), stderr.getvalue())
+
+    def test_twistdConfigErrorFirst(self) -> None:
+        """The same through twistd itself: no usage text at all."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[server]\nhostnme = x\n")
+        result = subprocess.run(
+            [sys.executable, "-m", "twisted", "mailnet", "--config", path], capture_output=True, text=True, timeout=60,
+            env=ENVIRON,
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stdout, "")
+        self.assertEqual(result.stderr.splitlines(), ["mailnet: error: %s:2: unknown key 'hostnme' in [server]; "
+                                                      "known keys: hostname, domain, data_dir, log_json" % (path,)])
+
+    def test_version(self) -> None:
+        """twistd mailnet --version (issue 15 item 9)."""
+        from mailnet import __version__
+
+        result = subprocess.run([sys.executable, "-m", "twisted", "mailnet", "--version"], capture_output=True, text=True,
+                                timeout=60, env=ENVIRON)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertTrue(result.stdout.startswith("mailnet %s (Twisted " % (__version__,)), result.stdout)
 
     def test_conflicts(self) -> None:
         self.assertRaises(usage.UsageError, self.parse, "--smtp", "tcp:25", "--no-smtp")

@@ -144,6 +144,9 @@ class Connection:
     smtp: ServerEndpoint
     pop3: ServerEndpoint
     passwordCommand: Optional[str] = None
+    #: Why the account's password_command is not used (the command line
+    #: named another user or host), or L{None}.
+    passwordCommandSkipped: Optional[str] = None
 
 
 def resolve(account: Account, options: Any) -> Connection:
@@ -162,17 +165,27 @@ def resolve(account: Account, options: Any) -> Connection:
     smtpPort = options.smtp_port or account.smtp_port or DEFAULT_PORTS[("smtp", mode)]
     pop3Port = options.pop3_port or account.pop3_port or DEFAULT_PORTS[("pop3", mode)]
     sender = account.sender or user
+    # The account's password belongs to the account's user on the account's
+    # host: never send it for another login or to another server.
+    passwordCommand, skipped = account.password_command, None
+    if passwordCommand and options.user and options.user != account.user:
+        passwordCommand, skipped = None, "--user %s is not the account's user" % (options.user,)
+    elif passwordCommand and options.host and options.host != (account.host or "localhost"):
+        passwordCommand, skipped = None, "--host %s is not the account's host" % (options.host,)
+    if account.sender and options.user and options.user != account.user:
+        sender = user  # the account's From belongs to the account's user
     return Connection(
         user=user,
         sender=sender,
         smtp=ServerEndpoint(port=smtpPort, **common),
         pop3=ServerEndpoint(port=pop3Port, **common),
-        passwordCommand=account.password_command,
+        passwordCommand=passwordCommand,
+        passwordCommandSkipped=skipped,
     )
 
 
 class NoPassword(ClientError):
-    """no password for {user}: set MAILNET_PASSWORD, password_command in the account, or run interactively"""
+    """no password for {user}: set MAILNET_PASSWORD, password_command in the account, or run interactively{why}"""
 
 
 class PasswordCommandFailed(ClientError):
@@ -183,10 +196,17 @@ def getPassword(
     connection: Connection, environ: Mapping[str, str], stdin: IO[str], stderr: IO[str], prompt: Any = getpass.getpass
 ) -> str:
     """
-    The password, from (in this order) the account's C{password_command}
-    (its first line of output), C{MAILNET_PASSWORD}, or a prompt on the
+    The password, from (in this order) C{MAILNET_PASSWORD}, the account's
+    C{password_command} (its first line of output), or a prompt on the
     terminal.  Never from the command line, never written anywhere.
+
+    What the person gave for this run wins over what the account file
+    says; the account's command is not used at all when the command line
+    named another user or host (L{resolve}), so that one account's
+    password never goes to another login or server.
     """
+    if environ.get("MAILNET_PASSWORD"):
+        return environ["MAILNET_PASSWORD"]
     if connection.passwordCommand:
         try:
             done = subprocess.run(
@@ -209,9 +229,10 @@ def getPassword(
         if not lines or not lines[0]:
             raise PasswordCommandFailed(reason="it printed nothing")
         return lines[0]
-    if environ.get("MAILNET_PASSWORD"):
-        return environ["MAILNET_PASSWORD"]
     isatty = getattr(stdin, "isatty", None)
     if isatty is not None and isatty():
         return prompt("Password for %s at %s: " % (connection.user, connection.smtp.host), stream=stderr)
-    raise NoPassword(user=connection.user)
+    why = ""
+    if connection.passwordCommandSkipped:
+        why = " (the account's password_command is not used: %s)" % (connection.passwordCommandSkipped,)
+    raise NoPassword(user=connection.user, why=why)

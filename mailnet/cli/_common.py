@@ -10,6 +10,7 @@ does.
 """
 
 import argparse
+import os
 import sqlite3
 from contextlib import redirect_stderr, redirect_stdout
 from typing import IO, Callable, List, Optional, Sequence, Tuple
@@ -24,6 +25,8 @@ except ImportError:  # Windows
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
+EXIT_PIPE = 141  # the reader of our output went away: 128 + SIGPIPE, as git
 
 
 class PasswordMismatch(MailnetError):
@@ -76,6 +79,8 @@ def dispatch(program: str, command: Callable[[], Optional[int]], stderr: IO[str]
     except sqlite3.Error as e:
         _report(program, "the account store failed: %s" % (e,), stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        raise  # our reader went away: see endQuietly
     except OSError as e:
         if e.filename and e.strerror:
             _report(program, "%s: %s" % (e.filename, e.strerror), stderr)
@@ -90,11 +95,60 @@ def _report(program: str, message: str, stderr: IO[str]) -> None:
     stderr.flush()
 
 
-def _isatty(stream: IO[str]) -> bool:
+def isTerminal(stream: IO[str]) -> bool:
+    """@return: whether C{stream} is a terminal (false for anything odd)."""
     try:
         return bool(stream.isatty())
-    except (AttributeError, ValueError):
+    except (AttributeError, ValueError, OSError):
         return False
+
+
+_isatty = isTerminal
+
+
+def silenceClosedPipe(stream: IO[str]) -> None:
+    """
+    The reader of C{stream} has gone (C{mailnet-cli list | head -1}): point
+    its descriptor at the null device, so that the interpreter's last flush
+    of what is still buffered does not complain on stderr.  Output that
+    nobody reads is dropped, as C{git log | head} drops it.
+    """
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(devnull)
+
+
+def endQuietly(program: str, command: Callable[[], int], stdout: IO[str], stderr: IO[str]) -> int:
+    """
+    Run C{command} (the whole of a tool's C{main}) so that Ctrl-C ends it
+    with one line, C{PROGRAM: interrupted}, and exit status 130, and a
+    closed pipe on stdout ends it quietly with status 141: never a
+    traceback for either.
+    """
+    try:
+        code = command()
+        stdout.flush()  # a closed pipe shows here, while we can still catch it
+        return code
+    except KeyboardInterrupt:
+        if isTerminal(stderr):
+            stderr.write("\n")  # end the line of a prompt
+        stderr.write("%s: interrupted\n" % (program,))
+        stderr.flush()
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        silenceClosedPipe(stdout)
+        return EXIT_PIPE
 
 
 def readHidden(prompt: str, stdin: IO[str], stderr: IO[str]) -> str:

@@ -36,6 +36,7 @@ from mailnet.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
     dispatch,
+    endQuietly,
     parseArguments,
     readNewPassword,
 )
@@ -738,6 +739,10 @@ def main(
     stdin = stdin if stdin is not None else sys.stdin
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr
+    return endQuietly(PROGRAM, lambda: _main(argv, stdin, stdout, stderr), stdout, stderr)
+
+
+def _main(argv: Optional[Sequence[str]], stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
     args, code = parseArguments(buildParser(), argv, stdout, stderr)
     if args is None:
         return code

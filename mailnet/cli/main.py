@@ -19,6 +19,7 @@ import datetime
 import fcntl
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -42,6 +43,7 @@ import attr
 from twisted.internet import defer, task
 from twisted.internet.threads import deferToThreadPool
 
+from mailnet.cli._common import isTerminal, silenceClosedPipe
 from mailnet.cli._clientconfig import (
     Connection,
     NoPassword,
@@ -52,7 +54,7 @@ from mailnet.cli._clientconfig import (
     resolve,
 )
 from mailnet.client.pop3 import POP3Session
-from mailnet.client.smtp import RecipientResult, SendResult, sendMessage
+from mailnet.client.smtp import RecipientResult, SendResult, sendMessage, wireData
 from mailnet.errors import (
     AuthenticationFailed,
     BadAddress,
@@ -93,6 +95,8 @@ EXIT_AUTH = 5  # login refused, no password
 EXIT_RECIPIENT = 6  # a recipient refused (some or all)
 EXIT_TOO_LARGE = 7  # the server refused the message's size
 EXIT_NO_MESSAGE = 8  # no such message number
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as a shell reports it)
+EXIT_PIPE = 141  # the reader of our output went away (128 + SIGPIPE, as git)
 
 
 class UsageError(ClientError):
@@ -166,6 +170,18 @@ class Streams:
             buffer.flush()
         else:
             _write(self.stdout, data.decode("utf-8", "replace"))
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """
+    Text from the network made safe for a terminal: control characters
+    (an escape sequence in a server's reply, say) are shown as C{\\xNN},
+    never sent to the terminal to act on.
+    """
+    return _CONTROL.sub(lambda m: "\\x%02x" % (ord(m.group()),), text)
 
 
 def _write(stream: IO[str], text: str) -> None:
@@ -267,6 +283,7 @@ def makeParser(stdout: Optional[IO[str]] = None) -> argparse.ArgumentParser:
     target.add_argument("--to-maildir", metavar="DIR")
     target.add_argument("--to-mbox", metavar="FILE")
     fetch.add_argument("--delete", action="store_true", help="delete from the server once saved durably")
+    fetch.add_argument("--all", action="store_true", help="fetch again what an earlier fetch saved (remembered by UIDL)")
     return parser
 
 
@@ -291,7 +308,11 @@ class Invocation:
     run: Optional[Callable[..., defer.Deferred]] = None
 
     def transcript(self, who: str, line: str) -> None:
-        self.io.err("%s: %s" % (who, line))
+        self.io.err("%s: %s" % (who, shown(line)))
+
+    #: Set when the reactor shuts down (Ctrl-C) before the command ends:
+    #: what fails after that is a consequence, not news.
+    interrupted: bool = False
 
     def execute(self, reactor: Any) -> defer.Deferred:
         """@return: Deferred firing with the exit status."""
@@ -304,8 +325,13 @@ class Invocation:
             "fetch": self.do_fetch,
         }
         d = defer.ensureDeferred(commands[self.options.command](reactor))
-        d.addErrback(lambda f: report(f.value, self.io, self.options.debug, f))
+        d.addErrback(self._failed)
         return d
+
+    def _failed(self, failure: Any) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return report(failure.value, self.io, self.options.debug, failure)
 
     def _inThread(self, reactor: Any, f: Callable, *args: Any) -> defer.Deferred:
         if self.run is not None:
@@ -320,6 +346,7 @@ class Invocation:
     async def do_send(self, reactor: Any) -> int:
         recipients = self.prepared["recipients"]
         data = self.prepared["message"]
+        progress = Progress(self.io.stderr, len(wireData(data)), "sending")
         try:
             result: SendResult = await sendMessage(
                 reactor,
@@ -329,11 +356,15 @@ class Invocation:
                 recipients,
                 data,
                 transcript=self._debug(),
+                progress=progress.update,
             )
         except RecipientsRefused as e:
+            progress.close()
             for r in getattr(e, "results", ()):
                 self._recipientLine(r)
             raise
+        finally:
+            progress.close()
         for r in result.recipients:
             self._recipientLine(r)
         refused = result.refused
@@ -366,6 +397,20 @@ class Invocation:
         await session.quit()
         return code
 
+    async def _retrieveOne(self, session: POP3Session, what: str) -> bytes:
+        """Message C{options.number}, with a progress bar when it takes a while."""
+        sizes = await session.list()
+        number = self.options.number
+        size = sizes[number - 1] if 0 < number <= len(sizes) and sizes[number - 1] is not None else None
+        progress = Progress(self.io.stderr, size, what)
+        update, done = progress.counter(size)
+        try:
+            data = await session.retrieve(number, progress=update)
+            done()
+            return data
+        finally:
+            progress.close()
+
     async def do_list(self, reactor: Any) -> int:
         async def work(session: POP3Session) -> int:
             sizes = await session.list()
@@ -380,10 +425,18 @@ class Invocation:
             for number in shown:
                 headers = await session.top(number, 0)
                 summaries.append(summarize(number, sizes[number - 1], headers, uids[number - 1]))
+            pages = max(1, -(-len(numbers) // limit))
             if self.options.json:
-                self.io.out(json.dumps([s.asJSON() for s in summaries], ensure_ascii=False, indent=2))
+                document = {
+                    "total": len(numbers),
+                    "page": page,
+                    "pages": pages,
+                    "limit": limit,
+                    "next_page": page + 1 if page < pages else None,
+                    "messages": [s.asJSON() for s in summaries],
+                }
+                self.io.out(json.dumps(document, ensure_ascii=False, indent=2))
             else:
-                pages = max(1, -(-len(numbers) // limit))
                 if not numbers:
                     self.io.out("no messages")
                 elif not shown:
@@ -401,8 +454,7 @@ class Invocation:
 
     async def do_read(self, reactor: Any) -> int:
         async def work(session: POP3Session) -> int:
-            await session.list()
-            data = await session.retrieve(self.options.number)
+            data = await self._retrieveOne(session, "reading")
             if self.options.raw:
                 self.io.outBytes(toUnixNewlines(data))
                 return EXIT_OK
@@ -431,8 +483,7 @@ class Invocation:
         directory = self.options.attachments
 
         async def work(session: POP3Session) -> int:
-            await session.list()
-            data = await session.retrieve(self.options.number)
+            data = await self._retrieveOne(session, "reading")
             decoded = decodeMessage(data)
             if not decoded.attachments:
                 self.io.out("message %d has no attachments" % (self.options.number,))
@@ -462,24 +513,49 @@ class Invocation:
         return code
 
     async def do_fetch(self, reactor: Any) -> int:
-        progress = _Progress(self.io.stderr)
         saved: List[int] = []
+        skipped: List[int] = []
+        memory = FetchedMemory(fetchedPath(self.io.environ, self.connection))
+        remembering = True
+        progress = Progress(self.io.stderr, None, "fetching")
 
         async def work(session: POP3Session) -> int:
+            nonlocal remembering
             sizes = await session.list()
             numbers = [n for n in range(1, len(sizes) + 1) if sizes[n - 1] is not None]
-            progress.start(len(numbers))
-            for index, number in enumerate(numbers, 1):
-                data = await session.retrieve(number)
+            try:
+                uids: List[Optional[str]] = list(await session.uidl())
+            except ClientError:
+                uids = []
+                remembering = False
+                self.io.err("%s: note: the server has no UIDL, so fetch cannot remember what it fetched" % (PROG,))
+            uids += [None] * (len(sizes) - len(uids))
+            seen = await self._inThread(reactor, memory.load) if remembering else set()
+            wanted = []
+            for number in numbers:
+                if not self.options.all and uids[number - 1] in seen:
+                    skipped.append(number)
+                else:
+                    wanted.append(number)
+            progress.start(sum(sizes[n - 1] for n in wanted))
+            for index, number in enumerate(wanted, 1):
+                progress.describe("fetching %d/%d" % (index, len(wanted)))
+                update, done = progress.counter(sizes[number - 1])
+                data = await session.retrieve(number, progress=update)
+                done()
                 if self.options.to_maildir:
                     await self._inThread(reactor, deliverToMaildir, self.options.to_maildir, data)
                 else:
                     await self._inThread(reactor, appendToMbox, self.options.to_mbox, data, self.now())
                 saved.append(number)
-                progress.update(index)
-            progress.finish()
+                if remembering and uids[number - 1]:
+                    await self._inThread(reactor, memory.add, uids[number - 1])
+            progress.close()
+            if remembering:
+                # Forget what the server no longer has (as fetchmail does).
+                await self._inThread(reactor, memory.keepOnly, {u for u in uids if u})
             if self.options.delete:
-                # Only what is durably saved is deleted; QUIT commits it.
+                # Only what is durably saved (in this run) is deleted; QUIT commits it.
                 for number in saved:
                     await session.delete(number)
             return EXIT_OK
@@ -487,13 +563,82 @@ class Invocation:
         try:
             code = await self._withSession(reactor, work)
         finally:
-            progress.finish()
+            progress.close()
         target = self.options.to_maildir or self.options.to_mbox
-        self.io.out(
-            "fetched %d message%s into %s%s"
-            % (len(saved), "" if len(saved) == 1 else "s", target, ", deleted from the server" if self.options.delete and saved else "")
+        line = "fetched %d %smessage%s into %s%s" % (
+            len(saved),
+            "new " if skipped else "",
+            "" if len(saved) == 1 else "s",
+            target,
+            ", deleted from the server" if self.options.delete and saved else "",
         )
+        if skipped:
+            line += "; %d fetched before were skipped (--all fetches them again)" % (len(skipped),)
+        self.io.out(line)
         return code
+
+
+def fetchedPath(environ: Mapping[str, str], connection: Connection) -> str:
+    """
+    Where C{fetch} remembers the UIDLs it fetched for this user on this
+    server: C{$XDG_STATE_HOME/mailnet/fetched/USER@HOST:PORT}
+    (C{~/.local/state/...} by default).
+    """
+    from urllib.parse import quote
+
+    base = environ.get("XDG_STATE_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".local", "state"
+    )
+    key = "%s@%s:%d" % (connection.user, connection.pop3.host.lower(), connection.pop3.port)
+    return os.path.join(base, "mailnet", "fetched", quote(key, safe="@.+-_:"))
+
+
+#: A POP3 unique id: 1 to 70 characters from 0x21 to 0x7E (RFC 1939 §7).
+_UID = re.compile(r"\A[\x21-\x7e]{1,70}\Z")
+
+
+@attr.s(auto_attribs=True)
+class FetchedMemory:
+    """
+    The UIDLs C{fetch} has saved, one a line in a file, so that the next
+    C{fetch} without C{--delete} does not save them again.  The methods do
+    file I/O: run them off the reactor thread.
+    """
+
+    path: str
+
+    def load(self) -> Set[str]:
+        try:
+            with open(self.path, encoding="ascii", errors="replace") as f:
+                return {line.strip() for line in f if _UID.match(line.strip())}
+        except FileNotFoundError:
+            return set()
+        except OSError as e:
+            raise LocalFileError(path=self.path, reason=e.strerror or str(e))
+
+    def add(self, uid: str) -> None:
+        """Remember one more (right after the message was saved durably)."""
+        if not _UID.match(uid):
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            with open(self.path, "a", encoding="ascii") as f:
+                f.write(uid + "\n")
+        except OSError as e:
+            raise LocalFileError(path=self.path, reason=e.strerror or str(e))
+
+    def keepOnly(self, uids: Set[str]) -> None:
+        """Forget every UID not in C{uids} (what the server still has)."""
+        kept = sorted(self.load() & uids)
+        if not os.path.exists(self.path):
+            return
+        tmp = self.path + ".tmp"
+        try:
+            with open(tmp, "w", encoding="ascii") as f:
+                f.writelines(uid + "\n" for uid in kept)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            raise LocalFileError(path=self.path, reason=e.strerror or str(e))
 
 
 def _size(octets: int) -> str:
@@ -504,31 +649,83 @@ def _size(octets: int) -> str:
     return "%.1f MiB" % (octets / 1024 / 1024,)
 
 
-class _Progress:
-    """A progress bar on stderr, only when it is a terminal and there is much to do."""
+class Progress:
+    """
+    Octets transferred, as a bar on stderr: only when stderr is a terminal,
+    and only once a transfer has lasted L{DELAY} seconds (quick ones print
+    nothing).  Drawn by C{tqdm}, which also rate-limits the redraws; the
+    bar is erased when done.
+    """
 
-    THRESHOLD = 10
-    WIDTH = 30
+    DELAY = 1.0
+    MININTERVAL = 0.1
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], total: Optional[int], description: str) -> None:
         self._stream = stream
-        self._total = 0
+        self._description = description
+        self._bar: Any = None
+        self._active = isTerminal(stream)
+        if total is not None:
+            self.start(total)
+
+    def start(self, total: Optional[int]) -> None:
+        if not self._active or self._bar is not None:
+            return
+        from tqdm import tqdm
+
+        self._bar = tqdm(
+            total=total,
+            desc=self._description,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=self._stream,
+            delay=self.DELAY,
+            mininterval=self.MININTERVAL,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def describe(self, description: str) -> None:
+        if self._bar is not None:
+            self._bar.set_description_str(description, refresh=False)
+
+    def update(self, octets: int) -> None:
+        if self._bar is not None:
+            self._bar.update(octets)
+
+    def counter(self, size: Optional[int]) -> Tuple[Callable[[int], None], Callable[[], None]]:
+        """
+        Count one message of C{size} octets (from LIST) into the bar: the
+        lines received are counted, but never past C{size}, and C{done}
+        makes up the difference (protocol lines and line endings make the
+        two differ a little).
+
+        @return: C{(update, done)}.
+        """
+        counted = 0
+
+        def update(octets: int) -> None:
+            nonlocal counted
+            if size is not None:
+                octets = max(0, min(octets, size - counted))
+            counted += octets
+            self.update(octets)
+
+        def done() -> None:
+            if size is not None and counted < size:
+                update(size - counted)
+
+        return update, done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            bar = self._bar
+            if bar.last_print_t >= bar.start_t + bar.delay:
+                bar.refresh()  # the final count, if the bar was shown at all
+            self._bar.close()
+            self._bar = None
         self._active = False
-
-    def start(self, total: int) -> None:
-        isatty = getattr(self._stream, "isatty", None)
-        self._total = total
-        self._active = bool(isatty and isatty()) and total >= self.THRESHOLD
-
-    def update(self, done: int) -> None:
-        if self._active:
-            filled = self.WIDTH * done // self._total
-            _write(self._stream, "\r[%s%s] %d/%d" % ("#" * filled, " " * (self.WIDTH - filled), done, self._total))
-
-    def finish(self) -> None:
-        if self._active:
-            _write(self._stream, "\n")
-            self._active = False
 
 
 # --- local files (run in a thread) ----------------------------------------
@@ -631,9 +828,13 @@ def report(error: BaseException, io: Streams, debug: bool, failure: Any = None) 
     The one error dispatcher: an expected error is one line on stderr and
     its exit status; anything else is a bug, shown with its traceback.
     """
+    if isinstance(error, BrokenPipeError):
+        # Whoever read our output has gone (`mailnet-cli list | head -1`):
+        # nothing to say, and no one to say it to.
+        return EXIT_PIPE
     code = exitCodeFor(error)
     if code is not None:
-        io.err("%s: error: %s" % (PROG, error))
+        io.err("%s: error: %s" % (PROG, shown(str(error))))
         return code
     if debug:
         if failure is not None:
@@ -676,33 +877,69 @@ def _editBody(io: Streams) -> str:
         os.unlink(path)
 
 
-def _addresses(values: Sequence[str]) -> List[str]:
-    """Split comma-separated values and validate each address."""
-    from email.utils import getaddresses
+def parseAddresses(value: str) -> List[Tuple[str, str]]:
+    """
+    Parse one C{--to}/C{--cc}/C{--bcc} value, or the sender: one or more
+    addresses (C{bob@example.test}, C{Bob <bob@example.test>}), separated by
+    commas.  The one parser for both the headers and the envelope: what is
+    written in To: is exactly what is sent to.
+
+    @return: C{(display name, address)} pairs.
+    @raise BadAddress: naming the first bad address and why.
+    """
+    from email.errors import InvalidHeaderDefect, NonASCIILocalPartDefect
+    from email.policy import default
 
     from mailnet.address import normalizeAddress
 
-    result = []
-    for _display, address in getaddresses(list(values)):
-        if not address:
-            continue
-        normalizeAddress(address)  # raises BadAddress
-        result.append(address)
-    return result
+    text = value.strip()
+    if not any(c in text for c in '<>",()'):
+        # The common case, one bare address: the precise reason comes from
+        # the address rules themselves ("bob@exa mple.test" has a space).
+        for piece in [text] if text else []:
+            if ";" in piece:
+                raise BadAddress(address=piece, reason="separate addresses with commas, or repeat the option")
+            normalizeAddress(piece)
+        return [("", text)] if text else []
+    try:
+        header = default.header_factory("To", text)
+        defects = [d for d in header.defects if isinstance(d, InvalidHeaderDefect)
+                   and not isinstance(d, NonASCIILocalPartDefect)]
+        parsed = [(a.display_name, a.addr_spec) for a in header.addresses]
+    except Exception:  # the stdlib parser fails on some garbage (IndexError ...)
+        raise BadAddress(address=text, reason="it cannot be read as a list of addresses")
+    if defects:
+        reason = str(defects[0]) or "it cannot be read as a list of addresses"
+        if ";" in text:
+            reason = "separate addresses with commas, or repeat the option"
+        raise BadAddress(address=text, reason=reason)
+    for _name, address in parsed:
+        normalizeAddress(address)  # raises BadAddress naming it
+    return parsed
+
+
+def _addresses(values: Sequence[str]) -> List[Tuple[str, str]]:
+    """Every address of several option values (see L{parseAddresses})."""
+    return [pair for value in values for pair in parseAddresses(value)]
+
+
+def _formatAddress(pair: Tuple[str, str]) -> str:
+    from email.headerregistry import Address
+
+    name, address = pair
+    if not name:
+        return address
+    return str(Address(display_name=name, addr_spec=address))
 
 
 def _prepareSend(options: argparse.Namespace, connection: Connection, io: Streams, now: datetime.datetime) -> Dict[str, Any]:
-    from email.utils import getaddresses
-
     to, cc, bcc = _addresses(options.to), _addresses(options.cc), _addresses(options.bcc)
     if not (to or cc or bcc):
         raise UsageError(problem="send needs at least one --to, --cc or --bcc")
-    senderAddress = getaddresses([connection.sender])[0][1]
-    if not senderAddress:
+    senders = parseAddresses(connection.sender)
+    if len(senders) != 1:
         raise UsageError(problem="no sender address: set from in the account or use a full address as --user")
-    from mailnet.address import normalizeAddress
-
-    normalizeAddress(senderAddress)  # raises BadAddress
+    senderAddress = senders[0][1]
     attachments = []
     for path in options.attach:
         try:
@@ -714,9 +951,9 @@ def _prepareSend(options: argparse.Namespace, connection: Connection, io: Stream
         raise EmptyMessage()
     try:
         message = composeMessage(
-            sender=connection.sender,
-            to=list(options.to),
-            cc=list(options.cc),
+            sender=_formatAddress(senders[0]),
+            to=[_formatAddress(p) for p in to],
+            cc=[_formatAddress(p) for p in cc],
             subject=options.subject,
             body=body,
             attachments=attachments,
@@ -726,7 +963,7 @@ def _prepareSend(options: argparse.Namespace, connection: Connection, io: Stream
         raise UsageError(problem=str(e))
     return {
         "message": messageBytes(message),
-        "recipients": envelopeRecipients(to, cc, bcc),
+        "recipients": envelopeRecipients([a for _, a in to], [a for _, a in cc], [a for _, a in bcc]),
         "envelopeSender": senderAddress,
     }
 
@@ -801,18 +1038,49 @@ def main(
     @return: the exit status (the console script passes it to C{sys.exit}).
     """
     io = Streams(stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr, os.environ if environ is None else environ)
-    invocation = prepare(sys.argv[1:] if argv is None else argv, io)
+    try:
+        status = _main(sys.argv[1:] if argv is None else argv, io)
+    except KeyboardInterrupt:
+        status = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        status = EXIT_PIPE
+    if status == EXIT_INTERRUPTED:
+        _interrupted(io)
+    elif status == EXIT_PIPE:
+        silenceClosedPipe(io.stdout)
+    return status
+
+
+def _interrupted(io: Streams) -> None:
+    try:
+        if isTerminal(io.stderr):
+            io.err("")  # end the line of a prompt or a progress bar
+        io.err("%s: interrupted" % (PROG,))
+    except (OSError, ValueError):
+        pass
+
+
+def _main(argv: Sequence[str], io: Streams) -> int:
+    invocation = prepare(argv, io)
     if isinstance(invocation, int):
         return invocation
     status: List[int] = []
 
     def go(reactor: Any) -> defer.Deferred:
+        def shuttingDown() -> None:
+            # Ctrl-C (or SIGTERM) stops the reactor before the command ended.
+            if not status:
+                invocation.interrupted = True
+
+        reactor.addSystemEventTrigger("before", "shutdown", shuttingDown)
         return invocation.execute(reactor).addCallback(status.append)
 
     try:
         task.react(go)
     except SystemExit:
         pass
+    if invocation.interrupted:
+        return EXIT_INTERRUPTED
     return status[0] if status else EXIT_ERROR
 
 

@@ -27,6 +27,8 @@ from mailnet.client.tls import (
     Transcript,
     VerifyingCreator,
     clientError,
+    noGreeting,
+    wrongService,
 )
 from mailnet.errors import (
     AuthenticationFailed,
@@ -57,11 +59,21 @@ class _POP3Protocol(POP3Client):
     allowInsecureLogin = False
 
     def __init__(
-        self, timeout: float, transcript: Optional[Transcript], clock: Any, host: str = "the server", port: int = 0
+        self,
+        timeout: float,
+        transcript: Optional[Transcript],
+        clock: Any,
+        host: str = "the server",
+        port: int = 0,
+        endpoint: Optional[ServerEndpoint] = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.endpoint = endpoint
         self.timeout = timeout  # type: ignore[assignment]
+        self.firstLine: Optional[bytes] = None
+        #: Called with the octets of each line received (a progress bar).
+        self.onBytes: Optional[Callable[[int], None]] = None
         self.transcript = transcript
         if clock is not None:
             self.callLater = clock.callLater  # type: ignore[method-assign]  # TimeoutMixin's clock
@@ -79,6 +91,12 @@ class _POP3Protocol(POP3Client):
                 shown = verb + " ****"
             self.transcript("C", shown)
         POP3Client.sendLine(self, line)
+
+    def connectionMade(self) -> None:
+        POP3Client.connectionMade(self)
+        if self.endpoint is not None:
+            # Silence from a port we greet in the clear: probably implicit TLS.
+            self.setTimeout(self.endpoint.firstTimeout)
 
     def dataReceived(self, data: bytes) -> None:
         POP3Client.dataReceived(self, data)
@@ -107,6 +125,12 @@ class _POP3Protocol(POP3Client):
             return
         if self.transcript is not None:
             self.transcript("S", line.decode("utf-8", "replace"))
+        if self.onBytes is not None:
+            self.onBytes(len(line) + 2)
+        if self.firstLine is None:
+            self.firstLine = line
+            if self.endpoint is not None:
+                self.setTimeout(self.timeout)
         POP3Client.lineReceived(self, line)
 
     def close(self) -> None:
@@ -127,10 +151,17 @@ class _POP3Protocol(POP3Client):
                 )
             )
         POP3Client.connectionLost(self, reason)
-        if self._timedOut:
+        wrong = None
+        if self.endpoint is not None and self.firstLine is not None and self._greetingError:
+            wrong = wrongService(self.endpoint, "pop3", self.firstLine)
+        if self._timedOut and self.firstLine is None and self.endpoint is not None:
+            reason = Failure(noGreeting(self.endpoint, self.endpoint.firstTimeout))
+        elif self._timedOut:
             from twisted.internet.error import TimeoutError
 
             reason = Failure(TimeoutError())
+        elif wrong is not None:
+            reason = Failure(wrong)
         elif self._greetingError:
             reason = Failure(ServerErrorResponse(self._greetingError))
         if not self.greeted.called:
@@ -178,7 +209,7 @@ class POP3Session:
             return defer.fail(e)
 
         def build() -> _POP3Protocol:
-            return _POP3Protocol(endpoint.timeout, transcript, reactor, endpoint.host, endpoint.port)
+            return _POP3Protocol(endpoint.timeout, transcript, reactor, endpoint.host, endpoint.port, endpoint)
 
         d: defer.Deferred = endpoint.endpoint(reactor, creator).connect(_Factory(build))
         d.addCallback(lambda protocol: protocol.greeted)
@@ -284,9 +315,22 @@ class POP3Session:
         """
         return self._fetch(number, lines)
 
-    def retrieve(self, number: int) -> defer.Deferred:
-        """@return: Deferred firing with a whole message (RETR), CRLF line endings."""
-        return self._fetch(number, None)
+    def retrieve(self, number: int, progress: Optional[Callable[[int], None]] = None) -> defer.Deferred:
+        """
+        @param progress: called with the octets of each line as it arrives
+            (for a progress bar; the whole is about the size from LIST).
+        @return: Deferred firing with a whole message (RETR), CRLF line
+            endings.
+        """
+        if progress is None:
+            return self._fetch(number, None)
+        self.protocol.onBytes = progress
+
+        def done(result: Any) -> Any:
+            self.protocol.onBytes = None
+            return result
+
+        return self._fetch(number, None).addBoth(done)
 
     def _fetch(self, number: int, lines: Optional[int]) -> defer.Deferred:
         failed = self._check(number)

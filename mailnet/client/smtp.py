@@ -17,7 +17,7 @@ credentials masked.
 
 import base64
 import re
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import attr
 from twisted.internet import defer
@@ -31,6 +31,8 @@ from mailnet.client.tls import (
     Transcript,
     VerifyingCreator,
     clientError,
+    noGreeting,
+    wrongService,
 )
 from mailnet.errors import (
     AuthenticationFailed,
@@ -153,6 +155,7 @@ class SubmissionClient(smtp.ESMTPClient):
         identity: str = "localhost",
         transcript: Optional[Transcript] = None,
         clock: Any = None,
+        progress: Optional[Callable[[int], None]] = None,
     ) -> None:
         secret = password.encode("utf-8") if password is not None else None
         smtp.ESMTPClient.__init__(self, secret, creator, identity)
@@ -163,6 +166,7 @@ class SubmissionClient(smtp.ESMTPClient):
         self.recipients = list(recipients)
         self.data = wireData(message)
         self.transcript = transcript
+        self.progress = progress
         self.finished: defer.Deferred = defer.Deferred()
         self.timeout = endpoint.timeout  # type: ignore[assignment]
         if clock is not None:
@@ -174,6 +178,7 @@ class SubmissionClient(smtp.ESMTPClient):
         self._outcome: Any = None
         self._masking = False
         self._extensions: dict = {}
+        self._greeting: Optional[bytes] = None
         if username is not None:
             user = username.encode("utf-8")
             self.registerAuthenticator(_PlainAuthenticator(user))
@@ -193,7 +198,15 @@ class SubmissionClient(smtp.ESMTPClient):
     def lineReceived(self, line: bytes) -> Any:
         if self.transcript is not None:
             self.transcript("S", _text(line))
+        if self._greeting is None:
+            self._greeting = line
+            self.setTimeout(self.endpoint.timeout)
         return smtp.ESMTPClient.lineReceived(self, line)
+
+    def connectionMade(self) -> None:
+        smtp.ESMTPClient.connectionMade(self)
+        # Silence from a port we greet in the clear: probably implicit TLS.
+        self.setTimeout(self.endpoint.firstTimeout)
 
     # -- the conversation ------------------------------------------------
 
@@ -319,6 +332,8 @@ class SubmissionClient(smtp.ESMTPClient):
         # wireData already made the bytes wire-ready; the stock transform
         # would double CRs and misses dots at chunk boundaries.
         self.resetTimeout()
+        if self.progress is not None:
+            self.progress(len(chunk))
         return chunk
 
     def finishedFileTransfer(self, lastsent: bytes) -> None:
@@ -355,6 +370,13 @@ class SubmissionClient(smtp.ESMTPClient):
             self._fail(ServerError(host=host, command="DATA", reply=_reply(code, resp)), quit=False)
 
     def sendError(self, exc: Any) -> None:
+        if self._greeting is None and isinstance(exc, smtp.SMTPTimeoutError):
+            self._fail(noGreeting(self.endpoint, self.endpoint.firstTimeout))
+            return
+        wrong = wrongService(self.endpoint, "smtp", self._greeting) if self._greeting is not None else None
+        if wrong is not None and isinstance(exc, smtp.SMTPClientError) and not self._sent:
+            self._fail(wrong)
+            return
         if isinstance(exc, smtp.SMTPTimeoutError):
             self._fail(ServerTimeout(host=self.endpoint.host, port=self.endpoint.port, seconds="%g" % (self.endpoint.timeout,)))
         elif isinstance(exc, smtp.SMTPConnectError):
@@ -417,6 +439,7 @@ def sendMessage(
     *,
     transcript: Optional[Transcript] = None,
     identity: str = "localhost",
+    progress: Optional[Callable[[int], None]] = None,
 ) -> defer.Deferred:
     """
     Submit one message.
@@ -428,6 +451,9 @@ def sendMessage(
     @param message: the message (LF or CRLF line endings, not dot-stuffed).
     @param transcript: called with C{("C"|"S", line)} for each protocol
         line; credentials are masked.
+    @param progress: called with the number of octets of each piece of
+        the message as it is sent (for a progress bar); the whole is
+        C{len(wireData(message))}.
     @return: a Deferred firing with a L{SendResult} when the server took the
         message for at least one recipient, or failing with a
         L{mailnet.errors.ClientError}: L{ConnectFailed}, L{ServerTimeout},
@@ -454,6 +480,7 @@ def sendMessage(
             identity=identity,
             transcript=transcript,
             clock=reactor,
+            progress=progress,
         )
 
     connecting = endpoint.endpoint(reactor, creator).connect(_SubmissionFactory(build))

@@ -32,8 +32,10 @@ from mailnet.errors import (
     ClientError,
     ConfigError,
     ConnectFailed,
+    NoGreeting,
     ServerTimeout,
     TLSFailed,
+    WrongService,
 )
 
 # A transcript sink: called with ("C" or "S", line text) for each line.
@@ -64,6 +66,66 @@ DEFAULT_PORTS = {
     ("pop3", TLSMode.implicit): 995,
     ("pop3", TLSMode.none): 110,
 }
+
+
+#: How long to wait for the greeting of a server we talk to in the clear
+#: first (C{starttls}, C{none}): a server that says nothing is most likely
+#: an implicit-TLS port waiting for our TLS hello, and saying so soon is
+#: better than the full reply timeout.
+GREETING_TIMEOUT = 15.0
+
+#: What each protocol's option is called, and its ports by TLS mode.
+_SERVICES = {
+    "smtp": ("an SMTP submission server", "--smtp-port", "587 with --tls starttls, 465 with --tls implicit"),
+    "pop3": ("a POP3 server", "--pop3-port", "110 with --tls starttls, 995 with --tls implicit"),
+}
+
+
+def greetingKind(line: bytes) -> Optional[str]:
+    """
+    @return: which service greets with C{line} (C{"smtp"}, C{"pop3"},
+        C{"imap"}), or L{None} when it is none we know.
+    """
+    if line[:3].isdigit() and line[3:4] in (b" ", b"-", b""):
+        return "smtp"  # RFC 5321 §4.2: a three-digit reply code
+    if line.startswith((b"+OK", b"-ERR")):
+        return "pop3"  # RFC 1939 §3
+    if line.startswith((b"* OK", b"* PREAUTH", b"* BYE")):
+        return "imap"  # RFC 9051 §7.1
+    return None
+
+
+def shownLine(line: bytes, limit: int = 60) -> str:
+    """A line from the network, made safe to show: escaped, and cut."""
+    text = line[:limit].decode("utf-8", "replace")
+    shown = repr(text)
+    return shown + ("..." if len(line) > limit else "")
+
+
+def wrongService(endpoint: "ServerEndpoint", expected: str, greeting: bytes) -> Optional[ClientError]:
+    """
+    @param expected: C{"smtp"} or C{"pop3"}: what we meant to talk to.
+    @return: the error for a greeting from another kind of server (the
+        wrong port), or L{None} when the greeting is not recognisably one.
+    """
+    kind = greetingKind(greeting)
+    if kind is None or kind == expected:
+        return None
+    what = _SERVICES[kind][0] if kind in _SERVICES else "an IMAP server"
+    name, option, ports = _SERVICES[expected]
+    return WrongService(
+        host=endpoint.host,
+        port=endpoint.port,
+        what=what,
+        expected=name,
+        greeting=shownLine(greeting),
+        hint="check %s (usually %s)" % (option, ports),
+    )
+
+
+def noGreeting(endpoint: "ServerEndpoint", seconds: float) -> ClientError:
+    """@return: the error for a server that said nothing at all."""
+    return NoGreeting(host=endpoint.host, port=endpoint.port, seconds=_seconds(seconds), implicitPorts="465, 995")
 
 
 def loadTrustRoot(cafile: Optional[str]) -> Any:
@@ -170,6 +232,17 @@ class ServerEndpoint:
     insecure: bool = False
     allowPlaintext: bool = False
     timeout: float = 60.0
+    greetingTimeout: float = GREETING_TIMEOUT
+
+    @property
+    def firstTimeout(self) -> float:
+        """
+        Seconds to wait for the server's first words: short when we speak
+        in the clear first, since then silence means a TLS port.
+        """
+        if self.tls is TLSMode.implicit:
+            return self.timeout
+        return min(self.timeout, self.greetingTimeout)
 
     def creator(self) -> Optional[VerifyingCreator]:
         """
@@ -254,6 +327,13 @@ def clientError(reason: Any, endpoint: ServerEndpoint, creator: Optional[Verifyi
     if isinstance(value, ClientError):
         return value
     where = {"host": endpoint.host, "port": endpoint.port}
+    if _isTLSFailure(value) and _plaintextAnswer(value):
+        # Our TLS hello was answered with a plaintext greeting.
+        return TLSFailed(
+            reason="the server answered in plaintext, not TLS: this looks like a STARTTLS port (587, 110); "
+            "use --tls starttls, or the implicit-TLS port (465, 995)",
+            **where,
+        )
     if _isTLSFailure(value):
         certificates = creator.peerCertificates() if creator is not None else []
         shown = describeCertificate(certificates[0]) if certificates else "no certificate seen"
@@ -281,6 +361,15 @@ def clientError(reason: Any, endpoint: ServerEndpoint, creator: Optional[Verifyi
     if isinstance(value, ierror.ConnectError):
         return ConnectFailed(reason=(value.osError and str(value.osError)) or str(value), **where)
     return value
+
+
+def _plaintextAnswer(value: BaseException) -> bool:
+    """OpenSSL's words for a reply that was no TLS record at all."""
+    reason = _sslReason(value).lower()
+    return any(
+        words in reason
+        for words in ("wrong version number", "unknown protocol", "packet length too long", "http request")
+    )
 
 
 def _seconds(value: float) -> str:

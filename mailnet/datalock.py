@@ -1,0 +1,97 @@
+# -*- test-case-name: tests.test_datalock -*-
+"""
+One daemon per data dir.
+
+Two servers on one data dir would both run the relay queue and both
+deliver (or bounce) the same message.  So while it runs, the daemon holds
+an exclusive lock on C{DATA_DIR/mailnet.lock}, a file that also holds its
+process id for the error message of a second one.
+
+The lock is the operating system's (C{flock} on POSIX, C{msvcrt.locking}
+on Windows), not the existence of the file: it goes away with the process
+however it ends, so a crash leaves nothing stale to clean up.
+C{mailnet-admin} takes no lock; it works beside a running daemon.
+"""
+
+import os
+from typing import Optional
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+    import msvcrt
+
+from mailnet.errors import ConfigError
+
+LOCK_NAME = "mailnet.lock"
+
+
+def _tryLock(fd: int) -> bool:
+    """@return: whether we got the lock (without waiting)."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:  # pragma: no cover (Windows)
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:
+        return False
+    return True
+
+
+class DataDirLock:
+    """
+    The lock on one data dir.
+
+    @ivar path: the lock file.
+    """
+
+    def __init__(self, dataDir: str) -> None:
+        self.dataDir = dataDir
+        self.path = os.path.join(dataDir, LOCK_NAME)
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        """
+        Take the lock, and write our process id into the file.
+
+        @raise ConfigError: another process holds it (naming its pid), or
+            the file cannot be created.
+        """
+        if self._fd is not None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise ConfigError(where=self.path, problem="cannot create the lock file: %s" % (e.strerror or e,))
+        if not _tryLock(fd):
+            try:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            except OSError:
+                holder = ""
+            os.close(fd)
+            raise ConfigError(
+                where="data_dir %s" % (self.dataDir,),
+                problem="another mailnet%s is already running on it; stop it first, or give this one its own --data-dir"
+                % (" (pid %s)" % (holder,) if holder.isdigit() else "",),
+            )
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, b"%d\n" % (os.getpid(),))
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let go (closing the file releases the lock)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None

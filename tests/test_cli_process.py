@@ -1,0 +1,156 @@
+"""
+mailnet-cli and mailnet-admin as real processes: Ctrl-C (a real SIGINT)
+and a closed output pipe end them with one line (or none) and a known exit
+status, never a traceback (issue 15, items 1 and 2).
+"""
+
+import os
+import sys
+from typing import Dict, Optional, Sequence
+
+from twisted.internet import defer, protocol, reactor
+from twisted.protocols.basic import LineReceiver
+from twisted.trial import unittest
+
+from mailnet.cli import main as cli
+from mailnet.cli._common import EXIT_INTERRUPTED, EXIT_PIPE
+from mailnet.store.accounts import openAccountStore
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The child must take SIGINT as a person's Ctrl-C even when the test runner
+# ignores it (a background job does): restore Python's default handler.
+BOOT = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from mailnet.cli.{module} import main; sys.exit(main())"
+)
+
+
+class Child(protocol.ProcessProtocol):
+    """
+    Collects a child's output; C{onOutput} may act on it (send a signal);
+    C{closeStdout} closes our end of its stdout at once, as C{head} does.
+    """
+
+    def __init__(self, onOutput=None, closeStdout: bool = False) -> None:
+        self.output: Dict[int, bytes] = {1: b"", 2: b""}
+        self.onOutput = onOutput
+        self.closeStdout = closeStdout
+        self.ended: defer.Deferred = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        if self.closeStdout:
+            self.transport.closeChildFD(1)
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.output[fd] = self.output.get(fd, b"") + data
+        if self.onOutput is not None:
+            self.onOutput(self)
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+def spawn(testCase, module: str, argv: Sequence[str], child: Child, environ: Optional[dict] = None, usePTY: bool = False):
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": ROOT, "HOME": os.path.abspath(testCase.mktemp())}
+    env.update(environ or {})
+    reactor.spawnProcess(
+        child,
+        sys.executable,
+        [sys.executable, "-c", BOOT.format(module=module)] + list(argv),
+        env=env,
+        usePTY=usePTY,
+    )
+    return child.ended
+
+
+def interruptOn(marker: bytes):
+    """@return: an C{onOutput} that sends SIGINT once C{marker} was printed."""
+
+    def check(child: Child) -> None:
+        if marker in b"".join(child.output.values()) and not getattr(child, "signalled", False):
+            child.signalled = True
+            child.transport.signalProcess("INT")
+
+    return check
+
+
+class SilentPOP3(LineReceiver):
+    """Greets, then sends SIGINT to the client once it has logged in halfway."""
+
+    def connectionMade(self) -> None:
+        self.sendLine(b"+OK ready")
+
+    def lineReceived(self, line: bytes) -> None:
+        if line.upper().startswith(b"USER"):
+            self.factory.child.transport.signalProcess("INT")
+        # Never answer: the client waits, as for a slow server.
+
+
+class CtrlCTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_cliDuringSession(self):
+        """Ctrl-C while talking to a server: "interrupted", exit 130, nothing else."""
+        factory = protocol.Factory.forProtocol(SilentPOP3)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        factory.child = child = Child()
+        argv = ["--host", "127.0.0.1", "--pop3-port", str(port.getHost().port), "--tls", "none",
+                "--allow-plaintext", "--user", "a@example.test", "list"]
+        code = yield spawn(self, "main", argv, child, {"MAILNET_PASSWORD": "x"})
+        self.assertEqual((code, child.output[2], child.output[1]), (EXIT_INTERRUPTED, b"mailnet-cli: interrupted\n", b""))
+
+    @defer.inlineCallbacks
+    def test_cliPasswordPrompt(self):
+        """Ctrl-C at the password prompt (a real terminal)."""
+        child = Child(onOutput=interruptOn(b"Password for"))
+        code = yield spawn(self, "main", ["--user", "a@example.test", "list"], child, usePTY=True)
+        output = child.output[1] + child.output[2]
+        self.assertEqual(code, EXIT_INTERRUPTED, output)
+        self.assertIn(b"mailnet-cli: interrupted", output)
+        self.assertNotIn(b"Traceback", output)
+
+    @defer.inlineCallbacks
+    def test_adminPasswordPrompt(self):
+        """mailnet-admin: Ctrl-C at the new-password prompt."""
+        dataDir = os.path.abspath(self.mktemp())
+        os.makedirs(dataDir)
+        store = openAccountStore(dataDir)
+        store.addDomain("example.test")
+        store.close()
+        child = Child(onOutput=interruptOn(b"New password"))
+        code = yield spawn(self, "admin", ["--data-dir", dataDir, "user", "add", "a@example.test"], child, usePTY=True)
+        output = child.output[1] + child.output[2]
+        self.assertEqual(code, EXIT_INTERRUPTED, output)
+        self.assertIn(b"mailnet-admin: interrupted", output)
+        self.assertNotIn(b"Traceback", output)
+
+
+class ClosedPipeTests(unittest.TestCase):
+    """C{... | head -1}: the reader goes away; we end quietly with 141."""
+
+    @defer.inlineCallbacks
+    def test_adminCheck(self):
+        dataDir = os.path.abspath(self.mktemp())
+        os.makedirs(dataDir)
+        child = Child(closeStdout=True)
+        code = yield spawn(self, "admin", ["--data-dir", dataDir, "check"], child)
+        self.assertEqual((code, child.output[2]), (EXIT_PIPE, b""))
+
+    @defer.inlineCallbacks
+    def test_cliHelp(self):
+        child = Child(closeStdout=True)
+        code = yield spawn(self, "main", ["send", "--help"], child)
+        self.assertEqual((code, child.output[2]), (EXIT_PIPE, b""))
+
+    def test_commandOutput(self):
+        """Inside a command (C{list} printing), a closed pipe is no error line."""
+        class Closed:
+            def write(self, text):
+                raise BrokenPipeError(32, "Broken pipe")
+
+            def flush(self):
+                pass
+
+        streams = cli.Streams(None, Closed(), Closed(), {})
+        self.assertEqual(cli.report(BrokenPipeError(32, "Broken pipe"), streams, False), EXIT_PIPE)
