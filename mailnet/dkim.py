@@ -61,7 +61,7 @@ class BadSelector(MailnetError):
 
 
 class KeyExists(MailnetError):
-    """{domain} already has a {type} key with selector {selector}: choose another with --selector, or remove it first"""
+    """{domain} already has a key with selector {selector} ({type}): choose another with --selector, or remove it first"""
 
 
 class NoSuchKey(MailnetError):
@@ -206,6 +206,7 @@ class KeyStore:
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
         directory = self._domainDirectory(domain)
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         path = os.path.join(directory, "%s.%s.pem" % (selector, type))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -15,7 +15,7 @@ their own.
 import socket
 from typing import Any, List, Optional, Sequence, Tuple
 
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import blockingCallFromThread
 from twisted.names import client, dns
 from twisted.names import error as dnserror
@@ -129,11 +129,10 @@ class DNSClient:
             return out
 
         def failed(failure: Any) -> List[Any]:
-            if failure.check(dnserror.DomainError):
+            if failure.check(dnserror.DNSNameError, dnserror.AuthoritativeDomainError):
                 return []  # NXDOMAIN: no records
-            if failure.check(dnserror.DNSQueryTimeoutError, TimeoutError, dnserror.DNSServerError, dnserror.DNSQueryRefusedError):
-                raise DNSFailure("%s %s: %s" % (name[:255], kind, failure.type.__name__))
-            raise DNSFailure("%s %s: %s" % (name[:255], kind, failure.getErrorMessage()[:200]))
+            # Time-outs, SERVFAIL, REFUSED, FORMERR, an unreachable server.
+            raise DNSFailure("%s %s: %s" % (name[:255], kind, failure.type.__name__))
 
         return d.addCallbacks(answered, failed)
 

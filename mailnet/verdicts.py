@@ -28,8 +28,11 @@ import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import attr
+from twisted.logger import Logger
 
 from mailnet.dns import BlockingDNS, DNSFailure
+
+log = Logger()
 
 #: Verify at most this many DKIM-Signature fields of a message.
 MAX_SIGNATURES = 5
@@ -231,8 +234,10 @@ def checkSPF(dns: BlockingDNS, ip: str, mailFrom: str, helo: str) -> SPFResult:
         return SPFResult(NONE, identity, subject)
     _spfLocal.dns = dns
     try:
-        result, _, _ = spf.check2(i=ip, s=sender, h=helo, timeout=SPF_TIMEOUT, querytime=SPF_TIMEOUT)
+        result = spf.check2(i=ip, s=sender, h=helo, timeout=SPF_TIMEOUT, querytime=SPF_TIMEOUT)[0]
     except Exception:
+        # pyspf turns DNS and record trouble into results itself: this is a bug.
+        log.failure("SPF check of {subject} failed", subject=subject[:255])
         result = TEMPERROR
     finally:
         _spfLocal.dns = None
@@ -313,6 +318,7 @@ def checkDKIM(message: bytes, dns: BlockingDNS) -> List[DKIMResult]:
             result = PERMERROR
         except Exception:
             # A malformed key or signature dkimpy did not expect.
+            log.failure("DKIM check of a signature by {domain} failed", domain=tag(b"d")[:255])
             result = PERMERROR
         results.append(DKIMResult(result, tag(b"d").lower(), tag(b"s"), tag(b"a"), b))
     return results
