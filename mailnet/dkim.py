@@ -280,8 +280,9 @@ def sign(message: bytes, keys: Sequence[DKIMKey]) -> bytes:
     Sign C{message} (CRLF line endings) with each key: relaxed/relaxed, no
     C{l=} (RFC 6376 §8.2: a body length lets others append).
 
-    @return: the C{DKIM-Signature} header fields to put on top (the last
-        key's first, so the RSA signature stays the topmost).
+    @return: the C{DKIM-Signature} header fields to put on top, in the
+        order of C{keys} (RSA topmost: verifiers that check only the
+        first signature may not know Ed25519).
     """
     import dkim
 
@@ -299,4 +300,4 @@ def sign(message: bytes, keys: Sequence[DKIMKey]) -> bytes:
                 include_headers=include,
             )
         )
-    return b"".join(reversed(signatures))
+    return b"".join(signatures)
