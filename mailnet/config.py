@@ -85,6 +85,11 @@ class Config:
     limits: Limits = attr.ib(factory=Limits)
     relay: RelaySettings = attr.ib(factory=RelaySettings)
     log_json: Optional[str] = None
+    # [dkim], [dns], [auth]: signing and the verdicts on incoming mail.
+    dkim_selector: str = "s1"
+    dns_resolvers: Tuple[Tuple[str, int], ...] = ()
+    trusted_networks: Tuple[Any, ...] = ()
+    reject_spf_fail: bool = False
 
 
 def defaultHostname() -> str:
@@ -152,6 +157,33 @@ def hostPort(text: str) -> Tuple[str, int]:
     return host, port
 
 
+def _selector(text: str) -> str:
+    from mailnet.dkim import BadSelector, checkSelector
+
+    try:
+        return checkSelector(text.strip())
+    except BadSelector as e:
+        raise ValueError(str(e))
+
+
+def _resolvers(text: str) -> Tuple[Tuple[str, int], ...]:
+    """C{host:port, ...} of DNS servers (the port defaults to 53)."""
+    servers = []
+    for item in text.split(","):
+        item = item.strip()
+        if item:
+            host, port = hostPort(item if re.search(r"(\]|^[^:]*):\d+$", item) else item + ":53")
+            servers.append((host, port))
+    return tuple(servers)
+
+
+def _networks(text: str) -> Tuple[Any, ...]:
+    """Comma-separated networks (C{192.0.2.0/24}, C{2001:db8::/32}) or addresses."""
+    import ipaddress
+
+    return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in text.split(",") if n.strip())
+
+
 def _optionalHostPort(text: str) -> Optional[Tuple[str, int]]:
     return hostPort(text) if text.strip() else None
 
@@ -187,6 +219,9 @@ SCHEMA: Dict[str, Dict[str, Callable[[str], Any]]] = {
         "max_connections": _positiveInt,
         "max_connections_per_domain": _positiveInt,
     },
+    "dkim": {"selector": _selector},
+    "dns": {"resolvers": _resolvers},
+    "auth": {"trusted_networks": _networks, "reject_spf_fail": _bool},
     # [routes] has free-form keys: a domain each.
 }
 
@@ -292,6 +327,10 @@ def buildConfig(settings: Mapping[str, Any], overrides: Mapping[str, Any] = {}) 
         limits=Limits(**section("limits")),
         relay=RelaySettings(**relay),
         log_json=server.get("log_json") or None,
+        dkim_selector=merged.get("dkim.selector") or "s1",
+        dns_resolvers=tuple(merged.get("dns.resolvers", ())),
+        trusted_networks=tuple(merged.get("auth.trusted_networks", ())),
+        reject_spf_fail=bool(merged.get("auth.reject_spf_fail", False)),
     )
 
 

@@ -23,9 +23,11 @@ from twisted.python.threadpool import ThreadPool
 from mailnet.config import LISTENERS, Config
 from mailnet.cred import CHECKS_PER_HASHING_THREAD, Authenticator, hashingThreads, makePortal
 from mailnet.datalock import DataDirLock
+from mailnet.dns import DNSClient
 from mailnet.errors import ConfigError
 from mailnet.limits import DESCRIPTORS_PER_CONNECTION, ConnectionLimiter, LimitingFactory, fitDescriptorLimit
 from mailnet.pop3.server import POP3Factory
+from mailnet.smtp._judge import judgeFromConfig
 from mailnet.smtp.delivery import DeliveryAgent
 from mailnet.smtp.relay import RelayService
 from mailnet.smtp.server import SMTPFactory
@@ -209,15 +211,23 @@ class MailService(service.MultiService):
         self.tls = ReloadableContextFactory(certPath, keyPath, loadNow=not selfSigned)
         self.certificateGenerated = False
 
-        relay = RelayService(self.queue, config.relay, config.hostname, reactor, self.delivery.receive)
+        # One resolver for every look-up ([dns] resolvers); signing and
+        # verdicts wait on DNS in their own threads, not the disk pool's.
+        self.dns = DNSClient(reactor, config.dns_resolvers)
+        judgePool = ThreadPool(minthreads=0, maxthreads=8, name="mailnet-verdicts")
+        ThreadPoolService(judgePool).setServiceParent(self)
+        self.judge = judgeFromConfig(config, reactor, self.dns, ThreadRunner(reactor, judgePool))
+
+        relay = RelayService(self.queue, config.relay, config.hostname, reactor, self.delivery.receive, resolver=self.dns)
         relay.setServiceParent(self)
 
         common = dict(hostname=config.hostname, authenticator=self.authenticator, limits=limits,
                       allowPlaintextAuth=config.allow_plaintext_auth, clock=reactor)
+        smtpCommon = dict(common, judge=self.judge)
         makers: Dict[str, Callable[[], Any]] = {
-            "smtp": lambda: SMTPFactory(role="mta", delivery=self.delivery, tlsOptions=self.tls, **common),
-            "submission": lambda: SMTPFactory(role="submission", delivery=self.delivery, tlsOptions=self.tls, **common),
-            "smtps": lambda: SMTPFactory(role="smtps", delivery=self.delivery, tlsOptions=None, **common),
+            "smtp": lambda: SMTPFactory(role="mta", delivery=self.delivery, tlsOptions=self.tls, **smtpCommon),
+            "submission": lambda: SMTPFactory(role="submission", delivery=self.delivery, tlsOptions=self.tls, **smtpCommon),
+            "smtps": lambda: SMTPFactory(role="smtps", delivery=self.delivery, tlsOptions=None, **smtpCommon),
             "pop3": lambda: POP3Factory(tlsOptions=self.tls, implicitTLS=False, **common),
             "pop3s": lambda: POP3Factory(tlsOptions=None, implicitTLS=True, **common),
         }

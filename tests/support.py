@@ -3,6 +3,7 @@ Helpers for integration tests: a real mailnet server on 127.0.0.1, ports
 chosen by the kernel, state in the test's temporary directory.
 """
 
+import ipaddress
 import os
 from typing import Any, Dict, Optional, Sequence
 
@@ -61,6 +62,9 @@ def startServer(
     """
     dataDir = os.path.abspath(testCase.mktemp())
     settings = {"server.data_dir": dataDir, "server.hostname": "localhost", "server.domain": tuple(domains)}
+    # The test clients are on loopback: no SPF/DKIM/DMARC look-ups (tests/test_verdicts.py
+    # overrides this, with a DNS server of its own).
+    settings["auth.trusted_networks"] = (ipaddress.ip_network("127.0.0.0/8"),)
     for name in LISTENERS:
         settings["listen." + name] = (LOOPBACK,) if name in listeners else ()
     settings.update(overrides)

@@ -123,4 +123,4 @@ class ExampleFileTests(SynchronousTestCase):
         settings = readIni(EXAMPLE)
         known = {"%s.%s" % sk for sk in iterKeys()} | {"routes"}
         self.assertEqual(set(settings) - known, set())
-        self.assertEqual(set(SCHEMA), {"server", "listen", "tls", "limits", "relay"})
+        self.assertEqual(set(SCHEMA), {"server", "listen", "tls", "limits", "relay", "dkim", "dns", "auth"})

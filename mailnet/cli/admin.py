@@ -326,6 +326,54 @@ def queueDelete(admin: Admin) -> None:
     admin.say("Deleted queued message %s; nobody was notified." % (admin.args.id,))
 
 
+# --- dkim -----------------------------------------------------------------
+
+
+def _dkimKeys(admin: Admin) -> Any:
+    from mailnet.dkim import KeyStore
+
+    return KeyStore(admin.checkDataDir(), admin.config.dkim_selector)
+
+
+def dkimGenerate(admin: Admin) -> None:
+    domain = normalizeDomain(admin.args.domain)
+    if not admin.store.isLocalDomain(domain):
+        raise UnknownDomain(domain=domain)
+    keys = _dkimKeys(admin)
+    key = keys.generate(domain, admin.args.selector, admin.args.type)
+    admin.say("Generated an %s key for %s, selector %s: %s" % ("RSA %d" % key.bits() if key.type == "rsa" else "Ed25519", domain, key.selector, key.path))
+    admin.say("Publish this DNS TXT record:")
+    admin.say(key.zoneLine())
+    if key in keys.signingKeys(domain):
+        admin.say("Mail from %s is signed with it from now on." % (domain,))
+    else:
+        admin.say(
+            "Mail is still signed with selector %s; once the record is published, set [dkim] selector = %s and restart."
+            % (", ".join(k.selector for k in keys.signingKeys(domain) if k.type == key.type), key.selector)
+        )
+
+
+def dkimList(admin: Admin) -> None:
+    keys = _dkimKeys(admin)
+    found = keys.keys()
+    if not found:
+        admin.say("No DKIM keys; make one with 'mailnet-admin dkim generate DOMAIN'.")
+        return
+    signing = {k.path for domain in {k.domain for k in found} for k in keys.signingKeys(domain)}
+    for key in found:
+        admin.say(
+            "%s  selector %s  %s %d  created %s%s"
+            % (key.domain, key.selector, key.type, key.bits(), _when(key.created), "  (signs mail)" if key.path in signing else "")
+        )
+        admin.say("    %s" % (key.zoneLine(),))
+
+
+def dkimRemove(admin: Admin) -> None:
+    removed = _dkimKeys(admin).remove(admin.args.domain, admin.args.selector)
+    for key in removed:
+        admin.say("Removed the %s key of %s with selector %s; its DNS record %s can go once no mail in transit needs it." % (key.type, key.domain, key.selector, key.dnsName))
+
+
 # --- check ----------------------------------------------------------------
 
 
@@ -594,9 +642,21 @@ def _checkDomains(config: Config, store: Optional[SQLiteAccountStore], report: R
         width = max(len(r[0]) for r in rows)
         for owner, kind, value in rows:
             report.out.write("  %-*s  %-3s  %s\n" % (width, owner, kind, value))
+        _checkDKIM(config, domain, report)
     report.out.write(
         "  %s.  A/AAAA  <this server's public addresses>, with PTR records naming %s back\n" % (host, host)
     )
+
+
+def _checkDKIM(config: Config, domain: str, report: Report) -> None:
+    """RFC 6376 §3.6.2: the key records of the domain's DKIM keys."""
+    from mailnet.dkim import KeyStore
+
+    keys = KeyStore(config.data_dir, config.dkim_selector).keys(domain)
+    if not keys:
+        report.out.write("  (no DKIM key for %s: 'mailnet-admin dkim generate %s')\n" % (domain, domain))
+    for key in keys:
+        report.out.write("  %s\n" % (key.zoneLine(),))
 
 
 def check(admin: Admin, now: Optional[datetime.datetime] = None) -> int:
@@ -711,6 +771,24 @@ def buildParser() -> argparse.ArgumentParser:
     _command(queue, "flush", queueFlush, "retry every queued message now")
     p = _command(queue, "delete", queueDelete, "delete a queued message without delivering it (nobody is told)")
     p.add_argument("id", metavar="ID", help="the message id, from 'queue list'")
+
+    dkim = _group(commands, "dkim", "make, list or remove DKIM signing keys (prints the DNS records)")
+    p = _command(
+        dkim,
+        "generate",
+        dkimGenerate,
+        "make a DKIM key for a local domain and print its DNS TXT record",
+        "Make a DKIM key for DOMAIN (RSA 2048 by default) in the data directory (mode 0600) and print "
+        "the TXT record to publish at SELECTOR._domainkey.DOMAIN.  Mail from DOMAIN is signed with the "
+        "key of the [dkim] selector if it has one, else with its newest key.",
+    )
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--selector", metavar="S", help="the selector [default: [dkim] selector, s1]")
+    p.add_argument("--type", choices=("rsa", "ed25519"), default="rsa", help="the key type [default: rsa]")
+    _command(dkim, "list", dkimList, "list the DKIM keys and their DNS records")
+    p = _command(dkim, "remove", dkimRemove, "delete a domain's DKIM key (all its keys without --selector)")
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--selector", metavar="S", help="only the key with this selector")
 
     _command(
         commands,

@@ -633,10 +633,10 @@ class RelayService(Service):
 
     def _getResolver(self) -> Any:
         if self._resolver is None:
-            from twisted.names import client
+            from mailnet.dns import makeResolver
 
-            # Not createResolver(): that one runs on the global reactor.
-            self._resolver = client.Resolver(resolv=RESOLV_CONF, reactor=self._reactor)
+            # The service passes its DNSClient ([dns] resolvers); alone, the system's.
+            self._resolver = makeResolver(self._reactor)
         return self._resolver
 
     # --- delivery -------------------------------------------------------------

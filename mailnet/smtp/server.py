@@ -739,6 +739,11 @@ class SMTPServer(Protocol):
         transaction.headers = HeaderSection()
         try:
             transaction.receiver = self.factory.delivery.receive(transaction.returnPath, list(transaction.recipients))
+            if self.factory.judge is not None:
+                transaction.receiver = self.factory.judge.wrap(
+                    transaction.receiver, peer=self._peer, helo=self._helo or "", mailFrom=transaction.returnPath,
+                    authenticated=self._sender is not None, role=self.factory.role,
+                )
             transaction.receiver.write(self._receivedHeader(transaction))
         except SMTPReply:
             self._resetTransaction()
@@ -860,6 +865,11 @@ class SMTPServer(Protocol):
             return reply(codes.OK, codes.S_OK, "Ok: queued as %s" % (messageId,))
 
         def notStored(failure: Failure) -> SMTPReply:
+            if failure.check(SMTPReply):
+                # A policy refusal at the end of data (DMARC, SPF): sent as it is.
+                log.info("SMTP {peer}: message {id} from <{sender}> refused: {reason}", peer=self._peer,
+                         id=transaction.id, sender=transaction.returnPath, reason=failure.value.text)
+                return failure.value
             log.failure("SMTP {peer}: message {id} could not be stored", failure, peer=self._peer, id=transaction.id)
             return reply(codes.LOCAL_ERROR, codes.T_LOCAL_ERROR, "Could not store the message, try again later")
 
@@ -1358,6 +1368,7 @@ class SMTPFactory(Factory):
         tlsOptions: object = None,
         allowPlaintextAuth: bool = False,
         clock: Optional[IReactorTime] = None,
+        judge: Any = None,
     ) -> None:
         if role not in ROLES:
             raise ValueError("role must be one of %s, not %r" % (", ".join(ROLES), role))
@@ -1374,6 +1385,8 @@ class SMTPFactory(Factory):
         self.allowPlaintextAuth = allowPlaintextAuth
         self.clock: IReactorTime = clock
         self.connections = 0
+        # A mailnet.smtp._judge.MessageJudge: DKIM signing, SPF/DKIM/DMARC verdicts.
+        self.judge = judge
 
     def refusalLine(self, perClient: bool) -> bytes:
         """

@@ -1,0 +1,87 @@
+"""
+Tests for L{mailnet.dns}: look-ups against a real DNS server on 127.0.0.1,
+from the reactor and from a worker thread.
+"""
+
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.threads import deferToThread
+from twisted.names import error as dnserror
+from twisted.trial import unittest
+
+from mailnet.config import loadConfig
+from mailnet.dns import DNSClient, DNSFailure, makeResolver, systemServers
+from tests.dnszone import ZoneServer, a, mx, txt
+
+
+class LookupTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.zone = ZoneServer(
+            self,
+            {
+                "example.test": [txt("v=spf1 -all"), a("192.0.2.1"), mx(10, "mx.example.test")],
+                "long.example.test": [txt("x" * 600)],
+            },
+        )
+        self.client = DNSClient(reactor, [self.zone.address])
+
+    @defer.inlineCallbacks
+    def test_recordsFromTheConfiguredServer(self) -> Any:
+        """TXT, A and MX records come from the [dns] resolvers server, in pyspf's shapes."""
+        found = yield self.client.query("example.test", "TXT")
+        self.assertEqual(found, [(("example.test", "TXT"), [b"v=spf1 -all"])])
+        found = yield self.client.query("example.test", "A")
+        self.assertEqual(found, [(("example.test", "A"), "192.0.2.1")])
+        found = yield self.client.query("example.test", "MX")
+        self.assertEqual(found, [(("example.test", "MX"), (10, "mx.example.test"))])
+
+    @defer.inlineCallbacks
+    def test_noSuchNameIsEmpty(self) -> Any:
+        """NXDOMAIN and no record of the type are both an empty answer, not an error."""
+        self.assertEqual((yield self.client.query("nowhere.example.test", "TXT")), [])
+        self.assertEqual((yield self.client.query("long.example.test", "A")), [])
+
+    @defer.inlineCallbacks
+    def test_blockingFromAThread(self) -> Any:
+        """A worker thread gets answers through the reactor's resolver; long TXT strings are joined."""
+        blocking = self.client.blocking()
+        found = yield deferToThread(blocking.txt, "long.example.test")
+        self.assertEqual(found, [b"x" * 600])
+        self.assertEqual(blocking.lookups, 1)
+
+    @defer.inlineCallbacks
+    def test_mxForTheRelay(self) -> Any:
+        """The relay's MX look-up goes to the same server."""
+        answers, _, _ = yield self.client.lookupMailExchange("example.test")
+        self.assertEqual([r.payload.name.name for r in answers], [b"mx.example.test"])
+
+
+class FailureTests(unittest.SynchronousTestCase):
+    def test_serverFailureIsDNSFailure(self) -> None:
+        """SERVFAIL and time-outs are L{DNSFailure} (temperror), not an empty answer."""
+
+        class Failing:
+            def query(self, q: Any) -> defer.Deferred:
+                return defer.fail(dnserror.DNSServerError("SERVFAIL"))
+
+        client = DNSClient(reactor, resolver=Failing())
+        self.failureResultOf(client.query("example.test", "TXT"), DNSFailure)
+
+    def test_systemServers(self) -> None:
+        """Without [dns] resolvers, the nameserver lines of resolv.conf; 127.0.0.1 if none."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("search example.test\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\n")
+        self.assertEqual(systemServers(path), [("192.0.2.53", 53), ("fe80::1", 53)])
+        self.assertEqual(systemServers(self.mktemp()), [("127.0.0.1", 53)])
+
+    def test_configuredServers(self) -> None:
+        """[dns] resolvers: host:port, comma-separated, port 53 by default."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[dns]\nresolvers = 127.0.0.1:5353, 192.0.2.53, [2001:db8::53]:54\n")
+        config = loadConfig(path)
+        self.assertEqual(config.dns_resolvers, (("127.0.0.1", 5353), ("192.0.2.53", 53), ("2001:db8::53", 54)))
+        resolver = makeResolver(reactor, config.dns_resolvers)
+        self.assertEqual(resolver.servers, list(config.dns_resolvers))

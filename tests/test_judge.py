@@ -1,0 +1,346 @@
+"""
+Tests for L{mailnet.smtp._judge}: DKIM signing of submitted mail and the
+SPF/DKIM/DMARC verdicts on the MTA port, end to end: a real mailnet on
+127.0.0.1 whose [dns] resolvers is a DNS server serving a zone the test
+writes, driven by C{smtplib}; relayed mail is caught by a scripted SMTP
+server and verified with dkimpy against the record C{mailnet-admin dkim
+generate} printed.
+"""
+
+import email
+import io
+import re
+import smtplib
+import ssl
+from typing import Any, Dict, List, Tuple
+
+import dkim
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.testing import StringTransport
+from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
+
+from mailnet.cli.admin import main as admin
+from mailnet.config import Limits
+from mailnet.dkim import KeyStore
+from mailnet.errors import SMTPReply
+from mailnet.smtp._judge import SPOOL_IN_MEMORY, MessageJudge
+from mailnet.smtp.server import SMTPFactory
+from mailnet.store.maildir import ThreadRunner
+from mailnet.testing import FakeAuthenticator, FakeDeliveryAgent, RecordingReceiver
+from tests.dnszone import ZoneServer, txt
+from tests.support import startServer
+from tests.test_relay import ScriptedFactory
+from tests.test_verdicts import testKey
+
+
+def body(text: str) -> bytes:
+    return text.encode("ascii").replace(b"\n", b"\r\n")
+
+
+def sendAll(port: int, messages: List[Tuple[str, bytes]], helo: str = "client.remote.test") -> Dict[int, Any]:
+    """Send each (MAIL FROM, message) to alice on one connection; the failures by index."""
+    failures: Dict[int, Any] = {}
+    client = smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=10)
+    try:
+        for index, (sender, message) in enumerate(messages):
+            try:
+                client.sendmail(sender, ["alice@example.test"], message)
+            except smtplib.SMTPDataError as e:
+                failures[index] = (e.smtp_code, e.smtp_error.decode())
+    finally:
+        client.quit()
+    return failures
+
+
+def fields(stored: bytes, name: bytes) -> List[bytes]:
+    """The values of the header fields called C{name} (unfolded)."""
+    message = email.message_from_bytes(stored)
+    return [re.sub(rb"\s+", b" ", v.encode()) for v in message.get_all(name.decode(), [])]
+
+
+class InboundTests(unittest.TestCase):
+    """
+    Mail from a remote client on the MTA port gets one Authentication-Results
+    field, or the policy's refusal.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        key = testKey("signer.test", "rsa")
+        self.key = key
+        self.zone = ZoneServer(
+            self,
+            {
+                "pass.test": [txt("v=spf1 ip4:127.0.0.1 -all")],
+                "fail.test": [txt("v=spf1 ip4:192.0.2.1 -all")],
+                "soft.test": [txt("v=spf1 ip4:192.0.2.1 ~all")],
+                "s1._domainkey.signer.test": [txt(key.record())],
+                "_dmarc.parent.test": [txt("v=DMARC1; p=reject")],
+                "_dmarc.bank.test": [txt("v=DMARC1; p=reject")],
+                "parent.test": [txt("v=spf1 ip4:127.0.0.1 -all")],
+            },
+        )
+        self.server = yield startServer(
+            self, **{"dns.resolvers": (self.zone.address,), "auth.trusted_networks": (), "server.hostname": "mx.example.test"}
+        )
+        self.server.addUser("alice@example.test", "alice-secret")
+
+    def delivered(self) -> List[bytes]:
+        out = []
+        for path in self.server.newFiles("alice@example.test"):
+            with open(path, "rb") as f:
+                out.append(f.read())
+        return out
+
+    def results(self) -> List[bytes]:
+        return [fields(stored, b"Authentication-Results")[0] for stored in self.delivered()]
+
+    @defer.inlineCallbacks
+    def test_spf(self) -> Any:
+        """SPF pass, fail, softfail and none for the MAIL FROM domain; none of them refused by default."""
+        message = body("From: bob@other.test\nSubject: spf\n\nhi\n")
+        senders = ["bob@pass.test", "bob@fail.test", "bob@soft.test", "bob@none.test"]
+        failures = yield deferToThread(sendAll, self.server.ports["smtp"], [(s, message) for s in senders])
+        self.assertEqual(failures, {})
+        found = self.results()
+        self.assertEqual(len(found), 4)
+        for result, (expected, sender) in zip(found, zip(["pass", "fail", "softfail", "none"], senders)):
+            self.assertTrue(
+                result.startswith(b"mx.example.test; spf=%s smtp.mailfrom=%s;" % (expected.encode(), sender.encode())), result
+            )
+            self.assertIn(b"dkim=none;", result)
+
+    @defer.inlineCallbacks
+    def test_dkim(self) -> Any:
+        """DKIM pass, fail when the body was altered on the way, none when unsigned."""
+        from mailnet.dkim import sign
+
+        original = body("From: bob@signer.test\nTo: alice@example.test\nSubject: dkim\n\nsigned text\n")
+        signed = sign(original, [self.key]) + original
+        altered = signed.replace(b"signed text", b"forged text")
+        messages = [("bob@signer.test", m) for m in (signed, altered, original)]
+        failures = yield deferToThread(sendAll, self.server.ports["smtp"], messages)
+        self.assertEqual(failures, {})
+        found = self.results()
+        self.assertIn(b"dkim=pass header.d=signer.test header.s=s1 header.a=rsa-sha256", found[0])
+        self.assertIn(b"dkim=fail header.d=signer.test header.s=s1", found[1])
+        self.assertIn(b"dkim=none", found[2])
+
+    @defer.inlineCallbacks
+    def test_dmarc(self) -> Any:
+        """
+        A sub-domain's mail passes DMARC by its parent's policy (aligned SPF
+        pass); a forged From of a p=reject domain is refused with 550 5.7.1
+        and not delivered.
+        """
+        good = body("From: news@mail.parent.test\nSubject: dmarc\n\nok\n")
+        forged = body("From: ceo@bank.test\nSubject: pay now\n\nsend money\n")
+        failures = yield deferToThread(
+            sendAll, self.server.ports["smtp"], [("news@parent.test", good), ("x@pass.test", forged)]
+        )
+        self.assertEqual(list(failures), [1])
+        code, text = failures[1]
+        self.assertEqual(code, 550)
+        self.assertTrue(text.startswith("5.7.1 "), text)
+        [result] = self.results()
+        self.assertIn(b"dmarc=pass (p=reject) header.from=mail.parent.test", result)
+
+    @defer.inlineCallbacks
+    def test_forgedResultsRemoved(self) -> Any:
+        """Authentication-Results claiming our host name go; another host's stay; ours is on top."""
+        message = body(
+            "Authentication-Results: mx.example.test; dkim=pass header.d=bank.test\n"
+            "Authentication-Results: elsewhere.test; spf=pass\n"
+            "From: bob@pass.test\nSubject: forged\n\nhi\n"
+        )
+        failures = yield deferToThread(sendAll, self.server.ports["smtp"], [("bob@pass.test", message)])
+        self.assertEqual(failures, {})
+        [stored] = self.delivered()
+        found = fields(stored, b"Authentication-Results")
+        self.assertEqual(len(found), 2)
+        self.assertTrue(found[0].startswith(b"mx.example.test; spf=pass"), found)
+        self.assertEqual(found[1], b"elsewhere.test; spf=pass")
+        self.assertNotIn(b"header.d=bank.test", stored)
+
+
+class OutboundTests(unittest.TestCase):
+    """
+    alice submits; the relay delivers to a capture server; the message
+    verifies with dkimpy against the record mailnet-admin printed.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.capture = ScriptedFactory()
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.capture)
+        self.addCleanup(port.stopListening)
+        self.server = yield startServer(self, routes={"b.test": ("127.0.0.1", port.getHost().port)})
+        self.server.addUser("alice@example.test", "alice-secret")
+
+    def generate(self, *options: str) -> Tuple[str, bytes]:
+        out = io.StringIO()
+        status = admin(["--data-dir", self.server.dataDir, "dkim", "generate", "example.test", *options], stdout=out, stderr=out)
+        self.assertEqual(status, 0, out.getvalue())
+        [line] = [line for line in out.getvalue().splitlines() if "._domainkey." in line]
+        name, kind, value = line.split(" ", 2)
+        self.assertEqual(kind, "TXT")
+        return name, "".join(re.findall(r'"([^"]*)"', value)).encode("ascii")
+
+    def submit(self, message: bytes) -> None:
+        context = ssl.create_default_context(cafile=self.server.certPath)
+        client = smtplib.SMTP("localhost", self.server.ports["submission"], timeout=10)
+        try:
+            client.starttls(context=context)
+            client.login("alice@example.test", "alice-secret")
+            client.sendmail("alice@example.test", ["bob@b.test"], message)
+        finally:
+            client.quit()
+
+    @defer.inlineCallbacks
+    def relayed(self) -> Any:
+        for _ in range(200):
+            if self.capture.transactions:
+                return self.capture.transactions[0]["data"]
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.fail("nothing relayed")
+
+    @defer.inlineCallbacks
+    def test_signedRSAAndEd25519(self) -> Any:
+        """
+        With an RSA and an Ed25519 key both signatures verify (RFC 8463),
+        with the records as printed; Date and Message-ID were added first;
+        From, To and Subject are oversigned.
+        """
+        records = dict([self.generate(), self.generate("--type", "ed25519", "--selector", "e1")])
+        message = body("From: Alice <alice@example.test>\nTo: bob@b.test\nSubject: signed\n\nHello Bob\n")
+        yield deferToThread(self.submit, message)
+        relayed = yield self.relayed()
+        asked: List[bytes] = []
+
+        def dnsfunc(name: bytes, timeout: Any = 5) -> Any:
+            asked.append(name)
+            return records.get(name.decode("ascii"))
+
+        verifier = dkim.DKIM(relayed)
+        self.assertTrue(verifier.verify(0, dnsfunc=dnsfunc))
+        self.assertEqual(verifier.signature_fields[b"a"], b"rsa-sha256")
+        self.assertEqual(verifier.signature_fields[b"c"], b"relaxed/relaxed")
+        self.assertNotIn(b"l", verifier.signature_fields)
+        signedNames = re.sub(rb"\s+", b"", verifier.signature_fields[b"h"]).split(b":")
+        for name in (b"from", b"to", b"subject"):
+            self.assertEqual(signedNames.count(name), 2)
+        self.assertIn(b"date", signedNames)
+        self.assertIn(b"message-id", signedNames)
+        self.assertTrue(verifier.verify(1, dnsfunc=dnsfunc))
+        self.assertEqual(verifier.signature_fields[b"a"], b"ed25519-sha256")
+        self.assertEqual(asked, [b"s1._domainkey.example.test.", b"e1._domainkey.example.test."])
+        self.assertEqual(len(fields(relayed, b"Date")), 1)
+        self.assertRegex(fields(relayed, b"Message-ID")[0].decode(), r"^<[0-9a-f]{24}@localhost>$")
+        # Tampering shows.
+        self.assertFalse(dkim.verify(relayed.replace(b"Hello Bob", b"Hello Eve"), dnsfunc=dnsfunc))
+
+    @defer.inlineCallbacks
+    def test_clientDateKept(self) -> Any:
+        """A client's own Date and Message-ID are not replaced; without keys nothing is signed."""
+        message = body("From: alice@example.test\nTo: bob@b.test\nDate: Sat, 5 Dec 2026 12:00:00 +0000\nMessage-ID: <x@y>\nSubject: s\n\nhi\n")
+        yield deferToThread(self.submit, message)
+        relayed = yield self.relayed()
+        self.assertEqual(fields(relayed, b"Date"), [b"Sat, 5 Dec 2026 12:00:00 +0000"])
+        self.assertEqual(fields(relayed, b"Message-ID"), [b"<x@y>"])
+        self.assertEqual(fields(relayed, b"DKIM-Signature"), [])
+
+
+class ReceiverTests(unittest.TestCase):
+    """L{JudgingReceiver} on its own."""
+
+    def judge(self, **kwargs: Any) -> MessageJudge:
+        settings: Dict[str, Any] = dict(
+            hostname="mx.example.test", dns=None, keys=KeyStore(self.mktemp()), run=ThreadRunner(reactor),
+            spoolDir=self.mktemp(), maxMessageSize=10 * 1024 * 1024, now=lambda: 1796500000.0,
+        )
+        settings.update(kwargs)
+        return MessageJudge(**settings)
+
+    @defer.inlineCallbacks
+    def test_largeMessageSpooledToFile(self) -> Any:
+        """Past 64 KiB the message goes to a file in the spool directory, and comes out whole."""
+        import os
+
+        judge = self.judge()
+        inner = RecordingReceiver()
+        receiver = judge.wrap(inner, peer="127.0.0.1", helo="c.test", mailFrom="a@example.test", authenticated=True, role="submission")
+        message = b"From: a@example.test\r\nDate: x\r\nMessage-ID: <1@x>\r\n\r\n" + b"0123456789abcde\r\n" * 10000
+        for start in range(0, len(message), 4096):
+            receiver.write(message[start : start + 4096])
+        self.assertGreater(len(message), SPOOL_IN_MEMORY)
+        self.assertEqual(len(os.listdir(judge.spoolDir)), 0)  # anonymous temporary file
+        self.assertEqual(inner.data, b"")
+        yield receiver.finish()
+        self.assertEqual(inner.data, message)
+
+    @defer.inlineCallbacks
+    def test_trustedNetworkNotJudged(self) -> Any:
+        """No verdict (and no DNS) for a trusted network; forged results still go."""
+        import ipaddress
+
+        judge = self.judge(trustedNetworks=[ipaddress.ip_network("192.0.2.0/24")])
+        inner = RecordingReceiver()
+        receiver = judge.wrap(inner, peer="::ffff:192.0.2.7", helo="c.test", mailFrom="a@b.test", authenticated=False, role="mta")
+        receiver.write(b"Authentication-Results: mx.example.test; spf=pass\r\nFrom: a@b.test\r\n\r\nhi\r\n")
+        yield receiver.finish()
+        self.assertEqual(inner.data, b"From: a@b.test\r\n\r\nhi\r\n")
+
+    @defer.inlineCallbacks
+    def test_refusalAbortsInner(self) -> Any:
+        """A refusal is the SMTPReply finish() fails with; nothing is stored."""
+        from mailnet import verdicts
+
+        class Refusing(MessageJudge):
+            def process(self, message: bytes, envelope: Any) -> Any:
+                from mailnet.smtp._judge import Outcome
+
+                return Outcome(b"", verdicts.Refusal(550, "5.7.1 no"), "dmarc=fail")
+
+        judge = self.judge()
+        judge.__class__ = Refusing
+        inner = RecordingReceiver()
+        receiver = judge.wrap(inner, peer="192.0.2.7", helo="c.test", mailFrom="a@b.test", authenticated=False, role="mta")
+        receiver.write(b"From: a@b.test\r\n\r\nhi\r\n")
+        failure = yield self.assertFailure(receiver.finish(), SMTPReply)
+        self.assertEqual((failure.code, failure.text), (550, "5.7.1 no"))
+        self.assertTrue(inner.aborted)
+
+
+class ServerReplyTests(unittest.SynchronousTestCase):
+    """The SMTP server sends an SMTPReply failure of finish() as the answer to the end of data."""
+
+    def test_refusalSentAsIs(self) -> None:
+        class Judge:
+            def wrap(self, receiver: Any, **context: Any) -> Any:
+                self.context = context
+                return Refusing()
+
+        class Refusing(RecordingReceiver):
+            def finish(self) -> defer.Deferred:
+                return defer.fail(SMTPReply(550, "5.7.1 Message refused: DMARC policy of bank.test"))
+
+        judge = Judge()
+        factory = SMTPFactory(
+            hostname="mx.example.test", role="mta", delivery=FakeDeliveryAgent(), authenticator=FakeAuthenticator({}),
+            limits=Limits(), clock=task.Clock(), judge=judge,
+        )
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(
+            b"EHLO c.test\r\nMAIL FROM:<x@bank.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n"
+            b"From: ceo@bank.test\r\n\r\nhi\r\n.\r\nNOOP\r\n"
+        )
+        lines = transport.value().decode().splitlines()
+        self.assertEqual(lines[-2], "550 5.7.1 Message refused: DMARC policy of bank.test")
+        self.assertEqual(lines[-1], "250 2.0.0 Ok")
+        self.assertEqual(
+            judge.context, {"peer": "192.168.1.1", "helo": "c.test", "mailFrom": "x@bank.test", "authenticated": False, "role": "mta"}
+        )
