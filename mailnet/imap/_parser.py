@@ -281,6 +281,29 @@ class CommandReader:
         assert self._mode == "wait"
         self._mode = "stream"
 
+    def readLine(self) -> Optional[bytes]:
+        """
+        Read one raw line, not a command (IDLE's C{DONE}, a SASL
+        response), between commands.
+
+        @return: the line without its end, L{None} until one is there, or
+            C{b"\\0"} for a line over the limit (skipped).
+        """
+        if self._mode != "line" or self._tag is not None:
+            return None
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            if len(self._buffer) > self.maxLine:
+                del self._buffer[:]
+                self._mode = "skipline"
+                return b"\0"
+            return None
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        if len(line) > self.maxLine:
+            return b"\0"
+        return line[:-1] if line.endswith(b"\r") else line
+
     def refuseLiteral(self) -> None:
         """
         Do not receive the literal of the last L{LiteralStart}: if it was
@@ -307,7 +330,7 @@ class CommandReader:
             if mode == "wait":
                 return None
             if mode in ("literal", "stream", "discard"):
-                if not self._buffer:
+                if not self._buffer and self._remaining:
                     return None
                 take = min(self._remaining, len(self._buffer))
                 chunk = bytes(self._buffer[:take])
