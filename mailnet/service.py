@@ -20,6 +20,7 @@ from twisted.python.threadpool import ThreadPool
 from mailnet.config import LISTENERS, Config
 from mailnet.cred import Authenticator, makePortal
 from mailnet.errors import ConfigError
+from mailnet.imap.server import IMAPFactory
 from mailnet.pop3.server import POP3Factory
 from mailnet.smtp.delivery import DeliveryAgent
 from mailnet.smtp.relay import RelayService
@@ -32,7 +33,7 @@ from mailnet.tls import ReloadableContextFactory, certificatePaths, ensureCertif
 log = Logger()
 
 # Listeners whose plain tcp: endpoints are wrapped in TLS (RFC 8314).
-IMPLICIT_TLS = ("smtps", "pop3s")
+IMPLICIT_TLS = ("smtps", "pop3s", "imaps")
 
 
 class ListenerService(service.Service):
@@ -147,6 +148,8 @@ class MailService(service.MultiService):
             "smtps": lambda: SMTPFactory(role="smtps", delivery=self.delivery, tlsOptions=None, **common),
             "pop3": lambda: POP3Factory(tlsOptions=self.tls, implicitTLS=False, **common),
             "pop3s": lambda: POP3Factory(tlsOptions=None, implicitTLS=True, **common),
+            "imap": lambda: IMAPFactory(tlsOptions=self.tls, implicitTLS=False, run=run, **common),
+            "imaps": lambda: IMAPFactory(tlsOptions=None, implicitTLS=True, run=run, **common),
         }
         self.listeners: Dict[str, List[ListenerService]] = {}
         for role in LISTENERS:

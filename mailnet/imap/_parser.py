@@ -480,9 +480,7 @@ class CommandReader:
                 match = _LITERAL_SPEC.match(line, pos)
                 if match is None:
                     raise _Refused("Invalid literal")
-                return self._literal(
-                    int(match.group(2)), synchronising=not match.group(3), binary=bool(match.group(1))
-                )
+                return self._literal(int(match.group(2)), synchronising=not match.group(3), binary=bool(match.group(1)))
             elif c < 0x20 or c == 0x7F:
                 raise _Refused("Invalid character in command")
             else:

@@ -34,6 +34,8 @@ import bisect
 import enum
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
+import attr
+
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
@@ -495,9 +497,7 @@ class IMAPServer(Protocol):
         if failure.check(IMAPError):
             self._sendError(tag, failure.value)
         else:
-            log.failure(
-                "IMAP {command} from {peer} failed", failure, command=name.decode("ascii", "replace"), peer=self.peer
-            )
+            log.failure("IMAP {command} from {peer} failed", failure, command=name.decode("ascii", "replace"), peer=self.peer)
             self._sendError(tag, No("Internal server error, try again later", SERVERBUG))
 
     def _commandDone(self, ignored: object) -> None:
@@ -745,9 +745,7 @@ class IMAPServer(Protocol):
         name = self._folderName(args[0])
         if len(args) == 2:
             params = args[1]
-            if not isinstance(params, list) or any(
-                not (isinstance(p, Atom) and p.isName(b"CONDSTORE")) for p in params
-            ):
+            if not isinstance(params, list) or any(not (isinstance(p, Atom) and p.isName(b"CONDSTORE")) for p in params):
                 raise Bad("Unsupported SELECT parameter")
             self.condstore = True
         # RFC 9051 §6.3.2: a failed SELECT leaves no folder selected.
@@ -790,7 +788,9 @@ class IMAPServer(Protocol):
                 lines.append(b"* OK [UNSEEN %d] First unseen" % (unseen,))
         lines.append(b"* OK [HIGHESTMODSEQ %d] Highest" % (max(view.highestModSeq, 1),))
         if self.rev2:
-            lines.append(b'* LIST () "' + DELIMITER.encode() + b'" ' + self._encodeName(folder.name if hasattr(folder, "name") else name))
+            lines.append(
+                b'* LIST () "' + DELIMITER.encode() + b'" ' + self._encodeName(folder.name if hasattr(folder, "name") else name)
+            )
         self._write(b"\r\n".join(lines) + b"\r\n")
         return "[READ-ONLY] EXAMINE completed" if readOnly else "[READ-WRITE] SELECT completed"
 
@@ -1063,9 +1063,7 @@ class IMAPServer(Protocol):
                 continue
             attributes: List[str] = []
             if subscribedOnly and not info.subscribed:
-                if recursive and any(
-                    f.subscribed and f.name.startswith(info.name + DELIMITER) for f in folders
-                ):
+                if recursive and any(f.subscribed and f.name.startswith(info.name + DELIMITER) for f in folders):
                     childInfo = '("CHILDINFO" ("SUBSCRIBED"))'
                 else:
                     continue
@@ -1084,7 +1082,7 @@ class IMAPServer(Protocol):
             pass
         verb = b"LSUB" if lsub else b"LIST"
         for name, attributes, childInfo in lines:
-            line = b"* %s %s \"%s\" %s" % (verb, _flagList(attributes), delimiter, self._encodeName(name))
+            line = b'* %s %s "%s" %s' % (verb, _flagList(attributes), delimiter, self._encodeName(name))
             if childInfo:
                 line += b" (" + childInfo.encode("ascii") + b")"
             self._send(line)
@@ -1418,10 +1416,125 @@ class IMAPServer(Protocol):
     # --- SEARCH ---------------------------------------------------------------------------
 
     def do_SEARCH(self, tag: bytes, args: List[Any], uid: bool = False) -> Any:
+        # RFC 9051 §6.4.4; RFC 4731 ESEARCH; RFC 7162 §3.4 MODSEQ.
         view = self._requireView()
-        from mailnet.imap import _searchrun
+        from mailnet.imap import search
 
-        return ensureDeferred(_searchrun.runSearch(self, view, tag, args, uid))
+        args = list(args)
+        options: Optional[Set[bytes]] = None
+        if args and isinstance(args[0], Atom) and args[0].isName(b"RETURN"):
+            if len(args) < 2 or not isinstance(args[1], list):
+                raise Bad("Syntax: SEARCH RETURN (options) criteria")
+            options = set()
+            for opt in args[1]:
+                if not isinstance(opt, Atom) or opt.upper() not in (b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE"):
+                    raise Bad("Unsupported SEARCH return option")
+                options.add(opt.upper())
+            if not options:
+                options = {b"ALL"}
+            args = args[2:]
+        charset = None
+        if args and isinstance(args[0], Atom) and args[0].isName(b"CHARSET"):
+            if len(args) < 2 or astring(args[1]) is None:
+                raise Bad("Syntax: SEARCH CHARSET name criteria")
+            charset = astring(args[1]).decode("ascii", "replace")  # type: ignore[union-attr]
+            if charset.upper() not in ("UTF-8", "US-ASCII"):
+                raise No("Unsupported charset", "BADCHARSET (UTF-8 US-ASCII)")
+            args = args[2:]
+        if not args:
+            raise Bad("Search criteria expected")
+        try:
+            criteria = search.compile(args, charset)
+        except search.SearchError as e:
+            if "charset" in str(e).lower():
+                raise No(str(e), "BADCHARSET (UTF-8 US-ASCII)")
+            raise Bad(str(e))
+        if options is None and self.rev2:
+            options = {b"ALL"}
+        return ensureDeferred(self._search(view, tag, criteria, uid, options))
+
+    async def _search(self, view: SelectedView, tag: bytes, criteria: Any, uid: bool, options: Optional[Set[bytes]]) -> Any:
+        from mailnet.imap import search
+
+        needs = set(getattr(criteria, "needs", ()) or ())
+        wantParsed = bool(needs - {"flags", "seq", "uid", "size", "date", "modseq", "internaldate"})
+        wantBody = "body" in needs or "text" in needs
+        folder = view.folder
+        run = self.factory.run
+        uids = [u for u in view.uids if u not in view.gone]
+        maxSeq = len(view.uids)
+        maxUid = view.uids[-1] if view.uids else 0
+        matched: List[int] = []
+        highestModSeq = 0
+        for start in range(0, len(uids), BATCH):
+            if self.view is not view:
+                return None
+            batch = uids[start : start + BATCH]
+            parsedMap = await folder.parsed(batch) if wantParsed else {}
+            files: Dict[int, Any] = {}
+            if wantBody:
+                for u in batch:
+                    try:
+                        files[u] = await folder.openMessage(u)
+                    except MessageGone:
+                        pass
+            contexts = []
+            for u in batch:
+                record = view.records[u]
+                if u in view.recent and not self.rev2:
+                    record = attr.evolve(record, flags=record.flags | {"\\Recent"})
+                parsed = parsedMap.get(u)
+                if wantParsed and parsed is None:
+                    continue
+                body = _bodyGetter(search, files.get(u), parsed)
+                contexts.append(_SearchContext(view.seqOf(u), record, parsed, body, maxSeq, maxUid, self.savedSearch or []))
+
+            def matchAll(contexts: List[Any] = contexts) -> List[Any]:
+                return [c for c in contexts if criteria.matches(c)]
+
+            try:
+                if wantParsed or wantBody:
+                    hits = await run(matchAll)
+                else:
+                    hits = matchAll()
+            finally:
+                for f in files.values():
+                    f.close()
+            for c in hits:
+                matched.append(c.record.uid)
+                highestModSeq = max(highestModSeq, c.record.modSeq)
+        if self.view is not view:
+            return None
+        numbers = matched if uid else [view.seqOf(u) for u in matched]
+        usesModSeq = bool(getattr(criteria, "usesModSeq", False) or "modseq" in needs)
+        if usesModSeq:
+            self.condstore = True
+        if options is None:
+            line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
+            if usesModSeq and numbers:
+                line += b" (MODSEQ %d)" % (highestModSeq,)
+            self._send(line)
+            return None
+        if b"SAVE" in options:
+            self.savedSearch = list(matched)
+            if options == {b"SAVE"}:
+                return None
+        parts = [b'* ESEARCH (TAG "' + tag + b'")']
+        if uid:
+            parts.append(b"UID")
+        if numbers:
+            if b"MIN" in options:
+                parts.append(b"MIN %d" % (min(numbers),))
+            if b"MAX" in options:
+                parts.append(b"MAX %d" % (max(numbers),))
+            if b"ALL" in options:
+                parts.append(b"ALL " + _compactSet(sorted(numbers)).encode("ascii"))
+        if b"COUNT" in options:
+            parts.append(b"COUNT %d" % (len(numbers),))
+        if usesModSeq and numbers:
+            parts.append(b"MODSEQ %d" % (highestModSeq,))
+        self._send(b" ".join(parts))
+        return None
 
     def do_UID_SEARCH(self, tag: bytes, args: List[Any]) -> Any:
         return self.do_SEARCH(tag, args, uid=True)
@@ -1449,6 +1562,41 @@ class IMAPServer(Protocol):
 
 
 _NO_REPLY = object()
+
+
+@attr.s(slots=True)
+class _SearchContext:
+    """What L{mailnet.imap.search} criteria test one message with."""
+
+    seq: int = attr.ib()
+    record: MessageRecord = attr.ib()
+    parsed: Any = attr.ib()
+    body: Callable[[], str] = attr.ib()
+    maxSeq: int = attr.ib()
+    maxUid: int = attr.ib()
+    previousSearch: List[int] = attr.ib()
+
+
+#: Decoded body text searched per message (BODY, TEXT).
+MAX_SEARCH_TEXT = 10 * 1024 * 1024
+
+
+def _bodyGetter(search: Any, f: Any, parsed: Any) -> Callable[[], str]:
+    """
+    @return: C{ctx.body} for one message: its decoded text, read from
+        C{f} once (called in a thread).
+    """
+    cache: List[str] = []
+
+    def body() -> str:
+        if f is None or parsed is None:
+            return ""
+        if not cache:
+            f.seek(0)
+            cache.append(search.bodyText(f, parsed, MAX_SEARCH_TEXT))
+        return cache[0]
+
+    return body
 
 
 def _noArguments(args: List[Any]) -> None:
@@ -1736,6 +1884,3 @@ class _OutputGate:
         d: Deferred = Deferred()
         self._waiters.append(d)
         return d
-
-
-_unused = (MessageGone,)
