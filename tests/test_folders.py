@@ -10,7 +10,8 @@ from zope.interface.verify import verifyObject
 
 from mailnet.errors import BadFolderName, CannotDeleteFolder, FolderExists, MessageGone, NoSuchFolder
 from mailnet.interfaces import IFolder, IMailAccount, IMessageReceiver
-from mailnet.store.folders import LineEndings, applyFlags, normalizeFlags, normalizeName
+from mailnet.store.folders import AccountRegistry, LineEndings, applyFlags, normalizeFlags, normalizeName
+from mailnet.store.maildir import MaildirStore, runSynchronously
 from mailnet.store.records import FolderInfo
 from mailnet.testing import MemoryMailAccount
 
@@ -445,3 +446,31 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(out, b"a\nb\n\nc\n\n")
         self.assertEqual(lines.stored, len(out))
         self.assertEqual(lines.wire, len(out) + 5)
+
+
+class MaildirAccountTests(AccountTestsMixin, SynchronousTestCase):
+    """The Maildir++ account, run synchronously on a temporary directory."""
+
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        self.mailStore = MaildirStore(self.root, runSynchronously, "mx.example.test")
+        self.registry = None
+        self.restart()
+
+    def restart(self) -> None:
+        if self.registry is not None:
+            self.registry.release(self.account)
+        self.registry = AccountRegistry(self.mailStore, runSynchronously, parse=stubParse, load=_noLoad)
+        self.account = self.registry.open("alice@example.test")
+
+    def tearDown(self) -> None:
+        self.registry.release(self.account)
+
+    def deliver(self, message: bytes = MESSAGE) -> None:
+        receiver = self.mailStore.receive("bob@example.test", ["alice@example.test"])
+        receiver.write(message)
+        self.successResultOf(receiver.finish())
+
+
+def _noLoad(data: bytes):
+    raise ValueError("the stub parse caches nothing")
