@@ -311,15 +311,14 @@ def resolve(parsed: Any, record: Any, section: SectionSpec) -> Any:
         L{None}: to the end).
     """
     if not section.part and section.text is None:
+        # The whole message: no need for its structure.
         return (0, None, record.size)
-    if not section.part and section.text == "HEADER" and parsed is not None:
-        return parsed.header
-    if not section.part and section.text == "TEXT" and parsed is not None:
-        root = parsed.root
-        return (root.storedBodyStart, root.storedEnd, root.wireEnd - root.wireBodyStart)
     from mailnet.imap import _render
 
-    return _render.resolveSection(parsed, _renderSection(section))
+    data = _render.resolveSection(parsed, _renderSection(section))
+    if isinstance(data, bytes):
+        return data
+    return (data.storedStart, data.storedEnd, data.wireLength)
 
 
 def _literal(data: bytes) -> bytes:

@@ -1341,6 +1341,13 @@ class IMAPServer(Protocol):
             return None
         changedUids = set()
         lines = []
+        newKeywords = {f for f in flags if not f.startswith("\\")} - view.keywords
+        if newKeywords and mode != "-":
+            # RFC 9051 §7.3.5: the folder's flag list first.
+            view.keywords |= newKeywords
+            allFlags = list(_FLAGS) + sorted(view.keywords)
+            lines.append(b"* FLAGS " + _flagList(allFlags))
+            lines.append(b"* OK [PERMANENTFLAGS " + _flagList(allFlags + ["\\*"]) + b"] Flags permitted")
         for record in changed:
             if record.uid in view.records:
                 view.records[record.uid] = record
