@@ -80,6 +80,10 @@ class ListenerService(service.Service):
 
     def stopService(self) -> Deferred:
         service.Service.stopService(self)
+        # IMAP sessions are told (RFC 9051 §7.1.5: BYE) rather than cut.
+        shutdown = getattr(getattr(self.factory, "wrappedFactory", self.factory), "shutdown", None)
+        if shutdown is not None:
+            shutdown()
         port, self.port = self.port, None
         return maybeDeferred(port.stopListening) if port is not None else maybeDeferred(lambda: None)
 
