@@ -587,6 +587,8 @@ class FolderIndex:
         refused: List[int] = []
         with self.account.transaction() as db:
             self.ensure()
+            # Another reader may have renamed files (flags) since the last sync.
+            self._scan()
             modseq = self.highestModSeq + 1
             touched = set()
             for uid in sorted(set(uids)):
@@ -639,6 +641,7 @@ class FolderIndex:
     def expunge(self, uids: Optional[Iterable[int]]) -> List[int]:
         with self.account.transaction():
             self.ensure()
+            self._scan()
             among = None if uids is None else set(uids)
             gone = [uid for uid, r in self.records.items() if "\\Deleted" in r.flags and (among is None or uid in among)]
             self._remove(gone)
