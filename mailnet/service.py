@@ -26,8 +26,10 @@ from mailnet.smtp.delivery import DeliveryAgent
 from mailnet.smtp.relay import RelayService
 from mailnet.smtp.server import SMTPFactory
 from mailnet.store.accounts import openAccountStore
+from mailnet.store.folders import AccountRegistry
 from mailnet.store.maildir import MaildirStore, ThreadRunner
 from mailnet.store.queue import DiskQueue
+from mailnet.store.watch import makeWatcher
 from mailnet.tls import ReloadableContextFactory, certificatePaths, ensureCertificate, fingerprint
 
 log = Logger()
@@ -123,13 +125,16 @@ class MailService(service.MultiService):
         # belongs to the service user.
         pool = ThreadPool(minthreads=1, maxthreads=16, name="mailnet-io")
         ThreadPoolService(pool).setServiceParent(self)
-        run = ThreadRunner(reactor, pool)
+        run = self._run = ThreadRunner(reactor, pool)
 
         self.accounts = openAccountStore(dataDir, openNow=False)
         self.mailStore = MaildirStore(os.path.join(dataDir, "mail"), run, config.hostname)
         self.queue = DiskQueue(os.path.join(dataDir, "queue"), run, reactor, config.hostname)
         self.delivery = DeliveryAgent(self.accounts, self.mailStore, self.queue, clock=reactor)
-        portal = makePortal(self.accounts, self.mailStore, run)
+        # IMAP accounts, shared by a user's sessions; the directory watcher
+        # (inotify, else polling) is added at start (see startService).
+        self.imapAccounts = AccountRegistry(self.mailStore, run, hostname=config.hostname)
+        portal = makePortal(self.accounts, self.mailStore, run, accounts=self.imapAccounts)
         limits = config.limits
         self.authenticator = Authenticator(
             portal, reactor, baseDelay=limits.auth_failure_delay, maxDelay=limits.max_auth_failure_delay
@@ -210,6 +215,9 @@ class MailService(service.MultiService):
             log.critical("mailnet cannot start: {error}", error=str(e))
             # A clean exit with status 1: twistd prints a traceback for anything else.
             raise SystemExit(1)
+        if self.listeners.get("imap") or self.listeners.get("imaps"):
+            # IDLE hears of deliveries by SMTP and by other processes.
+            self.imapAccounts.watcher = makeWatcher(self.reactor, self._run)
         service.MultiService.startService(self)
         if self.handleSignals:
             self._installSignalHandler()
@@ -218,6 +226,9 @@ class MailService(service.MultiService):
 
     def stopService(self) -> Deferred:
         stopped = service.MultiService.stopService(self)
+        watcher, self.imapAccounts.watcher = self.imapAccounts.watcher, None
+        if watcher is not None and hasattr(watcher, "close"):
+            watcher.close()
         self._closeJSONLog()
         return stopped
 

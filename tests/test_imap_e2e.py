@@ -46,7 +46,7 @@ class IMAPEndToEndTests(TestCase):
 
     def imaps(self) -> imaplib.IMAP4_SSL:
         client = imaplib.IMAP4_SSL("localhost", self.server.ports["imaps"], ssl_context=self.context, timeout=10)
-        self.addCleanup(client.shutdown)
+        self.addCleanup(_close, client)
         return client
 
     def deliver(self, message: bytes = MESSAGE) -> None:
@@ -63,12 +63,12 @@ class IMAPEndToEndTests(TestCase):
 
         def session():
             client = imaplib.IMAP4("localhost", self.server.ports["imap"], timeout=10)
-            self.addCleanup(client.shutdown)
+            self.addCleanup(_close, client)
             before = client.capabilities
             try:
                 client.login("alice@example.test", "alice-secret")
             except imaplib.IMAP4.error as e:
-                refused = str(e)
+                refused = repr(e.args)
             client.starttls(self.context)
             typ, _ = client.login("alice@example.test", "alice-secret")
             client.logout()
@@ -140,13 +140,15 @@ class IMAPEndToEndTests(TestCase):
             self.deliver()
             line = client.readline()
             elapsed = time.monotonic() - started
+            recent = client.readline()
             client.send(b"DONE\r\n")
             end = client.readline()
             client.logout()
-            return line, elapsed, end, tag
+            return line, recent, elapsed, end, tag
 
-        line, elapsed, end, tag = yield deferToThread(session)
+        line, recent, elapsed, end, tag = yield deferToThread(session)
         self.assertEqual(line, b"* 1 EXISTS\r\n")
+        self.assertEqual(recent, b"* 1 RECENT\r\n")
         self.assertLess(elapsed, 2)
         self.assertEqual(end, tag + b" OK IDLE completed\r\n")
 
@@ -234,6 +236,13 @@ class IMAPEndToEndTests(TestCase):
         self.assertEqual(tail, b")\r\n")
         self.assertEqual(done, b"c OK FETCH completed\r\n")
         self.assertLess(grown, 5 * 1024 * 1024)
+
+
+def _close(client: imaplib.IMAP4) -> None:
+    try:
+        client.shutdown()
+    except OSError:
+        pass
 
 
 def _status(key: str) -> int:
