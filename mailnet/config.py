@@ -18,7 +18,7 @@ import attr
 from mailnet.address import normalizeDomain
 from mailnet.errors import BadAddress, ConfigError
 
-LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s")
+LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
 
 DEFAULT_LISTEN = {
     "smtp": "tcp:2525:interface=127.0.0.1",
@@ -26,6 +26,8 @@ DEFAULT_LISTEN = {
     "smtps": "tcp:2465:interface=127.0.0.1",
     "pop3": "tcp:2110:interface=127.0.0.1",
     "pop3s": "tcp:2995:interface=127.0.0.1",
+    "imap": "tcp:2143:interface=127.0.0.1",
+    "imaps": "tcp:2993:interface=127.0.0.1",
 }
 
 

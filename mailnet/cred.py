@@ -39,6 +39,7 @@ from mailnet.errors import AliasExpansionTooLarge, BadAddress, LoginBusy, Mailbo
 from mailnet.interfaces import (
     IAccountStore,
     IAuthenticator,
+    IMailAccount,
     IMailbox,
     IMaildir,
     IMailStore,
@@ -219,18 +220,23 @@ class Sender:
 @implementer(IRealm)
 class MailRealm:
     """
-    Hands out L{IMailbox} and L{ISender} avatars for authenticated
-    addresses.  A mailbox is held by one session at a time (RFC 1939 §8:
-    the POP3 server locks the maildrop) until that session's logout.
+    Hands out L{IMailbox}, L{ISender} and L{IMailAccount} avatars for
+    authenticated addresses.  A mailbox is held by one session at a time
+    (RFC 1939 §8: the POP3 server locks the maildrop) until that session's
+    logout; an IMAP account is shared by any number of sessions (they get
+    one account object, and through it each other's changes).
 
     @param store: the account store (for L{ISender.maySendAs}).
     @param mailStore: where the Maildirs are.
+    @param accounts: the L{mailnet.store.folders.AccountRegistry} that
+        gives L{IMailAccount} avatars; without one, none are offered.
     """
 
-    def __init__(self, store: IAccountStore, mailStore: IMailStore) -> None:
+    def __init__(self, store: IAccountStore, mailStore: IMailStore, accounts=None) -> None:
         self._store = store
         self._mailStore = mailStore
         self._held: Dict[str, object] = {}
+        self.accounts = accounts
 
     def isHeld(self, address: str) -> bool:
         return address.lower() in self._held
@@ -245,7 +251,22 @@ class MailRealm:
                 return IMailbox, self._mailbox(address), self._releaser(address)
             if interface is ISender:
                 return ISender, Sender(address, self._store), lambda: None
-        raise NotImplementedError("mailnet's realm offers only IMailbox and ISender")
+            if interface is IMailAccount and self.accounts is not None:
+                return IMailAccount, *self._account(address)
+        raise NotImplementedError("mailnet's realm offers only IMailbox, ISender and IMailAccount")
+
+    def _account(self, address: str) -> Tuple[object, Callable[[], None]]:
+        accounts = self.accounts
+        account = accounts.open(address)
+        released = []
+
+        def logout() -> None:
+            # Idempotent: one release per login.
+            if not released:
+                released.append(True)
+                accounts.release(account)
+
+        return account, logout
 
     def _mailbox(self, address: str) -> Mailbox:
         if address in self._held:
@@ -618,6 +639,7 @@ def makePortal(
     run: Callable[..., Deferred],
     extraCheckers: Iterable[ICredentialsChecker] = (),
     hasher: Optional[PasswordHasher] = None,
+    accounts=None,
 ) -> Portal:
     """
     The portal every listener shares: L{MailRealm} with L{AccountChecker}.
@@ -629,8 +651,16 @@ def makePortal(
         For credentials both handle, the account checker is asked first
         and the others after it, in order (see L{FirstSuccessChecker}).
         Their avatar ids must be addresses.
+    @param accounts: the L{mailnet.store.folders.AccountRegistry} for IMAP
+        avatars (one on C{mailStore} and C{run}, watching no directories,
+        if not given; set C{portal.realm.accounts.watcher} to a
+        L{mailnet.store.watch} watcher to hear of other processes' changes).
     """
-    portal = Portal(MailRealm(store, mailStore))
+    if accounts is None:
+        from mailnet.store.folders import AccountRegistry
+
+        accounts = AccountRegistry(mailStore, run)
+    portal = Portal(MailRealm(store, mailStore, accounts))
     checkers: Dict = {}
     for checker in [AccountChecker(store, run, hasher), *extraCheckers]:
         for interface in checker.credentialInterfaces:

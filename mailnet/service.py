@@ -25,6 +25,7 @@ from mailnet.cred import CHECKS_PER_HASHING_THREAD, Authenticator, hashingThread
 from mailnet.datalock import DataDirLock
 from mailnet.dns import DNSClient
 from mailnet.errors import ConfigError
+from mailnet.imap.server import IMAPFactory
 from mailnet.limits import DESCRIPTORS_PER_CONNECTION, ConnectionLimiter, LimitingFactory, fitDescriptorLimit
 from mailnet.pop3.server import POP3Factory
 from mailnet.smtp._judge import judgeFromConfig
@@ -32,14 +33,16 @@ from mailnet.smtp.delivery import DeliveryAgent
 from mailnet.smtp.relay import RelayService
 from mailnet.smtp.server import SMTPFactory
 from mailnet.store.accounts import openAccountStore
+from mailnet.store.folders import AccountRegistry
 from mailnet.store.maildir import MaildirStore, ThreadRunner
 from mailnet.store.queue import DiskQueue
+from mailnet.store.watch import makeWatcher
 from mailnet.tls import ReloadableContextFactory, certificatePaths, ensureCertificate, fingerprint
 
 log = Logger()
 
 # Listeners whose plain tcp: endpoints are wrapped in TLS (RFC 8314).
-IMPLICIT_TLS = ("smtps", "pop3s")
+IMPLICIT_TLS = ("smtps", "pop3s", "imaps")
 
 
 class ListenerService(service.Service):
@@ -86,6 +89,10 @@ class ListenerService(service.Service):
 
     def stopService(self) -> Deferred:
         service.Service.stopService(self)
+        # IMAP sessions are told (RFC 9051 §7.1.5: BYE) rather than cut.
+        shutdown = getattr(getattr(self.factory, "wrappedFactory", self.factory), "shutdown", None)
+        if shutdown is not None:
+            shutdown()
         port, self.port = self.port, None
         return maybeDeferred(port.stopListening) if port is not None else maybeDeferred(lambda: None)
 
@@ -181,7 +188,7 @@ class MailService(service.MultiService):
         # belongs to the service user.
         pool = ThreadPool(minthreads=1, maxthreads=16, name="mailnet-io")
         ThreadPoolService(pool).setServiceParent(self)
-        run = ThreadRunner(reactor, pool)
+        run = self._run = ThreadRunner(reactor, pool)
         # Password hashing (Argon2, CPU-bound) on a small pool of its own,
         # never on the one that syncs Maildirs: a login flood must not
         # queue in front of deliveries (issue 11).
@@ -195,7 +202,10 @@ class MailService(service.MultiService):
         self.delivery = DeliveryAgent(
             self.accounts, self.mailStore, self.queue, clock=reactor, primaryDomain=config.domains[0] if config.domains else None
         )
-        portal = makePortal(self.accounts, self.mailStore, ThreadRunner(reactor, self.hashPool))
+        # IMAP accounts, shared by a user's sessions; the directory watcher
+        # (inotify, else polling) is added at start (see startService).
+        self.imapAccounts = AccountRegistry(self.mailStore, run, hostname=config.hostname)
+        portal = makePortal(self.accounts, self.mailStore, ThreadRunner(reactor, self.hashPool), accounts=self.imapAccounts)
         limits = config.limits
         self.authenticator = Authenticator(
             portal,
@@ -230,6 +240,8 @@ class MailService(service.MultiService):
             "smtps": lambda: SMTPFactory(role="smtps", delivery=self.delivery, tlsOptions=None, **smtpCommon),
             "pop3": lambda: POP3Factory(tlsOptions=self.tls, implicitTLS=False, **common),
             "pop3s": lambda: POP3Factory(tlsOptions=None, implicitTLS=True, **common),
+            "imap": lambda: IMAPFactory(tlsOptions=self.tls, implicitTLS=False, run=run, **common),
+            "imaps": lambda: IMAPFactory(tlsOptions=None, implicitTLS=True, run=run, **common),
         }
         # One connection budget for every listener, and each client's share.
         self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_client)
@@ -300,6 +312,9 @@ class MailService(service.MultiService):
             log.critical("mailnet: error: {error}", error=str(e))
             # A clean exit with status 1: twistd prints a traceback for anything else.
             raise SystemExit(1)
+        if self.listeners.get("imap") or self.listeners.get("imaps"):
+            # IDLE hears of deliveries by SMTP and by other processes.
+            self.imapAccounts.watcher = makeWatcher(self.reactor, self._run)
         service.MultiService.startService(self)
         if self.handleSignals:
             self._installSignalHandler()
@@ -308,6 +323,9 @@ class MailService(service.MultiService):
 
     def stopService(self) -> Deferred:
         stopped = service.MultiService.stopService(self)
+        watcher, self.imapAccounts.watcher = self.imapAccounts.watcher, None
+        if watcher is not None and hasattr(watcher, "close"):
+            watcher.close()
         self._closeJSONLog()
         stopped.addBoth(lambda result: (self.dataLock.release(), result)[1])
         return stopped

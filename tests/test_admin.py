@@ -543,7 +543,7 @@ class CheckTests(AdminTestCase):
 
     def config(self, extra: str = "", listen: str = "tcp:0:interface=127.0.0.1", hostname: str = "mail.example.test", tls: str = "") -> str:
         tls = tls or "cert = %s\nkey = %s\n" % (self.cert, self.key)
-        lines = "".join("%s = %s\n" % (name, listen) for name in ("smtp", "submission", "smtps", "pop3", "pop3s"))
+        lines = "".join("%s = %s\n" % (name, listen) for name in ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps"))
         return self.writeConfig(
             "[server]\nhostname = %s\ndomain = example.test\ndata_dir = %s\n[listen]\n%s[tls]\n%s%s"
             % (hostname, self.dataDir, lines, tls, extra)
@@ -599,7 +599,7 @@ class CheckTests(AdminTestCase):
 
     def test_noDomain(self) -> None:
         config = self.writeConfig("[server]\nhostname = mail.example.test\n[listen]\nsmtp = tcp:0:interface=127.0.0.1\n"
-                                  "submission =\nsmtps =\npop3 =\npop3s =\n")
+                                  "submission =\nsmtps =\npop3 =\npop3s =\nimap =\nimaps =\n")
         code, out, err = self.runAdmin("--config", config, "check")
         self.assertEqual(code, 1)
         self.assertIn("warning: no local domain", out)
@@ -667,7 +667,7 @@ class CheckTests(AdminTestCase):
         self.setUpAccounts()
         config = self.writeConfig(
             "[server]\nhostname = mail.example.test\ndomain = example.test\n[listen]\nsmtp = tcp:0:interface=127.0.0.1\n"
-            "submission =\nsmtps =\npop3 =\npop3s =\n"
+            "submission =\nsmtps =\npop3 =\npop3s =\nimap =\nimaps =\n"
         )
         code, out, err = self.runAdmin("--config", config, "check")
         self.assertEqual(code, 0, out)
@@ -691,7 +691,7 @@ class CheckTests(AdminTestCase):
         code, out, err = self.check(self.config(listen="tcp:%d:interface=127.0.0.1" % (port,)))
         self.assertEqual(code, 1)
         self.assertIn("error: smtp tcp:%d:interface=127.0.0.1: in use" % (port,), out)
-        self.assertIn("Problems found: 5.", out)
+        self.assertIn("Problems found: 7.", out)
 
     def test_permissionDenied(self) -> None:
         self.setUpAccounts()

@@ -127,9 +127,11 @@ class MailServiceTests(SynchronousTestCase):
 
     def test_listenersTurnedOff(self) -> None:
         reactor = ThreadedMemoryReactor()
-        service = MailService(self.config(**{"listen.pop3": (), "listen.smtps": ()}), reactor, handleSignals=False)
+        service = MailService(
+            self.config(**{"listen.pop3": (), "listen.smtps": (), "listen.imaps": ()}), reactor, handleSignals=False
+        )
         self.start(service)
-        self.assertEqual(sorted(service.listeners), ["pop3s", "smtp", "submission"])
+        self.assertEqual(sorted(service.listeners), ["imap", "pop3s", "smtp", "submission"])
 
     def test_unusableDataDir(self) -> None:
         blocker = self.mktemp()

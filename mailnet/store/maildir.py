@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import time
-from typing import IO, Callable, Dict, List, Optional, Sequence
+from typing import IO, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import attr
 from twisted.internet.defer import Deferred
@@ -166,6 +166,41 @@ def _wireSize(filename: str) -> Optional[int]:
 def _uidOf(filename: str) -> str:
     """The unique name: what precedes the C{,S=size} and C{:2,flags} parts."""
     return filename.split(":", 1)[0].split(",", 1)[0]
+
+
+#: Maildir info letters of the IMAP system flags (the C{:2,} suffix).
+FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
+_LETTER_FLAGS = {letter: flag for flag, letter in FLAG_LETTERS.items()}
+
+
+def splitInfo(filename: str) -> Tuple[str, str, str]:
+    """
+    A file name's parts: C{"base:2,FS,x"} -> C{("base", "FS", ",x")} (the
+    part after a comma in the flags is Dovecot's, kept as it is).  A name
+    without C{:2,} has no flags.
+    """
+    base, sep, info = filename.partition(":2,")
+    if not sep:
+        return filename, "", ""
+    letters, comma, extra = info.partition(",")
+    return base, letters, comma + extra
+
+
+def flagsOf(letters: str) -> FrozenSet[str]:
+    """The IMAP system flags in a Maildir info part's letters (others ignored)."""
+    return frozenset(_LETTER_FLAGS[c] for c in letters if c in _LETTER_FLAGS)
+
+
+def withFlags(filename: str, flags: FrozenSet[str]) -> str:
+    """
+    The name of a message file once its system flags are C{flags}: letters
+    this module does not know (Dovecot's keyword letters, other MUAs') are
+    kept; the letters are in ASCII order, as the Maildir specification says.
+    """
+    base, letters, extra = splitInfo(filename)
+    kept = {c for c in letters if c not in _LETTER_FLAGS}
+    kept.update(FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS)
+    return "%s:2,%s%s" % (base, "".join(sorted(kept)), extra)
 
 
 @implementer(IMaildir)

@@ -1,0 +1,1 @@
+"""mailnet's IMAP4 server."""

@@ -1,0 +1,452 @@
+# -*- test-case-name: tests.test_imap_fetch -*-
+"""
+FETCH: the attribute list from parsed tokens (RFC 9051 §6.4.5), and the
+streaming of message octets in wire form.  No Twisted.
+"""
+
+import re
+import time
+from typing import IO, Any, List, Optional, Tuple
+
+import attr
+
+from mailnet.imap._parser import Atom
+
+#: Octets read from a message file at a time.
+CHUNK_SIZE = 64 * 1024
+
+
+class FetchSyntaxError(ValueError):
+    """
+    A FETCH attribute could not be parsed; C{str(error)} is the BAD text.
+    """
+
+
+@attr.s(frozen=True, slots=True)
+class SectionSpec:
+    """
+    A section as the client asked for it (the same fields as
+    L{mailnet.imap._render.Section}).
+    """
+
+    part: Tuple[int, ...] = attr.ib(default=())
+    text: Optional[str] = attr.ib(default=None)
+    fields: Tuple[bytes, ...] = attr.ib(default=())
+    partial: Optional[Tuple[int, int]] = attr.ib(default=None)
+    # How the client spelled the field names, for the response label.
+    fieldNames: Tuple[bytes, ...] = attr.ib(default=(), eq=False)
+
+
+@attr.s(frozen=True, slots=True)
+class FetchItem:
+    """
+    One FETCH attribute.
+
+    @ivar name: C{"FLAGS"}, C{"UID"}, C{"INTERNALDATE"}, C{"RFC822.SIZE"},
+        C{"ENVELOPE"}, C{"BODY"}, C{"BODYSTRUCTURE"}, C{"MODSEQ"} or
+        C{"SECTION"} (any C{BODY[...]}, C{BINARY[...]}, C{RFC822},
+        C{RFC822.HEADER}, C{RFC822.TEXT}).
+    @ivar label: for sections, the name in the response
+        (C{b"BODY[HEADER]<0>"}, C{b"RFC822.HEADER"}).
+    @ivar setsSeen: fetching it sets C{\\Seen}.
+    """
+
+    name: str = attr.ib()
+    section: Optional[SectionSpec] = attr.ib(default=None)
+    label: bytes = attr.ib(default=b"")
+    setsSeen: bool = attr.ib(default=False)
+
+
+_SIMPLE = {
+    b"FLAGS": "FLAGS",
+    b"UID": "UID",
+    b"INTERNALDATE": "INTERNALDATE",
+    b"RFC822.SIZE": "RFC822.SIZE",
+    b"ENVELOPE": "ENVELOPE",
+    b"BODY": "BODY",
+    b"BODYSTRUCTURE": "BODYSTRUCTURE",
+    b"MODSEQ": "MODSEQ",
+}
+
+_MACROS = {
+    b"ALL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE"],
+    b"FAST": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"],
+    b"FULL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"],
+}
+
+_SECTION = re.compile(rb"(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[([^\]]*)\](?:<([0-9]{1,10})\.([0-9]{1,10})>)?\Z", re.I)
+_PART = re.compile(rb"[1-9][0-9]{0,5}\Z")
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]{1,200}\Z")
+
+
+def parseSection(spec: bytes) -> SectionSpec:
+    """
+    The inside of C{BODY[...]}: C{1.2.HEADER.FIELDS (From To)}.
+
+    @raise FetchSyntaxError: not a section.
+    """
+    head, _, rest = spec.partition(b" ")
+    pieces = head.split(b".") if head else []
+    part: List[int] = []
+    while pieces and _PART.match(pieces[0]):
+        part.append(int(pieces.pop(0)))
+    if len(part) > 50:
+        raise FetchSyntaxError("Section too deep")
+    text = b".".join(pieces).upper().decode("ascii", "replace") if pieces else None
+    if text not in (None, "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"):
+        raise FetchSyntaxError("Invalid section")
+    if text == "MIME" and not part:
+        raise FetchSyntaxError("MIME needs a part number")
+    if text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        rest = rest.strip()
+        if not (rest.startswith(b"(") and rest.endswith(b")")):
+            raise FetchSyntaxError("Header field list expected")
+        names = []
+        for name in _fieldNames(rest[1:-1]):
+            if not _FIELD_NAME.match(name):
+                raise FetchSyntaxError("Invalid header field name")
+            names.append(name)
+        if not names:
+            raise FetchSyntaxError("Empty header field list")
+        return SectionSpec(tuple(part), text, tuple(n.upper() for n in names), None, tuple(names))
+    if rest.strip():
+        raise FetchSyntaxError("Invalid section")
+    return SectionSpec(tuple(part), text)
+
+
+def _fieldNames(inner: bytes) -> List[bytes]:
+    names = []
+    for token in re.findall(rb'"(?:[^"\\]|\\.)*"|[^ ]+', inner):
+        if token.startswith(b'"'):
+            token = re.sub(rb"\\(.)", rb"\1", token[1:-1])
+        names.append(token)
+    return names
+
+
+def sectionLabel(kind: bytes, section: SectionSpec) -> bytes:
+    """
+    @return: the name of a section in the response: C{BODY[1.HEADER]<0>}.
+    """
+    inner = b".".join([b"%d" % (p,) for p in section.part] + ([section.text.encode("ascii")] if section.text else []))
+    if section.text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        inner += b" (" + b" ".join(section.fieldNames) + b")"
+    label = kind + b"[" + inner + b"]"
+    if section.partial is not None:
+        label += b"<%d>" % (section.partial[0],)
+    return label
+
+
+def parseFetchAttributes(arg: Any) -> List[FetchItem]:
+    """
+    FETCH's second argument: a macro, one attribute, or a list of them.
+
+    @raise FetchSyntaxError: anything else.
+    """
+    if isinstance(arg, Atom) and arg.upper() in _MACROS:
+        return [_item(Atom(name)) for name in _MACROS[arg.upper()]]
+    tokens = arg if isinstance(arg, list) else [arg]
+    if not tokens:
+        raise FetchSyntaxError("Empty FETCH attribute list")
+    return [_item(token) for token in tokens]
+
+
+def _item(token: Any) -> FetchItem:
+    if not isinstance(token, Atom):
+        raise FetchSyntaxError("Invalid FETCH attribute")
+    name = token.upper()
+    if name in _SIMPLE:
+        return FetchItem(_SIMPLE[name])
+    if name == b"RFC822":
+        return FetchItem("SECTION", SectionSpec(), b"RFC822", setsSeen=True)
+    if name == b"RFC822.HEADER":
+        return FetchItem("SECTION", SectionSpec((), "HEADER"), b"RFC822.HEADER")
+    if name == b"RFC822.TEXT":
+        return FetchItem("SECTION", SectionSpec((), "TEXT"), b"RFC822.TEXT", setsSeen=True)
+    match = _SECTION.match(token.value)
+    if match is None:
+        raise FetchSyntaxError("Invalid FETCH attribute")
+    kind = match.group(1).upper()
+    section = parseSection(match.group(2))
+    if match.group(3) is not None:
+        count = int(match.group(4))
+        if count == 0:
+            raise FetchSyntaxError("Partial count must not be 0")
+        section = attr.evolve(section, partial=(int(match.group(3)), count))
+    if kind.startswith(b"BINARY"):
+        if section.text is not None:
+            raise FetchSyntaxError("BINARY takes part numbers only")
+        base = b"BINARY"
+    else:
+        base = b"BODY"
+    return FetchItem("SECTION", section, sectionLabel(base, section), setsSeen=not kind.endswith(b".PEEK"))
+
+
+def applyPartial(wireLength: int, partial: Optional[Tuple[int, int]]) -> Tuple[int, int]:
+    """
+    @return: C{(skip, count)}: the octets of a section to leave out and
+        then send, for C{<origin.count>} (RFC 9051 §6.4.5: an origin past
+        the end sends nothing).
+    """
+    if partial is None:
+        return 0, wireLength
+    origin, count = partial
+    if origin >= wireLength:
+        return wireLength, 0
+    return origin, min(count, wireLength - origin)
+
+
+class WireReader:
+    """
+    Reads a stored range of a message (LF line endings) as wire octets
+    (CRLF), leaving out the first C{skip} and giving exactly C{count}: if
+    the file turns out shorter than the index said, the rest is spaces,
+    so that the literal announced stays true.  Its methods block: call
+    them in a thread.
+    """
+
+    def __init__(self, f: IO[bytes], storedStart: int, storedEnd: Optional[int], skip: int, count: int) -> None:
+        self._file = f
+        self._position = storedStart
+        self._end = storedEnd
+        self._skip = skip
+        self.remaining = count
+        self._started = False
+
+    def read(self, size: int = CHUNK_SIZE) -> bytes:
+        """
+        @return: up to about C{size} wire octets; C{b""} when done.
+        """
+        if not self._started:
+            self._file.seek(self._position)
+            self._started = True
+        out: List[bytes] = []
+        produced = 0
+        while self.remaining > 0 and produced < size:
+            want = size if self._end is None else min(size, self._end - self._position)
+            data = self._file.read(want) if want > 0 else b""
+            if not data:
+                filler = b" " * min(self.remaining, size)
+                self.remaining -= len(filler)
+                out.append(filler)
+                break
+            self._position += len(data)
+            wire = data.replace(b"\n", b"\r\n")
+            if self._skip:
+                if self._skip >= len(wire):
+                    self._skip -= len(wire)
+                    continue
+                wire = wire[self._skip :]
+                self._skip = 0
+            if len(wire) > self.remaining:
+                wire = wire[: self.remaining]
+            self.remaining -= len(wire)
+            produced += len(wire)
+            out.append(wire)
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+_MONTHS = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"]
+
+
+def internalDate(seconds: float) -> bytes:
+    """
+    @return: RFC 9051 date-time, quoted, in UTC: C{"05-Dec-2026 22:56:44 +0000"}.
+    """
+    t = time.gmtime(seconds)
+    return b'"%2d-%s-%04d %02d:%02d:%02d +0000"' % (t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
+
+
+_DATE_TIME = re.compile(
+    rb"\s?([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})\Z"
+)
+
+
+def parseInternalDate(text: bytes) -> float:
+    """
+    APPEND's date-time (RFC 9051 §9).
+
+    @raise ValueError: not one.
+    """
+    match = _DATE_TIME.match(text)
+    if match is None:
+        raise ValueError("Invalid date-time")
+    day, month, year, hh, mm, ss, sign, zh, zm = match.groups()
+    try:
+        monthNumber = [m.upper() for m in _MONTHS].index(month.upper()) + 1
+    except ValueError:
+        raise ValueError("Invalid month")
+    import calendar
+
+    seconds = calendar.timegm((int(year), monthNumber, int(day), int(hh), int(mm), int(ss), 0, 0, 0))
+    offset = (int(zh) * 60 + int(zm)) * 60
+    return float(seconds - offset if sign == b"+" else seconds + offset)
+
+
+# --- running a FETCH (awaits Deferreds from the store; used by server.py) ------
+
+
+def _needsParsed(item: FetchItem) -> bool:
+    if item.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE"):
+        return True
+    if item.name == "SECTION":
+        section = item.section
+        assert section is not None
+        return bool(section.part) or section.text not in (None,)
+    return False
+
+
+def _renderSection(section: SectionSpec) -> Any:
+    from mailnet.imap import _render
+
+    return _render.Section(part=section.part, text=section.text, fields=section.fields, partial=section.partial)
+
+
+def resolve(parsed: Any, record: Any, section: SectionSpec) -> Any:
+    """
+    @return: the section's wire octets (L{bytes}), or C{(storedStart,
+        storedEnd, wireLength)} to stream from the file (C{storedEnd}
+        L{None}: to the end).
+    """
+    if not section.part and section.text is None:
+        # The whole message: no need for its structure.
+        return (0, None, record.size)
+    from mailnet.imap import _render
+
+    data = _render.resolveSection(parsed, _renderSection(section))
+    if isinstance(data, bytes):
+        return data
+    return (data.storedStart, data.storedEnd, data.wireLength)
+
+
+def _literal(data: bytes) -> bytes:
+    return b"{%d}\r\n%s" % (len(data), data)
+
+
+async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchItem], gate: Any) -> Optional[str]:
+    """
+    Send the FETCH responses for C{uids}: message data from the view and
+    the store's parsed cache; section octets from the files, read in
+    threads (C{session.factory.run}), large ones streamed as the transport
+    takes them (C{gate}, an output producer the caller registered).
+
+    @return: the tagged OK text, or L{None} for the default.
+    """
+    from mailnet.errors import MessageGone
+
+    folder = view.folder
+    run = session.factory.run
+    needParsed = any(_needsParsed(item) for item in items)
+    setsSeen = any(item.setsSeen for item in items) and not view.readOnly
+    wantsFlags = any(item.name == "FLAGS" for item in items)
+    out: List[bytes] = []
+    outSize = 0
+    gone = False
+    for start in range(0, len(uids), 256):
+        if session.view is not view or gate.stopped:
+            return None
+        batch = [u for u in uids[start : start + 256] if u in view.records]
+        flagsChanged = set()
+        if setsSeen:
+            unseen = [u for u in batch if "\\Seen" not in view.records[u].flags]
+            if unseen:
+                changed, _ = await folder.setFlags(unseen, frozenset(["\\Seen"]), "+")
+                for record in changed:
+                    if record.uid in view.records:
+                        view.records[record.uid] = record
+                        flagsChanged.add(record.uid)
+        parsedMap = await folder.parsed(batch) if needParsed else {}
+        for uid in batch:
+            if session.view is not view or gate.stopped:
+                return None
+            seq = view.seqOf(uid)
+            record = view.records.get(uid)
+            if not seq or record is None:
+                continue
+            parsed = parsedMap.get(uid)
+            if needParsed and parsed is None:
+                gone = True
+                continue
+            pieces: List[Any] = []
+            for item in items:
+                name = item.name
+                if name == "UID":
+                    pieces.append(b"UID %d" % (uid,))
+                elif name == "FLAGS":
+                    pieces.append(session.flagsItem(record))
+                elif name == "INTERNALDATE":
+                    pieces.append(b"INTERNALDATE " + internalDate(record.internalDate))
+                elif name == "RFC822.SIZE":
+                    pieces.append(b"RFC822.SIZE %d" % (record.size,))
+                elif name == "MODSEQ":
+                    pieces.append(b"MODSEQ (%d)" % (record.modSeq,))
+                elif name == "ENVELOPE":
+                    from mailnet.imap import _render
+
+                    pieces.append(b"ENVELOPE " + _render.envelope(parsed.envelope))
+                elif name in ("BODY", "BODYSTRUCTURE"):
+                    from mailnet.imap import _render
+
+                    pieces.append(name.encode("ascii") + b" " + _render.bodyStructure(parsed.root, name == "BODYSTRUCTURE"))
+                else:
+                    assert item.section is not None
+                    data = resolve(parsed, record, item.section)
+                    if isinstance(data, bytes):
+                        skip, count = applyPartial(len(data), item.section.partial)
+                        pieces.append(item.label + b" " + _literal(data[skip : skip + count]))
+                    else:
+                        storedStart, storedEnd, wireLength = data
+                        skip, count = applyPartial(wireLength, item.section.partial)
+                        pieces.append((item.label, storedStart, storedEnd, skip, count))
+            if uid in flagsChanged and not wantsFlags:
+                pieces.append(session.flagsItem(record))
+            streams = [p for p in pieces if isinstance(p, tuple)]
+            f = None
+            if streams:
+                try:
+                    f = await folder.openMessage(uid)
+                except MessageGone:
+                    gone = True
+                    continue
+            try:
+                head = b"* %d FETCH (" % (seq,)
+                first = True
+                for piece in pieces:
+                    sep = b"" if first else b" "
+                    first = False
+                    if isinstance(piece, bytes):
+                        head += sep + piece
+                        continue
+                    label, storedStart, storedEnd, skip, count = piece
+                    reader = WireReader(f, storedStart, storedEnd, skip, count)
+                    if count <= 64 * 1024:
+                        data = await run(reader.read, count) if count else b""
+                        head += sep + label + b" " + _literal(data)
+                        continue
+                    out.append(head + sep + label + b" {%d}\r\n" % (count,))
+                    head = b""
+                    session._write(b"".join(out))
+                    out, outSize = [], 0
+                    while reader.remaining > 0:
+                        await gate.wait()
+                        if gate.stopped:
+                            return None
+                        chunk = await run(reader.read, CHUNK_SIZE)
+                        session._write(chunk)
+                        session._activity()
+                out.append(head + b")\r\n")
+                outSize += len(out[-1])
+            finally:
+                if f is not None:
+                    f.close()
+            if outSize >= 64 * 1024:
+                session._write(b"".join(out))
+                out, outSize = [], 0
+                await gate.wait()
+    if out:
+        session._write(b"".join(out))
+    if gone:
+        return "[EXPUNGEISSUED] Some messages were expunged meanwhile"
+    return None
