@@ -123,7 +123,8 @@ def foldedAddress(address: str) -> str:
     The key under which look-alike addresses collide: NFKC case-folded
     without format characters (close to Unicode's C{NFKC_Casefold}, as
     RFC 8265's PRECIS profiles fold user names), so that C{ａｌｉｃｅ} (full
-    width), C{ALICE}, C{al<ZWSP>ice} and C{alice} are one key.  Used to refuse new names that look like existing ones.
+    width), C{ALICE}, C{al<ZWSP>ice} and C{alice} are one key.  Used to
+    refuse new names that look like existing ones.
     """
     if address.isascii():
         return address.lower()
@@ -148,9 +149,9 @@ def lookAlike(address: str, existing: Iterable[str]) -> Optional[str]:
 def mailboxAddress(address: str) -> str:
     """
     The one validation of a mailbox's address, used by C{mailnet-admin
-    user add}, the account store and at login: a valid address (UTF-8
-    allowed) whose normalised form can name a directory (see
-    L{isSafeMailboxName}).
+    user add} and the account store (RCPT and login apply the same
+    L{isSafeMailboxName} to normalised addresses): a valid address (UTF-8
+    allowed) whose normalised form can name a directory.
 
     @return: the normalised address (L{canonicalAddress}).
     @raise BadAddress: with the reason in words.

@@ -20,11 +20,12 @@ L{fitDescriptorLimit} makes the budget fit the process's open-file limit
 (C{RLIMIT_NOFILE}) at start.
 """
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 
 from mailnet.cred import peerKey
 
@@ -120,6 +121,8 @@ class ConnectionLimiter:
 class _Refused(Protocol):
     """Says C{line} (if any) and closes."""
 
+    transport: Any
+
     def __init__(self, line: Optional[bytes]) -> None:
         self.line = line
 
@@ -143,7 +146,7 @@ class _Counted(ProtocolWrapper):
         # Logs name the protocol, as without the wrapper.
         return _logPrefix(self.wrappedProtocol)
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         factory = self.factory
         try:
             ProtocolWrapper.connectionLost(self, reason)
@@ -151,7 +154,7 @@ class _Counted(ProtocolWrapper):
             factory.limiter.release(self.peerHost)
 
 
-class LimitingFactory(WrappingFactory):
+class LimitingFactory(WrappingFactory[_Counted]):
     """
     Wraps a listener's factory: a connection is built only if the shared
     L{ConnectionLimiter} admits it.
@@ -164,11 +167,11 @@ class LimitingFactory(WrappingFactory):
     @ivar limiter: the shared budget.
     """
 
-    protocol = _Counted  # type: ignore[assignment]
+    protocol = _Counted
     noisy = False
 
     def __init__(self, limiter: ConnectionLimiter, wrappedFactory) -> None:
-        WrappingFactory.__init__(self, wrappedFactory)
+        super().__init__(wrappedFactory)
         self.limiter = limiter
         refusalLine: Optional[Callable[[bool], bytes]] = getattr(wrappedFactory, "refusalLine", None)
         self._refusalLine = refusalLine

@@ -283,13 +283,13 @@ class AccountStoreTestsMixin:
 
     def test_resolveDiamond(self) -> None:
         """
-        Issue 11 item 6: a "diamond" of 54 aliases, each pointing to every
-        alias of the next level, has 6^9 paths; one unauthenticated RCPT
-        blocked the reactor for 15 s walking them.  Each alias is expanded
-        once.
+        Issue 11 item 6: a "diamond" of aliases, each pointing to every
+        alias of the next level, has width^levels paths (54 such aliases
+        blocked the reactor for 15 s on one unauthenticated RCPT).  Each
+        alias is expanded once: here 28 look-ups, not 3^9.
         """
         self.store.addUser("alice@example.test", "h")
-        width, levels = 6, 9
+        width, levels = 3, 9
         for level in range(levels):
             if level == levels - 1:
                 targets = ["alice@example.test", "far@remote.test"]
@@ -300,8 +300,8 @@ class AccountStoreTestsMixin:
         self.store.addAlias("top@example.test", ["d0-%d@example.test" % (i,) for i in range(width)])
         lookups = countLookups(self, self.store)
         self.assertEqual(self.store.resolve("top@example.test"), ["alice@example.test", "far@remote.test"])
-        self.assertLessEqual(lookups["aliasTargets"], 55)
-        self.assertLessEqual(lookups["isUser"], 57)
+        self.assertLessEqual(lookups["aliasTargets"], width * levels + 1)
+        self.assertLessEqual(lookups["isUser"], width * levels + 3)
 
     def test_resolveFanOutBounded(self) -> None:
         """

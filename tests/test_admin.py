@@ -576,12 +576,13 @@ class CheckTests(AdminTestCase):
         self.setUpAccounts()
         store = self.store()
         with store._transaction(write=True) as db:
-            for name in ("/tmp/x@example.test", "\uff41lice@example.test"):
+            for name in ("/tmp/x@example.test", "\uff41lice@example.test", "jose\u0301@example.test"):
                 db.execute("INSERT INTO users (address, domain, password_hash) VALUES (?, 'example.test', 'h')", (name,))
         code, out, err = self.check(self.config())
         self.assertEqual(code, 1, out)
         self.assertIn("warning: user '/tmp/x@example.test' cannot have a Maildir; mail to it is refused", out)
         self.assertIn("warning: 'alice@example.test' and '\\uff41lice@example.test' look alike", out)
+        self.assertIn("warning: user 'jose\\u0301@example.test' is not stored in Unicode NFC", out)
 
     def test_dnsRecords(self) -> None:
         self.setUpAccounts()

@@ -548,6 +548,10 @@ def _checkNames(store, users: List[str], report: Report) -> None:
     for address in users:
         if not isSafeMailboxName(address):
             report.warning("user %r cannot have a Maildir; mail to it is refused: remove it with 'mailnet-admin user del'" % (address,))
+        elif canonicalAddress(address) != address:
+            report.warning(
+                "user %a is not stored in Unicode NFC, so logins and mail do not find it: remove it and add it again" % (address,)
+            )
     seen: Dict[str, str] = {}
     for address in users + [a for a in store.aliases() if not a.startswith("@")]:
         key = foldedAddress(address)

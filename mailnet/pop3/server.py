@@ -849,7 +849,9 @@ class POP3Factory(Factory):
     @param hostname: the name in the greeting.
     @param authenticator: logs users in (L{IMailbox} avatars).
     @param limits: idle timeout (C{pop3_idle_timeout}), C{max_connections}
-        (for this factory) and C{max_errors}.
+        (for this factory alone: the daemon wraps every listener in
+        L{mailnet.limits.LimitingFactory}, which applies the budget shared
+        by all listeners first) and C{max_errors}.
     @param tlsOptions: context factory for STLS; L{None}: STLS not offered.
     @param implicitTLS: the listener is wrapped in TLS (port 995): the
         session is encrypted from the first byte.

@@ -1352,7 +1352,10 @@ class SMTPFactory(Factory):
     """
     Makes L{SMTPServer}s for one listener.
 
-    @ivar connections: how many of its connections are open.
+    @ivar connections: how many of its connections are open.  Its own
+        C{max_connections} check is a safety net for a factory used alone:
+        the daemon wraps every listener in L{mailnet.limits.LimitingFactory},
+        which applies the budget shared by all listeners first.
     """
 
     protocol = SMTPServer  # type: ignore[assignment]
