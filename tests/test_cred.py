@@ -593,7 +593,9 @@ class LoginLoadTests(SynchronousTestCase):
         self.runner = ManualRunner()
         self.mailStore = MaildirStore(self.mktemp(), runSynchronously, "test.host")
         self.portal = makePortal(self.store, self.mailStore, self.runner, hasher=CHEAP)
-        self.auth = Authenticator(self.portal, self.clock, baseDelay=2.0, maxDelay=30.0, maxPerClient=3, maxChecking=4)
+        self.auth = Authenticator(
+            self.portal, self.clock, baseDelay=2.0, maxDelay=30.0, maxPerClient=3, maxChecking=4, busyDelay=0
+        )
 
     def login(self, username="alice@example.test", password="wrong", peer="192.0.2.1"):
         return self.auth.login(creds(username, password), peer, IMailbox)
@@ -733,8 +735,40 @@ class LoginLoadTests(SynchronousTestCase):
         self.assertEqual(self.auth.inProgress(), 2)
         self.failureResultOf(self.login(peer="198.51.100.3"), LoginBusy)
         self.login("bob@example.test", "bob-pw", peer="192.0.2.9")
-        self.login("alice@example.test", "alice-pw", peer="192.0.2.10")
+        self.login("bob@example.test", "bob-pw", peer="192.0.2.10")
         self.assertEqual(self.auth.inProgress(), 4)
+
+    def test_targetedAccount(self) -> None:
+        """
+        Attempts at an account that failed recently from anywhere share
+        the half of the checks for suspects, even from new addresses (a
+        botnet guessing one password from many addresses); the other
+        accounts keep the rest.
+        """
+        self.failOnce("198.51.100.1")
+        self.login(peer="198.51.100.2")
+        self.login(peer="198.51.100.3")
+        self.failureResultOf(self.login(peer="198.51.100.4"), LoginBusy)
+        self.login("bob@example.test", "bob-pw", peer="198.51.100.5")
+        self.assertEqual(self.auth.inProgress(), 3)
+
+    def test_busyAnsweredLate(self) -> None:
+        """
+        L{LoginBusy} comes after C{busyDelay} seconds, so that a refused
+        client retrying at once cannot keep the server busy answering it;
+        meanwhile the attempt holds no place.  It can be cancelled.
+        """
+        auth = Authenticator(self.portal, self.clock, maxChecking=1, busyDelay=1.0)
+        auth.login(creds("bob@example.test", "bob-pw"), "192.0.2.1", IMailbox)
+        busy = auth.login(creds("bob@example.test", "bob-pw"), "192.0.2.2", IMailbox)
+        self.assertNoResult(busy)
+        self.assertEqual(auth.inProgress("192.0.2.2"), 0)
+        self.clock.advance(1)
+        self.failureResultOf(busy, LoginBusy)
+        cancelled = auth.login(creds("bob@example.test", "bob-pw"), "192.0.2.2", IMailbox)
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_busyAfterWaiting(self) -> None:
         """
@@ -745,7 +779,7 @@ class LoginLoadTests(SynchronousTestCase):
         self.runner.finish()
         second = self.login()
         for i in range(4):
-            self.login(peer="192.0.2.%d" % (10 + i,))
+            self.login("bob@example.test", "bob-pw", peer="192.0.2.%d" % (10 + i,))
         self.clock.advance(2)
         self.failureResultOf(first, UnauthorizedLogin)
         self.failureResultOf(second, LoginBusy)
