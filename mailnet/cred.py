@@ -19,7 +19,7 @@ import ipaddress
 import math
 import os
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import attr
 from argon2 import PasswordHasher
@@ -352,11 +352,12 @@ class Authenticator:
     C{baseDelay * 2 ** (n - 1)} seconds (at most C{maxDelay}), and the
     client owes that delay: a later attempt from it, on any connection,
     first waits until the delay has passed, then checks its password.  A
-    client with recent failures also has one check at a time (an attempt
-    waits for the one in progress, then for the delay that one cost).  So
-    parallel connections do not multiply the guessing rate; a client
-    without recent failures (many users behind one NAT) is checked in
-    parallel.
+    client has one check at a time at one account, and a client with
+    recent failures one check at a time at all (an attempt waits for the
+    one in progress, then for the delay that one cost).  So parallel
+    connections do not multiply the guessing rate; a client without recent
+    failures (many users behind one NAT) is checked in parallel for
+    different accounts.
 
     B{Bounds.}  At most C{maxChecking} attempts are being checked (queued
     for or in the password-hashing pool) at once, and only half of them
@@ -411,6 +412,7 @@ class Authenticator:
         self._inProgress: Dict[str, int] = {}
         self._checking = 0
         self._checkingClients: Dict[str, int] = {}
+        self._checkingPairs: Set[Tuple[str, str]] = set()
         self._waiters: Dict[str, List[Deferred]] = {}
 
     def delayFor(self, failures: int) -> float:
@@ -545,14 +547,15 @@ class Authenticator:
 
     def _attempt(self, client: str, account: str, credentials, interface) -> Deferred:
         """
-        Wait for the delay the client owes, and, if it failed recently, for
-        its check in progress to end (then look again: either may have
-        grown); then check.
+        Wait for the delay the client owes, and for the check in progress
+        of the same client at the same account, or, if the client failed
+        recently, of the same client at any account (then look again:
+        either may have grown); then check.
         """
         owed = self._owed(client)
         if owed > 0:
             return deferLater(self._clock, owed, self._attempt, client, account, credentials, interface)
-        if client in self._checkingClients and self._suspect(client):
+        if (client, account) in self._checkingPairs or (client in self._checkingClients and self._suspect(client)):
             waiters = self._waiters.setdefault(client, [])
             waiter: Deferred = Deferred(lambda d: waiters.remove(d) if d in waiters else None)
             waiters.append(waiter)
@@ -566,6 +569,7 @@ class Authenticator:
             return fail(LoginBusy())
         self._checking += 1
         self._checkingClients[client] = self._checkingClients.get(client, 0) + 1
+        self._checkingPairs.add((client, account))
         timer: List[IDelayedCall] = []
 
         def cancel(d: Deferred) -> None:
@@ -582,6 +586,7 @@ class Authenticator:
             count = self._checkingClients.pop(client) - 1
             if count:
                 self._checkingClients[client] = count
+            self._checkingPairs.discard((client, account))
             outcome, delay = self._judge(outcome, client, account, credentials)
             for waiter in self._waiters.pop(client, []):
                 waiter.callback(None)

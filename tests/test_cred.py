@@ -650,11 +650,26 @@ class LoginLoadTests(SynchronousTestCase):
     def test_cleanClientInParallel(self) -> None:
         """
         A client without recent failures (users behind one NAT) has its
-        attempts checked in parallel.
+        attempts at different accounts checked in parallel.
         """
-        for _ in range(3):
-            self.login("bob@example.test", "bob-pw")
+        self.login("bob@example.test", "bob-pw")
+        self.login("alice@example.test", "alice-pw")
+        self.login("carol@example.test", "carol-pw")
         self.assertEqual(self.runner.started, 3)
+
+    def test_oneCheckAtATimePerAccount(self) -> None:
+        """
+        Attempts from one client at one account are checked one after the
+        other, even before any failure: a burst of parallel guesses from a
+        new address gets one check, then the delay.
+        """
+        attempts = [self.login() for _ in range(3)]
+        self.assertEqual(self.runner.started, 1)
+        self.runner.finish()
+        self.assertEqual(self.runner.started, 1)
+        self.clock.advance(2)
+        self.failureResultOf(attempts[0], UnauthorizedLogin)
+        self.assertEqual(self.runner.started, 2)
 
     def test_otherClientNotDelayed(self) -> None:
         """The delay a client owes is its own."""
