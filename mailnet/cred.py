@@ -360,10 +360,11 @@ class Authenticator:
     different accounts.
 
     B{Bounds.}  At most C{maxChecking} attempts are being checked (queued
-    for or in the password-hashing pool) at once, and only half of them
-    from clients with recent failures or at accounts with recent failures
-    from anywhere (a botnet guessing one password from many addresses):
-    the other half stays free for the others.  A client with recent
+    for or in the password-hashing pool) at once, and only
+    C{maxSuspectChecking} of them from clients with recent failures or at
+    accounts with recent failures from anywhere (a botnet guessing one
+    password from many addresses): the others are never queued behind
+    more than those, and a flood keeps its hashing to part of the CPUs.  A client with recent
     failures has at most C{maxPerClient} attempts in progress (waiting for
     the delay owed, being checked, or waiting to report a failure); one
     without, at most C{maxChecking}.  An attempt beyond any of these
@@ -378,6 +379,8 @@ class Authenticator:
     @param decay: seconds for the client's level to drop by one (> 0).
     @param maxChecking: should match the hashing pool: its threads and a
         short queue (see L{mailnet.service}).
+    @param maxSuspectChecking: at most the pool's threads (see
+        L{mailnet.service}: half of them).
     """
 
     def __init__(
@@ -392,6 +395,7 @@ class Authenticator:
         maxPerClient: int = 4,
         maxChecking: int = 16,
         busyDelay: float = 1.0,
+        maxSuspectChecking: int = 1,
     ) -> None:
         self.portal = portal
         self._clock = clock
@@ -403,6 +407,7 @@ class Authenticator:
         self.maxPerClient = maxPerClient
         self.maxChecking = maxChecking
         self.busyDelay = busyDelay
+        self.maxSuspectChecking = maxSuspectChecking
         # Oldest failure first: the order to expire and evict in.
         self._clients: "OrderedDict[str, _ClientRecord]" = OrderedDict()
         self._pairs: "OrderedDict[Tuple[str, str], _PairRecord]" = OrderedDict()
@@ -411,6 +416,7 @@ class Authenticator:
         # and per client; attempts waiting for their client's check to end.
         self._inProgress: Dict[str, int] = {}
         self._checking = 0
+        self._suspectChecking = 0
         self._checkingClients: Dict[str, int] = {}
         self._checkingPairs: Set[Tuple[str, str]] = set()
         self._waiters: Dict[str, List[Deferred]] = {}
@@ -564,10 +570,11 @@ class Authenticator:
 
     def _check(self, client: str, account: str, credentials, interface) -> Deferred:
         suspect = self._suspect(client) or self._targeted(account)
-        if self._checking >= (max(1, self.maxChecking // 2) if suspect else self.maxChecking):
+        if (suspect and self._suspectChecking >= self.maxSuspectChecking) or self._checking >= self.maxChecking:
             log.debug("Login from {peer} refused: {count} logins already being checked", peer=client, count=self._checking)
             return fail(LoginBusy())
         self._checking += 1
+        self._suspectChecking += suspect
         self._checkingClients[client] = self._checkingClients.get(client, 0) + 1
         self._checkingPairs.add((client, account))
         timer: List[IDelayedCall] = []
@@ -583,6 +590,7 @@ class Authenticator:
 
         def checked(outcome) -> None:
             self._checking -= 1
+            self._suspectChecking -= suspect
             count = self._checkingClients.pop(client) - 1
             if count:
                 self._checkingClients[client] = count

@@ -594,7 +594,14 @@ class LoginLoadTests(SynchronousTestCase):
         self.mailStore = MaildirStore(self.mktemp(), runSynchronously, "test.host")
         self.portal = makePortal(self.store, self.mailStore, self.runner, hasher=CHEAP)
         self.auth = Authenticator(
-            self.portal, self.clock, baseDelay=2.0, maxDelay=30.0, maxPerClient=3, maxChecking=4, busyDelay=0
+            self.portal,
+            self.clock,
+            baseDelay=2.0,
+            maxDelay=30.0,
+            maxPerClient=3,
+            maxChecking=4,
+            maxSuspectChecking=2,
+            busyDelay=0,
         )
 
     def login(self, username="alice@example.test", password="wrong", peer="192.0.2.1"):
@@ -738,10 +745,10 @@ class LoginLoadTests(SynchronousTestCase):
             self.runner.finish()
         self.assertEqual(self.successResultOf(d)[1].address, "bob@example.test")
 
-    def test_halfForCleanClients(self) -> None:
+    def test_suspectsShare(self) -> None:
         """
-        Clients with recent failures get only half of the checks at once:
-        a flood from many addresses leaves room for the others.
+        Clients with recent failures get only C{maxSuspectChecking} checks
+        at once: a flood from many addresses leaves room for the others.
         """
         for peer in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
             self.failOnce(peer)
@@ -756,7 +763,7 @@ class LoginLoadTests(SynchronousTestCase):
     def test_targetedAccount(self) -> None:
         """
         Attempts at an account that failed recently from anywhere share
-        the half of the checks for suspects, even from new addresses (a
+        the suspects' checks, even from new addresses (a
         botnet guessing one password from many addresses); the other
         accounts keep the rest.
         """

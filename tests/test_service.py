@@ -73,6 +73,7 @@ class MailServiceTests(SynchronousTestCase):
         self.assertEqual(pool.name, "mailnet-hash")
         self.assertEqual(pool.max, hashingThreads())
         self.assertEqual(service.authenticator.maxChecking, CHECKS_PER_HASHING_THREAD * pool.max)
+        self.assertEqual(service.authenticator.maxSuspectChecking, max(1, pool.max // 2))
         checked = threading.Event()
         names = []
 
