@@ -19,7 +19,7 @@ import ipaddress
 import math
 import os
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import attr
 from argon2 import PasswordHasher
@@ -337,6 +337,14 @@ class _ClientRecord:
 
 
 @attr.s(auto_attribs=True)
+class _AccountRecord:
+    """Recent failures at one account, from any client (decays as a client's level)."""
+
+    level: float
+    updated: float
+
+
+@attr.s(auto_attribs=True)
 class _PairRecord:
     """Failures in a row from one client at one account."""
 
@@ -367,29 +375,35 @@ class Authenticator:
     C{baseDelay * 2 ** (n - 1)} seconds (at most C{maxDelay}), and the
     client owes that delay: a later attempt from it, on any connection,
     first waits until the delay has passed, then checks its password.  A
-    client with recent failures also has one check at a time (an attempt
-    waits for the one in progress, then for the delay that one cost).  So
-    parallel connections do not multiply the guessing rate; a client
-    without recent failures (many users behind one NAT) is checked in
-    parallel.
+    client has one check at a time at one account, and a client with
+    recent failures one check at a time at all (an attempt waits for the
+    one in progress, then for the delay that one cost).  So parallel
+    connections do not multiply the guessing rate; a client without recent
+    failures (many users behind one NAT) is checked in parallel for
+    different accounts.
 
     B{Bounds.}  At most C{maxChecking} attempts are being checked (queued
-    for or in the password-hashing pool) at once, and only half of them
-    from clients with recent failures: the other half stays free for the
-    others.  A client with recent failures has at most C{maxPerClient}
-    attempts in progress (waiting for the delay owed, being checked, or
-    waiting to report a failure); one without, at most C{maxChecking}.  An
-    attempt beyond any of these bounds fails at once with
-    L{mailnet.errors.LoginBusy}, which does not count as a failure: the
-    client may retry.  At most C{maxPeers} clients and C{maxPeers} pairs
-    are remembered; the ones whose last failure is oldest are forgotten
-    first.
+    for or in the password-hashing pool) at once, and only
+    C{maxSuspectChecking} of them from clients with recent failures or at
+    accounts with recent failures from anywhere (a botnet guessing one
+    password from many addresses): the others are never queued behind
+    more than those, and a flood keeps its hashing to part of the CPUs.  A client with recent
+    failures has at most C{maxPerClient} attempts in progress (waiting for
+    the delay owed, being checked, or waiting to report a failure); one
+    without, at most C{maxChecking}.  An attempt beyond any of these
+    bounds fails with L{mailnet.errors.LoginBusy} after C{busyDelay}
+    seconds (so that a client retrying at once costs little); that is not
+    a failed login, and the client may retry.  At most C{maxPeers}
+    clients, C{maxPeers} accounts and C{maxPeers} pairs are remembered;
+    the ones whose last failure is oldest are forgotten first.
 
     @param portal: the shared L{Portal} (see L{makePortal}).
     @param clock: an L{IReactorTime} (L{twisted.internet.task.Clock} in tests).
     @param decay: seconds for the client's level to drop by one (> 0).
     @param maxChecking: should match the hashing pool: its threads and a
         short queue (see L{mailnet.service}).
+    @param maxSuspectChecking: at most the pool's threads (see
+        L{mailnet.service}: half of them).
     """
 
     def __init__(
@@ -403,6 +417,8 @@ class Authenticator:
         decay: float = 60.0,
         maxPerClient: int = 4,
         maxChecking: int = 16,
+        busyDelay: float = 1.0,
+        maxSuspectChecking: int = 1,
     ) -> None:
         self.portal = portal
         self._clock = clock
@@ -413,14 +429,19 @@ class Authenticator:
         self.decay = decay
         self.maxPerClient = maxPerClient
         self.maxChecking = maxChecking
+        self.busyDelay = busyDelay
+        self.maxSuspectChecking = maxSuspectChecking
         # Oldest failure first: the order to expire and evict in.
         self._clients: "OrderedDict[str, _ClientRecord]" = OrderedDict()
         self._pairs: "OrderedDict[Tuple[str, str], _PairRecord]" = OrderedDict()
+        self._accounts: "OrderedDict[str, _AccountRecord]" = OrderedDict()
         # Attempts in progress per client; attempts being checked, in all
         # and per client; attempts waiting for their client's check to end.
         self._inProgress: Dict[str, int] = {}
         self._checking = 0
+        self._suspectChecking = 0
         self._checkingClients: Dict[str, int] = {}
+        self._checkingPairs: Set[Tuple[str, str]] = set()
         self._waiters: Dict[str, List[Deferred]] = {}
 
     def delayFor(self, failures: int) -> float:
@@ -456,16 +477,16 @@ class Authenticator:
 
     # --- the tables -----------------------------------------------------
 
-    def _level(self, record: _ClientRecord) -> float:
+    def _level(self, record: Union[_ClientRecord, "_AccountRecord"]) -> float:
         elapsed = self._clock.seconds() - record.updated
         return max(0.0, record.level - elapsed / self.decay)
 
     def _expire(self) -> None:
         now = self._clock.seconds()
-        for table in (self._clients, self._pairs):
+        for table in (self._clients, self._pairs, self._accounts):
             while table:
                 record = next(iter(table.values()))
-                last = record.updated if isinstance(record, _ClientRecord) else record.last
+                last = record.last if isinstance(record, _PairRecord) else record.updated
                 if now - last < self.forgetAfter:
                     break
                 table.popitem(last=False)
@@ -474,6 +495,11 @@ class Authenticator:
         """@return: whether the client failed recently (it has a level or owes a delay)."""
         record = self._clients.get(client)
         return record is not None and (self._level(record) > 0 or record.notBefore > self._clock.seconds())
+
+    def _targeted(self, account: str) -> bool:
+        """@return: whether logins at this account failed recently, from any client."""
+        record = self._accounts.get(account)
+        return record is not None and self._level(record) > 0
 
     def _owed(self, client: str) -> float:
         """@return: how long the client must still wait before a check."""
@@ -503,7 +529,11 @@ class Authenticator:
         delay = self.delayFor(max(pair.failures, level))
         record.notBefore = max(record.notBefore, now + delay)
         self._clients[client] = record
-        for table in (self._clients, self._pairs):
+        target = self._accounts.pop(account, None) or _AccountRecord(0.0, now)
+        target.level = min(self._level(target) + 1, max(self.forgetAfter / self.decay, 1.0))
+        target.updated = now
+        self._accounts[account] = target
+        for table in (self._clients, self._pairs, self._accounts):
             while len(table) > self.maxPeers:
                 table.popitem(last=False)
         return delay, pair.failures, level
@@ -516,22 +546,45 @@ class Authenticator:
         count = self._inProgress.get(client, 0)
         if count >= (self.maxPerClient if self._suspect(client) else self.maxChecking):
             log.debug("Login from {peer} refused: {count} attempts from it already in progress", peer=client, count=count)
-            return fail(LoginBusy())
+            return self._busy()
         self._inProgress[client] = self._inProgress.get(client, 0) + 1
         d = self._attempt(client, account, credentials, interface)
         d.addBoth(self._finished, client)
+        d.addErrback(self._busyLater)
+        return d
+
+    def _busy(self) -> Deferred:
+        """L{LoginBusy}, after C{busyDelay} seconds."""
+        return self._later(self.busyDelay, LoginBusy())
+
+    def _busyLater(self, failure: Failure):
+        """An attempt refused by the pool: answer it after C{busyDelay} too."""
+        failure.trap(LoginBusy)
+        return self._busy()
+
+    def _later(self, delay: float, error: Exception) -> Deferred:
+        if delay <= 0:
+            return fail(error)
+
+        def cancel(d: Deferred) -> None:
+            if call.active():
+                call.cancel()
+
+        d: Deferred = Deferred(cancel)
+        call = self._clock.callLater(delay, d.errback, Failure(error))
         return d
 
     def _attempt(self, client: str, account: str, credentials, interface) -> Deferred:
         """
-        Wait for the delay the client owes, and, if it failed recently, for
-        its check in progress to end (then look again: either may have
-        grown); then check.
+        Wait for the delay the client owes, and for the check in progress
+        of the same client at the same account, or, if the client failed
+        recently, of the same client at any account (then look again:
+        either may have grown); then check.
         """
         owed = self._owed(client)
         if owed > 0:
             return deferLater(self._clock, owed, self._attempt, client, account, credentials, interface)
-        if client in self._checkingClients and self._suspect(client):
+        if (client, account) in self._checkingPairs or (client in self._checkingClients and self._suspect(client)):
             waiters = self._waiters.setdefault(client, [])
             waiter: Deferred = Deferred(lambda d: waiters.remove(d) if d in waiters else None)
             waiters.append(waiter)
@@ -539,11 +592,14 @@ class Authenticator:
         return self._check(client, account, credentials, interface)
 
     def _check(self, client: str, account: str, credentials, interface) -> Deferred:
-        if self._checking >= (max(1, self.maxChecking // 2) if self._suspect(client) else self.maxChecking):
+        suspect = self._suspect(client) or self._targeted(account)
+        if (suspect and self._suspectChecking >= self.maxSuspectChecking) or self._checking >= self.maxChecking:
             log.debug("Login from {peer} refused: {count} logins already being checked", peer=client, count=self._checking)
             return fail(LoginBusy())
         self._checking += 1
+        self._suspectChecking += suspect
         self._checkingClients[client] = self._checkingClients.get(client, 0) + 1
+        self._checkingPairs.add((client, account))
         timer: List[IDelayedCall] = []
 
         def cancel(d: Deferred) -> None:
@@ -557,9 +613,11 @@ class Authenticator:
 
         def checked(outcome) -> None:
             self._checking -= 1
+            self._suspectChecking -= suspect
             count = self._checkingClients.pop(client) - 1
             if count:
                 self._checkingClients[client] = count
+            self._checkingPairs.discard((client, account))
             outcome, delay = self._judge(outcome, client, account, credentials)
             for waiter in self._waiters.pop(client, []):
                 waiter.callback(None)
@@ -625,12 +683,13 @@ CHECKS_PER_HASHING_THREAD = 8
 
 def hashingThreads(cpus: Optional[int] = None) -> int:
     """
-    @return: the size of the password-hashing pool: one thread per CPU but
-        one (at least one, at most four), so that a login flood leaves a
-        CPU to the reactor and the disk work.
+    @return: the size of the password-hashing pool: one thread per CPU, at
+        most four.  (The reactor thread and the disk work need little CPU
+        and still get their share: the OS schedules them as soon as they
+        are runnable.)
     """
     cpus = cpus if cpus is not None else (os.cpu_count() or 1)
-    return max(1, min(4, cpus - 1))
+    return max(1, min(4, cpus))
 
 
 def makePortal(

@@ -292,8 +292,9 @@ class IAuthenticator(Interface):
               - L{mailnet.errors.MailboxInUse}: right credentials, but
                 another session holds the mailbox;
               - L{mailnet.errors.LoginBusy}: too many logins in progress
-                (from this client, or overall); nothing was checked or
-                counted, and the client may retry: answer with a temporary
+                (from this client, or overall), after a short delay;
+                nothing was checked or counted, and the client may retry:
+                answer with a temporary
                 error (SMTP C{454 4.7.0}, POP3 C{-ERR [SYS/TEMP]}, IMAP
                 C{NO [UNAVAILABLE]}) and keep the connection;
               - anything else: a fault of the server (a temporary error).

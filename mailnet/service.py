@@ -213,6 +213,7 @@ class MailService(service.MultiService):
             baseDelay=limits.auth_failure_delay,
             maxDelay=limits.max_auth_failure_delay,
             maxChecking=CHECKS_PER_HASHING_THREAD * self.hashPool.max,
+            maxSuspectChecking=max(1, self.hashPool.max // 2),
         )
 
         certPath, keyPath, selfSigned = certificatePaths(dataDir, config.tls_cert, config.tls_key)

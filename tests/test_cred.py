@@ -619,7 +619,16 @@ class LoginLoadTests(SynchronousTestCase):
         self.runner = ManualRunner()
         self.mailStore = MaildirStore(self.mktemp(), runSynchronously, "test.host")
         self.portal = makePortal(self.store, self.mailStore, self.runner, hasher=CHEAP)
-        self.auth = Authenticator(self.portal, self.clock, baseDelay=2.0, maxDelay=30.0, maxPerClient=3, maxChecking=4)
+        self.auth = Authenticator(
+            self.portal,
+            self.clock,
+            baseDelay=2.0,
+            maxDelay=30.0,
+            maxPerClient=3,
+            maxChecking=4,
+            maxSuspectChecking=2,
+            busyDelay=0,
+        )
 
     def login(self, username="alice@example.test", password="wrong", peer="192.0.2.1"):
         return self.auth.login(creds(username, password), peer, IMailbox)
@@ -674,11 +683,26 @@ class LoginLoadTests(SynchronousTestCase):
     def test_cleanClientInParallel(self) -> None:
         """
         A client without recent failures (users behind one NAT) has its
-        attempts checked in parallel.
+        attempts at different accounts checked in parallel.
         """
-        for _ in range(3):
-            self.login("bob@example.test", "bob-pw")
+        self.login("bob@example.test", "bob-pw")
+        self.login("alice@example.test", "alice-pw")
+        self.login("carol@example.test", "carol-pw")
         self.assertEqual(self.runner.started, 3)
+
+    def test_oneCheckAtATimePerAccount(self) -> None:
+        """
+        Attempts from one client at one account are checked one after the
+        other, even before any failure: a burst of parallel guesses from a
+        new address gets one check, then the delay.
+        """
+        attempts = [self.login() for _ in range(3)]
+        self.assertEqual(self.runner.started, 1)
+        self.runner.finish()
+        self.assertEqual(self.runner.started, 1)
+        self.clock.advance(2)
+        self.failureResultOf(attempts[0], UnauthorizedLogin)
+        self.assertEqual(self.runner.started, 2)
 
     def test_otherClientNotDelayed(self) -> None:
         """The delay a client owes is its own."""
@@ -747,10 +771,10 @@ class LoginLoadTests(SynchronousTestCase):
             self.runner.finish()
         self.assertEqual(self.successResultOf(d)[1].address, "bob@example.test")
 
-    def test_halfForCleanClients(self) -> None:
+    def test_suspectsShare(self) -> None:
         """
-        Clients with recent failures get only half of the checks at once:
-        a flood from many addresses leaves room for the others.
+        Clients with recent failures get only C{maxSuspectChecking} checks
+        at once: a flood from many addresses leaves room for the others.
         """
         for peer in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
             self.failOnce(peer)
@@ -759,8 +783,40 @@ class LoginLoadTests(SynchronousTestCase):
         self.assertEqual(self.auth.inProgress(), 2)
         self.failureResultOf(self.login(peer="198.51.100.3"), LoginBusy)
         self.login("bob@example.test", "bob-pw", peer="192.0.2.9")
-        self.login("alice@example.test", "alice-pw", peer="192.0.2.10")
+        self.login("bob@example.test", "bob-pw", peer="192.0.2.10")
         self.assertEqual(self.auth.inProgress(), 4)
+
+    def test_targetedAccount(self) -> None:
+        """
+        Attempts at an account that failed recently from anywhere share
+        the suspects' checks, even from new addresses (a
+        botnet guessing one password from many addresses); the other
+        accounts keep the rest.
+        """
+        self.failOnce("198.51.100.1")
+        self.login(peer="198.51.100.2")
+        self.login(peer="198.51.100.3")
+        self.failureResultOf(self.login(peer="198.51.100.4"), LoginBusy)
+        self.login("bob@example.test", "bob-pw", peer="198.51.100.5")
+        self.assertEqual(self.auth.inProgress(), 3)
+
+    def test_busyAnsweredLate(self) -> None:
+        """
+        L{LoginBusy} comes after C{busyDelay} seconds, so that a refused
+        client retrying at once cannot keep the server busy answering it;
+        meanwhile the attempt holds no place.  It can be cancelled.
+        """
+        auth = Authenticator(self.portal, self.clock, maxChecking=1, busyDelay=1.0)
+        auth.login(creds("bob@example.test", "bob-pw"), "192.0.2.1", IMailbox)
+        busy = auth.login(creds("bob@example.test", "bob-pw"), "192.0.2.2", IMailbox)
+        self.assertNoResult(busy)
+        self.assertEqual(auth.inProgress("192.0.2.2"), 0)
+        self.clock.advance(1)
+        self.failureResultOf(busy, LoginBusy)
+        cancelled = auth.login(creds("bob@example.test", "bob-pw"), "192.0.2.2", IMailbox)
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_busyAfterWaiting(self) -> None:
         """
@@ -771,7 +827,7 @@ class LoginLoadTests(SynchronousTestCase):
         self.runner.finish()
         second = self.login()
         for i in range(4):
-            self.login(peer="192.0.2.%d" % (10 + i,))
+            self.login("bob@example.test", "bob-pw", peer="192.0.2.%d" % (10 + i,))
         self.clock.advance(2)
         self.failureResultOf(first, UnauthorizedLogin)
         self.failureResultOf(second, LoginBusy)

@@ -75,6 +75,7 @@ class MailServiceTests(SynchronousTestCase):
         self.assertEqual(pool.name, "mailnet-hash")
         self.assertEqual(pool.max, hashingThreads())
         self.assertEqual(service.authenticator.maxChecking, CHECKS_PER_HASHING_THREAD * pool.max)
+        self.assertEqual(service.authenticator.maxSuspectChecking, max(1, pool.max // 2))
         checked = threading.Event()
         names = []
 
@@ -94,8 +95,8 @@ class MailServiceTests(SynchronousTestCase):
         self.assertEqual(names, ["PoolThread-mailnet-hash-0"])
 
     def test_hashingThreads(self) -> None:
-        """One thread per CPU but one (one at least, four at most)."""
-        self.assertEqual([hashingThreads(n) for n in (1, 2, 3, 8, 64)], [1, 1, 2, 4, 4])
+        """One thread per CPU, four at most."""
+        self.assertEqual([hashingThreads(n) for n in (1, 2, 3, 8, 64)], [1, 2, 3, 4, 4])
 
     def test_startPreparesDataDir(self) -> None:
         reactor = ThreadedMemoryReactor()

@@ -210,17 +210,25 @@ async def loginOnce(reactor, port: int) -> Tuple[float, str]:
         client.transport.loseConnection()
 
 
-async def honest(reactor, ports: Dict[str, int], count: int, interval: float) -> Dict[str, Any]:
+async def bounded(reactor, coroutine, timeout: float) -> Tuple[float, str]:
+    """Run an honest client's C{coroutine}, giving up after C{timeout} seconds."""
+    try:
+        return await Deferred.fromCoroutine(coroutine).addTimeout(timeout, reactor)
+    except Exception as e:
+        return timeout, "no answer in %g s (%s)" % (timeout, type(e).__name__)
+
+
+async def honest(reactor, ports: Dict[str, int], count: int, interval: float, timeout: float = 60) -> Dict[str, Any]:
     """C{count} deliveries and C{count} logins, alternating, C{interval} apart."""
     deliveries: List[float] = []
     logins: List[float] = []
     failed: List[str] = []
     for i in range(count):
-        seconds, answer = await deliverOnce(reactor, ports["smtp"], i)
+        seconds, answer = await bounded(reactor, deliverOnce(reactor, ports["smtp"], i), timeout)
         deliveries.append(seconds)
         if not answer.startswith("250"):
             failed.append("delivery: " + answer)
-        seconds, answer = await loginOnce(reactor, ports["pop3"])
+        seconds, answer = await bounded(reactor, loginOnce(reactor, ports["pop3"]), timeout)
         logins.append(seconds)
         if not answer.startswith("+OK"):
             failed.append("login: " + answer)

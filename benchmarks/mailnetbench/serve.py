@@ -90,7 +90,7 @@ def buildMailnet(reactor, spec: dict):
         # The login-flood case compares sizes of the hashing pool.
         import mailnet.service
 
-        mailnet.service.hashingThreads = lambda: spec["hashThreads"]
+        mailnet.service.hashingThreads = lambda: spec["hashThreads"]  # type: ignore[attr-defined]
     service = MailService(config, reactor, handleSignals=False)
     # Started first: it prepares the data dir and the account store.  The
     # driver connects only after our ports line, when all below is done.
