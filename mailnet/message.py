@@ -535,7 +535,7 @@ def envelopeSenderOf(data: bytes) -> str:
 # (obsolete syntax, obs-optional and the obs- forms of every field) allows
 # white space between the name and the colon, so "From :" and "From\t:" are
 # From fields too, and software downstream reads them as such.
-_FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 
 #: Comments may nest (RFC 5322 §3.2.2), but no real address needs more
 #: than a few levels; deeper nesting is refused rather than followed.
@@ -559,7 +559,7 @@ def classifyHeaderLine(line: bytes) -> Tuple[str, Optional[bytes]]:
         return BLANK, None
     if line[:1] in (b" ", b"\t"):
         return CONTINUATION, None
-    match = _FIELD.match(line)
+    match = FIELD_NAME.match(line)
     if match is None:
         return OTHER, None
     return FIELD, match.group(1)

@@ -253,3 +253,67 @@ class RelayTests(TestCase):
             stored = f.read()
         self.assertTrue(stored.startswith(b"Return-Path: <alice@a.test>\n"))
         self.assertTrue(stored.endswith(b"\n\nhello bob\n"))
+
+
+class MailLoopTests(TestCase):
+    """
+    Two servers whose aliases forward to each other (RFC 5321 §6.3): the
+    loop is stopped on its second round by Delivered-To:, the sender gets
+    one bounce, and the bounce does not loop either.
+    """
+
+    @inlineCallbacks
+    def setUp(self):
+        import attr
+
+        from mailnet.smtp.relay import RelayService
+
+        self.a = yield startServer(self, domains=("a.test",))
+        self.b = yield startServer(self, domains=("b.test",))
+        for server, other, domain in ((self.a, self.b, "b.test"), (self.b, self.a, "a.test")):
+            [relay] = [s for s in server.service if isinstance(s, RelayService)]
+            relay.settings = attr.evolve(relay.settings, routes={domain: ("127.0.0.1", other.ports["smtp"])})
+        self.a.addUser("alice@a.test", "alice-secret")
+        self.a.accounts.addAlias("loop@a.test", ["loop@b.test"])
+        self.b.accounts.addAlias("loop@b.test", ["loop@a.test"])
+
+    def queued(self, server) -> int:
+        import os
+
+        return len(os.listdir(os.path.join(server.dataDir, "queue", "env")))
+
+    @inlineCallbacks
+    def send(self, sender: str) -> object:
+        def send():
+            client = smtplib.SMTP("127.0.0.1", self.a.ports["smtp"], local_hostname="client.a.test", timeout=10)
+            refused = client.sendmail(sender, ["loop@a.test"], b"From: " + sender.encode() + b"\r\nSubject: loop\r\n\r\naround\r\n")
+            client.quit()
+            return refused
+
+        self.assertEqual((yield deferToThread(send)), {})
+        # A queued message is passed on before it leaves its queue (and a
+        # bounce is queued before the failed message leaves): both queues
+        # are empty only once the loop has ended.
+        for _ in range(200):
+            yield task.deferLater(reactor, 0.05, lambda: None)
+            if not self.queued(self.a) and not self.queued(self.b):
+                break
+
+    @inlineCallbacks
+    def test_aliasLoopStops(self):
+        yield self.send("alice@a.test")
+        [bounce] = self.a.newFiles("alice@a.test")
+        with open(bounce, "rb") as f:
+            text = f.read()
+        self.assertIn(b"Diagnostic-Code: smtp; 554 5.4.6 Mail forwarding loop for <loop@a.test>", text)
+        self.assertIn(b"Delivered-To: loop@a.test\n", text)
+        self.assertEqual((self.queued(self.a), self.queued(self.b)), (0, 0))
+
+    @inlineCallbacks
+    def test_senderInTheLoop(self):
+        """The bounce goes to an address in the loop: it is stopped the same way, and dropped."""
+        yield self.send("loop@a.test")
+        self.assertEqual((self.queued(self.a), self.queued(self.b)), (0, 0))
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual((self.queued(self.a), self.queued(self.b)), (0, 0))
+        self.assertEqual(self.a.newFiles("alice@a.test"), [])

@@ -745,3 +745,64 @@ class NetworkTextTests(SynchronousTestCase):
         _message(h, b"Subject: x\r\n\r\nx\r\n")
         first = h.delivery.messages[0].data.split(b"\r\n")[0]
         self.assertEqual(first, b"Received: from [IPv6:2001:db8::1] ([192.0.2.7])")
+
+
+class HeaderSectionChunkingTests(SynchronousTestCase):
+    """
+    However the data is cut (TCP packets, BDAT chunks), the header section
+    is read the same: the filtered bytes and every finding.
+    """
+
+    LINES = [
+        b"Received: from a.test\r\n",
+        b"\tby b.test; Thu, 1 Jan 2026 00:00:00 +0000\r\n",
+        b"From : Alice <alice@example.test>\r\n",
+        b"FROM\t:bob@example.test\r\n",
+        b" (folded comment)\r\n",
+        b"Return-Path: <ceo@bank.test>\r\n",
+        b"BCC: hidden@example.test\r\n",
+        b"Delivered-To: loop@example.test\r\n",
+        b"Subject: hello\r\n",
+        b"X-Long: " + b"x" * 300 + b"\r\n",
+        b"not a field\r\n",
+        b"\r\n",
+        b"body\r\n",
+    ]
+
+    def read(self, data: bytes, cuts: List[int]) -> tuple:
+        from mailnet.smtp._data import HeaderSection
+
+        section = HeaderSection()
+        out = []
+        last = 0
+        for cut in cuts + [len(data)]:
+            out.append(section.feed(data[last:cut]))
+            last = cut
+        out.append(section.finish())
+        return (
+            b"".join(out),
+            section.received,
+            sorted(section.deliveredTo),
+            section.fromFields,
+            section.malformed,
+        )
+
+    def test_randomCuts(self) -> None:
+        import random
+
+        rng = random.Random(11)
+        for _ in range(300):
+            data = b"".join(rng.choice(self.LINES) for _ in range(rng.randrange(0, 12)))
+            if rng.random() < 0.3:
+                data = data[: rng.randrange(0, len(data) + 1)]  # no final line ending
+            whole = self.read(data, [])
+            for _ in range(5):
+                cuts = sorted(rng.sample(range(len(data) + 1), min(len(data) + 1, rng.randrange(0, 8))))
+                self.assertEqual(self.read(data, cuts), whole, (data, cuts))
+            byteByByte = self.read(data, list(range(1, len(data))))
+            self.assertEqual(byteByByte, whole, data)
+            if not whole[4] and not data.startswith((b"\t", b" ", b"\r\n")):
+                # A well-formed section: none of the dropped fields is left in it.
+                head = (b"\r\n" + whole[0]).split(b"\r\n\r\n")[0]
+                self.assertNotIn(b"ceo@bank.test", head)
+                self.assertNotIn(b"hidden@", head)

@@ -15,7 +15,7 @@ from line end to line end about 1000 octets at a time.
 import re
 from typing import List, Optional, Set, Tuple
 
-from mailnet.message import BLANK, CONTINUATION, FIELD, AddressSyntaxError, classifyHeaderLine, fieldValue, mailboxAddresses
+from mailnet.message import FIELD_NAME, AddressSyntaxError, fieldValue, mailboxAddresses
 
 # RFC 5321 §4.1.1.4: the end of mail data is <CRLF>.<CRLF>, and nothing else
 # (§4.1.1.4 and RFC 5321 errata on SMTP smuggling: not <LF>.<LF>, not
@@ -47,6 +47,9 @@ MAX_HEADER_SECTION = 102400
 # the delivering MTA writes Return-Path (RFC 5321 §4.4), and Bcc must not
 # reach the recipients (RFC 5322 §3.6.3).
 DROPPED_FIELDS = frozenset({b"return-path", b"bcc", b"resent-bcc"})
+
+# What becomes of a header field's lines: kept, dropped, or kept and read.
+_KEEP, _DROP, _COLLECT = range(3)
 
 
 class DotDecoder:
@@ -227,9 +230,10 @@ class HeaderSection:
         self.fromFields: List[str] = []
         self._held: List[bytes] = []
         self._heldBytes = 0
-        # The field being read: its lines and its name, lower-cased.
-        self._field: List[bytes] = []
-        self._name = b""
+        # What becomes of the lines of the field being read (None before the
+        # first field), and the lines of a From: or Delivered-To: field.
+        self._mode: Optional[int] = None
+        self._value: List[bytes] = []
         self._partial: List[bytes] = []
 
     def feed(self, data: bytes) -> bytes:
@@ -255,30 +259,76 @@ class HeaderSection:
         else:
             buffer = data
         start = 0
+        held = self._held
         while end >= 0:
             line = buffer[start : end + 1]
-            kind, name = classifyHeaderLine(line)
-            if kind == CONTINUATION and self._field:
-                self._field.append(line)
+            first = line[:1]
+            if first == b" " or first == b"\t":
+                mode = self._mode
+                if mode is None:
+                    # A continuation of nothing: not a header section.
+                    return self._end(buffer, start, malformed=True)
+                if mode != _DROP:
+                    held.append(line)
+                    if mode == _COLLECT:
+                        self._value.append(line)
             else:
-                self._endField()
-                if kind != FIELD:
+                if self._mode == _COLLECT:
+                    self._collected()
+                match = FIELD_NAME.match(line)
+                if match is None:
                     # The blank line, or a first body line: both are body.
-                    self.malformed = kind != BLANK
-                    self.complete = True
-                    return self._release() + buffer[start:]
-                assert name is not None
-                self._field, self._name = [line], name.lower()
+                    return self._end(buffer, start, malformed=line not in (b"\r\n", b"\n"))
+                self._field(match.group(1), line)
             start = end + 1
             end = buffer.find(b"\n", start)
         if start < len(buffer):
             self._partial.append(buffer[start:])
         return self._checkSize()
 
+    def _field(self, name: bytes, line: bytes) -> None:
+        """A field starts with C{line}: decide what becomes of it."""
+        # Most fields are none of ours: one look at the first letter.
+        if name[:1] not in b"RrDdFfBb":
+            self._mode = _KEEP
+            self._held.append(line)
+            return
+        name = name.lower()
+        if name in DROPPED_FIELDS:
+            self._mode = _DROP
+            return
+        if name == b"received":
+            self.received += 1
+        self._held.append(line)
+        if name == b"from" or name == b"delivered-to":
+            self._mode = _COLLECT
+            self._value = [line]
+        else:
+            self._mode = _KEEP
+
+    def _collected(self) -> None:
+        """A From: or Delivered-To: field is complete."""
+        field, self._value = b"".join(self._value), []
+        name = FIELD_NAME.match(field).group(1).lower()  # type: ignore[union-attr]
+        if name == b"from":
+            self.fromFields.append(fieldValue(field))
+            return
+        try:
+            self.deliveredTo.update(a for a in mailboxAddresses(fieldValue(field)) if a)
+        except AddressSyntaxError:
+            pass  # not one we wrote
+
+    def _end(self, buffer: bytes, start: int, malformed: bool) -> bytes:
+        """The header section ended where C{buffer[start:]} begins."""
+        self.malformed = malformed
+        self.complete = True
+        self._mode = None
+        return self._release() + buffer[start:]
+
     def _checkSize(self) -> bytes:
         if self._heldBytes > self.limit:
             self.tooLarge = True
-            self._held, self._field, self._partial = [], [], []
+            self._held, self._value, self._partial = [], [], []
         return b""
 
     def finish(self) -> bytes:
@@ -290,33 +340,20 @@ class HeaderSection:
             return b""
         partial = b"".join(self._partial)
         self._partial = []
-        if self._field and partial[:1] in (b" ", b"\t"):
-            self._field.append(partial)
-            partial = b""
-        self._endField()
-        if partial and classifyHeaderLine(partial)[0] == FIELD:
-            self._field, self._name = [partial], (classifyHeaderLine(partial)[1] or b"").lower()
-            self._endField()
-            partial = b""
-        self.complete = True
-        return self._release() + partial
-
-    def _endField(self) -> None:
-        field, self._field = self._field, []
-        if not field:
-            return
-        name = self._name
-        if name == b"received":
-            self.received += 1
-        elif name == b"delivered-to":
-            try:
-                self.deliveredTo.update(a for a in mailboxAddresses(fieldValue(b"".join(field))) if a)
-            except AddressSyntaxError:
-                pass  # not one we wrote
-        elif name == b"from":
-            self.fromFields.append(fieldValue(b"".join(field)))
-        if name not in DROPPED_FIELDS:
-            self._held.extend(field)
+        if not partial:
+            if self._mode == _COLLECT:
+                self._collected()
+            return self._end(b"", 0, malformed=False)
+        # The last line has no line ending: read it as if it had one, then
+        # take that line ending off again if the line was kept.
+        out = self.feed(partial + b"\r\n")
+        if self.complete:
+            return out[:-2]  # the line began the body
+        kept = self._mode != _DROP
+        if self._mode == _COLLECT:
+            self._collected()
+        out = self._end(b"", 0, malformed=False)
+        return out[:-2] if kept else out
 
     def _release(self) -> bytes:
         held, self._held = self._held, []

@@ -23,6 +23,14 @@ Message content is refused at the end of data (never split or repaired)
 when it has a bare CR or LF (SMTP smuggling), a NUL, or a line over 1000
 octets: C{550 5.6.0}, since RFC 3463 X.6.0 is the "media" (content) class
 and no more specific code fits.
+
+The header section is held until it is complete (L{HeaderSection}), then
+judged on every port: too large (C{552 5.3.4}), too many C{Received:}
+fields or a C{Delivered-To:} for a recipient (a loop, RFC 5321 §6.3:
+C{554 5.4.6}), and for authenticated clients a line that is no field
+(C{550 5.6.0}) or a C{From:} they may not use (C{553 5.7.1}).  A refused
+message is not stored at all; client-supplied C{Return-Path:} and C{Bcc:}
+fields never are.
 """
 
 import binascii
@@ -922,7 +930,7 @@ class SMTPServer(Protocol):
                 "Too many hops (%d Received: header fields): mail loop?" % (headers.received,),
             )
         for recipient in transaction.recipients:
-            if recipient in headers.deliveredTo:
+            if recipient.lower() in headers.deliveredTo:
                 # Already delivered to this address once: an alias loop.
                 return reply(
                     codes.TRANSACTION_FAILED,
