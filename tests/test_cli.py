@@ -821,3 +821,17 @@ class FromOptionTests(CLITestMixin, unittest.TestCase):
         self.assertEqual(sender, "sales@example.test")
         message = email.message_from_bytes(data, policy=email.policy.default)
         self.assertEqual(message["From"], "Sales <sales@example.test>")
+
+
+class ColumnTests(unittest.SynchronousTestCase):
+    """list columns by display width, cut with an ellipsis (issue 15 item 11)."""
+
+    def test_fit(self) -> None:
+        from wcwidth import wcswidth
+
+        for text in ["short", "x" * 50, "日本語のメールの件名はとても長いです", "🎉" * 30, "a\x1b[2Jb"]:
+            cell = cli.fit(text, 20)
+            self.assertEqual(wcswidth(cell), 20, (text, cell))
+        self.assertEqual(cli.fit("x" * 50, 10), "x" * 9 + "…")
+        self.assertEqual(cli.fit("日本語日本語", 7), "日本語…")
+        self.assertNotIn("\x1b", cli.fit("a\x1b[2Jb", 20))

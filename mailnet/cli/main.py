@@ -55,7 +55,7 @@ from mailnet.cli._clientconfig import (
     resolve,
 )
 from mailnet.client.pop3 import POP3Session
-from mailnet.client.smtp import RecipientResult, SendResult, sendMessage, wireData
+from mailnet.client.smtp import RecipientResult, SendResult, humanSize, sendMessage, wireData
 from mailnet.errors import (
     AuthenticationFailed,
     BadAddress,
@@ -542,7 +542,8 @@ class Invocation:
                         page, len(numbers), "" if len(numbers) == 1 else "s", pages, "" if pages == 1 else "s"))
                 for s in summaries:
                     self.io.out(
-                        "%4d  %-28.28s  %-40.40s  %-31.31s  %s" % (s.number, s.sender, s.subject, s.date, _size(s.size))
+                        "%4d  %s  %s  %s  %s"
+                        % (s.number, fit(s.sender, 28), fit(s.subject, 40), fit(s.date, 31), _size(s.size))
                     )
                 if shown and len(numbers) > limit:
                     self.io.out("page %d of %d (%d messages)" % (page, pages, len(numbers)))
@@ -739,12 +740,33 @@ class FetchedMemory:
             raise LocalFileError(path=self.path, reason=e.strerror or str(e))
 
 
-def _size(octets: int) -> str:
-    if octets < 1024:
-        return "%d B" % (octets,)
-    if octets < 1024 * 1024:
-        return "%.1f KiB" % (octets / 1024,)
-    return "%.1f MiB" % (octets / 1024 / 1024,)
+def _width(char: str) -> int:
+    from wcwidth import wcwidth
+
+    return max(wcwidth(char), 0)
+
+
+def fit(text: str, width: int) -> str:
+    """
+    C{text} in exactly C{width} terminal columns: padded, or cut with an
+    ellipsis.  Columns are display width (a CJK character or an emoji
+    takes two), so the columns of C{list} line up whatever the script.
+    """
+    text = shown(text)
+    total = sum(_width(c) for c in text)
+    if total <= width:
+        return text + " " * (width - total)
+    kept, used = [], 0
+    for char in text:
+        w = _width(char)
+        if used + w > width - 1:
+            break
+        kept.append(char)
+        used += w
+    return "".join(kept) + "…" + " " * (width - 1 - used)
+
+
+_size = humanSize
 
 
 class Progress:
