@@ -111,14 +111,20 @@ def _bool(text: str) -> bool:
 
 
 def _positiveInt(text: str) -> int:
-    value = int(text.strip())
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError("expected a whole number above 0") from None
     if value <= 0:
         raise ValueError("expected a whole number above 0")
     return value
 
 
 def _nonNegativeFloat(text: str) -> float:
-    value = float(text.strip())
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("expected a number of 0 or more (seconds: no unit)") from None
     if value < 0:
         raise ValueError("expected a number of 0 or more")
     return value
@@ -244,6 +250,29 @@ def _lineNumbers(path: str) -> Dict[Tuple[str, str], int]:
     return where
 
 
+def describeIniError(path: str, error: Exception) -> ConfigError:
+    """
+    A C{configparser} error in words a person can act on, naming the file
+    and line (not the parser's own "File contains no section headers").
+    """
+    line = getattr(error, "lineno", None)
+    where = "%s:%d" % (path, line) if line else path
+    if isinstance(error, configparser.MissingSectionHeaderError):
+        return ConfigError(where=where, problem="a setting before any [section] header; put it under its section")
+    if isinstance(error, configparser.DuplicateSectionError):
+        return ConfigError(where=where, problem="section [%s] appears a second time; merge the two" % (error.section,))
+    if isinstance(error, configparser.DuplicateOptionError):
+        return ConfigError(where=where, problem="%r appears a second time in [%s]; keep one" % (error.option, error.section))
+    if isinstance(error, configparser.ParsingError) and error.errors:
+        number, text = error.errors[0]
+        return ConfigError(
+            where="%s:%d" % (path, number), problem="%r is not a 'key = value' line" % (str(text).strip()[:80],)
+        )
+    if isinstance(error, UnicodeDecodeError):
+        return ConfigError(where=path, problem="not UTF-8 text")
+    return ConfigError(where=path, problem=str(error).replace("\n", " "))
+
+
 def readIni(path: str) -> Dict[str, Any]:
     """
     Read and validate an ini file.
@@ -261,7 +290,7 @@ def readIni(path: str) -> Dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             parser.read_file(f)
     except (configparser.Error, UnicodeDecodeError) as e:
-        raise ConfigError(where=path, problem=str(e).replace("\n", " "))
+        raise describeIniError(path, e)
     lines = _lineNumbers(path)
     settings: Dict[str, Any] = {}
     for section in parser.sections():

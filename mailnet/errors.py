@@ -136,7 +136,7 @@ class RecipientsRefused(ClientError):
 
 
 class MessageTooLarge(ClientError):
-    """{host} refused the message ({size} octets) as too large: {reply}"""
+    """{host} refused the message ({size}) as too large: {reply}; attachments grow by a third when sent (base64), so a file must stay well under the limit"""
 
 
 class NoSuchMessage(ClientError):

@@ -118,9 +118,9 @@ def composeMessage(
     message.set_content(_normalizeNewlines(body))
     for attachment in attachments:
         maintype, _, subtype = (attachment.contentType or guessContentType(attachment.filename)).partition("/")
-        if maintype == "text":
-            # Keep text attachments byte-exact: no charset guessing.
-            maintype, subtype = "application", "octet-stream"
+        # The data are bytes, so every attachment is base64-encoded: a text
+        # file keeps its text/* type and its exact bytes (line endings and
+        # character set untouched).
         message.add_attachment(
             attachment.data,
             maintype=maintype,

@@ -81,10 +81,11 @@ class AdminTestCase(SynchronousTestCase):
 
 class UsageTests(AdminTestCase):
     def test_noCommand(self) -> None:
+        """Bare mailnet-admin lists its commands (on stdout, as git), exit 2."""
         code, out, err = self.runAdmin(dataDir=False)
         self.assertEqual(code, 2)
-        self.assertIn("usage: mailnet-admin", err)
-        self.assertIn("COMMAND", err)
+        self.assertIn("usage: mailnet-admin", out)
+        self.assertIn("COMMAND", out)
 
     def test_unknownCommand(self) -> None:
         code, out, err = self.runAdmin("frobnicate")
@@ -350,7 +351,6 @@ class UserTests(AdminTestCase):
         self.ok("user", "add", "alice@example.test", "--password-stdin", stdin="pw\n")
         out = self.ok("user", "del", "ALICE@example.test")
         self.assertIn("Removed user alice@example.test", out)
-        self.assertIn(os.path.join(self.dataDir, "mail", "example.test", "alice"), out)
         self.assertEqual(self.store().users(), [])
 
     def test_delUnknown(self) -> None:

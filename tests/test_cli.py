@@ -125,7 +125,7 @@ class MainTests(unittest.SynchronousTestCase):
         self.assertIn("--bcc", out)
 
     def test_usageErrors(self) -> None:
-        for argv in (["--bogus", "list"], [], ["list", "--page", "0"], ["read"], ["read", "x"], ["fetch"],
+        for argv in (["--bogus", "list"], ["lst"], ["list", "--page", "0"], ["read"], ["read", "x"], ["fetch"],
                      ["fetch", "--to-mbox", "a", "--to-maildir", "b"], ["--tls", "sometimes", "list"]):
             status, out, err = self.main(*argv)
             self.assertEqual(status, 2, argv)
@@ -136,6 +136,52 @@ class MainTests(unittest.SynchronousTestCase):
         status, out, err = self.main("list", environ={"HOME": "/nonexistent", "MAILNET_PASSWORD": "x"})
         self.assertEqual(status, 2)
         self.assertIn("no user", err)
+        # One prefix, not "mailnet-cli: error: mailnet-cli: ..." (issue 15 item 11).
+        self.assertEqual(err.count("mailnet-cli"), 2, err)  # the prefix, and "see mailnet-cli --help"
+        self.assertTrue(err.startswith("mailnet-cli: error: no user"), err)
+
+    def test_bareListsCommands(self) -> None:
+        """Bare mailnet-cli lists its commands, as git does (issue 15 item 9)."""
+        status, out, err = self.main()
+        self.assertEqual((status, err), (2, ""))
+        for name in cli.COMMANDS:
+            self.assertIn("  %s " % (name,), out)
+
+    def test_version(self) -> None:
+        from mailnet import __version__
+
+        status, out, err = self.main("--version")
+        self.assertEqual((status, out), (0, "mailnet-cli %s\n" % (__version__,)))
+
+    def test_everythingDescribed(self) -> None:
+        """
+        Every command and every option has a description; each command's
+        help has examples; repeatable options say so.
+        """
+        parser = cli.makeParser(io.StringIO())
+        subparsers = [a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction)][0]
+        for name, sub in [("", parser)] + list(subparsers.choices.items()):
+            for action in sub._actions:
+                if action.option_strings or action.dest not in ("command",):
+                    self.assertTrue(action.help, (name, action.dest))
+                if isinstance(action, __import__("argparse")._AppendAction):
+                    self.assertIn("repeatable", action.help, (name, action.dest))
+            if name:
+                self.assertIn("examples:", sub.epilog)
+                self.assertTrue(sub.description)
+        status, out, err = self.main("--help")
+        self.assertIn("examples:", out)
+
+    def test_unreadableAccountFile(self) -> None:
+        """No configparser internals in messages (issue 15 item 11)."""
+        home = self.mktemp()
+        os.makedirs(os.path.join(home, ".config", "mailnet"))
+        with open(os.path.join(home, ".config", "mailnet", "config.ini"), "w") as f:
+            f.write("user = a@example.test\n")
+        status, out, err = self.main("list", environ={"HOME": home, "MAILNET_PASSWORD": "x"})
+        self.assertEqual(status, 2)
+        self.assertIn("config.ini:1: a setting before any [section] header", err)
+        self.assertNotIn("File contains", err)
 
     def test_badAddress(self) -> None:
         status, out, err = self.main("--user", "a@example.test", "send", "--to", "not an address", "--subject", "s", "--body", "b",
@@ -761,3 +807,31 @@ class TerminalSafetyTests(unittest.SynchronousTestCase):
         cli.report(AuthenticationFailed(host="h", user="u", reply="535 no\x1b]0;pwned\x07"), streams, False)
         self.assertIn("535 no\\x1b]0;pwned\\x07", streams.stderr.getvalue())
         self.assertNotIn("\x1b", streams.stderr.getvalue())
+
+
+class FromOptionTests(CLITestMixin, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_fromAlias(self):
+        """--from: header From and envelope sender both (an alias of yours)."""
+        options = self.servers()
+        status, out, err = yield self.cli(*options, "send", "--from", "Sales <sales@example.test>",
+                                          "--to", "bob@example.test", "--subject", "s", "--body", "b")
+        self.assertEqual(status, 0, err)
+        sender, recipients, data = self.smtpConfig.messages[0]
+        self.assertEqual(sender, "sales@example.test")
+        message = email.message_from_bytes(data, policy=email.policy.default)
+        self.assertEqual(message["From"], "Sales <sales@example.test>")
+
+
+class ColumnTests(unittest.SynchronousTestCase):
+    """list columns by display width, cut with an ellipsis (issue 15 item 11)."""
+
+    def test_fit(self) -> None:
+        from wcwidth import wcswidth
+
+        for text in ["short", "x" * 50, "日本語のメールの件名はとても長いです", "🎉" * 30, "a\x1b[2Jb"]:
+            cell = cli.fit(text, 20)
+            self.assertEqual(wcswidth(cell), 20, (text, cell))
+        self.assertEqual(cli.fit("x" * 50, 10), "x" * 9 + "…")
+        self.assertEqual(cli.fit("日本語日本語", 7), "日本語…")
+        self.assertNotIn("\x1b", cli.fit("a\x1b[2Jb", 20))

@@ -195,4 +195,27 @@ class TooLargeEndToEndTests(CLIMixin, unittest.TestCase):
                                                       "--subject", "big", "--body", "x" * 5000)
         self.assertEqual(status, cli.EXIT_TOO_LARGE, err)
         self.assertIn("too large", err)
+        # Sizes for a person, and why an attachment may not fit (issue 15 item 10).
+        self.assertRegex(err, r"\(5\.\d KiB\)")
+        self.assertIn("at most 2.0 KiB", err)
+        self.assertIn("attachments grow by a third", err)
         self.assertEqual(self.server.newFiles("bob@example.test"), [])
+
+    @defer.inlineCallbacks
+    def test_textAttachmentKeepsTypeAndBytes(self):
+        """A text attachment stays text/* and byte-exact, through the server and back (item 10)."""
+        yield self.startWithUsers()
+        original = b"a;b\r\nlatin-1 \xe9\nno newline at end"
+        path = os.path.join(self.home, "table.csv")
+        with open(path, "wb") as f:
+            f.write(original)
+        status, out, err = yield self.cli("alice@example.test", "send", "--to", "bob@example.test", "--subject", "t",
+                                          "--body", "see attached", "--attach", path)
+        self.assertEqual(status, 0, err)
+        status, out, err = yield self.cli("bob@example.test", "read", "1")
+        self.assertIn("table.csv  (text/csv,", out)
+        target = os.path.join(self.home, "saved")
+        status, out, err = yield self.cli("bob@example.test", "save", "1", "--attachments", target)
+        self.assertEqual(status, 0, err)
+        with open(os.path.join(target, "table.csv"), "rb") as f:
+            self.assertEqual(f.read(), original)

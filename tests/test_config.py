@@ -91,6 +91,17 @@ class IniTests(SynchronousTestCase):
     def test_missingFile(self) -> None:
         self.assertRaises(ConfigError, loadConfig, self.mktemp())
 
+    def test_noParserInternals(self) -> None:
+        """Words a person can act on, not configparser's or int()'s (issue 15 item 11)."""
+        message = self.assertConfigError("this is not an ini file\n", ":1:", "before any [section] header")
+        self.assertNotIn("File contains", message)
+        message = self.assertConfigError("[limits]\nidle_timeout = 5m\n", ":2:", "expected a whole number above 0")
+        self.assertNotIn("invalid literal", message)
+        message = self.assertConfigError("[limits]\nauth_failure_delay = 2s\n", ":2:", "expected a number of 0 or more")
+        self.assertNotIn("could not convert", message)
+        self.assertConfigError("[limits]\nmax_recipients = 3\nmax_recipients = 4\n", ":3:", "a second time")
+        self.assertConfigError("[limits]\n[limits]\n", ":2:", "a second time")
+
     def test_certWithoutKey(self) -> None:
         self.assertRaises(ConfigError, buildConfig, {"tls.cert": "c.pem"})
 

@@ -91,8 +91,12 @@ def loadAccount(path: str, name: Optional[str]) -> Account:
         if name:
             raise ConfigError(where=path, problem="no such file, so no account %r" % (name,))
         return Account()
-    except (OSError, UnicodeDecodeError, configparser.Error) as e:
-        raise ConfigError(where=path, problem=str(e).replace("\n", " "))
+    except OSError as e:
+        raise ConfigError(where=path, problem=e.strerror or str(e))
+    except (UnicodeDecodeError, configparser.Error) as e:
+        from mailnet.config import describeIniError
+
+        raise describeIniError(path, e)
 
     sections = {}
     for section in parser.sections():
@@ -159,7 +163,7 @@ def resolve(account: Account, options: Any) -> Connection:
     mode = TLSMode(options.tls) if options.tls else (account.tls or TLSMode.starttls)
     user = options.user or account.user
     if not user:
-        raise ConfigError(where="mailnet-cli", problem="no user: give --user or set user in the account")
+        raise NoUser()
     cafile = options.cafile or account.cafile
     common = dict(host=host, tls=mode, cafile=cafile, insecure=options.insecure, allowPlaintext=options.allow_plaintext)
     smtpPort = options.smtp_port or account.smtp_port or DEFAULT_PORTS[("smtp", mode)]
@@ -182,6 +186,10 @@ def resolve(account: Account, options: Any) -> Connection:
         passwordCommand=passwordCommand,
         passwordCommandSkipped=skipped,
     )
+
+
+class NoUser(ClientError):
+    """no user: give --user, or set user in the account (see mailnet-cli --help)"""
 
 
 class NoPassword(ClientError):

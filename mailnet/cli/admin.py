@@ -18,6 +18,7 @@ import argparse
 import datetime
 import errno
 import os
+import shutil
 import socket
 import sys
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -35,6 +36,7 @@ from mailnet.address import (
 from mailnet.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
+    EXIT_USAGE,
     dispatch,
     endQuietly,
     parseArguments,
@@ -220,8 +222,12 @@ def userAdd(admin: Admin) -> None:
     if existing is not None:
         raise LookAlikeAddress(address=address, existing=existing)
     password = readNewPassword(address, admin.stdin, admin.stderr, admin.args.password_stdin)
+    oldMail = setAsideOldMailbox(admin, address)
     store.addUser(address, hashPassword(password))
     admin.say("Added user %s." % (address,))
+    if oldMail is not None:
+        admin.note("warning: a mailbox of an earlier %s was still there; moved it to %s (the new user does not get its mail)"
+                   % (address, oldMail))
 
 
 def userPasswd(admin: Admin) -> None:
@@ -234,10 +240,51 @@ def userPasswd(admin: Admin) -> None:
     admin.say("Changed the password of %s." % (address,))
 
 
+def _messageCount(maildir: str) -> int:
+    return sum(len(_listdir(os.path.join(maildir, sub))) for sub in ("new", "cur"))
+
+
+def _listdir(path: str) -> List[str]:
+    try:
+        return [n for n in os.listdir(path) if not n.startswith(".")]
+    except OSError:
+        return []
+
+
 def userDel(admin: Admin) -> None:
     address = canonicalAddress(admin.args.address)
     admin.store.removeUser(address)
-    admin.say("Removed user %s (the Maildir stays on disk in %s)." % (address, admin.maildirPath(address)))
+    maildir = admin.maildirPath(address)
+    if not os.path.isdir(maildir):
+        admin.say("Removed user %s (there was no mailbox)." % (address,))
+    elif admin.args.keep_mail:
+        admin.say(
+            "Removed user %s; kept the mailbox (%d messages) in %s.  A new user of this name will not get it: "
+            "'user add' moves it aside." % (address, _messageCount(maildir), maildir)
+        )
+    else:
+        count = _messageCount(maildir)
+        shutil.rmtree(maildir)
+        admin.say("Removed user %s and the mailbox with its %d message%s." % (address, count, "" if count == 1 else "s"))
+
+
+def setAsideOldMailbox(admin: Admin, address: str) -> Optional[str]:
+    """
+    A mailbox left by an earlier user of C{address} (C{user del
+    --keep-mail}) must not become the new user's: move it to
+    C{DATA_DIR/removed-mail/DOMAIN/LOCAL-TIMESTAMP}, outside the mail tree.
+
+    @return: where it went, or L{None} when there was none.
+    """
+    maildir = admin.maildirPath(address)
+    if not os.path.isdir(maildir):
+        return None
+    local, domain = splitAddress(address)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = os.path.join(admin.dataDir, "removed-mail", domain, "%s-%s" % (local, stamp))
+    os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+    os.rename(maildir, target)
+    return target
 
 
 def userList(admin: Admin) -> None:
@@ -321,9 +368,23 @@ def queueFlush(admin: Admin) -> None:
     admin.say("Asked for every queued message to be retried now (a running daemon notices within seconds).")
 
 
+class QueueDeleteFailed(MailnetError):
+    """queued message {id} could not be deleted: the server was writing it back (a delivery attempt was ending); run the command again"""
+
+
 def queueDelete(admin: Admin) -> None:
-    _queue().deleteEntry(admin.queueDir(), admin.args.id)
-    admin.say("Deleted queued message %s; nobody was notified." % (admin.args.id,))
+    queue = _queue()
+    queueDir = admin.queueDir()
+    wanted = admin.args.id.strip()
+    # IDs are case-insensitive: the docs show lower case, 'queue list' upper.
+    known = {entry["id"].upper(): entry["id"] for entry in queue.listEntries(queueDir)}
+    entryId = known.get(wanted.upper(), wanted)
+    queue.deleteEntry(queueDir, entryId)
+    # A delivery attempt that ends meanwhile writes the entry back: say
+    # "deleted" only when it is gone.
+    if entryId.upper() in {entry["id"].upper() for entry in queue.listEntries(queueDir)}:
+        raise QueueDeleteFailed(id=entryId)
+    admin.say("Deleted queued message %s; nobody was notified." % (entryId,))
 
 
 # --- dkim -----------------------------------------------------------------
@@ -712,9 +773,12 @@ def _group(subparsers, name: str, help: str) -> Any:
 
 
 def buildParser() -> argparse.ArgumentParser:
+    from mailnet import __version__
+
     parser = argparse.ArgumentParser(
         prog=PROGRAM, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version="%s %s" % (PROGRAM, __version__))
     parser.add_argument(
         "--config", metavar="FILE", help="the daemon's ini file: data_dir and domains are taken from it"
     )
@@ -723,7 +787,7 @@ def buildParser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="the data directory (overrides the config file) [default: ./mailnet-data]; it must exist",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, title="commands")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     domains = _group(commands, "domain", "add, remove or list local domains")
     p = _command(domains, "add", domainAdd, "add a local domain")
@@ -731,7 +795,7 @@ def buildParser() -> argparse.ArgumentParser:
     p = _command(
         domains, "del", domainDel, "remove a local domain with its users and aliases (Maildirs stay on disk)"
     )
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="the domain to remove")
     _command(domains, "list", domainList, "list the local domains")
 
     users = _group(commands, "user", "add, remove or list users, or change a password")
@@ -747,10 +811,18 @@ def buildParser() -> argparse.ArgumentParser:
     p.add_argument("address", metavar="ADDRESS", help="the address, e.g. alice@example.test")
     p.add_argument("--password-stdin", action="store_true", help=passwordHelp)
     p = _command(users, "passwd", userPasswd, "set a user's password")
-    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("address", metavar="ADDRESS", help="the user's address")
     p.add_argument("--password-stdin", action="store_true", help=passwordHelp)
-    p = _command(users, "del", userDel, "remove a user (the Maildir stays on disk)")
-    p.add_argument("address", metavar="ADDRESS")
+    p = _command(
+        users,
+        "del",
+        userDel,
+        "remove a user and their mailbox",
+        "Remove a user and delete their mailbox (with every message in it); with --keep-mail the "
+        "mailbox stays on disk, and a later 'user add' of the same name moves it aside.",
+    )
+    p.add_argument("address", metavar="ADDRESS", help="the user's address")
+    p.add_argument("--keep-mail", action="store_true", help="keep the mailbox on disk (and say where)")
     p = _command(users, "list", userList, "list the users")
     p.add_argument("domain", metavar="DOMAIN", nargs="?", help="only this domain's users")
 
@@ -767,7 +839,7 @@ def buildParser() -> argparse.ArgumentParser:
     p.add_argument("alias", metavar="ALIAS", help="the alias address, or @DOMAIN for a catch-all")
     p.add_argument("targets", metavar="TARGET[,TARGET...]", nargs="+", help="where mail for ALIAS goes")
     p = _command(aliases, "del", aliasDel, "remove an alias")
-    p.add_argument("alias", metavar="ALIAS")
+    p.add_argument("alias", metavar="ALIAS", help="the alias address, or @DOMAIN for a catch-all")
     _command(aliases, "list", aliasList, "list the aliases and their targets")
 
     queue = _group(commands, "queue", "inspect and manage the relay queue (outgoing mail)")
@@ -825,9 +897,14 @@ def main(
 
 
 def _main(argv: Optional[Sequence[str]], stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
-    args, code = parseArguments(buildParser(), argv, stdout, stderr)
+    parser = buildParser()
+    args, code = parseArguments(parser, argv, stdout, stderr)
     if args is None:
         return code
+    if args.command is None:
+        # Bare mailnet-admin: what there is to do, as bare git says.
+        stdout.write(parser.format_help())
+        return EXIT_USAGE
     admin = Admin(args, stdin, stdout, stderr)
     try:
         return dispatch(PROGRAM, lambda: args.handler(admin), stderr)

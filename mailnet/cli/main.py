@@ -47,6 +47,7 @@ from mailnet.cli._common import isTerminal, silenceClosedPipe
 from mailnet.cli._clientconfig import (
     Connection,
     NoPassword,
+    NoUser,
     PasswordCommandFailed,
     configPath,
     getPassword,
@@ -54,7 +55,7 @@ from mailnet.cli._clientconfig import (
     resolve,
 )
 from mailnet.client.pop3 import POP3Session
-from mailnet.client.smtp import RecipientResult, SendResult, sendMessage, wireData
+from mailnet.client.smtp import RecipientResult, SendResult, humanSize, sendMessage, wireData
 from mailnet.errors import (
     AuthenticationFailed,
     BadAddress,
@@ -118,6 +119,7 @@ class EmptyMessage(ClientError):
 # First match wins: subclasses before their bases.
 EXIT_CODES: Tuple[Tuple[Type[BaseException], int], ...] = (
     (UsageError, EXIT_USAGE),
+    (NoUser, EXIT_USAGE),
     (NoPassword, EXIT_AUTH),
     (PasswordCommandFailed, EXIT_AUTH),
     (ConfigError, EXIT_USAGE),
@@ -226,65 +228,161 @@ def _port(text: str) -> int:
     return value
 
 
-def makeParser(stdout: Optional[IO[str]] = None) -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog=PROG,
-        description="Send and read mail on a mailnet (or any SMTP submission + POP3) server.",
-        epilog=(
-            "The password comes from the account's password_command, $MAILNET_PASSWORD, or a prompt; "
-            "defaults from %s.  Exit status: 0 ok, 1 other error, 2 usage, 3 connection, 4 TLS, "
-            "5 authentication, 6 recipient refused, 7 message too large, 8 no such message." % ("~/.config/mailnet/config.ini",)
-        ),
+DESCRIPTION = "Send and read mail on a mailnet (or any SMTP submission + POP3) server."
+
+EPILOG = """\
+examples:
+  mailnet-cli --account work send --to bob@example.org --subject Lunch --body 'At noon?'
+  mailnet-cli --host localhost --smtp-port 2587 --pop3-port 2110 --user alice@example.test \\
+              --cafile mailnet-data/tls/selfsigned.pem list
+  mailnet-cli list --json --page 2
+  mailnet-cli read 3
+  mailnet-cli fetch --to-maildir ~/Mail/inbox
+  mailnet-cli COMMAND --help          (the options of one command)
+
+The password comes from $MAILNET_PASSWORD, the account's password_command,
+or a prompt; defaults come from ~/.config/mailnet/config.ini (see the user
+guide).  Exit status: 0 ok, 1 other error, 2 usage, 3 connection, 4 TLS,
+5 authentication, 6 recipient refused, 7 message too large, 8 no such
+message, 130 interrupted, 141 output pipe closed."""
+
+#: One line each, for the help and for bare C{mailnet-cli}.
+COMMANDS = {
+    "send": "send a message",
+    "list": "list messages, newest first",
+    "read": "show a message",
+    "save": "save a message's attachments",
+    "delete": "delete messages",
+    "fetch": "download messages into a Maildir or an mbox file",
+}
+
+
+def _command(commands: Any, name: str, description: str, examples: Sequence[str]) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        help=COMMANDS[name],
+        description=description,
+        epilog="examples:\n" + "\n".join("  mailnet-cli " + e for e in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def addConnectionOptions(parser: argparse.ArgumentParser) -> None:
+    """
+    The options that say where and how to connect, shared by every command
+    (one group, so that more protocols' options join it).
+    """
+    group = parser.add_argument_group("connection options (override the account's settings)")
+    group.add_argument("--account", metavar="NAME", help="use this account (section) of the config file")
+    group.add_argument("--host", metavar="H", help="server host name (default: the account's, else localhost)")
+    group.add_argument("--smtp-port", type=_port, metavar="N", help="submission port (default 587, or 465 with --tls implicit)")
+    group.add_argument("--pop3-port", type=_port, metavar="N", help="POP3 port (default 110, or 995 with --tls implicit)")
+    group.add_argument("--user", metavar="U", help="login name (for mailnet, your full address)")
+    group.add_argument(
+        "--tls",
+        choices=("starttls", "implicit", "none"),
+        help="starttls (default): plain connection, then STARTTLS/STLS; implicit: TLS from the first byte; none: no TLS",
+    )
+    group.add_argument("--cafile", metavar="PEM", help="trust the CA certificates in this file instead of the system's")
+    group.add_argument("--insecure", action="store_true", help="do not verify the server certificate (warns every time)")
+    group.add_argument("--allow-plaintext", action="store_true", help="allow sending the password without TLS (with --tls none)")
+
+
+def makeParser(stdout: Optional[IO[str]] = None) -> argparse.ArgumentParser:
+    from mailnet import __version__
+
+    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _Parser.stdout = stdout
-    parser.add_argument("--account", metavar="NAME", help="account section of the config file")
-    parser.add_argument("--host", metavar="H", help="server host name (default: the account's, else localhost)")
-    parser.add_argument("--smtp-port", type=_port, metavar="N", help="submission port (587, or 465 with --tls implicit)")
-    parser.add_argument("--pop3-port", type=_port, metavar="N", help="POP3 port (110, or 995 with --tls implicit)")
-    parser.add_argument("--user", metavar="U", help="login name (a full address)")
-    parser.add_argument("--tls", choices=("starttls", "implicit", "none"), help="default starttls")
-    parser.add_argument("--cafile", metavar="PEM", help="trust these CA certificates instead of the system's")
-    parser.add_argument("--insecure", action="store_true", help="do not verify the server certificate (warns)")
-    parser.add_argument("--allow-plaintext", action="store_true", help="allow sending the password without TLS")
+    parser.add_argument("--version", action="version", version="%s %s" % (PROG, __version__))
+    addConnectionOptions(parser)
     parser.add_argument("--debug", action="store_true", help="print the protocol transcript (passwords masked) on stderr")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, title="commands")
 
-    send = commands.add_parser("send", help="send a message")
-    send.add_argument("--to", action="append", default=[], metavar="ADDR")
-    send.add_argument("--cc", action="append", default=[], metavar="ADDR")
-    send.add_argument("--bcc", action="append", default=[], metavar="ADDR", help="envelope only, not in the headers")
-    send.add_argument("--subject", required=True, metavar="S")
+    send = _command(
+        commands,
+        "send",
+        "Send a message.  Addresses are bob@example.org or 'Bob <bob@example.org>'; each of --to, --cc "
+        "and --bcc may be repeated or take several addresses separated by commas.  The body is --body, "
+        "else --body-file, else standard input, else your $EDITOR.",
+        ["send --to bob@example.org --subject 'Lunch?' --body 'At noon?'",
+         "send --to bob@example.org --cc carol@example.org --subject Report --body-file r.txt --attach r.pdf",
+         "send --from 'Sales <sales@example.com>' --to client@example.org --subject Offer < offer.txt"],
+    )
+    send.add_argument("--to", action="append", default=[], metavar="ADDR", help="a recipient, in To: (repeatable)")
+    send.add_argument("--cc", action="append", default=[], metavar="ADDR", help="a recipient, in Cc: (repeatable)")
+    send.add_argument("--bcc", action="append", default=[], metavar="ADDR",
+                      help="a hidden recipient: in the envelope only, in no header (repeatable)")
+    send.add_argument("--from", dest="sender", metavar="ADDR",
+                      help="the From: address, e.g. an alias of yours (default: the account's from, else --user)")
+    send.add_argument("--subject", required=True, metavar="S", help="the subject line")
     body = send.add_mutually_exclusive_group()
-    body.add_argument("--body", metavar="TEXT", help="the text (else --body-file, else stdin, else $EDITOR)")
-    body.add_argument("--body-file", metavar="F")
-    send.add_argument("--attach", action="append", default=[], metavar="FILE")
+    body.add_argument("--body", metavar="TEXT", help="the text of the message")
+    body.add_argument("--body-file", metavar="F", help="read the text from this file (UTF-8)")
+    send.add_argument("--attach", action="append", default=[], metavar="FILE", help="attach this file (repeatable)")
 
-    listing = commands.add_parser("list", help="list messages, newest first")
-    listing.add_argument("--limit", type=_positive, default=20, metavar="N", help="messages per page (20)")
-    listing.add_argument("--page", type=_positive, default=1, metavar="N", help="page number, 1 = newest")
-    listing.add_argument("--json", action="store_true")
+    listing = _command(
+        commands,
+        "list",
+        "List the messages in your mailbox, newest first: number, sender, subject, date and size.",
+        ["list", "list --limit 50 --page 2", "list --json"],
+    )
+    listing.add_argument("--limit", type=_positive, default=20, metavar="N", help="messages per page (default 20)")
+    listing.add_argument("--page", type=_positive, default=1, metavar="N", help="page number, 1 = newest (default 1)")
+    listing.add_argument("--json", action="store_true",
+                         help="print JSON: total, page, pages, limit, next_page and the messages")
 
-    read = commands.add_parser("read", help="show a message")
-    read.add_argument("number", type=_positive, metavar="N")
+    read = _command(
+        commands,
+        "read",
+        "Show message N (a number from 'list'): its main headers, its text, and its attachments.",
+        ["read 3", "read 3 --raw > message.eml", "read 3 --json"],
+    )
+    read.add_argument("number", type=_positive, metavar="N", help="the message number, from 'list'")
     readFormat = read.add_mutually_exclusive_group()
-    readFormat.add_argument("--json", action="store_true")
-    readFormat.add_argument("--raw", action="store_true", help="the message as stored")
+    readFormat.add_argument("--json", action="store_true", help="print JSON: headers, text, attachments")
+    readFormat.add_argument("--raw", action="store_true", help="print the message exactly as stored")
 
-    save = commands.add_parser("save", help="save a message's attachments")
-    save.add_argument("number", type=_positive, metavar="N")
-    save.add_argument("--attachments", required=True, metavar="DIR")
+    save = _command(
+        commands,
+        "save",
+        "Save the attachments of message N into a directory (created if needed).  Files are only ever "
+        "created directly inside it, never overwritten: a name already there gets a numbered variant.",
+        ["save 3 --attachments ~/Downloads"],
+    )
+    save.add_argument("number", type=_positive, metavar="N", help="the message number, from 'list'")
+    save.add_argument("--attachments", required=True, metavar="DIR", help="the directory to save into")
 
-    delete = commands.add_parser("delete", help="delete messages")
-    delete.add_argument("numbers", type=_positive, nargs="+", metavar="N")
+    delete = _command(
+        commands,
+        "delete",
+        "Delete messages.  Every number is checked first; the deletion takes effect when the session "
+        "ends normally.",
+        ["delete 3", "delete 3 4 7"],
+    )
+    delete.add_argument("numbers", type=_positive, nargs="+", metavar="N", help="message numbers, from 'list'")
 
-    fetch = commands.add_parser("fetch", help="download every message")
+    fetch = _command(
+        commands,
+        "fetch",
+        "Download messages into a local Maildir or mbox file.  fetch remembers what it saved (by UIDL, "
+        "per login and server) and saves only new messages the next time.",
+        ["fetch --to-maildir ~/Mail/inbox", "fetch --to-mbox ~/archive.mbox --delete", "fetch --to-mbox ~/all.mbox --all"],
+    )
     target = fetch.add_mutually_exclusive_group(required=True)
-    target.add_argument("--to-maildir", metavar="DIR")
-    target.add_argument("--to-mbox", metavar="FILE")
-    fetch.add_argument("--delete", action="store_true", help="delete from the server once saved durably")
-    fetch.add_argument("--all", action="store_true", help="fetch again what an earlier fetch saved (remembered by UIDL)")
+    target.add_argument("--to-maildir", metavar="DIR", help="deliver into this Maildir (created if needed)")
+    target.add_argument("--to-mbox", metavar="FILE", help="append to this mbox file")
+    fetch.add_argument("--delete", action="store_true", help="delete from the server what this run saved durably")
+    fetch.add_argument("--all", action="store_true", help="fetch again what an earlier fetch saved")
     return parser
+
+
+def commandList() -> str:
+    """What bare C{mailnet-cli} prints, as bare C{git} does."""
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: %s [connection options] COMMAND [options]" % (PROG,), "", "commands:"]
+    lines += ["  %-*s  %s" % (width, name, text) for name, text in COMMANDS.items()]
+    lines += ["", "'%s --help' shows every option and examples; '%s COMMAND --help' one command's." % (PROG, PROG)]
+    return "\n".join(lines) + "\n"
 
 
 # --- one run -------------------------------------------------------------
@@ -444,7 +542,8 @@ class Invocation:
                         page, len(numbers), "" if len(numbers) == 1 else "s", pages, "" if pages == 1 else "s"))
                 for s in summaries:
                     self.io.out(
-                        "%4d  %-28.28s  %-40.40s  %-31.31s  %s" % (s.number, s.sender, s.subject, s.date, _size(s.size))
+                        "%4d  %s  %s  %s  %s"
+                        % (s.number, fit(s.sender, 28), fit(s.subject, 40), fit(s.date, 31), _size(s.size))
                     )
                 if shown and len(numbers) > limit:
                     self.io.out("page %d of %d (%d messages)" % (page, pages, len(numbers)))
@@ -641,12 +740,33 @@ class FetchedMemory:
             raise LocalFileError(path=self.path, reason=e.strerror or str(e))
 
 
-def _size(octets: int) -> str:
-    if octets < 1024:
-        return "%d B" % (octets,)
-    if octets < 1024 * 1024:
-        return "%.1f KiB" % (octets / 1024,)
-    return "%.1f MiB" % (octets / 1024 / 1024,)
+def _width(char: str) -> int:
+    from wcwidth import wcwidth
+
+    return max(wcwidth(char), 0)
+
+
+def fit(text: str, width: int) -> str:
+    """
+    C{text} in exactly C{width} terminal columns: padded, or cut with an
+    ellipsis.  Columns are display width (a CJK character or an emoji
+    takes two), so the columns of C{list} line up whatever the script.
+    """
+    text = shown(text)
+    total = sum(_width(c) for c in text)
+    if total <= width:
+        return text + " " * (width - total)
+    kept, used = [], 0
+    for char in text:
+        w = _width(char)
+        if used + w > width - 1:
+            break
+        kept.append(char)
+        used += w
+    return "".join(kept) + "…" + " " * (width - 1 - used)
+
+
+_size = humanSize
 
 
 class Progress:
@@ -936,9 +1056,9 @@ def _prepareSend(options: argparse.Namespace, connection: Connection, io: Stream
     to, cc, bcc = _addresses(options.to), _addresses(options.cc), _addresses(options.bcc)
     if not (to or cc or bcc):
         raise UsageError(problem="send needs at least one --to, --cc or --bcc")
-    senders = parseAddresses(connection.sender)
+    senders = parseAddresses(options.sender or connection.sender)
     if len(senders) != 1:
-        raise UsageError(problem="no sender address: set from in the account or use a full address as --user")
+        raise UsageError(problem="one sender address is needed: give --from, set from in the account, or use a full address as --user")
     senderAddress = senders[0][1]
     attachments = []
     for path in options.attach:
@@ -983,6 +1103,10 @@ def prepare(argv: Sequence[str], io: Streams, prompt: Any = None) -> Any:
         return e.code if isinstance(e.code, int) else EXIT_OK
     except ClientError as e:
         return report(e, io, False)
+    if options.command is None:
+        # No command: what there is to do, as bare git says.
+        _write(io.stdout, commandList())
+        return EXIT_USAGE
     try:
         account = loadAccount(configPath(io.environ), options.account)
         connection = resolve(account, options)

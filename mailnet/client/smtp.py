@@ -105,6 +105,17 @@ def wireData(message: bytes) -> bytes:
     return data.replace(b"\r\n.", b"\r\n..")
 
 
+def humanSize(octets: int) -> str:
+    """C{octets} for a person: C{512 B}, C{14.2 KiB}, C{25.0 MiB}."""
+    if octets < 1024:
+        return "%d B" % (octets,)
+    if octets < 1024 * 1024:
+        return "%.1f KiB" % (octets / 1024,)
+    if octets < 1024 * 1024 * 1024:
+        return "%.1f MiB" % (octets / 1024 / 1024,)
+    return "%.1f GiB" % (octets / 1024 / 1024 / 1024,)
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -310,8 +321,8 @@ class SubmissionClient(smtp.ESMTPClient):
                 self._fail(
                     MessageTooLarge(
                         host=self.endpoint.host,
-                        size=size,
-                        reply="the server accepts at most %s octets" % (int(limit),),
+                        size=humanSize(size),
+                        reply="the server accepts at most %s" % (humanSize(int(limit)),),
                     )
                 )
                 return
@@ -355,7 +366,7 @@ class SubmissionClient(smtp.ESMTPClient):
         elif not results:
             # MAIL FROM was refused.
             if code == 552:
-                self._fail(MessageTooLarge(host=host, size=len(self.data), reply=_reply(code, resp)), quit=False)
+                self._fail(MessageTooLarge(host=host, size=humanSize(len(self.data)), reply=_reply(code, resp)), quit=False)
             else:
                 self._fail(ServerError(host=host, command="MAIL FROM", reply=_reply(code, resp)), quit=False)
         elif not numOk:
@@ -365,7 +376,7 @@ class SubmissionClient(smtp.ESMTPClient):
             error.results = results  # type: ignore[attr-defined]
             self._fail(error, quit=False)
         elif code == 552:
-            self._fail(MessageTooLarge(host=host, size=len(self.data), reply=_reply(code, resp)), quit=False)
+            self._fail(MessageTooLarge(host=host, size=humanSize(len(self.data)), reply=_reply(code, resp)), quit=False)
         else:
             self._fail(ServerError(host=host, command="DATA", reply=_reply(code, resp)), quit=False)
 
