@@ -371,11 +371,13 @@ class FolderIndex:
         return True
 
     def _load(self, query: str, args: tuple) -> None:
-        records, files, byKey = self.records, self.files, self.byKey
-        for uid, key, file, letters, keywords, modseq, internalDate, size in self.account.db.execute(query, args):
-            records[uid] = MessageRecord(uid, _flags(letters, keywords), modseq, internalDate, size, key)
-            files[uid] = file
-            byKey[key] = uid
+        rows = self.account.db.execute(query, args).fetchall()
+        if not rows:
+            return
+        record, flagsOf = MessageRecord, _flags
+        self.records.update([(r[0], record(r[0], flagsOf(r[3], r[4]), r[5], r[6], r[7], r[1])) for r in rows])
+        self.files.update([(r[0], r[2]) for r in rows])
+        self.byKey.update([(r[1], r[0]) for r in rows])
         self._state = None
 
     def _forget(self, uid: int) -> None:
