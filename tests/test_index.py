@@ -559,3 +559,18 @@ class RealmTests(SynchronousTestCase):
         self.assertIsInstance(portal.realm.accounts, AccountRegistry)
         registry = AccountRegistry(self.mailStore, runSynchronously)
         self.assertIs(makePortal(MemoryAccountStore(), self.mailStore, runSynchronously, accounts=registry).realm.accounts, registry)
+
+
+class BenchmarkTests(SynchronousTestCase):
+    def test_smoke(self) -> None:
+        """The index benchmark runs (on a tiny inbox) and reports every figure."""
+        import sys
+
+        benchmarks = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+        if benchmarks not in sys.path:
+            sys.path.insert(0, benchmarks)
+        from mailnetbench import index
+
+        figures = index.measure(self.mktemp(), 20)
+        self.assertIn("open after a restart (index on disk)", figures)
+        self.assertTrue(all(value >= 0 for value in figures.values()))

@@ -106,8 +106,17 @@ CREATE TABLE IF NOT EXISTS expunged (
 _LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
 
 
-def _letters(flags: Iterable[str]) -> str:
-    return "".join(sorted(_LETTERS[f] for f in flags if f in _LETTERS))
+_lettersCache: Dict[FrozenSet[str], str] = {}
+
+
+def _letters(flags: FrozenSet[str]) -> str:
+    """The system flags' Maildir letters, in order."""
+    letters = _lettersCache.get(flags)
+    if letters is None:
+        letters = "".join(sorted(_LETTERS[f] for f in flags if f in _LETTERS))
+        if len(_lettersCache) < 10000:
+            _lettersCache[flags] = letters
+    return letters
 
 
 def wireSizeOfFile(path: str) -> int:
@@ -282,8 +291,17 @@ def _flags(letters: str, keywords: str) -> FrozenSet[str]:
     return flags
 
 
-def _keywords(flags: Iterable[str]) -> str:
-    return " ".join(sorted(f for f in flags if f not in SYSTEM_FLAGS))
+_keywordsCache: Dict[FrozenSet[str], str] = {}
+
+
+def _keywords(flags: FrozenSet[str]) -> str:
+    """The keywords among C{flags}, as the index stores them."""
+    keywords = _keywordsCache.get(flags)
+    if keywords is None:
+        keywords = " ".join(sorted(f for f in flags if f not in SYSTEM_FLAGS))
+        if len(_keywordsCache) < 10000:
+            _keywordsCache[flags] = keywords
+    return keywords
 
 
 class FolderIndex:
@@ -353,11 +371,13 @@ class FolderIndex:
         return True
 
     def _load(self, query: str, args: tuple) -> None:
-        records, files, byKey = self.records, self.files, self.byKey
-        for uid, key, file, letters, keywords, modseq, internalDate, size in self.account.db.execute(query, args):
-            records[uid] = MessageRecord(uid, _flags(letters, keywords), modseq, internalDate, size, key)
-            files[uid] = file
-            byKey[key] = uid
+        rows = self.account.db.execute(query, args).fetchall()
+        if not rows:
+            return
+        record, flagsOf = MessageRecord, _flags
+        self.records.update([(r[0], record(r[0], flagsOf(r[3], r[4]), r[5], r[6], r[7], r[1])) for r in rows])
+        self.files.update([(r[0], r[2]) for r in rows])
+        self.byKey.update([(r[1], r[0]) for r in rows])
         self._state = None
 
     def _forget(self, uid: int) -> None:
@@ -553,14 +573,6 @@ class FolderIndex:
             "UPDATE folders SET uidnext = ?, highestmodseq = ? WHERE id = ?", (self.uidNext, modseq, self.folderId)
         )
 
-    def _locate(self, uid: int) -> Optional[str]:
-        """A message's file, looking again if it moved (C{None}: gone)."""
-        file = self.files.get(uid)
-        if file is not None and os.path.exists(os.path.join(self.path, file)):
-            return file
-        self._scan(force=True)
-        return self.files.get(uid)
-
     # -- operations (each inside one transaction) ---------------------------
 
     def state(self) -> FolderState:
@@ -591,6 +603,8 @@ class FolderIndex:
             self._scan()
             modseq = self.highestModSeq + 1
             touched = set()
+            rows = []
+            computed: Dict[FrozenSet[str], FrozenSet[str]] = {}
             for uid in sorted(set(uids)):
                 record = self.records.get(uid)
                 if record is None:
@@ -598,25 +612,25 @@ class FolderIndex:
                 if unchangedSince is not None and record.modSeq > unchangedSince:
                     refused.append(uid)
                     continue
-                new = applyFlags(record.flags, flags, mode)
+                new = computed.get(record.flags)
+                if new is None:
+                    new = computed[record.flags] = applyFlags(record.flags, flags, mode)
                 if new == record.flags:
                     continue
-                file = self.files[uid]
+                file = old = self.files[uid]
                 system = new & SYSTEM_FLAGS
                 if file.startswith("new/") or system != record.flags & SYSTEM_FLAGS:
                     file = self._rename(uid, system)
                     if file is None:
                         continue
-                    touched.add(self.files[uid].split("/")[0])
+                    touched.add(old[:3])
                     touched.add("cur")
                     self.files[uid] = file
                 record = MessageRecord(uid, new, modseq, record.internalDate, record.size, record.key)
                 self.records[uid] = record
-                db.execute(
-                    "UPDATE messages SET file = ?, flags = ?, keywords = ?, modseq = ? WHERE folder = ? AND uid = ?",
-                    (file, _letters(new), _keywords(new), modseq, self.folderId, uid),
-                )
+                rows.append((file, _letters(new), _keywords(new), modseq, self.folderId, uid))
                 changed.append(record)
+            db.executemany("UPDATE messages SET file = ?, flags = ?, keywords = ?, modseq = ? WHERE folder = ? AND uid = ?", rows)
             for sub in touched:
                 fsyncDirectory(os.path.join(self.path, sub))
             if changed:
@@ -625,17 +639,20 @@ class FolderIndex:
 
     def _rename(self, uid: int, system: FrozenSet[str]) -> Optional[str]:
         """Give a message's file the flags C{system} (moving it to C{cur/}); L{None} if it is gone."""
+        file = self.files.get(uid)
         for _ in range(2):
-            file = self._locate(uid)
             if file is None:
                 return None
             target = "cur/" + withFlags(file[4:], system)
+            if target == file:
+                return target
             try:
-                if target != file:
-                    os.rename(os.path.join(self.path, file), os.path.join(self.path, target))
+                os.rename(os.path.join(self.path, file), os.path.join(self.path, target))
                 return target
             except FileNotFoundError:
-                continue
+                # Moved by someone else: look again.
+                self._scan(force=True)
+                file = self.files.get(uid)
         return None
 
     def expunge(self, uids: Optional[Iterable[int]]) -> List[int]:
@@ -650,8 +667,8 @@ class FolderIndex:
     def _remove(self, uids: List[int]) -> None:
         touched = set()
         for uid in uids:
+            file = self.files.get(uid)
             for _ in range(2):
-                file = self._locate(uid)
                 if file is None:
                     break
                 try:
@@ -659,7 +676,8 @@ class FolderIndex:
                     touched.add(file[:3])
                     break
                 except FileNotFoundError:
-                    continue
+                    self._scan(force=True)
+                    file = self.files.get(uid)
         for sub in touched:
             fsyncDirectory(os.path.join(self.path, sub))
         present = [uid for uid in uids if uid in self.records]
@@ -720,28 +738,29 @@ class FolderIndex:
         return target.uidValidity, pairs
 
     def _place(self, uid: int, record: MessageRecord, target: "FolderIndex", move: bool) -> Optional[Tuple[str, str]]:
-        for _ in range(2):
-            file = self._locate(uid)
+        """
+        Link (copy) or rename (move) a message's file into the target's
+        C{cur/} under a new unique name, with its flags.
+
+        @return: C{(key, file)} of the new file, or L{None} if the source is gone.
+        """
+        for attempt in range(2):
+            if attempt:
+                # Moved by someone else: look again.
+                self._scan(force=True)
+            file = self.files.get(uid)
             if file is None:
                 return None
             source = os.path.join(self.path, file)
             key = uniqueName(self.hostname)
             try:
                 stored = os.stat(source).st_size
-            except FileNotFoundError:
-                continue
-            name = withFlags("%s,S=%d,W=%d" % (key, stored, record.size), record.flags & SYSTEM_FLAGS)
-            destination = os.path.join(target.path, "cur", name)
-            try:
+                name = withFlags("%s,S=%d,W=%d" % (key, stored, record.size), record.flags & SYSTEM_FLAGS)
+                destination = os.path.join(target.path, "cur", name)
                 if move:
                     os.rename(source, destination)
                 else:
-                    try:
-                        os.link(source, destination)
-                    except FileNotFoundError:
-                        raise
-                    except OSError:
-                        _copyFile(source, os.path.join(target.path, "tmp", name), destination)
+                    _link(source, destination, os.path.join(target.path, "tmp", name))
             except FileNotFoundError:
                 continue
             return key, "cur/" + name
@@ -829,6 +848,16 @@ class FolderIndex:
         if not self.loaded:
             with self.account.transaction():
                 self.ensure()
+
+
+def _link(source: str, target: str, tmp: str) -> None:
+    """A hard link, or a copy where links are impossible (another file system, no permission)."""
+    try:
+        os.link(source, target)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        _copyFile(source, tmp, target)
 
 
 def _copyFile(source: str, tmp: str, target: str) -> None:
