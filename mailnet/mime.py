@@ -413,21 +413,25 @@ def parseParameters(value: bytes, i: int = 0) -> Params:
     return tuple(params)
 
 
-_CONTINUATION = re.compile(r"(.+)\*([0-9]{1,3})$")
+_CONTINUATION = re.compile(r"(.+?)\*([0-9]{1,3})(\*?)$")
 
 
 def _joinContinuations(params: Params) -> Params:
     """
-    RFC 2231 §3 continuations without charset (C{name*0}, C{name*1}, ...)
-    joined into one C{name}, where the first piece was, as Dovecot does.
-    Extended values (C{name*=utf-8''...}, C{name*0*=...}) are left as they
-    are.
+    RFC 2231 §3 continuations joined, where the first piece was, as Dovecot
+    does: C{name*0}, C{name*1} ... into C{name}; C{name*0*}, C{name*1*}
+    ... (with a charset, still percent-encoded) into C{name*}, for the
+    client to decode as it would a single C{name*} parameter.
     """
     pieces: Dict[str, Dict[int, str]] = {}
+    extended: Dict[str, bool] = {}
     for name, value in params:
         m = _CONTINUATION.match(name)
         if m:
-            pieces.setdefault(m.group(1), {})[int(m.group(2))] = value
+            base, number = m.group(1), int(m.group(2))
+            pieces.setdefault(base, {})[number] = value
+            if number == 0:
+                extended[base] = bool(m.group(3))
     if not pieces:
         return params
     out: List[Tuple[str, str]] = []
@@ -447,7 +451,7 @@ def _joinContinuations(params: Params) -> Params:
         while i in got:
             joined += got[i]
             i += 1
-        out.append((base, joined))
+        out.append((base + "*" if extended.get(base) else base, joined))
     return tuple(out)
 
 

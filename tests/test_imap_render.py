@@ -30,6 +30,8 @@ from .test_mime import SAMPLES, sample, toWire
 #    the subset ends with it, which is what we send.
 DIFFERENT = {("malformed-multipart.eml", "BODYSTRUCTURE"), ("malformed-multipart.eml", "BODY"), ("header-only.eml", "BODY[HEADER.FIELDS.NOT (SUBJECT from)]")}
 DIFFERENT_SECTIONS = {"malformed-multipart.eml"}
+# Compared ignoring case, for the second reason above.
+CASE_DIFFERS = {("signed-related.eml", "BODYSTRUCTURE"), ("signed-related.eml", "BODY")}
 
 
 def canonical(data: bytes) -> bytes:
@@ -102,7 +104,10 @@ class DovecotOracleTests(SynchronousTestCase):
             for item, value in ours.items():
                 if (name, item) in DIFFERENT:
                     continue
-                self.assertEqual(canonical(value), canonical(parseItem(items[item][1])), (name, item))
+                ours, theirs = canonical(value), canonical(parseItem(items[item][1]))
+                if (name, item) in CASE_DIFFERS:
+                    ours, theirs = ours.lower(), theirs.lower()
+                self.assertEqual(ours, theirs, (name, item))
                 compared += 1
         self.assertGreater(compared, 40)
 

@@ -232,6 +232,18 @@ class StructureTests(SynchronousTestCase):
         self.assertEqual(parsed.root.params, (("charset", "utf-8"), ("format", "flowed")))
         self.assertEqual(parsed.root.encoding, "base64")
 
+    def test_rfc2231(self) -> None:
+        """
+        RFC 2231 continuations are joined as Dovecot joins them: plain ones
+        into the name, extended ones (still encoded) into C{name*}; a
+        single extended value is left alone.
+        """
+        root = mime.parseBytes(sample("signed-related.eml")).root
+        image = root.parts[0].parts[1]
+        self.assertEqual(image.disposition, ("inline", (("filename*", "utf-8''%E2%82%AC%20logo.png"),)))
+        root = mime.parseBytes(b"Content-Type: text/plain; a*1=\"2\"; b=x; a*0=1; c*=us-ascii''z\n\n").root
+        self.assertEqual(root.params, (("a", "12"), ("b", "x"), ("c*", "us-ascii''z"), ("charset", "us-ascii")))
+
     def test_invalidContentType(self) -> None:
         """
         An invalid Content-Type is the default, text/plain; us-ascii.
