@@ -202,6 +202,24 @@ class KeyTests(SynchronousTestCase):
         self.assertSearch(b"TEXT pay", [2])
         self.assertSearch(b"TEXT x-spam-flag", [2])
 
+    def test_partHeaders(self) -> None:
+        """
+        The headers of MIME parts and enclosed messages: TEXT searches them,
+        BODY does not (as Dovecot).
+        """
+        self.assertSearch(b'TEXT "the inner one"', [4])
+        self.assertSearch(b'BODY "the inner one"', [])
+        self.assertSearch(b"TEXT Content-Language", [4])
+        self.assertSearch(b"BODY Content-Language", [])
+        self.assertSearch(b'TEXT "digest entry"', [4])
+
+    def test_htmlMarkup(self) -> None:
+        """
+        HTML is searched with its markup and without.
+        """
+        self.assertSearch(b'BODY "<b>our</b>"', [3])
+        self.assertSearch(b'BODY "visit our"', [3])
+
     def test_internalDate(self) -> None:
         """
         BEFORE, ON, SINCE compare the internal date's day (UTC).
@@ -215,13 +233,15 @@ class KeyTests(SynchronousTestCase):
     def test_sentDate(self) -> None:
         """
         SENTBEFORE, SENTON, SENTSINCE compare the Date: field's day as
-        written; a message without a Date: field matches none.
+        written (not in UTC); a message without a Date: field counts as
+        sent on 1 January 1970, as in Dovecot.
         """
         self.assertSearch(b"SENTON 4-Dec-2026", [1, 2])
         self.assertSearch(b"SENTON 5-Dec-2026", [3])
-        self.assertSearch(b"SENTBEFORE 5-Dec-2026", [1, 2])
+        self.assertSearch(b"SENTBEFORE 5-Dec-2026", [1, 2, 4])
         self.assertSearch(b"SENTSINCE 5-Dec-2026", [3])
-        self.assertSearch(b"NOT SENTSINCE 1-Jan-1970", [4])
+        self.assertSearch(b"SENTON 1-Jan-1970", [4])
+        self.assertSearch(b"NOT SENTSINCE 1-Jan-1970", [])
 
     def test_sizes(self) -> None:
         sizes = [c.record.size for c in self.box.contexts]

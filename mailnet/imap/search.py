@@ -120,44 +120,56 @@ def _decodePart(data: bytes, part: mime.Part) -> str:
         pass
     text = _charsetDecode(data, dict(part.params).get("charset", "us-ascii"))
     if part.subtype == "html":
-        text = html.unescape(_TAG.sub(" ", text))
+        # The markup (as Dovecot searches it) and the text without it.
+        text += "\n" + html.unescape(_TAG.sub(" ", text))
     return text
 
 
-def _textParts(part: mime.Part) -> List[mime.Part]:
-    found: List[mime.Part] = []
-    stack = [part]
-    while stack:
-        p = stack.pop()
-        if p.parts:
-            stack.extend(reversed(p.parts))
-        elif p.message is not None:
-            stack.append(p.message.root)
-        elif p.type == "text":
-            found.append(p)
-    return found
+#: Separates, in what L{bodyText} returns, the bodies from the part headers.
+HEADERS_FOLLOW = "\x00"
 
 
 def bodyText(stored: BinaryIO, parsed: mime.ParsedMessage, limit: int) -> str:
     """
-    The text BODY and TEXT search: each text/* part (in multiparts and
-    enclosed messages), decoded, one after the other.  Blocking: call it
-    in a thread.
+    What BODY and TEXT search besides the top-level header, as Dovecot
+    does: the text/* and message/* parts, decoded (other parts, such as
+    images and archives, are not searched), then L{HEADERS_FOLLOW}, then
+    the headers of the other parts and of enclosed messages (which TEXT
+    searches and BODY does not).  Blocking: call it in a thread.
 
     @param stored: the message file as stored (LF line endings).
     @param limit: at most this many stored octets are read in all.
     """
-    texts = []
+    bodies: List[str] = []
+    headers: List[str] = []
     budget = limit
-    for part in _textParts(parsed.root):
-        size = min(part.storedEnd - part.storedBodyStart, budget)
+
+    def read(start: int, end: int) -> bytes:
+        nonlocal budget
+        size = min(end - start, budget)
         if size <= 0:
-            continue
-        stored.seek(part.storedBodyStart)
+            return b""
+        stored.seek(start)
         data = stored.read(size)
         budget -= len(data)
-        texts.append(_decodePart(data, part))
-    return "\n".join(texts)
+        return data
+
+    stack = [parsed.root]
+    while stack:
+        part = stack.pop()
+        if part is not parsed.root:
+            header = read(part.storedHeaderStart, part.storedBodyStart)
+            if header:
+                headers.append(decodeHeader(header))
+        if part.parts:
+            stack.extend(reversed(part.parts))
+        elif part.message is not None:
+            stack.append(part.message.root)
+        elif part.type in ("text", "message"):
+            data = read(part.storedBodyStart, part.storedEnd)
+            if data:
+                bodies.append(_decodePart(data, part))
+    return "\n".join(bodies).replace(HEADERS_FOLLOW, " ") + HEADERS_FOLLOW + "\n".join(headers).replace(HEADERS_FOLLOW, " ")
 
 
 # --- the message as criteria see it ----------------------------------------------
@@ -166,12 +178,13 @@ def bodyText(stored: BinaryIO, parsed: mime.ParsedMessage, limit: int) -> str:
 class _Message:
     """One message being tested, with what was decoded from it kept."""
 
-    __slots__ = ("ctx", "_fields", "_body", "_header")
+    __slots__ = ("ctx", "_fields", "_body", "_header", "_partHeaders")
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self._fields: Optional[Dict[bytes, List[bytes]]] = None
         self._body: Optional[str] = None
+        self._partHeaders = ""
         self._header: Optional[str] = None
 
     def fields(self, name: bytes) -> List[bytes]:
@@ -186,15 +199,24 @@ class _Message:
         return self._fields.get(name, [])
 
     def header(self) -> str:
+        """The top-level header, decoded and folded."""
         if self._header is None:
             parsed = self.ctx.parsed
             self._header = _fold(decodeHeader(parsed.header)) if parsed is not None else ""
         return self._header
 
     def body(self) -> str:
+        """The decoded text parts, folded."""
         if self._body is None:
-            self._body = _fold(self.ctx.body())
+            body, _, headers = self.ctx.body().partition(HEADERS_FOLLOW)
+            self._body = _fold(body)
+            self._partHeaders = _fold(headers)
         return self._body
+
+    def partHeaders(self) -> str:
+        """The headers of parts and enclosed messages, decoded and folded."""
+        self.body()
+        return self._partHeaders
 
 
 Test = Callable[[_Message], bool]
@@ -273,9 +295,10 @@ def sentDay(value: Optional[bytes]) -> Optional[Tuple[int, int, int]]:
     return (year, _MONTHS.index(month) + 1, day)
 
 
-def _sentDay(m: _Message) -> Optional[Tuple[int, int, int]]:
+def _sentDay(m: _Message) -> Tuple[int, int, int]:
+    # Without a valid Date: field, 1 January 1970 (as Dovecot).
     parsed = m.ctx.parsed
-    return sentDay(parsed.envelope.date if parsed is not None else None)
+    return sentDay(parsed.envelope.date if parsed is not None else None) or (1970, 1, 1)
 
 
 # --- compiling --------------------------------------------------------------------
@@ -440,7 +463,7 @@ class _Compiler:
         if name == b"TEXT":
             needle = self.text(arg())
             self.needs.update(("headers", "body"))
-            return (lambda m: needle in m.header() or needle in m.body()), i
+            return (lambda m: needle in m.header() or needle in m.body() or needle in m.partHeaders()), i
         if name in _DAY_COMPARISONS:
             ref = _parseDate(arg())
             compare = _DAY_COMPARISONS[name]
@@ -451,11 +474,7 @@ class _Compiler:
             compare = _DAY_COMPARISONS[name[4:]]
             self.needs.add("headers")
 
-            def sent(m: _Message) -> bool:
-                day = _sentDay(m)
-                return day is not None and compare(day, ref)
-
-            return sent, i
+            return (lambda m: compare(_sentDay(m), ref)), i
         if name in (b"LARGER", b"SMALLER"):
             size = _number(arg())
             self.needs.add("size")

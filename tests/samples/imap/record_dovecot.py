@@ -129,4 +129,5 @@ def main(samples, port):
     json.dump(result, open(os.path.join(samples, "dovecot.json"), "w"), indent=1, sort_keys=True)
 
 
-main(sys.argv[1], int(sys.argv[2]))
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
