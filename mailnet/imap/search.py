@@ -17,12 +17,16 @@ C{$}, RFC 5182).
 Matching follows RFC 9051: strings match as case-insensitive substrings of
 the decoded text: header fields with their RFC 2047 encoded words decoded
 (8-bit header octets read as UTF-8), bodies decoded from quoted-printable
-or base64 and from their charset (HTML with its tags removed); address
-fields match on the whole decoded field.  Undecodable octets become
-replacement characters, never errors.  SINCE, BEFORE and ON compare the
-internal date's day in UTC (the time zone INTERNALDATE is shown in); the
-SENT* keys compare the day of the Date: field as written (its own time
-zone); a message without a valid Date: field matches no SENT* key.
+or base64 and from their charset (HTML with and without its markup);
+address fields match on the whole decoded field.  Undecodable octets
+become replacement characters, never errors.  SINCE, BEFORE and ON compare
+the internal date's day in UTC (the time zone INTERNALDATE is shown in);
+the SENT* keys compare the day of the Date: field as written (its own time
+zone); a message without a valid Date: field counts as sent on 1 January
+1970.  BODY searches the text/* and message/* parts; TEXT also the
+top-level header and the headers of parts and enclosed messages.  All as
+Dovecot does (without full-text indexes), which these rules were compared
+with.
 
 Also: C{MODSEQ} (RFC 7162 CONDSTORE), C{$} (RFC 5182 SEARCHRES).  Bounds:
 L{MAX_KEYS} keys, L{MAX_DEPTH} levels of nesting, L{MAX_STRING} octets per
