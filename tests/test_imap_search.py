@@ -9,6 +9,8 @@ criteria are parsed by the server's own command reader.
 import calendar
 import email.policy
 import io
+import json
+import os
 import time
 from email.message import EmailMessage
 from typing import Any, Dict, List, Optional
@@ -21,7 +23,7 @@ from mailnet.imap import search
 from mailnet.imap._parser import Atom, Command, CommandReader, String
 from mailnet.store.records import MessageRecord
 
-from .test_mime import sample
+from .test_mime import SAMPLES, sample, sampleNames
 
 POLICY = email.policy.default.clone(linesep="\n")
 
@@ -319,6 +321,24 @@ class KeyTests(SynchronousTestCase):
         self.assertEqual(
             [c.seq for c in self.box.contexts if search.compile([Atom(b"SUBJECT"), String(b"Invoice", literal=True)]).matches(c)], [2]
         )
+
+
+class DovecotOracleTests(SynchronousTestCase):
+    def test_sameAsDovecot(self) -> None:
+        """
+        About 50 header, body, text and date searches over the sample
+        messages find what Dovecot 2.3 finds
+        (C{tests/samples/imap/dovecot-search.json}, recorded by
+        C{record_dovecot.py}).
+        """
+        with open(os.path.join(SAMPLES, "dovecot-search.json"), encoding="utf-8") as f:
+            recorded = json.load(f)
+        names = sampleNames()
+        box = Mailbox([{"data": sample(n)} for n in names])
+        for query, expected in recorded.items():
+            found = [names[n - 1] for n in box.search(query.encode("utf-8"), charset="UTF-8")]
+            self.assertEqual(found, expected, query)
+        self.assertGreater(len(recorded), 40)
 
 
 class ErrorTests(SynchronousTestCase):
