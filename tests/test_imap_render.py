@@ -188,6 +188,20 @@ class AddressTests(SynchronousTestCase):
             b'(("Alice" NIL "a" "x.test")(NIL NIL "b" "y.test")("Smith, J." NIL "j" "z.test"))',
         )
 
+    def test_fastPathAgrees(self) -> None:
+        """
+        The common forms, rendered without the full parser, come out as the
+        full parser renders them; phrases keep their words' spacing.
+        """
+        for value in [b"User 5 <user5@example.test>", b"John Q. Public <x@y.z>", b"Foo.Bar <x@y>", b"a@b.c, Foo Bar <x@y.z>",
+                      b"  Foo   Bar  <x@y.z> ", b"<a@b.c>", b"Name <a@b>, <c@d>", b"=?utf-8?q?J=C3=B6rg?= Smith <j@x>", b"john.doe@x.test"]:
+            fast = _render._simpleAddressList(value)
+            self.assertIsNotNone(fast, value)
+            self.assertEqual(fast, b"(" + b"".join(_render._renderAddress(a) for a in _render.parseAddresses(value)) + b")", value)
+        self.assertEqual(self.render(b"John Q. Public <x@y.z>"), b'(("John Q. Public" NIL "x" "y.z"))')
+        for value in [b'"Q" <a@b>', b"a (c) <a@b>", b"G: a@b;", b"a . b@c", b"caf\xc3\xa9 <a@b>", b"a@b,", b"x <a@b> y"]:
+            self.assertIsNone(_render._simpleAddressList(value), value)
+
     def test_encodedWordsKept(self) -> None:
         """
         RFC 2047 encoded words are sent as they are.
