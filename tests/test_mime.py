@@ -390,6 +390,15 @@ class SerialisationTests(SynchronousTestCase):
             self.assertEqual(loaded.root, parsed.root, name)
             self.assertEqual(mime.ParsedMessage.fromBytes(loaded.toBytes()), parsed)
 
+    def test_eightBitRoundTrip(self) -> None:
+        """
+        8-bit octets in parameters and fields survive the round trip.
+        """
+        parsed = mime.parseBytes(b'Content-Type: text/plain; name="\xff\xfe.txt"\nContent-Description: \xe9t\xe9\n\nx')
+        loaded = mime.ParsedMessage.fromBytes(parsed.toBytes())
+        self.assertEqual(loaded.root.params[0][1].encode("utf-8", "surrogateescape"), b"\xff\xfe.txt")
+        self.assertEqual(loaded, parsed)
+
     def test_compact(self) -> None:
         """
         The serialised form of a typical message is much smaller than the
