@@ -163,6 +163,22 @@ class KeyTests(SynchronousTestCase):
         self.assertSearch(b"CC ann", [2])
         self.assertSearch(b"BCC ann", [])
 
+    def test_normalisedAddresses(self) -> None:
+        """
+        Address fields also match as Dovecot writes them again: comments
+        and extra white space gone (imaptest's search-addresses).
+        """
+        box = Mailbox(
+            [
+                {"data": b"From: <user-from (comment)@ (comment) domain.org>\n\nx\n"},
+                {"data": b"From: user-from@domain.org (RealFrom)\n\nx\n"},
+                {"data": b"From: =?utf-8?q?R=C3=A9al?= <user-from@domain.org>\n\nx\n"},
+            ]
+        )
+        self.assertEqual(box.search(b"FROM user-from@domain.org"), [1, 2, 3])
+        self.assertEqual(box.search(b"FROM realfrom"), [2])
+        self.assertEqual(box.search(b'FROM "r\xc3\xa9al <user-from@"', charset="UTF-8"), [3])
+
     def test_subject(self) -> None:
         """
         SUBJECT matches the decoded subject, case-insensitively (also

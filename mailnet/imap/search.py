@@ -43,6 +43,7 @@ import time
 from typing import Any, BinaryIO, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from mailnet import mime
+from mailnet.imap import _render
 from mailnet.imap._parser import Atom, String
 from mailnet.imap._sequence import SequenceError, SequenceSet, parseSequenceSet
 
@@ -228,16 +229,39 @@ Test = Callable[[_Message], bool]
 # Address and subject fields are in the envelope (their first occurrence, as
 # for ENVELOPE: no need to split the header).
 _ENVELOPE_FIELD = {b"subject": "subject", b"from": "from_", b"to": "to", b"cc": "cc", b"bcc": "bcc"}
+_ADDRESS_FIELDS = (b"from", b"to", b"cc", b"bcc")
+
+
+def normalisedAddresses(value: bytes) -> str:
+    """
+    @return: an address field as Dovecot searches it besides its text:
+        parsed, then written again without comments or extra white space
+        (C{Name <local@host>, local@host, group: ...;}).
+    """
+    out = []
+    for a in _render.parseAddresses(value):
+        if a.host is None and a.adl is None and a.name is None:
+            out.append(";" if a.mailbox is None else decodeHeader(a.mailbox) + ":")
+            continue
+        address = (a.mailbox or b"") + b"@" + (a.host or b"")
+        name = decodeHeader(a.name) if a.name else ""
+        out.append("%s <%s>" % (name, decodeHeader(address)) if name else decodeHeader(address))
+    return ", ".join(out)
 
 
 def _fieldContains(name: bytes, needle: str) -> Test:
     attrName = _ENVELOPE_FIELD.get(name)
     if attrName is not None:
+        address = name in _ADDRESS_FIELDS
 
         def inEnvelope(m: _Message) -> bool:
             parsed = m.ctx.parsed
             value = None if parsed is None else getattr(parsed.envelope, attrName)
-            return value is not None and (not needle or needle in _fold(decodeHeader(value)))
+            if value is None:
+                return False
+            if not needle or needle in _fold(decodeHeader(value)):
+                return True
+            return address and needle in _fold(normalisedAddresses(value))
 
         return inEnvelope
 
