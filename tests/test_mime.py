@@ -328,6 +328,23 @@ class BoundsTests(SynchronousTestCase):
         self.assertEqual(parsed.envelope.subject, b"big")
         self.assertEqual(data[parsed.root.storedBodyStart:], b"body\n")
 
+    def test_enclosedHeadersBudget(self) -> None:
+        """
+        The headers kept for enclosed messages share one budget; past it
+        they are empty (and FETCH reads them from the file).
+        """
+        inner = b"Content-Type: message/rfc822\n\nSubject: inner\nX-Pad: " + b"p" * 200000 + b"\n\nbody\n"
+        data = b"Content-Type: multipart/mixed; boundary=b\n\n" + b"".join(b"--b\n" + inner for _ in range(8)) + b"--b--\n"
+        parts = mime.parseBytes(data).root.parts
+        kept = [p.message.header for p in parts if p.message is not None]
+        self.assertEqual(len(kept), 8)
+        self.assertEqual(sum(1 for h in kept if h), mime.MAX_ENCLOSED_HEADERS // 200000)
+        self.assertLessEqual(sum(map(len, kept)), mime.MAX_ENCLOSED_HEADERS)
+        self.assertTrue(all(p.message is not None and p.message.envelope.subject == b"inner" for p in parts))
+        last = parts[-1].message
+        assert last is not None
+        self.assertFalse(last.headerComplete())
+
     def test_longLines(self) -> None:
         """
         A line longer than a read chunk (no LF for 1 MB) is handled in
