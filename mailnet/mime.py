@@ -41,6 +41,9 @@ MAX_PARTS = 1000
 MAX_DEPTH = 50
 #: Header octets kept per part (the top-level one is kept whole up to this).
 MAX_HEADER = 256 * 1024
+#: Header octets kept, in all, for the enclosed messages' L{ParsedMessage.header}
+#: (beyond it they are empty: a FETCH of such a header reads the file).
+MAX_ENCLOSED_HEADERS = 1024 * 1024
 
 #: How much is read from the file at a time.
 CHUNK_SIZE = 64 * 1024
@@ -224,12 +227,16 @@ class _LazyRoot:
             return d["root"]
         except KeyError:
             pass
+        packed = d.get("_packedRoot")
+        if packed is None:
+            # Another thread unpacked it meanwhile.
+            return d["root"]
         try:
-            root = _unpackPart(marshal.loads(d["_packedRoot"]))
+            root = _unpackPart(marshal.loads(packed))
         except (EOFError, TypeError, ValueError, IndexError) as e:
             raise ValueError("damaged serialised ParsedMessage: %s" % (e,))
         d["root"] = root
-        del d["_packedRoot"]
+        d.pop("_packedRoot", None)
         return root
 
     def __set__(self, obj: ParsedMessage, value: Part) -> None:
@@ -413,21 +420,25 @@ def parseParameters(value: bytes, i: int = 0) -> Params:
     return tuple(params)
 
 
-_CONTINUATION = re.compile(r"(.+)\*([0-9]{1,3})$")
+_CONTINUATION = re.compile(r"(.+?)\*([0-9]{1,3})(\*?)$")
 
 
 def _joinContinuations(params: Params) -> Params:
     """
-    RFC 2231 §3 continuations without charset (C{name*0}, C{name*1}, ...)
-    joined into one C{name}, where the first piece was, as Dovecot does.
-    Extended values (C{name*=utf-8''...}, C{name*0*=...}) are left as they
-    are.
+    RFC 2231 §3 continuations joined, where the first piece was, as Dovecot
+    does: C{name*0}, C{name*1} ... into C{name}; C{name*0*}, C{name*1*}
+    ... (with a charset, still percent-encoded) into C{name*}, for the
+    client to decode as it would a single C{name*} parameter.
     """
     pieces: Dict[str, Dict[int, str]] = {}
+    extended: Dict[str, bool] = {}
     for name, value in params:
         m = _CONTINUATION.match(name)
         if m:
-            pieces.setdefault(m.group(1), {})[int(m.group(2))] = value
+            base, number = m.group(1), int(m.group(2))
+            pieces.setdefault(base, {})[number] = value
+            if number == 0:
+                extended[base] = bool(m.group(3))
     if not pieces:
         return params
     out: List[Tuple[str, str]] = []
@@ -447,7 +458,7 @@ def _joinContinuations(params: Params) -> Params:
         while i in got:
             joined += got[i]
             i += 1
-        out.append((base, joined))
+        out.append((base + "*" if extended.get(base) else base, joined))
     return tuple(out)
 
 
@@ -671,6 +682,7 @@ class _Parser:
     def __init__(self, f: BinaryIO) -> None:
         self.r = _Reader(f)
         self.boundaries: List[bytes] = []
+        self.enclosedBudget = MAX_ENCLOSED_HEADERS
         self._candidates: Optional[Tuple[Pattern[bytes], Pattern[bytes]]] = None
 
     def setBoundaries(self, boundaries: List[bytes]) -> None:
@@ -785,6 +797,11 @@ class _Parser:
                 found, children = self.parseMultipart(boundary.encode("utf-8", "surrogateescape"), depth, csub)
             elif isMessage:
                 inner, found, message = self.parsePart(depth + 1, ("text", "plain"))
+                assert message is not None
+                if len(message.header) > self.enclosedBudget:
+                    # Over the budget for all enclosed messages' headers.
+                    message = attr.evolve(message, header=b"")
+                self.enclosedBudget -= len(message.header)
             else:
                 found = self.skipBody()
             end = found.end if found is not None and found.end is not None else _mark(r)

@@ -59,35 +59,48 @@ _ATOM = re.compile(rb'[^\x00-\x20()<>@,;:\\".\[\]\x7f]+')
 _WORD, _QUOTED, _COMMENT, _SPECIAL, _LITERAL = range(5)
 
 
-def _tokens(value: bytes) -> List[Tuple[int, bytes]]:
-    tokens: List[Tuple[int, bytes]] = []
+Token = Tuple[int, bytes, bool]
+
+
+def _tokens(value: bytes) -> List[Token]:
+    """
+    The tokens of an address list: C{(kind, text, spaced)}, C{spaced}
+    telling whether white space or a comment came before the token.
+    """
+    tokens: List[Token] = []
     i, n = 0, len(value)
+    spaced = False
     while i < n and len(tokens) < 10000:
         c = value[i:i + 1]
         if c in (b" ", b"\t", b"\r", b"\n"):
             i += 1
-        elif c == b'"':
+            spaced = True
+            continue
+        if c == b'"':
             text, i = mime._quoted(value, i)
-            tokens.append((_QUOTED, text))
+            tokens.append((_QUOTED, text, spaced))
         elif c == b"(":
             start = i
             i = mime._skipCFWS(value, i)
-            tokens.append((_COMMENT, value[start + 1:i - 1].strip()))
+            tokens.append((_COMMENT, value[start + 1:i - 1].strip(), spaced))
+            spaced = True
+            continue
         elif c == b"[":
             end = value.find(b"]", i)
             end = n if end < 0 else end + 1
-            tokens.append((_LITERAL, value[i:end]))
+            tokens.append((_LITERAL, value[i:end], spaced))
             i = end
         elif c in b"<>@,;:.\\)]":
-            tokens.append((_SPECIAL, c))
+            tokens.append((_SPECIAL, c, spaced))
             i += 1
         else:
             m = _ATOM.match(value, i)
             if m is None:  # pragma: no cover (every other octet is an atom octet)
                 i += 1
                 continue
-            tokens.append((_WORD, m.group()))
+            tokens.append((_WORD, m.group(), spaced))
             i = m.end()
+        spaced = False
     return tokens
 
 
@@ -105,24 +118,18 @@ class Address:
     host: Optional[bytes] = None
 
 
-def _joinWords(words: List[Tuple[int, bytes]]) -> bytes:
-    # A phrase: words separated by one space; dots kept where they are.
+def _joinWords(words: List[Token]) -> bytes:
+    # A phrase: its words, one space where there was white space.
     out = b""
-    prevDot = True
-    for kind, text in words:
-        if kind == _SPECIAL:
-            out += text
-            prevDot = True
-            continue
-        if not prevDot:
+    for _, text, spaced in words:
+        if spaced and out:
             out += b" "
         out += text
-        prevDot = False
     return out
 
 
-def _localPart(words: List[Tuple[int, bytes]]) -> bytes:
-    return b"".join(text for kind, text in words)
+def _localPart(words: List[Token]) -> bytes:
+    return b"".join(text for _, text, _ in words)
 
 
 class _AddressParser:
@@ -136,15 +143,15 @@ class _AddressParser:
             self.comment = self.tokens[self.i][1]
             self.i += 1
         if self.i < len(self.tokens):
-            return self.tokens[self.i]
+            return self.tokens[self.i][:2]  # type: ignore[return-value]
         return (-1, b"")
 
-    def take(self) -> Tuple[int, bytes]:
-        t = self.peek()
+    def take(self) -> Token:
+        self.peek()
         self.i += 1
-        return t
+        return self.tokens[self.i - 1] if self.i <= len(self.tokens) else (-1, b"", False)
 
-    def phrase(self) -> List[Tuple[int, bytes]]:
+    def phrase(self) -> List[Token]:
         words = []
         while True:
             kind, text = self.peek()
@@ -156,7 +163,7 @@ class _AddressParser:
     def domain(self) -> bytes:
         return _localPart(self.phrase())
 
-    def mailbox(self, words: List[Tuple[int, bytes]]) -> Optional[Address]:
+    def mailbox(self, words: List[Token]) -> Optional[Address]:
         """After a phrase: an angle address, an addr-spec, or a bare word."""
         self.comment = None
         kind, text = self.peek()
@@ -257,6 +264,30 @@ def _renderAddress(a: Address) -> bytes:
     return b"(%s %s %s %s)" % (nstring(a.name), nstring(a.adl), nstring(a.mailbox), nstring(a.host))
 
 
+# The common forms, "Name <local@host>" and "local@host" (no quotes,
+# comments, groups or routes), rendered without the full parser.
+_HARD = re.compile(rb'["()\\:;\[\]\x00-\x08\x0a-\x1f\x7f-\xff]')
+_SIMPLE_ANGLE = re.compile(rb"\s*([^<>@,]*?)\s*<([^<>@\s,]+)@([^<>@\s,]+)>\s*\Z")
+_SIMPLE_BARE = re.compile(rb"\s*([^<>@\s,]+)@([^<>@\s,]+)\s*\Z")
+
+
+def _simpleAddressList(value: bytes) -> Optional[bytes]:
+    if _HARD.search(value):
+        return None
+    out = []
+    for item in value.split(b","):
+        m = _SIMPLE_ANGLE.match(item)
+        if m is not None:
+            name = b" ".join(m.group(1).split())
+            out.append(b'(%s NIL "%s" "%s")' % (b'"%s"' % name if name else NIL, m.group(2), m.group(3)))
+            continue
+        m = _SIMPLE_BARE.match(item)
+        if m is None:
+            return None
+        out.append(b'(NIL NIL "%s" "%s")' % (m.group(1), m.group(2)))
+    return b"(" + b"".join(out) + b")"
+
+
 def addressList(value: Optional[bytes]) -> bytes:
     """
     @return: an ENVELOPE address list, or C{NIL} when the field is absent,
@@ -264,6 +295,9 @@ def addressList(value: Optional[bytes]) -> bytes:
     """
     if value is None:
         return NIL
+    simple = _simpleAddressList(value)
+    if simple is not None:
+        return simple
     addresses = parseAddresses(value)
     if not addresses:
         return NIL
