@@ -596,6 +596,17 @@ class IMAPServer(Protocol):
             raise Bad("Too many ID fields")
         self._send(b'* ID ("name" "mailnet" "vendor" "mailnet")')
 
+    def enableCondstore(self) -> None:
+        """
+        RFC 7162 §3.1: CONDSTORE is on from now; with a folder selected, the
+        client learns its HIGHESTMODSEQ.
+        """
+        if self.condstore:
+            return
+        self.condstore = True
+        if self.view is not None:
+            self._send(b"* OK [HIGHESTMODSEQ %d] Highest" % (max(self.view.highestModSeq, 1),))
+
     def do_ENABLE(self, tag: bytes, args: List[Any]) -> None:
         # RFC 5161; RFC 9051 §6.3.1.
         if not args:
@@ -609,7 +620,7 @@ class IMAPServer(Protocol):
                 self.rev2 = True
                 enabled.append(b"IMAP4rev2")
             elif name == b"CONDSTORE" and not self.condstore:
-                self.condstore = True
+                self.enableCondstore()
                 enabled.append(b"CONDSTORE")
         self._send(b"* ENABLED" + b"".join(b" " + e for e in enabled))
 
@@ -762,7 +773,14 @@ class IMAPServer(Protocol):
             raise No("No such folder", NONEXISTENT)
         try:
             state = await folder.sync()
-            recent = frozenset() if (self.rev2 or readOnly) else await folder.claimRecent()
+            if self.rev2:
+                recent: FrozenSet[int] = frozenset()
+            elif readOnly:
+                # EXAMINE shows \Recent without taking it (RFC 3501 §6.3.2).
+                count = (await self.account.status(name)).recent
+                recent = frozenset(m.uid for m in state.messages[len(state.messages) - count :]) if count else frozenset()
+            else:
+                recent = await folder.claimRecent()
         except Exception:
             folder.close()
             raise
@@ -941,6 +959,8 @@ class IMAPServer(Protocol):
             raise No("Folder already exists", ALREADYEXISTS)
         except BadFolderName as e:
             raise No(str(e), CANNOT)
+        # RFC 9051 §6.3.4: CREATE does not subscribe; clients do that.
+        await self.account.setSubscribed(name, False)
         return None
 
     async def do_DELETE(self, tag: bytes, args: List[Any]) -> Any:
@@ -1002,7 +1022,8 @@ class IMAPServer(Protocol):
             unknown = selection - {b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH", b"SPECIAL-USE"}
             if unknown:
                 raise Bad("Unsupported LIST selection option")
-            if selection == {b"RECURSIVEMATCH"}:
+            if b"RECURSIVEMATCH" in selection and not selection & {b"SUBSCRIBED", b"SPECIAL-USE"}:
+                # RFC 5258 §3: it modifies another selection option.
                 raise Bad("RECURSIVEMATCH needs another selection option")
         returns: Set[bytes] = set()
         statusItems: List[bytes] = []
@@ -1048,38 +1069,69 @@ class IMAPServer(Protocol):
             # RFC 9051 §6.3.9: the delimiter and the root.
             self._send(b'* %s (\\Noselect) "%s" ""' % (b"LSUB" if lsub else b"LIST", delimiter))
             return None
-        ref = decodeName(reference, self.rev2)
-        matchers = [_patternMatcher(ref + decodeName(p, self.rev2)) for p in patterns if p]
+        try:
+            ref = decodeName(reference, self.rev2)
+            matchers = [_patternMatcher(ref + decodeName(p, self.rev2)) for p in patterns if p]
+        except IMAPError:
+            # A pattern no name could match (RFC 9051 §6.3.9: not an error).
+            return None
         folders: List[FolderInfo] = await self.account.listFolders()
         subscribedOnly = lsub or b"SUBSCRIBED" in selection
         specialOnly = b"SPECIAL-USE" in selection
         recursive = b"RECURSIVEMATCH" in selection
-        known = {f.name for f in folders}
+        subscribedNames = [f.name for f in folders if f.subscribed]
         lines: List[Tuple[str, List[str], Optional[str]]] = []
-        for info in folders:
-            matches = any(m(info.name) for m in matchers)
-            childInfo = None
-            if not matches:
+        listedNames = {f.name for f in folders}
+        candidates = list(folders)
+        if lsub:
+            # RFC 3501 §6.3.9: with %, an unsubscribed parent of subscribed
+            # names is listed \Noselect.
+            for name in subscribedNames:
+                parts = name.split(DELIMITER)
+                for i in range(1, len(parts)):
+                    parent = DELIMITER.join(parts[:i])
+                    if parent not in listedNames:
+                        listedNames.add(parent)
+                        candidates.append(FolderInfo(parent, selectable=False, hasChildren=True))
+        for info in candidates:
+            if not any(m(info.name) for m in matchers):
                 continue
+            childInfo = None
             attributes: List[str] = []
+            nonExistent = not info.selectable and not info.hasChildren
+            if nonExistent and not subscribedOnly:
+                # Only a subscription: not a folder (RFC 5258 §3).
+                continue
+            hasSubscribedChild = any(n.startswith(info.name + DELIMITER) for n in subscribedNames)
             if subscribedOnly and not info.subscribed:
-                if recursive and any(f.subscribed and f.name.startswith(info.name + DELIMITER) for f in folders):
-                    childInfo = '("CHILDINFO" ("SUBSCRIBED"))'
+                if lsub and hasSubscribedChild:
+                    lines.append((info.name, ["\\Noselect"], None))
+                    continue
+                # RFC 5258 §3.5: CHILDINFO for subscribed names below that
+                # the patterns do not list themselves.
+                if recursive and any(
+                    n.startswith(info.name + DELIMITER) and not any(m(n) for m in matchers) for n in subscribedNames
+                ):
+                    childInfo = '"CHILDINFO" ("SUBSCRIBED")'
                 else:
                     continue
             if specialOnly and not info.specialUse:
                 continue
-            if not info.selectable:
-                attributes.append("\\NonExistent" if info.name not in known or self.rev2 else "\\Noselect")
-            attributes.append("\\HasChildren" if info.hasChildren else "\\HasNoChildren")
+            if lsub:
+                lines.append((info.name, [] if info.selectable else ["\\Noselect"], None))
+                continue
+            if nonExistent:
+                attributes.append("\\NonExistent")
+            elif not info.selectable:
+                attributes.append("\\Noselect")
+            if not nonExistent:
+                attributes.append("\\HasChildren" if info.hasChildren else "\\HasNoChildren")
             if info.subscribed and (subscribedOnly or b"SUBSCRIBED" in returns):
                 attributes.append("\\Subscribed")
             if info.specialUse and (self.rev2 or specialOnly or b"SPECIAL-USE" in returns or not selection):
                 attributes.append(info.specialUse)
             lines.append((info.name, attributes, childInfo))
-        # Subscribed names that do not exist (RFC 5258 §3.1).
-        if subscribedOnly:
-            pass
+        lines.sort(key=lambda line: (line[0].upper() != "INBOX", line[0]))
         verb = b"LSUB" if lsub else b"LIST"
         for name, attributes, childInfo in lines:
             line = b'* %s %s "%s" %s' % (verb, _flagList(attributes), delimiter, self._encodeName(name))
@@ -1121,8 +1173,8 @@ class IMAPServer(Protocol):
             b"HIGHESTMODSEQ": max(status.highestModSeq, 1),
             b"APPENDLIMIT": self.factory.limits.max_message_size,
         }
-        if self.condstore is False and b"HIGHESTMODSEQ" in items:
-            self.condstore = True
+        if b"HIGHESTMODSEQ" in items:
+            self.enableCondstore()
         body = b" ".join(b"%s %d" % (item, values[item]) for item in items)
         return b"* STATUS " + self._encodeName(name) + b" (" + body + b")"
 
@@ -1316,7 +1368,7 @@ class IMAPServer(Protocol):
             if len(modifiers) != 2 or not (isinstance(modifiers[0], Atom) and modifiers[0].isName(b"UNCHANGEDSINCE")):
                 raise Bad("Unsupported STORE modifier")
             unchangedSince = _number(modifiers[1], allowZero=True)
-            self.condstore = True
+            self.enableCondstore()
         if len(args) < 2 or not isinstance(args[0], Atom):
             raise Bad("Syntax: STORE sequence-set (+|-)FLAGS[.SILENT] (flags)")
         action = args[0].upper()
@@ -1394,10 +1446,10 @@ class IMAPServer(Protocol):
             ):
                 raise Bad("Unsupported FETCH modifier")
             changedSince = _number(modifiers[1], allowZero=True)
-            self.condstore = True
+            self.enableCondstore()
         names = {item.name for item in items}
         if "MODSEQ" in names:
-            self.condstore = True
+            self.enableCondstore()
         if uid and "UID" not in names:
             items.insert(0, _fetch.FetchItem("UID"))
         if (changedSince is not None or self.condstore) and "MODSEQ" not in names and changedSince is not None:
@@ -1515,7 +1567,7 @@ class IMAPServer(Protocol):
         numbers = matched if uid else [view.seqOf(u) for u in matched]
         usesModSeq = bool(getattr(criteria, "usesModSeq", False) or "modseq" in needs)
         if usesModSeq:
-            self.condstore = True
+            self.enableCondstore()
         if options is None:
             line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
             if usesModSeq and numbers:
@@ -1539,6 +1591,15 @@ class IMAPServer(Protocol):
         if b"COUNT" in options:
             parts.append(b"COUNT %d" % (len(numbers),))
         if usesModSeq and numbers:
+            if options & {b"MIN", b"MAX"} and not options & {b"ALL", b"COUNT"}:
+                # RFC 7162 §3.4: the mod-sequence of the messages returned.
+                chosen = set()
+                pairs = list(zip(numbers, matched))
+                if b"MIN" in options:
+                    chosen.add(min(pairs)[1])
+                if b"MAX" in options:
+                    chosen.add(max(pairs)[1])
+                highestModSeq = max(view.records[u].modSeq for u in chosen)
             parts.append(b"MODSEQ %d" % (highestModSeq,))
         self._send(b" ".join(parts))
         return None
@@ -1698,7 +1759,7 @@ def decodeName(raw: bytes, utf8: bool) -> str:
 
             name = raw.decode("imap4-utf-7")
     except (UnicodeDecodeError, ValueError):
-        raise Bad("Invalid mailbox name encoding")
+        raise No("Invalid mailbox name encoding", CANNOT)
     if name.upper() == "INBOX":
         return "INBOX"
     if name.upper().startswith("INBOX" + DELIMITER):
