@@ -858,12 +858,12 @@ def buildParser() -> argparse.ArgumentParser:
         "the TXT record to publish at SELECTOR._domainkey.DOMAIN.  Mail from DOMAIN is signed with the "
         "key of the [dkim] selector if it has one, else with its newest key.",
     )
-    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("domain", metavar="DOMAIN", help="a local domain (mail whose From: is there gets signed)")
     p.add_argument("--selector", metavar="S", help="the selector [default: [dkim] selector, s1]")
     p.add_argument("--type", choices=("rsa", "ed25519"), default="rsa", help="the key type [default: rsa]")
     _command(dkim, "list", dkimList, "list the DKIM keys and their DNS records")
     p = _command(dkim, "remove", dkimRemove, "delete a domain's DKIM key (all its keys without --selector)")
-    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("domain", metavar="DOMAIN", help="the domain whose key to delete")
     p.add_argument("--selector", metavar="S", help="only the key with this selector")
 
     _command(
