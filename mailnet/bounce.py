@@ -138,7 +138,7 @@ def _humanText(reportingMTA: str, results: Sequence[RecipientResult], delayed: b
             "",
         ]
     for result in results:
-        lines.append("<%s>: %s" % (result.address, _text(result.diagnostic or result.status)))
+        lines.append("<%s>: %s" % (escape(result.address), _text(result.diagnostic or result.status)))
     lines.append("")
     return "\n".join(lines)
 

@@ -806,3 +806,23 @@ class HeaderSectionChunkingTests(SynchronousTestCase):
                 head = (b"\r\n" + whole[0]).split(b"\r\n\r\n")[0]
                 self.assertNotIn(b"ceo@bank.test", head)
                 self.assertNotIn(b"hidden@", head)
+
+
+class HeaderSectionLimitTests(SynchronousTestCase):
+    """The header-section cap is exact, however the data arrives."""
+
+    def test_limitInOneChunk(self) -> None:
+        from mailnet.smtp._data import HeaderSection
+
+        field = b"X-F: " + b"x" * 93 + b"\r\n"  # 100 octets
+        for count, tooLarge in ((10, False), (11, True)):
+            data = field * count + b"\r\nbody\r\n"
+            for cuts in ([len(data)], list(range(1, len(data) + 1, 7))):
+                section = HeaderSection(limit=1000)
+                last, out = 0, []
+                for cut in cuts + [len(data)]:
+                    out.append(section.feed(data[last:cut]))
+                    last = cut
+                out.append(section.finish())
+                self.assertEqual(section.tooLarge, tooLarge, (count, len(cuts)))
+                self.assertEqual(b"".join(out), b"" if tooLarge else data)

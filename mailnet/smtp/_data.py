@@ -320,6 +320,10 @@ class HeaderSection:
 
     def _end(self, buffer: bytes, start: int, malformed: bool) -> bytes:
         """The header section ended where C{buffer[start:]} begins."""
+        # What came before C{buffer} was counted already.
+        if self._heldBytes - len(buffer) + start > self.limit:
+            self._heldBytes = self.limit + 1
+            return self._checkSize()
         self.malformed = malformed
         self.complete = True
         self._mode = None
@@ -340,6 +344,8 @@ class HeaderSection:
             return b""
         partial = b"".join(self._partial)
         self._partial = []
+        # It is fed again below.
+        self._heldBytes -= len(partial)
         if not partial:
             if self._mode == _COLLECT:
                 self._collected()
@@ -347,12 +353,16 @@ class HeaderSection:
         # The last line has no line ending: read it as if it had one, then
         # take that line ending off again if the line was kept.
         out = self.feed(partial + b"\r\n")
+        if self.tooLarge:
+            return b""
         if self.complete:
             return out[:-2]  # the line began the body
         kept = self._mode != _DROP
         if self._mode == _COLLECT:
             self._collected()
         out = self._end(b"", 0, malformed=False)
+        if self.tooLarge:
+            return b""
         return out[:-2] if kept else out
 
     def _release(self) -> bytes:

@@ -1278,6 +1278,8 @@ class SMTPServer(Protocol):
             # to act on (send the rest later), so it is not a client error
             # until far past the limit.
             transaction.overshoot += 1
+            if transaction.overshoot == 1:
+                log.info("SMTP {peer}: more than {n} recipients; the rest get 452", peer=self._peer, n=self.limits.max_recipients)
             self._reply(
                 reply(codes.INSUFFICIENT_STORAGE, codes.T_TOO_MANY_RECIPIENTS, "Too many recipients"),
                 countError=transaction.overshoot > RECIPIENT_OVERSHOOT,
