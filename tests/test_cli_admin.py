@@ -108,3 +108,57 @@ class QueueIdTests(AdminTestCase):
         err = self.fails("queue", "delete", entry)
         self.assertIn("could not be deleted", err)
         self.assertIn("run the command again", err)
+
+
+class CheckAsDaemonTests(AdminTestCase):
+    """
+    check passes only what the daemon accepts, and finds aliases that
+    cannot work (issue 15 item 12).
+    """
+
+    def setUp(self) -> None:
+        AdminTestCase.setUp(self)
+        self.cert = os.path.join(self.dataDir, "cert.pem")
+        self.key = os.path.join(self.dataDir, "key.pem")
+        base.generateSelfSigned("mail.example.test", self.cert, self.key, days=365)
+
+    config = base.CheckTests.config
+    setUpAccounts = base.CheckTests.setUpAccounts
+    check = base.CheckTests.check
+
+    def test_endpointsParsedAsTheDaemonDoes(self) -> None:
+        self.setUpAccounts()
+        for listen, problem in [
+            ("tcp:0:interfce=127.0.0.1", "unknown option 'interfce'"),
+            ("tpc:0", "Unknown endpoint type: 'tpc'"),
+            ("tcp:port", "no valid port number"),
+        ]:
+            code, out, err = self.check(self.config(listen=listen))
+            self.assertEqual(code, 1, out)
+            self.assertIn("error: smtp %s: %s (the daemon would not start)" % (listen, problem), out)
+            # And the daemon does stop on it:
+            from mailnet.config import loadConfig
+            from mailnet.errors import ConfigError
+            from mailnet.service import MailService
+            from tests.test_service import ThreadedMemoryReactor
+
+            self.assertRaises(ConfigError, MailService, loadConfig(self.config(listen=listen)), ThreadedMemoryReactor())
+
+    def test_aliasProblems(self) -> None:
+        self.setUpAccounts()
+        store = self.store()
+        store.addDomain("old.test")
+        store.addUser("carol@old.test", "h")
+        os.makedirs(os.path.join(self.dataDir, "mail", "old.test", "carol", "new"))
+        store.addAlias("a@example.test", ["b@example.test"])
+        store.addAlias("b@example.test", ["a@example.test"])
+        store.addAlias("sales@example.test", ["nobody@example.test"])
+        store.addAlias("support@example.test", ["carol@old.test"])
+        store.removeDomain("old.test")
+        code, out, err = self.check(self.config())
+        self.assertEqual(code, 1, out)
+        self.assertIn("warning: alias loop: a@example.test -> b@example.test -> a@example.test", out)
+        self.assertEqual(out.count("alias loop"), 1, out)
+        self.assertIn("warning: sales@example.test -> nobody@example.test: there is no such user or alias", out)
+        self.assertIn("warning: support@example.test -> carol@old.test: old.test is no longer a local domain", out)
+        self.assertIn("would be relayed out", out)

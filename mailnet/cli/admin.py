@@ -521,6 +521,32 @@ def endpointAddress(description: str) -> Optional[Tuple[int, str, int]]:
     return family, interface, number
 
 
+def daemonEndpointProblem(description: str) -> Optional[str]:
+    """
+    Parse a listener endpoint exactly as the daemon does
+    (L{twisted.internet.endpoints.serverFromString}), so that C{check}
+    passes only what the daemon accepts (C{tpc:2525}, C{interfce=}: no).
+
+    @return: what is wrong, or L{None}.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        serverFromString(MemoryReactor(), description)
+    except TypeError as e:
+        # An unknown keyword: "... got an unexpected keyword argument 'interfce'".
+        text = str(e)
+        if "unexpected keyword argument" in text:
+            return "unknown option %s" % (text.rsplit("argument", 1)[1].strip(),)
+        return text
+    except Exception as e:  # ValueError "Unknown endpoint type", a bad ssl: key file ...
+        if "invalid literal for int()" in str(e):
+            return "no valid port number"
+        return str(e) or type(e).__name__
+    return None
+
+
 def tryBind(family: int, interface: str, port: int) -> None:
     """
     Bind and listen on a TCP port the way Twisted does (C{SO_REUSEADDR} on
@@ -661,6 +687,10 @@ def _checkListeners(config: Config, report: Report) -> None:
         if not endpoints:
             report.note("%s: off" % (name,))
         for description in endpoints:
+            problem = daemonEndpointProblem(description)
+            if problem is not None:
+                report.error("%s %s: %s (the daemon would not start)" % (name, description, problem))
+                continue
             try:
                 address = endpointAddress(description)
             except ValueError as e:
@@ -724,6 +754,66 @@ def _checkDKIM(config: Config, domain: str, report: Report) -> None:
         report.out.write("  %s\n" % (key.zoneLine(),))
 
 
+def _checkAliases(admin: Admin, store: Optional[SQLiteAccountStore], report: Report) -> None:
+    """
+    Aliases that cannot work: loops, local targets that are nobody, and
+    targets at a domain that was removed (mail to them would now be
+    relayed out to the Internet).
+    """
+    if store is None:
+        return
+    aliases = dict(store.aliases())
+    if not aliases:
+        return
+    report.section("Aliases")
+    users = set(store.users())
+    problems = report.problems
+
+    def loopFrom(start: str) -> Optional[List[str]]:
+        path: List[str] = [start]
+        seen = {start}
+
+        def walk(alias: str) -> Optional[List[str]]:
+            for target in aliases.get(alias, ()):
+                if target == start:
+                    return path + [target]
+                if target in aliases and target not in seen:
+                    seen.add(target)
+                    path.append(target)
+                    found = walk(target)
+                    if found:
+                        return found
+                    path.pop()
+            return None
+
+        return walk(start)
+
+    reported = set()
+    for alias in sorted(aliases):
+        loop = loopFrom(alias)
+        if loop and frozenset(loop) not in reported:
+            reported.add(frozenset(loop))
+            report.warning("alias loop: %s (mail to these is refused)" % (" -> ".join(loop),))
+    mailRoot = os.path.join(admin.dataDir, "mail")
+    for alias in sorted(aliases):
+        for target in aliases[alias]:
+            domain = splitAddress(target)[1].lower()
+            if store.isLocalDomain(domain):
+                if target not in users and target not in aliases and "@" + domain not in aliases:
+                    report.warning(
+                        "%s -> %s: there is no such user or alias; add it, or 'mailnet-admin alias add %s ...' "
+                        "with another target" % (alias, target, alias)
+                    )
+            elif os.path.isdir(os.path.join(mailRoot, domain)):
+                report.warning(
+                    "%s -> %s: %s is no longer a local domain (its Maildirs are still in %s), so this mail "
+                    "would be relayed out; add the domain back or change the alias"
+                    % (alias, target, domain, os.path.join(mailRoot, domain))
+                )
+    if report.problems == problems:
+        report.ok("%d alias(es), every target deliverable" % (len(aliases),))
+
+
 def check(admin: Admin, now: Optional[datetime.datetime] = None) -> int:
     report = Report(admin.stdout)
     config = _checkConfig(admin, report)
@@ -734,6 +824,7 @@ def check(admin: Admin, now: Optional[datetime.datetime] = None) -> int:
     _checkCertificate(config, report, now or datetime.datetime.now(datetime.timezone.utc))
     _checkListeners(config, report)
     _checkDomains(config, store, report)
+    _checkAliases(admin, store, report)
     if report.problems:
         admin.say("Problems found: %d." % (report.problems,))
         return EXIT_ERROR
