@@ -574,3 +574,16 @@ class BenchmarkTests(SynchronousTestCase):
         figures = index.measure(self.mktemp(), 20)
         self.assertIn("open after a restart (index on disk)", figures)
         self.assertTrue(all(value >= 0 for value in figures.values()))
+
+
+class TrustTests(SynchronousTestCase):
+    def test_trusted(self) -> None:
+        """A listing trusts a directory mtime once the clock moved well past it."""
+        from mailnet.store.index import _trusted
+
+        second = 10**9
+        self.assertFalse(_trusted(100 * second + 5, 100 * second + 50 * 10**6))
+        self.assertTrue(_trusted(100 * second + 5, 100 * second + 200 * 10**6))
+        # Whole-second mtimes: the file system may round; wait two seconds.
+        self.assertFalse(_trusted(100 * second, 101 * second))
+        self.assertTrue(_trusted(100 * second, 103 * second))
