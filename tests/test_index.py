@@ -458,6 +458,15 @@ class WatchTests(DiskTestsMixin, SynchronousTestCase):
         folder.close()
         self.assertEqual(self.watcher.watches, {})
 
+    def test_renamedFolderWatched(self) -> None:
+        """After a RENAME, a watched folder watches its new directories."""
+        self.result(self.account.createFolder("A"))
+        folder = self.open("A")
+        folder.watch(lambda: None)
+        self.result(self.account.renameFolder("A", "B"))
+        [(paths, _)] = self.watcher.watches.values()
+        self.assertEqual(paths, [os.path.join(self.path, ".B", d) for d in ("new", "cur")])
+
     def test_sessionsShare(self) -> None:
         """Two sessions of one user (one registry) share folders and hear each other's changes."""
         self.deliver()

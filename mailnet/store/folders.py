@@ -349,6 +349,7 @@ class MaildirAccount:
             for new, folder in opened:
                 folder.name = new
                 self._folders[new] = folder
+                folder._rewatch()
             if not moves:
                 self._notify("INBOX")
 
@@ -617,10 +618,7 @@ class MaildirFolder:
 
     def watch(self, callback: Callable[[], None]) -> Callable[[], None]:
         self._watchers.append(callback)
-        watcher = self._account._watcher
-        if self._stopDisk is None and watcher is not None:
-            path = self._index.path
-            self._stopDisk = watcher.watch([os.path.join(path, "new"), os.path.join(path, "cur")], self._notify)
+        self._startWatching()
 
         def stop() -> None:
             if callback in self._watchers:
@@ -629,6 +627,18 @@ class MaildirFolder:
                 self._stopWatching()
 
         return stop
+
+    def _startWatching(self) -> None:
+        watcher = self._account._watcher
+        if self._stopDisk is None and watcher is not None and self._watchers:
+            path = self._index.path
+            self._stopDisk = watcher.watch([os.path.join(path, "new"), os.path.join(path, "cur")], self._notify)
+
+    def _rewatch(self) -> None:
+        """The folder moved (RENAME): watch its new directories."""
+        if self._stopDisk is not None:
+            self._stopWatching()
+            self._startWatching()
 
     def _stopWatching(self) -> None:
         stop, self._stopDisk = self._stopDisk, None
