@@ -593,6 +593,8 @@ class MemoryFolder:
         def store():
             data = self._checked()
             changed, refused = [], []
+            # One mod-sequence for every message this call changes, as on disk.
+            modSeq = data.highestModSeq + 1
             for uid in sorted(set(uids)):
                 entry = data.messages.get(uid)
                 if entry is None:
@@ -604,11 +606,11 @@ class MemoryFolder:
                 new = applyFlags(record.flags, frozenset(flags), mode)
                 if new == record.flags:
                     continue
-                data.highestModSeq += 1
-                record = MessageRecord(record.uid, new, data.highestModSeq, record.internalDate, record.size, record.key)
+                record = MessageRecord(record.uid, new, modSeq, record.internalDate, record.size, record.key)
                 data.messages[uid] = (record, stored)
                 changed.append(record)
             if changed:
+                data.highestModSeq = modSeq
                 self._notify()
             return changed, refused
 

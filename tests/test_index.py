@@ -458,6 +458,15 @@ class WatchTests(DiskTestsMixin, SynchronousTestCase):
         folder.close()
         self.assertEqual(self.watcher.watches, {})
 
+    def test_renamedFolderWatched(self) -> None:
+        """After a RENAME, a watched folder watches its new directories."""
+        self.result(self.account.createFolder("A"))
+        folder = self.open("A")
+        folder.watch(lambda: None)
+        self.result(self.account.renameFolder("A", "B"))
+        [(paths, _)] = self.watcher.watches.values()
+        self.assertEqual(paths, [os.path.join(self.path, ".B", d) for d in ("new", "cur")])
+
     def test_sessionsShare(self) -> None:
         """Two sessions of one user (one registry) share folders and hear each other's changes."""
         self.deliver()
@@ -574,3 +583,16 @@ class BenchmarkTests(SynchronousTestCase):
         figures = index.measure(self.mktemp(), 20)
         self.assertIn("open after a restart (index on disk)", figures)
         self.assertTrue(all(value >= 0 for value in figures.values()))
+
+
+class TrustTests(SynchronousTestCase):
+    def test_trusted(self) -> None:
+        """A listing trusts a directory mtime once the clock moved well past it."""
+        from mailnet.store.index import _trusted
+
+        second = 10**9
+        self.assertFalse(_trusted(100 * second + 5, 100 * second + 50 * 10**6))
+        self.assertTrue(_trusted(100 * second + 5, 100 * second + 200 * 10**6))
+        # Whole-second mtimes: the file system may round; wait two seconds.
+        self.assertFalse(_trusted(100 * second, 101 * second))
+        self.assertTrue(_trusted(100 * second, 103 * second))

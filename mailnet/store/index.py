@@ -60,8 +60,17 @@ INDEX_NAME = "mailnet-index.sqlite"
 #: lost index must not import the (stale) list again.
 UIDLIST_IMPORTED = "mailnet-uidlist-imported"
 #: A directory mtime this recent (nanoseconds) may hide a change made in
-#: the same clock tick as the listing: list again next time.
+#: the same clock tick as the listing: list again next time.  File systems
+#: with whole-second mtimes need two seconds; with finer ones (ext4, XFS,
+#: btrfs: the kernel's coarse clock, a few milliseconds) 100 ms is plenty.
 _TRUST_AFTER = 2 * 10**9
+_TRUST_AFTER_FINE = 10**8
+
+
+def _trusted(mtime: int, now: int) -> bool:
+    """Whether a listing made at C{now} saw every change that set C{mtime}."""
+    window = _TRUST_AFTER if mtime % 10**9 == 0 else _TRUST_AFTER_FINE
+    return now - mtime > window
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -539,7 +548,7 @@ class FolderIndex:
         if changed:
             self.highestModSeq = modseq
             self._state = None
-        trusted = mtimes if all(now - m > _TRUST_AFTER for m in mtimes) else (0, 0)
+        trusted = mtimes if all(_trusted(m, now) for m in mtimes) else (0, 0)
         if changed or trusted != self._mtimes:
             self._mtimes = trusted
             db.execute(
