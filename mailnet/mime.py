@@ -816,8 +816,8 @@ class _Parser:
             # The header ran into a boundary or the end: no body.
             end = found.end if found is not None and found.end is not None else _mark(r)
             bodyStart = end
-            if ctype in ("multipart", "message") and csub != "delivery-status":
-                ctype, csub = "application", "octet-stream"
+            # (A multipart without parts, a message/rfc822 without a
+            # message: rendered as Dovecot does, see _render.)
         else:
             boundary = dict(params).get("boundary", "") if ctype == "multipart" else ""
             isMessage = ctype == "message" and csub in ("rfc822", "global")
