@@ -591,6 +591,31 @@ class _Reader:
         self._account(line)
         return line
 
+    def headerBlock(self, limit: int, boundaries: bool) -> Optional[bytes]:
+        """
+        Consume a header through the empty line that ends it, if it is
+        there within C{limit} octets, does not start with an empty line,
+        and (if C{boundaries}) has no line starting with C{--}.
+
+        @return: the header block, or L{None} (nothing consumed).
+        """
+        if not self.atLineStart:
+            return None
+        while True:
+            buf, pos = self._buf, self._pos
+            if buf[pos:pos + 1] in (b"\n", b"\r"):
+                return None
+            m = _BLANK_LINE.search(buf, pos, pos + limit)
+            if m is not None:
+                block = buf[pos:m.end()]
+                if boundaries and (block.startswith(b"--") or b"\n--" in block):
+                    return None
+                self._pos = m.end()
+                self._account(block)
+                return block
+            if len(buf) - pos >= limit or not self._fill():
+                return None
+
     def skipPlain(self, candidates: "Optional[Tuple[Pattern[bytes], Pattern[bytes]]]") -> None:
         """
         Consume, fast, whole lines that cannot be boundary lines: every
@@ -624,6 +649,10 @@ class _Reader:
                 return  # a long line: readLine takes it in pieces
             if not self._fill():
                 return
+
+
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_WIRE_LF = re.compile(rb"(?<!\r)\n")
 
 
 @attr.s(auto_attribs=True)
@@ -745,7 +774,12 @@ class _Parser:
         header = bytearray()
         found: Optional[_Found] = None
         bodyStart: Optional[_Mark] = None
-        while True:
+        block = r.headerBlock(MAX_HEADER // 2, bool(self.boundaries) and not r.exhausted)
+        if block is not None:
+            # The common case, in one piece.
+            header += _WIRE_LF.sub(b"\r\n", block)
+            bodyStart = _mark(r)
+        while block is None:
             atStart = r.atLineStart
             line, found = self.readLineChecked(head)
             if line is None:
@@ -782,8 +816,8 @@ class _Parser:
             # The header ran into a boundary or the end: no body.
             end = found.end if found is not None and found.end is not None else _mark(r)
             bodyStart = end
-            if ctype in ("multipart", "message") and csub != "delivery-status":
-                ctype, csub = "application", "octet-stream"
+            # (A multipart without parts, a message/rfc822 without a
+            # message: rendered as Dovecot does, see _render.)
         else:
             boundary = dict(params).get("boundary", "") if ctype == "multipart" else ""
             isMessage = ctype == "message" and csub in ("rfc822", "global")

@@ -151,6 +151,63 @@ class DovecotOracleTests(SynchronousTestCase):
         )
 
 
+class MessagePartTests(SynchronousTestCase):
+    """
+    message/rfc822 parts that are not parsed as messages, and
+    message/global, compared with what Dovecot 2.3 sends for them.
+    """
+
+    def structure(self, data: bytes, rev2: bool = False) -> bytes:
+        return _render.bodyStructure(mime.parseBytes(data).root, True, rev2)
+
+    def test_encodedMessage(self) -> None:
+        """
+        A base64 message/rfc822 is shown as an empty message (the grammar
+        needs an envelope and a body).  Dovecot parses the encoded text as
+        a header and counts the line ending before the boundary (22 1); we
+        do not (20 0).
+        """
+        data = b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\nU3ViamVjdDogeAoKaGkK\n--b--\n"
+        self.assertEqual(
+            self.structure(data),
+            b'(("message" "rfc822" NIL NIL NIL "base64" 20 (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL) '
+            b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0 NIL NIL NIL NIL) 0 NIL NIL NIL NIL) "mixed" ("boundary" "b") NIL NIL NIL)',
+        )
+
+    def test_messageWithoutBody(self) -> None:
+        """
+        A message/rfc822 part whose header runs into the boundary is an
+        empty message, as in Dovecot.
+        """
+        data = b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: message/rfc822\n--b--\n"
+        self.assertEqual(
+            self.structure(data),
+            b'(("message" "rfc822" NIL NIL NIL "7bit" 0 (NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL) '
+            b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0 NIL NIL NIL NIL) 0 NIL NIL NIL NIL) "mixed" ("boundary" "b") NIL NIL NIL)',
+        )
+
+    def test_messageGlobal(self) -> None:
+        """
+        message/global is a basic part for IMAP4rev1 clients (as Dovecot
+        2.3 sends it), a message with its envelope for IMAP4rev2 ones
+        (RFC 9051's grammar).
+        """
+        data = b"Content-Type: message/global\n\nSubject: g\n\nbody\n"
+        self.assertEqual(self.structure(data), b'("message" "global" NIL NIL NIL "7bit" 20 NIL NIL NIL NIL)')
+        self.assertEqual(
+            self.structure(data, rev2=True),
+            b'("message" "global" NIL NIL NIL "7bit" 20 (NIL "g" NIL NIL NIL NIL NIL NIL NIL NIL) '
+            b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 6 1 NIL NIL NIL NIL) 3 NIL NIL NIL NIL)',
+        )
+
+    def test_language(self) -> None:
+        """
+        Content-Language is always a list, as Dovecot sends it.
+        """
+        data = b"Content-Type: text/plain; charset=utf-8\nContent-Language: en\nContent-Disposition: ATTACHMENT; FILENAME=x\n\nbody\n"
+        self.assertEqual(self.structure(data), b'("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 6 1 NIL ("ATTACHMENT" ("filename" "x")) ("en") NIL)')
+
+
 class StringTests(SynchronousTestCase):
     def test_quoted(self) -> None:
         """

@@ -348,29 +348,31 @@ def _extension(part: mime.Part) -> List[bytes]:
         disposition = b"(%s %s)" % (quoteString(part.disposition[0]), _params(part.disposition[1]))
     if part.language is None:
         language = NIL
-    elif len(part.language) == 1:
-        language = quoteString(part.language[0])
     else:
+        # Always a list, as Dovecot sends it.
         language = b"(" + b" ".join(quoteString(t) for t in part.language) + b")"
     return [disposition, language, nstring(part.location)]
 
 
-def bodyStructure(part: mime.Part, extended: bool) -> bytes:
+def _emptyText(at: mime.Part) -> mime.Part:
+    return mime.Part(at.storedBodyStart, at.storedBodyStart, at.storedBodyStart, at.wireBodyStart, at.wireBodyStart, at.wireBodyStart,
+                     params=(("charset", "us-ascii"),))
+
+
+def bodyStructure(part: mime.Part, extended: bool, rev2: bool = False) -> bytes:
     """
     @return: the BODY (C{extended=False}) or BODYSTRUCTURE (C{True}) of a
         part (RFC 9051 §7.5.2; sizes in wire octets).
+    @param rev2: whether the client uses IMAP4rev2, whose grammar gives
+        message/global parts an envelope and a body as message/rfc822 ones;
+        for IMAP4rev1 clients (and Dovecot 2.3) they are basic parts.
     """
     # An explicit stack would not help: mime.MAX_DEPTH bounds the nesting.
-    if part.parts:
-        items = [b"".join(bodyStructure(p, extended) for p in part.parts), quoteString(part.subtype)]
-        if extended:
-            items.append(_params(part.params))
-            items.extend(_extension(part))
-        return b"(" + b" ".join(items) + b")"
     if part.type == "multipart":
-        # No part was found: describe an empty text part, as Dovecot does.
-        empty = mime.Part(part.storedBodyStart, part.storedBodyStart, part.storedBodyStart, part.wireBodyStart, part.wireBodyStart, part.wireBodyStart, params=(("charset", "us-ascii"),))
-        items = [bodyStructure(empty, extended), quoteString(part.subtype)]
+        # A multipart in which no part was found has one empty text part,
+        # as Dovecot shows it (the grammar needs one).
+        children = part.parts or (_emptyText(part),)
+        items = [b"".join(bodyStructure(p, extended, rev2) for p in children), quoteString(part.subtype)]
         if extended:
             items.append(_params(part.params))
             items.extend(_extension(part))
@@ -384,9 +386,12 @@ def bodyStructure(part: mime.Part, extended: bool) -> bytes:
         quoteString(part.encoding if part.encoding is not None else "7bit"),
         b"%d" % (part.wireEnd - part.wireBodyStart,),
     ]
-    if part.message is not None:
-        items.append(envelope(part.message.envelope))
-        items.append(bodyStructure(part.message.root, extended))
+    if part.type == "message" and (part.subtype == "rfc822" or (part.subtype == "global" and rev2)):
+        # An encoded message, or one with no body, is an empty one here, as
+        # in Dovecot: the grammar needs an envelope and a body.
+        message = part.message
+        items.append(envelope(message.envelope if message is not None else mime.Envelope()))
+        items.append(bodyStructure(message.root if message is not None else _emptyText(part), extended, rev2))
         items.append(b"%d" % (part.lines,))
     elif part.type == "text":
         items.append(b"%d" % (part.lines,))
