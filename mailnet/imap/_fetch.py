@@ -4,6 +4,7 @@ FETCH: the attribute list from parsed tokens (RFC 9051 §6.4.5), and the
 streaming of message octets in wire form.  No Twisted.
 """
 
+import calendar
 import re
 import time
 from typing import IO, Any, List, Optional, Tuple
@@ -44,7 +45,7 @@ class FetchItem:
 
     @ivar name: C{"FLAGS"}, C{"UID"}, C{"INTERNALDATE"}, C{"RFC822.SIZE"},
         C{"ENVELOPE"}, C{"BODY"}, C{"BODYSTRUCTURE"}, C{"MODSEQ"} or
-        C{"SECTION"} (any C{BODY[...]}, C{BINARY[...]}, C{RFC822},
+        C{"SECTION"} (any C{BODY[...]}, C{RFC822},
         C{RFC822.HEADER}, C{RFC822.TEXT}).
     @ivar label: for sections, the name in the response
         (C{b"BODY[HEADER]<0>"}, C{b"RFC822.HEADER"}).
@@ -74,7 +75,7 @@ _MACROS = {
     b"FULL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"],
 }
 
-_SECTION = re.compile(rb"(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK)\[([^\]]*)\](?:<([0-9]{1,10})\.([0-9]{1,10})>)?\Z", re.I)
+_SECTION = re.compile(rb"(BODY|BODY\.PEEK)\[([^\]]*)\](?:<([0-9]{1,10})\.([0-9]{1,10})>)?\Z", re.I)
 _PART = re.compile(rb"[1-9][0-9]{0,5}\Z")
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]{1,200}\Z")
 
@@ -172,13 +173,7 @@ def _item(token: Any) -> FetchItem:
         if count == 0:
             raise FetchSyntaxError("Partial count must not be 0")
         section = attr.evolve(section, partial=(int(match.group(3)), count))
-    if kind.startswith(b"BINARY"):
-        if section.text is not None:
-            raise FetchSyntaxError("BINARY takes part numbers only")
-        base = b"BINARY"
-    else:
-        base = b"BODY"
-    return FetchItem("SECTION", section, sectionLabel(base, section), setsSeen=not kind.endswith(b".PEEK"))
+    return FetchItem("SECTION", section, sectionLabel(b"BODY", section), setsSeen=not kind.endswith(b".PEEK"))
 
 
 def applyPartial(wireLength: int, partial: Optional[Tuple[int, int]]) -> Tuple[int, int]:
@@ -278,8 +273,6 @@ def parseInternalDate(text: bytes) -> float:
         monthNumber = [m.upper() for m in _MONTHS].index(month.upper()) + 1
     except ValueError:
         raise ValueError("Invalid month")
-    import calendar
-
     seconds = calendar.timegm((int(year), monthNumber, int(day), int(hh), int(mm), int(ss), 0, 0, 0))
     offset = (int(zh) * 60 + int(zm)) * 60
     return float(seconds - offset if sign == b"+" else seconds + offset)
