@@ -299,10 +299,11 @@ def main(argv=None) -> int:
     parser.add_argument("--big", type=int, default=0, help="also SELECT a folder of this many messages after a restart")
     parser.add_argument("--only", choices=("mailnet", "dovecot"), help="measure one server")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--tmp", metavar="DIR", help="where the servers' data go (default: the system's temporary directory)")
     args = parser.parse_args(argv)
     if args.short:
         args.messages, args.rounds, args.idle = 200, 1, 10
-    root = tempfile.mkdtemp(prefix="mailnet-imapbench-")
+    root = tempfile.mkdtemp(prefix="mailnet-imapbench-", dir=args.tmp)
     servers = [Mailnet(root), Dovecot(root)]
     if args.only:
         servers = [s for s in servers if s.name == args.only]

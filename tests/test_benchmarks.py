@@ -6,6 +6,7 @@ C{benchmarks/run.py --short} in a subprocess and asserts only that it runs
 and loses nothing -- never a time.
 """
 
+import io
 import json
 import os
 import subprocess
@@ -312,4 +313,43 @@ class AuthFloodTests(SynchronousTestCase):
             self.assertEqual(len(results[phase]["deliveries_s"]), 2)
             self.assertEqual(len(results[phase]["logins_s"]), 2)
         self.assertGreater(sum(results["flood"]["answers"].values()), 0, detail)
+        self.assertEqual(os.listdir(tmp), [], "the run must clean up after itself")
+
+
+class IMAPBenchTests(SynchronousTestCase):
+    def test_literals(self):
+        """
+        The IMAP load client reads literals inside a response as part of it,
+        so a literal that looks like a tagged reply does not end a command.
+        """
+        from mailnetbench.imapload import Session
+
+        session = Session.__new__(Session)
+        session.file = io.BytesIO(
+            b"* 1 FETCH (BODY[HEADER] {12}\r\na1 OK fake\r\n)\r\n* 2 EXISTS\r\na1 OK done\r\n"
+        )
+        seen = []
+        self.assertEqual(session.waitFor(b"a1", seen.append), b"a1 OK done\r\n")
+        self.assertEqual(seen, [b"* 1 FETCH (BODY[HEADER] {12}\r\na1 OK fake\r\n)\r\n", b"* 2 EXISTS\r\n"])
+
+    def test_shortRun(self):
+        """
+        C{python benchmarks/imap.py --short --only mailnet} runs every IMAP
+        figure against mailnet and exits 0.  No time is asserted.
+        """
+        output = os.path.abspath(self.mktemp())
+        tmp = os.path.abspath(self.mktemp())
+        os.makedirs(tmp)
+        process = subprocess.run(
+            [sys.executable, os.path.join(BENCHMARKS, "imap.py"), "--short", "--only", "mailnet", "--json", output, "--tmp", tmp],
+            capture_output=True,
+            timeout=180,
+        )
+        detail = (process.stdout + process.stderr).decode("utf-8", "replace")
+        self.assertEqual(process.returncode, 0, detail)
+        with open(output, encoding="utf-8") as f:
+            results = json.load(f)["results"]["mailnet"]
+        for figure in ("append_per_s", "select", "fetch_flags", "fetch_headers", "first_sync", "search_subject", "search_body"):
+            self.assertGreater(results[figure], 0, figure)
+        self.assertIn("rss_per_idle", results)
         self.assertEqual(os.listdir(tmp), [], "the run must clean up after itself")
