@@ -384,9 +384,10 @@ class Authenticator:
 
     B{Bounds.}  At most C{maxChecking} attempts are being checked (queued
     for or in the password-hashing pool) at once, and only
-    C{maxSuspectChecking} of them from clients with recent failures or at
-    accounts with recent failures from anywhere (a botnet guessing one
-    password from many addresses): the others are never queued behind
+    C{maxSuspectChecking} of them from clients with recent failures, or at
+    accounts with recent failures from anywhere or with a check in
+    progress (a botnet guessing one password from many addresses): the
+    others are never queued behind
     more than those, and a flood keeps its hashing to part of the CPUs.  A client with recent
     failures has at most C{maxPerClient} attempts in progress (waiting for
     the delay owed, being checked, or waiting to report a failure); one
@@ -442,6 +443,7 @@ class Authenticator:
         self._suspectChecking = 0
         self._checkingClients: Dict[str, int] = {}
         self._checkingPairs: Set[Tuple[str, str]] = set()
+        self._checkingAccounts: Dict[str, int] = {}
         self._waiters: Dict[str, List[Deferred]] = {}
 
     def delayFor(self, failures: int) -> float:
@@ -497,7 +499,13 @@ class Authenticator:
         return record is not None and (self._level(record) > 0 or record.notBefore > self._clock.seconds())
 
     def _targeted(self, account: str) -> bool:
-        """@return: whether logins at this account failed recently, from any client."""
+        """
+        @return: whether logins at this account failed recently, from any
+            client, or one is being checked now (for another client: the
+            same client waits for its own).
+        """
+        if self._checkingAccounts.get(account):
+            return True
         record = self._accounts.get(account)
         return record is not None and self._level(record) > 0
 
@@ -600,6 +608,7 @@ class Authenticator:
         self._suspectChecking += suspect
         self._checkingClients[client] = self._checkingClients.get(client, 0) + 1
         self._checkingPairs.add((client, account))
+        self._checkingAccounts[account] = self._checkingAccounts.get(account, 0) + 1
         timer: List[IDelayedCall] = []
 
         def cancel(d: Deferred) -> None:
@@ -618,6 +627,9 @@ class Authenticator:
             if count:
                 self._checkingClients[client] = count
             self._checkingPairs.discard((client, account))
+            count = self._checkingAccounts.pop(account) - 1
+            if count:
+                self._checkingAccounts[account] = count
             outcome, delay = self._judge(outcome, client, account, credentials)
             for waiter in self._waiters.pop(client, []):
                 waiter.callback(None)

@@ -759,8 +759,8 @@ class LoginLoadTests(SynchronousTestCase):
         accepted again when a check ends.
         """
         for i in range(4):
-            self.login(peer="192.0.2.%d" % (i,))
-        self.failureResultOf(self.login(peer="198.51.100.1"), LoginBusy)
+            self.login("user%d@example.test" % (i,), peer="192.0.2.%d" % (i,))
+        self.failureResultOf(self.login("user9@example.test", peer="198.51.100.1"), LoginBusy)
         self.assertEqual(self.runner.started, 4)
         self.assertEqual(self.auth.inProgress(), 4)
         self.runner.finish()
@@ -783,7 +783,7 @@ class LoginLoadTests(SynchronousTestCase):
         self.assertEqual(self.auth.inProgress(), 2)
         self.failureResultOf(self.login(peer="198.51.100.3"), LoginBusy)
         self.login("bob@example.test", "bob-pw", peer="192.0.2.9")
-        self.login("bob@example.test", "bob-pw", peer="192.0.2.10")
+        self.login("carol@example.test", "carol-pw", peer="192.0.2.10")
         self.assertEqual(self.auth.inProgress(), 4)
 
     def test_targetedAccount(self) -> None:
@@ -799,6 +799,18 @@ class LoginLoadTests(SynchronousTestCase):
         self.failureResultOf(self.login(peer="198.51.100.4"), LoginBusy)
         self.login("bob@example.test", "bob-pw", peer="198.51.100.5")
         self.assertEqual(self.auth.inProgress(), 3)
+
+    def test_accountBeingChecked(self) -> None:
+        """
+        An attempt at an account being checked for another client counts
+        as suspect too: the first wave of a botnet, before any failure is
+        known, cannot fill the queue either.
+        """
+        attempts = [self.login(peer="198.51.100.%d" % (i,)) for i in range(4)]
+        self.assertEqual(self.auth.inProgress(), 3)
+        self.failureResultOf(attempts[3], LoginBusy)
+        self.login("bob@example.test", "bob-pw", peer="192.0.2.9")
+        self.assertEqual(self.auth.inProgress(), 4)
 
     def test_busyAnsweredLate(self) -> None:
         """
@@ -827,7 +839,7 @@ class LoginLoadTests(SynchronousTestCase):
         self.runner.finish()
         second = self.login()
         for i in range(4):
-            self.login("bob@example.test", "bob-pw", peer="192.0.2.%d" % (10 + i,))
+            self.login("user%d@example.test" % (i,), peer="192.0.2.%d" % (10 + i,))
         self.clock.advance(2)
         self.failureResultOf(first, UnauthorizedLogin)
         self.failureResultOf(second, LoginBusy)
