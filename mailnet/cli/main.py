@@ -168,7 +168,12 @@ class Streams:
         buffer = getattr(self.stdout, "buffer", None)
         if buffer is not None:
             self.stdout.flush()
-            buffer.write(data)
+            # A short write (the reader went away after taking part of it)
+            # is not an error to BufferedWriter; the next write is.
+            view = memoryview(data)
+            while view:
+                written = buffer.write(view)
+                view = view[written if written else len(view) :]
             buffer.flush()
         else:
             _write(self.stdout, data.decode("utf-8", "replace"))
