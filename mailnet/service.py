@@ -239,7 +239,11 @@ class MailService(service.MultiService):
     def stopService(self) -> Deferred:
         stopped = service.MultiService.stopService(self)
         self._closeJSONLog()
-        stopped.addBoth(lambda result: (self.dataLock.release(), result)[1])
+        def release(result: Any) -> Any:
+            self.dataLock.release()
+            return result
+
+        stopped.addBoth(release)
         return stopped
 
     _jsonLog: Optional[IO[str]] = None
