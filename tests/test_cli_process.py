@@ -192,3 +192,47 @@ class ClosedPipeAgainstServerTests(unittest.TestCase):
         child = Child(closeStdoutAfterData=True)
         code = yield spawn(self, "main", self.argv("read", "1", "--raw"), child, {"MAILNET_PASSWORD": "secret"})
         self.assertEqual((code, child.output[2]), (EXIT_PIPE, b""))
+
+
+class StallingPOP3(LineReceiver):
+    """Serves message 1, then stalls on RETR 2 and sends the client SIGINT."""
+
+    MESSAGE = b"Subject: one\r\n\r\nbody\r\n"
+
+    def connectionMade(self) -> None:
+        self.sendLine(b"+OK ready")
+
+    def lineReceived(self, line: bytes) -> None:
+        verb = line.split(b" ", 1)[0].upper()
+        if verb in (b"USER", b"PASS"):
+            self.sendLine(b"+OK")
+        elif verb == b"LIST":
+            self.sendLine(b"+OK 2 messages\r\n1 %d\r\n2 %d\r\n." % (len(self.MESSAGE), len(self.MESSAGE)))
+        elif verb == b"UIDL":
+            self.sendLine(b"+OK\r\n1 u1\r\n2 u2\r\n.")
+        elif line.upper() == b"RETR 1":
+            self.transport.write(b"+OK\r\n" + self.MESSAGE + b".\r\n")
+        elif line.upper() == b"RETR 2":
+            self.factory.child.transport.signalProcess("INT")
+        else:
+            self.sendLine(b"-ERR no")
+
+
+class InterruptedFetchTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_savedAreReported(self):
+        """Ctrl-C in the middle of fetch: what was saved is said (and kept), then "interrupted"."""
+        factory = protocol.Factory.forProtocol(StallingPOP3)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        factory.child = child = Child()
+        mbox = os.path.abspath(self.mktemp())
+        argv = ["--host", "127.0.0.1", "--pop3-port", str(port.getHost().port), "--tls", "none",
+                "--allow-plaintext", "--user", "a@example.test", "fetch", "--to-mbox", mbox, "--delete"]
+        code = yield spawn(self, "main", argv, child, {"MAILNET_PASSWORD": "x"})
+        self.assertEqual(code, EXIT_INTERRUPTED, child.output)
+        self.assertEqual(child.output[1], b"fetched 1 message into %s before the interruption; nothing was deleted\n"
+                         % (mbox.encode(),))
+        self.assertEqual(child.output[2], b"mailnet-cli: interrupted\n")
+        with open(mbox, "rb") as f:
+            self.assertIn(b"Subject: one", f.read())
