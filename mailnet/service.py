@@ -328,7 +328,11 @@ class MailService(service.MultiService):
         if watcher is not None and hasattr(watcher, "close"):
             watcher.close()
         self._closeJSONLog()
-        stopped.addBoth(lambda result: (self.dataLock.release(), result)[1])
+        def release(result: Any) -> Any:
+            self.dataLock.release()
+            return result
+
+        stopped.addBoth(release)
         return stopped
 
     _jsonLog: Optional[IO[str]] = None

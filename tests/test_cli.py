@@ -835,3 +835,29 @@ class ColumnTests(unittest.SynchronousTestCase):
         self.assertEqual(cli.fit("x" * 50, 10), "x" * 9 + "…")
         self.assertEqual(cli.fit("日本語日本語", 7), "日本語…")
         self.assertNotIn("\x1b", cli.fit("a\x1b[2Jb", 20))
+
+
+class ShortWriteTests(unittest.SynchronousTestCase):
+    def test_shortWriteIsNotSuccess(self) -> None:
+        """
+        BufferedWriter reports a reader that went away mid-write as a short
+        write, not an error: outBytes writes the rest, which raises.
+        """
+        class Buffer:
+            def __init__(self) -> None:
+                self.calls = 0
+
+            def write(self, data) -> int:
+                self.calls += 1
+                if self.calls > 1:
+                    raise BrokenPipeError(32, "Broken pipe")
+                return 10
+
+            def flush(self) -> None:
+                pass
+
+        class Out(io.StringIO):
+            buffer = Buffer()
+
+        streams = cli.Streams(io.StringIO(), Out(), io.StringIO(), {})
+        self.assertRaises(BrokenPipeError, streams.outBytes, b"x" * 100)

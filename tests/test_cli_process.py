@@ -6,7 +6,7 @@ status, never a traceback (issue 15, items 1 and 2).
 
 import os
 import sys
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from twisted.internet import defer, protocol, reactor
 from twisted.protocols.basic import LineReceiver
@@ -32,10 +32,11 @@ class Child(protocol.ProcessProtocol):
     C{closeStdout} closes our end of its stdout at once, as C{head} does.
     """
 
-    def __init__(self, onOutput=None, closeStdout: bool = False) -> None:
+    def __init__(self, onOutput=None, closeStdout: bool = False, closeStdoutAfterData: bool = False) -> None:
         self.output: Dict[int, bytes] = {1: b"", 2: b""}
         self.onOutput = onOutput
         self.closeStdout = closeStdout
+        self.closeStdoutAfterData = closeStdoutAfterData
         self.ended: defer.Deferred = defer.Deferred()
 
     def connectionMade(self) -> None:
@@ -44,6 +45,10 @@ class Child(protocol.ProcessProtocol):
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         self.output[fd] = self.output.get(fd, b"") + data
+        if fd == 1 and self.closeStdoutAfterData:
+            # As head does: take the first part, then go away mid-write.
+            self.closeStdoutAfterData = False
+            self.transport.closeChildFD(1)
         if self.onOutput is not None:
             self.onOutput(self)
 
@@ -154,3 +159,80 @@ class ClosedPipeTests(unittest.TestCase):
 
         streams = cli.Streams(None, Closed(), Closed(), {})
         self.assertEqual(cli.report(BrokenPipeError(32, "Broken pipe"), streams, False), EXIT_PIPE)
+
+
+class ClosedPipeAgainstServerTests(unittest.TestCase):
+    """C{mailnet-cli list | head -1}, C{read --raw | head}: quiet, 141."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        from mailnet import passwords
+        from tests.support import startServer
+
+        self.patch(passwords, "DEFAULT_HASHER", passwords.lowCostHasher())
+        self.server = yield startServer(self)
+        self.server.addUser("alice@example.test", "secret")
+        receiver = self.server.mailStore.receive("bob@example.test", ["alice@example.test"])
+        receiver.write(b"Subject: hi\r\n\r\n" + b"line\r\n" * 200000)
+        yield receiver.finish()
+
+    def argv(self, *command: str) -> List[str]:
+        return ["--host", "localhost", "--pop3-port", str(self.server.ports["pop3"]), "--user", "alice@example.test",
+                "--cafile", self.server.certPath] + list(command)
+
+    @defer.inlineCallbacks
+    def test_list(self):
+        child = Child(closeStdout=True)
+        code = yield spawn(self, "main", self.argv("list"), child, {"MAILNET_PASSWORD": "secret"})
+        self.assertEqual((code, child.output[2]), (EXIT_PIPE, b""))
+
+    @defer.inlineCallbacks
+    def test_readRaw(self):
+        """The reader goes away after the first part of a large write."""
+        child = Child(closeStdoutAfterData=True)
+        code = yield spawn(self, "main", self.argv("read", "1", "--raw"), child, {"MAILNET_PASSWORD": "secret"})
+        self.assertEqual((code, child.output[2]), (EXIT_PIPE, b""))
+
+
+class StallingPOP3(LineReceiver):
+    """Serves message 1, then stalls on RETR 2 and sends the client SIGINT."""
+
+    MESSAGE = b"Subject: one\r\n\r\nbody\r\n"
+
+    def connectionMade(self) -> None:
+        self.sendLine(b"+OK ready")
+
+    def lineReceived(self, line: bytes) -> None:
+        verb = line.split(b" ", 1)[0].upper()
+        if verb in (b"USER", b"PASS"):
+            self.sendLine(b"+OK")
+        elif verb == b"LIST":
+            self.sendLine(b"+OK 2 messages\r\n1 %d\r\n2 %d\r\n." % (len(self.MESSAGE), len(self.MESSAGE)))
+        elif verb == b"UIDL":
+            self.sendLine(b"+OK\r\n1 u1\r\n2 u2\r\n.")
+        elif line.upper() == b"RETR 1":
+            self.transport.write(b"+OK\r\n" + self.MESSAGE + b".\r\n")
+        elif line.upper() == b"RETR 2":
+            self.factory.child.transport.signalProcess("INT")
+        else:
+            self.sendLine(b"-ERR no")
+
+
+class InterruptedFetchTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_savedAreReported(self):
+        """Ctrl-C in the middle of fetch: what was saved is said (and kept), then "interrupted"."""
+        factory = protocol.Factory.forProtocol(StallingPOP3)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        factory.child = child = Child()
+        mbox = os.path.abspath(self.mktemp())
+        argv = ["--host", "127.0.0.1", "--pop3-port", str(port.getHost().port), "--tls", "none",
+                "--allow-plaintext", "--user", "a@example.test", "fetch", "--to-mbox", mbox, "--delete"]
+        code = yield spawn(self, "main", argv, child, {"MAILNET_PASSWORD": "x"})
+        self.assertEqual(code, EXIT_INTERRUPTED, child.output)
+        self.assertEqual(child.output[1], b"fetched 1 message into %s before the interruption; nothing was deleted\n"
+                         % (mbox.encode(),))
+        self.assertEqual(child.output[2], b"mailnet-cli: interrupted\n")
+        with open(mbox, "rb") as f:
+            self.assertIn(b"Subject: one", f.read())

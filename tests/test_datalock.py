@@ -121,3 +121,12 @@ class DataDirProblemTests(SynchronousTestCase):
         self.assertRegex(critical[0]["error"], "account store")
         self.assertTrue(critical[0]["log_format"].startswith("mailnet: error: "))
         self.assertFalse(any("log_failure" in e for e in events))
+
+
+class CheckoutTests(SynchronousTestCase):
+    def test_pidFileIgnored(self) -> None:
+        """The quick start (twistd without --pidfile=) leaves no untracked file (issue 15 item 17)."""
+        top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(top, ".gitignore")) as f:
+            ignored = f.read().split()
+        self.assertIn("twistd.pid", ignored)

@@ -172,11 +172,11 @@ def resolve(account: Account, options: Any) -> Connection:
     # The account's password belongs to the account's user on the account's
     # host: never send it for another login or to another server.
     passwordCommand, skipped = account.password_command, None
-    if passwordCommand and options.user and options.user != account.user:
+    if passwordCommand and options.user and options.user.lower() != (account.user or "").lower():
         passwordCommand, skipped = None, "--user %s is not the account's user" % (options.user,)
-    elif passwordCommand and options.host and options.host != (account.host or "localhost"):
+    elif passwordCommand and options.host and options.host.lower().rstrip(".") != (account.host or "localhost").lower().rstrip("."):
         passwordCommand, skipped = None, "--host %s is not the account's host" % (options.host,)
-    if account.sender and options.user and options.user != account.user:
+    if account.sender and options.user and options.user.lower() != (account.user or "").lower():
         sender = user  # the account's From belongs to the account's user
     return Connection(
         user=user,

@@ -168,7 +168,12 @@ class Streams:
         buffer = getattr(self.stdout, "buffer", None)
         if buffer is not None:
             self.stdout.flush()
-            buffer.write(data)
+            # A short write (the reader went away after taking part of it)
+            # is not an error to BufferedWriter; the next write is.
+            view = memoryview(data)
+            while view:
+                written = buffer.write(view)
+                view = view[written if written else len(view) :]
             buffer.flush()
         else:
             _write(self.stdout, data.decode("utf-8", "replace"))
@@ -659,11 +664,17 @@ class Invocation:
                     await session.delete(number)
             return EXIT_OK
 
+        target = self.options.to_maildir or self.options.to_mbox
         try:
             code = await self._withSession(reactor, work)
-        finally:
+        except BaseException:
             progress.close()
-        target = self.options.to_maildir or self.options.to_mbox
+            if self.interrupted and saved:
+                # What is saved stays saved (and remembered): say so.
+                self.io.out("fetched %d message%s into %s before the interruption; nothing was deleted"
+                            % (len(saved), "" if len(saved) == 1 else "s", target))
+            raise
+        progress.close()
         line = "fetched %d %smessage%s into %s%s" % (
             len(saved),
             "new " if skipped else "",
