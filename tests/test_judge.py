@@ -242,6 +242,18 @@ class OutboundTests(unittest.TestCase):
         self.assertFalse(dkim.verify(relayed.replace(b"Hello Bob", b"Hello Eve"), dnsfunc=dnsfunc))
 
     @defer.inlineCallbacks
+    def test_eightBitConvertedBeforeSigning(self) -> Any:
+        """RFC 6376 §5.3: an 8-bit body is made quoted-printable before signing, so no relay breaks the signature."""
+        records = dict([self.generate("--type", "ed25519")])
+        message = b"From: alice@example.test\r\nTo: bob@b.test\r\nSubject: 8bit\r\n\r\ncaf\xc3\xa9\r\n"
+        yield deferToThread(self.submit, message)
+        relayed = yield self.relayed()
+        self.assertTrue(relayed.isascii())
+        self.assertIn(b"caf=C3=A9", relayed)
+        self.assertTrue(dkim.verify(relayed, dnsfunc=lambda name, timeout=5: records.get(name.decode())))
+        self.assertFalse(self.capture.transactions[0]["from"].endswith("BODY=8BITMIME"))
+
+    @defer.inlineCallbacks
     def test_clientDateKept(self) -> Any:
         """A client's own Date and Message-ID are not replaced; without keys nothing is signed."""
         message = body("From: alice@example.test\nTo: bob@b.test\nDate: Sat, 5 Dec 2026 12:00:00 +0000\nMessage-ID: <x@y>\nSubject: s\n\nhi\n")

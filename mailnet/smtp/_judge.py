@@ -12,7 +12,8 @@ L{JudgingReceiver.finish}, does in a worker thread what the message needs:
     as authserv-id are removed (RFC 8601 §5);
   - from an authenticated sender: C{Date} and C{Message-ID} are added when
     missing (RFC 6409 §8.3, §8.2), then it is DKIM-signed when its From
-    domain has keys (L{mailnet.dkim});
+    domain has keys (L{mailnet.dkim}), an 8-bit body converted to 7 bit
+    first (RFC 6376 §5.3; L{mailnet.smtp._eightbit});
   - anything else on the MTA port, from a client outside
     C{[auth] trusted_networks}: SPF, DKIM and DMARC
     (L{mailnet.verdicts}), an C{Authentication-Results} field on top, and
@@ -42,6 +43,7 @@ from mailnet import dkim, verdicts
 from mailnet.dns import DNSClient
 from mailnet.errors import SMTPReply
 from mailnet.interfaces import IMessageReceiver
+from mailnet.smtp._eightbit import CannotConvert, toSevenBit
 
 log = Logger()
 
@@ -188,6 +190,13 @@ class MessageJudge:
             authors = verdicts.authorDomains(headers)
             keys = self.keys.signingKeys(authors[0]) if authors else []
             if keys:
+                if not message.isascii():
+                    # RFC 6376 §5.3: a relay's later conversion to 7 bit
+                    # would break the signature; convert before signing.
+                    try:
+                        message = toSevenBit(message)
+                    except CannotConvert:
+                        pass  # 8-bit header fields (SMTPUTF8): signed as they are
                 message = dkim.sign(message, keys) + message
                 notes.append("signed for %s (%s)" % (authors[0], ", ".join("%s %s" % (k.type, k.selector) for k in keys)))
             return Outcome(message, None, "; ".join(notes))
