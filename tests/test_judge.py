@@ -237,6 +237,8 @@ class OutboundTests(unittest.TestCase):
         self.assertEqual(verifier.signature_fields[b"a"], b"ed25519-sha256")
         self.assertEqual(asked, [b"s1._domainkey.example.test.", b"e1._domainkey.example.test."])
         self.assertEqual(len(fields(relayed, b"Date")), 1)
+        # Added at the end of the header section, below the trace fields.
+        self.assertLess(relayed.index(b"\r\nReceived:"), relayed.index(b"\r\nDate:"))
         self.assertRegex(fields(relayed, b"Message-ID")[0].decode(), r"^<[0-9a-f]{24}@localhost>$")
         # Tampering shows.
         self.assertFalse(dkim.verify(relayed.replace(b"Hello Bob", b"Hello Eve"), dnsfunc=dnsfunc))
@@ -252,6 +254,18 @@ class OutboundTests(unittest.TestCase):
         self.assertIn(b"caf=C3=A9", relayed)
         self.assertTrue(dkim.verify(relayed, dnsfunc=lambda name, timeout=5: records.get(name.decode())))
         self.assertFalse(self.capture.transactions[0]["from"].endswith("BODY=8BITMIME"))
+
+    @defer.inlineCallbacks
+    def test_receivedLogNamesTLS(self) -> Any:
+        """The log line of each received message names the TLS version and cipher."""
+        from twisted.logger import globalLogPublisher
+
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield deferToThread(self.submit, body("From: alice@example.test\nSubject: s\n\nhi\n"))
+        [line] = [e for e in events if "SMTP accepted message" in e.get("log_format", "")]
+        self.assertRegex(line["tls"], r"^TLSv1\.[23] [A-Z0-9_-]+$")
 
     @defer.inlineCallbacks
     def test_clientDateKept(self) -> Any:

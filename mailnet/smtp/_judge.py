@@ -186,7 +186,7 @@ class MessageJudge:
             notes.append("removed %d forged Authentication-Results" % (removed,))
         if envelope.authenticated:
             added = self._complete(headers)
-            message = added + headers + rest
+            message = headers + added + rest
             authors = verdicts.authorDomains(headers)
             keys = self.keys.signingKeys(authors[0]) if authors else []
             if keys:

@@ -49,6 +49,7 @@ from mailnet.errors import BadAddress, SMTPReply
 from mailnet.interfaces import IAuthenticator, IDeliveryAgent, IMessageReceiver, ISender
 from mailnet.smtp import codes
 from mailnet.smtp._data import DotDecoder, MessageChecker
+from mailnet.smtp._relayclient import _tlsDescription
 from mailnet.smtp.codes import reply
 
 log = Logger()
@@ -752,13 +753,14 @@ class SMTPServer(Protocol):
             # As Postfix: the error and junk counts are per delivered message.
             self._errors = self._junk = 0
             log.info(
-                "SMTP accepted message {id} ({localId}) from <{sender}> to {recipients}, {size} octets, peer {peer}",
+                "SMTP accepted message {id} ({localId}) from <{sender}> to {recipients}, {size} octets, peer {peer} ({tls})",
                 id=messageId,
                 localId=transaction.id,
                 sender=transaction.returnPath,
                 recipients=",".join(transaction.recipients),
                 size=checker.size,
                 peer=self._peer,
+                tls=_tlsDescription(self.transport) if self._tls else "no TLS",
             )
             return reply(codes.OK, codes.S_OK, "Ok: queued as %s" % (messageId,))
 
