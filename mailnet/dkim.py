@@ -20,7 +20,7 @@ file and hashes the whole message, so it runs in a worker thread.
 import base64
 import os
 import re
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import attr
 from cryptography.hazmat.primitives import serialization
@@ -261,7 +261,7 @@ def headersToSign(message: bytes) -> List[bytes]:
     """
     end = message.find(b"\r\n\r\n")
     section = message[: end + 2] if end >= 0 else message
-    counts = {}
+    counts: Dict[bytes, int] = {}
     for line in section.split(b"\r\n"):
         if not line or line[:1] in (b" ", b"\t"):
             continue

@@ -370,3 +370,37 @@ class ServerReplyTests(unittest.SynchronousTestCase):
         self.assertEqual(
             judge.context, {"peer": "192.168.1.1", "helo": "c.test", "mailFrom": "x@bank.test", "authenticated": False, "role": "mta"}
         )
+
+
+class WorkerPoolTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_stopWhileWaitingForDNS(self) -> Any:
+        """
+        Stopping the verdicts' pool while a worker waits for a DNS answer
+        does not hang: the reactor keeps running while the pool is joined.
+        """
+        import threading
+
+        from twisted.python.threadpool import ThreadPool
+
+        from mailnet.dns import DNSClient
+        from mailnet.smtp._judge import WorkerPoolService
+
+        class Slow:
+            def query(self, q: Any) -> defer.Deferred:
+                return task.deferLater(reactor, 0.05, lambda: ([], [], []))
+
+        pool = ThreadPool(0, 2, "test-verdicts")
+        service = WorkerPoolService(pool, reactor)
+        service.startService()
+        blocking = DNSClient(reactor, resolver=Slow()).blocking()
+        started = threading.Event()
+
+        def work() -> Any:
+            started.set()
+            return blocking.txt("x.test")
+
+        d = ThreadRunner(reactor, pool)(work)
+        yield deferToThread(started.wait, 5)
+        yield service.stopService()
+        self.assertEqual((yield d), [])

@@ -35,7 +35,9 @@ from typing import IO, Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import attr
 from twisted.internet.defer import Deferred, fail
+from twisted.application.service import Service
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -272,6 +274,34 @@ class JudgingReceiver:
         for start in range(0, len(message), WRITE_CHUNK):
             self._inner.write(message[start : start + WRITE_CHUNK])
         return self._inner.finish()
+
+
+class WorkerPoolService(Service):
+    """
+    Starts and stops the verdicts' thread pool.  Stopping waits for the
+    threads in another thread, with the reactor still running: a worker
+    may be waiting for a DNS answer that only the reactor can deliver, so
+    joining on the reactor thread would never end.
+    """
+
+    def __init__(self, pool: ThreadPool, reactor: Any) -> None:
+        self.pool = pool
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.pool.start()
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        result: Deferred = Deferred()
+
+        def stop() -> None:
+            self.pool.stop()
+            self._reactor.callFromThread(result.callback, None)
+
+        self._reactor.callInThread(stop)
+        return result
 
 
 def judgeFromConfig(config: Any, reactor: Any, dns: DNSClient, run: Callable[..., Deferred]) -> MessageJudge:
