@@ -31,10 +31,11 @@ import ipaddress
 import os
 import secrets
 import tempfile
+import threading
 from typing import IO, Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import attr
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.application.service import Service
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -294,13 +295,16 @@ class WorkerPoolService(Service):
 
     def stopService(self) -> Deferred:
         Service.stopService(self)
+        if not hasattr(self._reactor, "callFromThread"):
+            self.pool.stop()  # a fake reactor (tests): nothing can be waiting on it
+            return succeed(None)
         result: Deferred = Deferred()
 
         def stop() -> None:
             self.pool.stop()
             self._reactor.callFromThread(result.callback, None)
 
-        self._reactor.callInThread(stop)
+        threading.Thread(target=stop, name="mailnet-verdicts-stop", daemon=True).start()
         return result
 
 
