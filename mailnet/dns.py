@@ -75,7 +75,7 @@ def makeResolver(reactor: Any, servers: Sequence[Tuple[str, int]] = ()) -> Any:
 
 def _value(record: dns.RRHeader) -> Any:
     """A record's data in the form pyspf's own DNS drivers give it."""
-    payload = record.payload
+    payload: Any = record.payload
     if record.type == dns.A:
         return payload.dottedQuad()
     if record.type == dns.AAAA:
@@ -160,7 +160,11 @@ class BlockingDNS:
         @raise DNSFailure: no usable answer.
         """
         self.lookups += 1
-        return blockingCallFromThread(self._client._reactor, self._client.query, name, kind)
+        reactor = self._client._reactor
+        if not getattr(reactor, "running", True):
+            # Shutting down: nothing would answer.
+            raise DNSFailure("%s %s: the reactor is not running" % (name[:255], kind))
+        return blockingCallFromThread(reactor, self._client.query, name, kind)
 
     def txt(self, name: str) -> List[bytes]:
         """

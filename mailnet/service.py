@@ -28,7 +28,7 @@ from mailnet.errors import ConfigError
 from mailnet.imap.server import IMAPFactory
 from mailnet.limits import DESCRIPTORS_PER_CONNECTION, ConnectionLimiter, LimitingFactory, fitDescriptorLimit
 from mailnet.pop3.server import POP3Factory
-from mailnet.smtp._judge import judgeFromConfig
+from mailnet.smtp._judge import WorkerPoolService, judgeFromConfig
 from mailnet.smtp.delivery import DeliveryAgent
 from mailnet.smtp.relay import RelayService
 from mailnet.smtp.server import SMTPFactory
@@ -226,7 +226,7 @@ class MailService(service.MultiService):
         # verdicts wait on DNS in their own threads, not the disk pool's.
         self.dns = DNSClient(reactor, config.dns_resolvers)
         judgePool = ThreadPool(minthreads=0, maxthreads=8, name="mailnet-verdicts")
-        ThreadPoolService(judgePool).setServiceParent(self)
+        WorkerPoolService(judgePool, reactor).setServiceParent(self)
         self.judge = judgeFromConfig(config, reactor, self.dns, ThreadRunner(reactor, judgePool))
 
         relay = RelayService(self.queue, config.relay, config.hostname, reactor, self.delivery.receive, resolver=self.dns)

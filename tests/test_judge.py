@@ -237,9 +237,35 @@ class OutboundTests(unittest.TestCase):
         self.assertEqual(verifier.signature_fields[b"a"], b"ed25519-sha256")
         self.assertEqual(asked, [b"s1._domainkey.example.test.", b"e1._domainkey.example.test."])
         self.assertEqual(len(fields(relayed, b"Date")), 1)
+        # Added at the end of the header section, below the trace fields.
+        self.assertLess(relayed.index(b"\r\nReceived:"), relayed.index(b"\r\nDate:"))
         self.assertRegex(fields(relayed, b"Message-ID")[0].decode(), r"^<[0-9a-f]{24}@localhost>$")
         # Tampering shows.
         self.assertFalse(dkim.verify(relayed.replace(b"Hello Bob", b"Hello Eve"), dnsfunc=dnsfunc))
+
+    @defer.inlineCallbacks
+    def test_eightBitConvertedBeforeSigning(self) -> Any:
+        """RFC 6376 §5.3: an 8-bit body is made quoted-printable before signing, so no relay breaks the signature."""
+        records = dict([self.generate("--type", "ed25519")])
+        message = b"From: alice@example.test\r\nTo: bob@b.test\r\nSubject: 8bit\r\n\r\ncaf\xc3\xa9\r\n"
+        yield deferToThread(self.submit, message)
+        relayed = yield self.relayed()
+        self.assertTrue(relayed.isascii())
+        self.assertIn(b"caf=C3=A9", relayed)
+        self.assertTrue(dkim.verify(relayed, dnsfunc=lambda name, timeout=5: records.get(name.decode())))
+        self.assertFalse(self.capture.transactions[0]["from"].endswith("BODY=8BITMIME"))
+
+    @defer.inlineCallbacks
+    def test_receivedLogNamesTLS(self) -> Any:
+        """The log line of each received message names the TLS version and cipher."""
+        from twisted.logger import globalLogPublisher
+
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield deferToThread(self.submit, body("From: alice@example.test\nSubject: s\n\nhi\n"))
+        [line] = [e for e in events if "SMTP accepted message" in e.get("log_format", "")]
+        self.assertRegex(line["tls"], r"^TLSv1\.[23] [A-Z0-9_-]+$")
 
     @defer.inlineCallbacks
     def test_clientDateKept(self) -> Any:
@@ -344,3 +370,37 @@ class ServerReplyTests(unittest.SynchronousTestCase):
         self.assertEqual(
             judge.context, {"peer": "192.168.1.1", "helo": "c.test", "mailFrom": "x@bank.test", "authenticated": False, "role": "mta"}
         )
+
+
+class WorkerPoolTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_stopWhileWaitingForDNS(self) -> Any:
+        """
+        Stopping the verdicts' pool while a worker waits for a DNS answer
+        does not hang: the reactor keeps running while the pool is joined.
+        """
+        import threading
+
+        from twisted.python.threadpool import ThreadPool
+
+        from mailnet.dns import DNSClient
+        from mailnet.smtp._judge import WorkerPoolService
+
+        class Slow:
+            def query(self, q: Any) -> defer.Deferred:
+                return task.deferLater(reactor, 0.05, lambda: ([], [], []))
+
+        pool = ThreadPool(0, 2, "test-verdicts")
+        service = WorkerPoolService(pool, reactor)
+        service.startService()
+        blocking = DNSClient(reactor, resolver=Slow()).blocking()
+        started = threading.Event()
+
+        def work() -> Any:
+            started.set()
+            return blocking.txt("x.test")
+
+        d = ThreadRunner(reactor, pool)(work)
+        yield deferToThread(started.wait, 5)
+        yield service.stopService()
+        self.assertEqual((yield d), [])

@@ -12,7 +12,8 @@ L{JudgingReceiver.finish}, does in a worker thread what the message needs:
     as authserv-id are removed (RFC 8601 §5);
   - from an authenticated sender: C{Date} and C{Message-ID} are added when
     missing (RFC 6409 §8.3, §8.2), then it is DKIM-signed when its From
-    domain has keys (L{mailnet.dkim});
+    domain has keys (L{mailnet.dkim}), an 8-bit body converted to 7 bit
+    first (RFC 6376 §5.3; L{mailnet.smtp._eightbit});
   - anything else on the MTA port, from a client outside
     C{[auth] trusted_networks}: SPF, DKIM and DMARC
     (L{mailnet.verdicts}), an C{Authentication-Results} field on top, and
@@ -30,11 +31,14 @@ import ipaddress
 import os
 import secrets
 import tempfile
+import threading
 from typing import IO, Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import attr
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.application.service import Service
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -42,6 +46,7 @@ from mailnet import dkim, verdicts
 from mailnet.dns import DNSClient
 from mailnet.errors import SMTPReply
 from mailnet.interfaces import IMessageReceiver
+from mailnet.smtp._eightbit import CannotConvert, toSevenBit
 
 log = Logger()
 
@@ -184,10 +189,17 @@ class MessageJudge:
             notes.append("removed %d forged Authentication-Results" % (removed,))
         if envelope.authenticated:
             added = self._complete(headers)
-            message = added + headers + rest
+            message = headers + added + rest
             authors = verdicts.authorDomains(headers)
             keys = self.keys.signingKeys(authors[0]) if authors else []
             if keys:
+                if not message.isascii():
+                    # RFC 6376 §5.3: a relay's later conversion to 7 bit
+                    # would break the signature; convert before signing.
+                    try:
+                        message = toSevenBit(message)
+                    except CannotConvert:
+                        pass  # 8-bit header fields (SMTPUTF8): signed as they are
                 message = dkim.sign(message, keys) + message
                 notes.append("signed for %s (%s)" % (authors[0], ", ".join("%s %s" % (k.type, k.selector) for k in keys)))
             return Outcome(message, None, "; ".join(notes))
@@ -263,6 +275,37 @@ class JudgingReceiver:
         for start in range(0, len(message), WRITE_CHUNK):
             self._inner.write(message[start : start + WRITE_CHUNK])
         return self._inner.finish()
+
+
+class WorkerPoolService(Service):
+    """
+    Starts and stops the verdicts' thread pool.  Stopping waits for the
+    threads in another thread, with the reactor still running: a worker
+    may be waiting for a DNS answer that only the reactor can deliver, so
+    joining on the reactor thread would never end.
+    """
+
+    def __init__(self, pool: ThreadPool, reactor: Any) -> None:
+        self.pool = pool
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.pool.start()
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        if not hasattr(self._reactor, "callFromThread"):
+            self.pool.stop()  # a fake reactor (tests): nothing can be waiting on it
+            return succeed(None)
+        result: Deferred = Deferred()
+
+        def stop() -> None:
+            self.pool.stop()
+            self._reactor.callFromThread(result.callback, None)
+
+        threading.Thread(target=stop, name="mailnet-verdicts-stop", daemon=True).start()
+        return result
 
 
 def judgeFromConfig(config: Any, reactor: Any, dns: DNSClient, run: Callable[..., Deferred]) -> MessageJudge:

@@ -14,6 +14,7 @@ next host.
 """
 
 import base64
+import io
 import ipaddress
 import os
 import re
@@ -31,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailnet.escape import escape
+from mailnet.smtp._eightbit import CannotConvert, toSevenBit
 
 log = Logger()
 
@@ -101,6 +103,8 @@ class Outcome:
     kind: str
     reply: str
     host: Optional[str] = None
+    #: C{"TLSv1.3 TLS_AES_256_GCM_SHA384"}, C{"no TLS"}, or L{None} (no session).
+    tls: Optional[str] = None
 
 
 class HostFailure(Exception):
@@ -168,6 +172,21 @@ class Job:
     requireTLS: bool = False
     auth: Optional[Tuple[str, str]] = None
     eightBit: bool = False
+
+
+def _tlsDescription(transport: Any) -> str:
+    """The negotiated TLS version and cipher of a transport after STARTTLS."""
+    try:
+        connection = transport.getHandle()
+        return "%s %s" % (connection.get_protocol_version_name(), connection.get_cipher_name())
+    except Exception:
+        return "TLS"
+
+
+def _sevenBit(message: IO[bytes]) -> io.BytesIO:
+    """The message file's 7-bit form (in a worker thread: it reads the whole file)."""
+    message.seek(0)
+    return io.BytesIO(toSevenBit(message.read()))
 
 
 def dotStuff(data: bytes, context: bytes) -> bytes:
@@ -247,6 +266,10 @@ class RelayClient(LineOnlyReceiver):
         self._inData = False
         self._dropPlaintext = False
         self.outcomes: Dict[str, Outcome] = {}
+        #: The TLS version and cipher, once STARTTLS is done (for the log).
+        self.tlsDescription: Optional[str] = None
+        #: What DATA sends: the job's message, or its 7-bit form.
+        self._message: Any = job.message
 
     # --- connection --------------------------------------------------------
 
@@ -384,6 +407,7 @@ class RelayClient(LineOnlyReceiver):
                         raise
                     except Exception as e:
                         raise HostFailure(self._describe(e), tlsFailed=True) from e
+                    self.tlsDescription = _tlsDescription(self.transport)
                 elif job.requireTLS:
                     raise HostFailure("451 4.7.10 %s refused STARTTLS: %s" % (host, reply))
             if job.requireTLS and not self.secure:
@@ -395,22 +419,53 @@ class RelayClient(LineOnlyReceiver):
                 # RFC 6531 §3.2: without the extension, such addresses cannot go.
                 raise HostFailure("553 5.6.7 %s does not support SMTPUTF8 addresses" % (host,), permanent=True)
             size = os.fstat(job.message.fileno()).st_size
+            eightBit = job.eightBit
+            if eightBit and "8BITMIME" not in self.extensions:
+                # RFC 6152 §3: not as it is; quoted-printable or base64 instead.
+                try:
+                    self._message = yield self.run(_sevenBit, job.message)
+                except CannotConvert as e:
+                    raise HostFailure(
+                        "554 5.6.3 %s does not take 8-bit mail (no 8BITMIME) and the message cannot be converted: %s" % (host, e),
+                        permanent=True,
+                    )
+                size, eightBit = len(self._message.getvalue()), False
             limit = self.extensions.get("SIZE", "").strip()
             if limit.isdigit() and int(limit) and size > int(limit):
                 raise HostFailure("552 5.3.4 message too big for %s (limit %s)" % (host, limit), permanent=True)
             mail = b"MAIL FROM:<" + _xtext(job.sender) + b">"
             if "SIZE" in self.extensions:
                 mail += b" SIZE=%d" % (size,)  # RFC 1870 §6
-            if job.eightBit and "8BITMIME" in self.extensions:
+            if eightBit:
                 mail += b" BODY=8BITMIME"  # RFC 6152 §3
             if needUTF8:
                 mail += b" SMTPUTF8"
-            reply = yield self._command(mail)
+            rcpts = [b"RCPT TO:<" + _xtext(recipient) + b">" for recipient in job.recipients]
+            if "PIPELINING" in self.extensions:
+                # RFC 2920 §3.1: MAIL and the RCPTs in one go, then their
+                # replies in order (DATA waits for them: §3.1 allows it last
+                # in the group, but then a refused MAIL would start DATA).
+                self.transport.write(b"".join(line + b"\r\n" for line in [mail] + rcpts))
+                replies = [self._reply(TIMEOUT_COMMAND)]
+            else:
+                replies = [self._command(mail)]
+            reply = yield replies[0]
             if not reply.positive:
+                if "PIPELINING" in self.extensions:
+                    # The pipelined RCPTs are answered (503) too: read those
+                    # replies before QUIT, as far as the server sends them.
+                    try:
+                        for _ in rcpts:
+                            yield self._reply(TIMEOUT_DATA_INIT)
+                    except Exception:
+                        pass
                 raise HostFailure(str(reply), permanent=reply.permanent)
             outcomes = self.outcomes
-            for recipient in job.recipients:
-                reply = yield self._command(b"RCPT TO:<" + _xtext(recipient) + b">")
+            for recipient, rcpt in zip(job.recipients, rcpts):
+                if "PIPELINING" in self.extensions:
+                    reply = yield self._reply(TIMEOUT_COMMAND)
+                else:
+                    reply = yield self._command(rcpt)
                 if reply.positive:
                     self._accepted.append(recipient)
                 else:
@@ -421,7 +476,8 @@ class RelayClient(LineOnlyReceiver):
                 for recipient in self._accepted:
                     outcomes[recipient] = Outcome(recipient, kind, str(final), host)
             self._quit()
-            return [outcomes[r] for r in job.recipients]
+            tls = self.tlsDescription or "no TLS"
+            return [attr.evolve(outcomes[r], tls=tls) for r in job.recipients]
         except HostFailure:
             self._quit()
             raise
@@ -499,7 +555,7 @@ class RelayClient(LineOnlyReceiver):
         try:
             encoder = DataEncoder()
             while True:
-                chunk = yield self.run(self.job.message.read, CHUNK)
+                chunk = yield self.run(self._message.read, CHUNK)
                 if self._lost is not None:
                     raise self._lost
                 if not chunk:

@@ -446,8 +446,8 @@ class RelayService(Service):
                 state.status = q.DELIVERED
                 state.last_error = None
                 log.info(
-                    "{id}: <{recipient}> delivered via {host}: {reply}",
-                    id=entry.id, recipient=outcome.address, host=outcome.host, reply=outcome.reply,
+                    "{id}: <{recipient}> delivered via {host} ({tls}): {reply}",
+                    id=entry.id, recipient=outcome.address, host=outcome.host, reply=outcome.reply, tls=outcome.tls or "no TLS",
                 )
             elif outcome.kind == PERMANENT:
                 state.status = q.FAILED

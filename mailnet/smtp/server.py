@@ -59,6 +59,7 @@ from mailnet.interfaces import IAuthenticator, IDeliveryAgent, IMessageReceiver,
 from mailnet.smtp import codes
 from mailnet.message import AddressSyntaxError
 from mailnet.smtp._data import DotDecoder, HeaderSection, MessageChecker
+from mailnet.smtp._relayclient import _tlsDescription
 from mailnet.smtp.codes import reply
 
 log = Logger()
@@ -861,7 +862,7 @@ class SMTPServer(Protocol):
             # As Postfix: the error and junk counts are per delivered message.
             self._errors = self._junk = 0
             log.info(
-                "SMTP accepted message {id} ({localId}) from <{sender}> to {recipients}, {size} octets, peer {peer} ({helo})",
+                "SMTP accepted message {id} ({localId}) from <{sender}> to {recipients}, {size} octets, peer {peer} ({helo}), {tls}",
                 id=messageId,
                 localId=transaction.id,
                 sender=escape(transaction.returnPath),
@@ -869,6 +870,7 @@ class SMTPServer(Protocol):
                 size=checker.size,
                 peer=self._peer,
                 helo=escape(self._helo or ""),
+                tls=_tlsDescription(self.transport) if self._tls else "no TLS",
             )
             return reply(codes.OK, codes.S_OK, "Ok: queued as %s" % (messageId,))
 

@@ -1,0 +1,174 @@
+"""
+Tests for the relay client's PIPELINING, its 8BITMIME downgrade, and the
+TLS details in the delivery log (L{mailnet.smtp._relayclient},
+L{mailnet.smtp._eightbit}).
+"""
+
+import email
+import email.policy
+from typing import Any, List
+
+from twisted.internet import defer
+from twisted.logger import globalLogPublisher
+from twisted.trial import unittest
+
+from mailnet.smtp import _relayclient
+from mailnet.smtp._eightbit import CannotConvert, toSevenBit
+from tests import test_relay as relaytests
+
+EIGHT_BIT = b"From: alice@example.test\r\nTo: bob@b.test\r\nSubject: caf\xc3\xa9?\r\n\r\n"
+
+
+class ClientMixin:
+    # The scripted-client helper of tests/test_relay.py, without its tests.
+    client = relaytests.ClientTests.client
+
+
+class PipeliningTests(ClientMixin, unittest.TestCase):
+    def test_mailAndRcptsInOneWrite(self) -> None:
+        """RFC 2920: with PIPELINING, MAIL and every RCPT go in one write; replies are read in order."""
+        client, transport = self.client(recipients=["bob@b.test", "carol@b.test", "dan@b.test"])
+        client.dataReceived(b"220 hi\r\n250-hi\r\n250 PIPELINING\r\n")
+        self.assertEqual(
+            transport.value().split(b"\r\n")[1:-1],
+            [b"MAIL FROM:<alice@example.test>", b"RCPT TO:<bob@b.test>", b"RCPT TO:<carol@b.test>", b"RCPT TO:<dan@b.test>"],
+        )
+        transport.clear()
+        client.dataReceived(b"250 ok\r\n250 ok\r\n550 5.1.1 no carol\r\n250 ok\r\n")
+        self.assertEqual(transport.value(), b"DATA\r\n")
+        client.dataReceived(b"354 go\r\n")
+        client.dataReceived(b"250 2.0.0 done\r\n")
+        outcomes = self.successResultOf(client.result)
+        self.assertEqual([o.kind for o in outcomes], ["delivered", "permanent", "delivered"])
+        self.assertEqual(outcomes[1].reply, "550 5.1.1 no carol")
+        self.assertEqual(outcomes[0].tls, "no TLS")
+
+    def test_withoutPipeliningOneByOne(self) -> None:
+        client, transport = self.client(recipients=["bob@b.test", "carol@b.test"])
+        client.dataReceived(b"220 hi\r\n250 hi\r\n")
+        self.assertEqual(transport.value().split(b"\r\n")[-2], b"MAIL FROM:<alice@example.test>")
+        transport.clear()
+        client.dataReceived(b"250 ok\r\n")
+        self.assertEqual(transport.value(), b"RCPT TO:<bob@b.test>\r\n")
+
+    def test_pipelinedMailRefused(self) -> None:
+        """A refused MAIL decides for the session; the 503s of the RCPTs are read, then QUIT."""
+        client, transport = self.client(recipients=["bob@b.test", "carol@b.test"])
+        client.dataReceived(b"220 hi\r\n250-hi\r\n250 PIPELINING\r\n")
+        transport.clear()
+        client.dataReceived(b"550 5.7.1 not you\r\n503 5.5.1 no MAIL\r\n")
+        self.assertEqual(transport.value(), b"")
+        client.dataReceived(b"503 5.5.1 no MAIL\r\n")
+        failure = self.failureResultOf(client.result, _relayclient.HostFailure)
+        self.assertEqual(failure.value.reply, "550 5.7.1 not you")
+        self.assertTrue(failure.value.permanent)
+        self.assertEqual(transport.value(), b"QUIT\r\n")
+
+
+class DowngradeClientTests(ClientMixin, unittest.TestCase):
+    def test_quotedPrintableWithout8BITMIME(self) -> None:
+        """
+        RFC 6152 §3: an 8-bit body goes to a next hop without 8BITMIME as
+        quoted-printable, without BODY=8BITMIME, its SIZE the converted one.
+        """
+        message = b"From: alice@example.test\r\nTo: bob@b.test\r\n\r\ncaf\xc3\xa9\r\n"
+        client, transport = self.client(message=message, eightBit=True)
+        client.dataReceived(b"220 hi\r\n250-hi\r\n250 SIZE 1000\r\n")
+        converted = toSevenBit(message)
+        self.assertEqual(transport.value().split(b"\r\n")[-2], b"MAIL FROM:<alice@example.test> SIZE=%d" % (len(converted),))
+        client.dataReceived(b"250 ok\r\n250 ok\r\n")
+        transport.clear()
+        client.dataReceived(b"354 go\r\n")
+        sent = transport.value()
+        self.assertTrue(sent.isascii())
+        self.assertIn(b"Content-Transfer-Encoding: quoted-printable\r\n", sent)
+        self.assertIn(b"\r\n\r\ncaf=C3=A9\r\n.\r\n", sent)
+
+    def test_8BITMIMEKeepsTheMessage(self) -> None:
+        message = b"From: alice@example.test\r\n\r\ncaf\xc3\xa9\r\n"
+        client, transport = self.client(message=message, eightBit=True)
+        client.dataReceived(b"220 hi\r\n250-hi\r\n250 8BITMIME\r\n250 ok\r\n250 ok\r\n")
+        transport.clear()
+        client.dataReceived(b"354 go\r\n")
+        self.assertEqual(transport.value(), message + b".\r\n")
+
+    def test_unconvertibleBounces(self) -> None:
+        """8-bit header fields cannot be encoded: a permanent 5.6.3 failure (RFC 3463)."""
+        client, transport = self.client(message=EIGHT_BIT + b"hi\r\n", eightBit=True)
+        client.dataReceived(b"220 hi\r\n250 hi\r\n")
+        failure = self.failureResultOf(client.result, _relayclient.HostFailure)
+        self.assertTrue(failure.value.permanent)
+        self.assertTrue(failure.value.reply.startswith("554 5.6.3 hop.test does not take 8-bit mail"), failure.value.reply)
+
+
+class ConversionTests(unittest.SynchronousTestCase):
+    def parse(self, data: bytes) -> Any:
+        return email.message_from_bytes(data, policy=email.policy.default)
+
+    def test_asciiUnchanged(self) -> None:
+        message = b"Subject: x\r\n\r\nplain\r\n"
+        self.assertIs(toSevenBit(message), message)
+
+    def test_plainMessage(self) -> None:
+        """No MIME fields: MIME-Version, a text/plain type with its charset, and quoted-printable are added."""
+        converted = toSevenBit(b"Subject: x\r\n\r\nh\xc3\xa9llo  \r\n" + b"y" * 200 + b"\r\n")
+        self.assertTrue(converted.isascii())
+        self.assertTrue(all(len(line) <= 78 for line in converted.split(b"\r\n")))
+        parsed = self.parse(converted)
+        self.assertEqual((parsed.get_content_type(), parsed.get_content_charset()), ("text/plain", "utf-8"))
+        self.assertEqual(parsed.get_payload(decode=True), b"h\xc3\xa9llo  \r\n" + b"y" * 200 + b"\r\n")
+
+    def test_multipart(self) -> None:
+        """
+        Each 8-bit leaf is encoded (text: quoted-printable, others: base64),
+        an embedded message is converted as a message, and the structure
+        and the ASCII parts stay byte for byte.
+        """
+        message = (
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\npreamble\r\n"
+            b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nZ\xc3\xbcrich\r\n"
+            b"--b1\r\nContent-Type: text/plain\r\n\r\nascii stays\r\n"
+            b"--b1\r\nContent-Type: application/octet-stream\r\n\r\n\x01\xff\x80\r\n"
+            b"--b1\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\nSubject: in\r\n\r\ninner \xc3\xa9\r\n"
+            b"--b1--\r\nepilogue\r\n"
+        )
+        converted = toSevenBit(message)
+        self.assertTrue(converted.isascii())
+        self.assertIn(b"--b1\r\nContent-Type: text/plain\r\n\r\nascii stays\r\n--b1\r\n", converted)
+        parts = [p for p in self.parse(converted).walk() if not p.is_multipart()]
+        payloads = [p.get_payload(decode=True) for p in parts if p.get_content_type() != "message/rfc822"]
+        self.assertEqual(payloads, [b"Z\xc3\xbcrich", b"ascii stays", b"\x01\xff\x80", b"inner \xc3\xa9"])
+        self.assertIn(b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 7bit\r\n", converted)
+
+    def test_cannotConvert(self) -> None:
+        for message in [
+            EIGHT_BIT + b"x\r\n",  # RFC 6532 header fields
+            b"Content-Type: multipart/mixed; boundary=b\r\n\r\npre \xc3\xa9\r\n--b\r\n\r\nx\r\n--b--\r\n",
+            b"Content-Type: message/global\r\n\r\nSubject: \xc3\xa9\r\n\r\nx\r\n",
+            b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n\xc3\xa9\r\n",
+            b"Content-Type: multipart/mixed\r\n\r\n\xc3\xa9\r\n",
+        ]:
+            self.assertRaises(CannotConvert, toSevenBit, message)
+
+    def test_depthBounded(self) -> None:
+        message = b"x \xc3\xa9\r\n"
+        for _ in range(30):
+            message = b"Content-Type: message/rfc822\r\n\r\n" + message
+        self.assertRaises(CannotConvert, toSevenBit, message)
+
+
+class TLSLogTests(relaytests.RelayTestMixin, unittest.TestCase):
+    startOwnServer = relaytests.OwnServerTests.startOwnServer
+
+    @defer.inlineCallbacks
+    def test_deliveryLogNamesTLS(self) -> Any:
+        """The log line of each delivery names the TLS version and cipher."""
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        delivery, port = yield self.startOwnServer()
+        relay = self.makeRelay(routes={"b.test": ("127.0.0.1", port)}, require_tls=True)
+        self.enqueue("alice@example.test", ["bob@b.test"])
+        yield relay.whenIdle()
+        [line] = [e for e in events if "delivered via" in e.get("log_format", "")]
+        self.assertRegex(line["tls"], r"^TLSv1\.[23] [A-Z0-9_-]+$")
