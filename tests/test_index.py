@@ -246,6 +246,36 @@ class IndexTests(DiskTestsMixin, SynchronousTestCase):
         self.assertEqual(record.flags, frozenset({"\\Seen"}))
         self.assertEqual(record.size, len(b"Subject: x\r\n\r\nCRLF stored\r\nand LF\r\n"))
 
+    def test_crashBeforeCommit(self) -> None:
+        """
+        A crash after a file operation but before the index commit (the
+        transaction is rolled back) loses nothing: the next sync takes the
+        file in, with a UID never used before.
+        """
+        from mailnet.store.index import FolderIndex
+
+        self.deliver()
+        folder = self.open()
+        self.result(folder.sync())
+
+        def crash(*args):
+            raise RuntimeError("killed")
+
+        patched = self.patch(FolderIndex, "_bump", crash)
+        receiver = self.account.append("INBOX", frozenset({"\\Seen"}), None)
+        receiver.write(MESSAGE)
+        self.failureResultOf(receiver.finish(), RuntimeError)
+        self.failureResultOf(folder.setFlags([1], {"\\Flagged"}, "+"), RuntimeError)
+        patched.restore()
+        # The process goes on: memory is reloaded from the index and the disk.
+        state = self.result(folder.sync())
+        self.assertEqual([(m.uid, m.flags) for m in state.messages], [(1, frozenset({"\\Flagged"})), (2, frozenset({"\\Seen"}))])
+        # And so does the next start.
+        folder.close()
+        self.restart()
+        again = self.result(self.open().sync())
+        self.assertEqual([(m.uid, m.flags) for m in again.messages], [(m.uid, m.flags) for m in state.messages])
+
     def test_wireSizeOfFile(self) -> None:
         path = self.mktemp()
         with open(path, "wb") as f:
