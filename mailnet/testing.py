@@ -339,6 +339,8 @@ class _MemoryAppend:
             data = self._account._folder(self._name)
         except NoSuchFolder as e:
             return fail(e)
+        except BadFolderName:
+            return fail(NoSuchFolder(name=self._name))
         uid = self._account._add(data, b"".join(self._chunks), self._flags, self._internalDate)
         return succeed((data.uidValidity, uid))
 

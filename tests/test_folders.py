@@ -132,6 +132,12 @@ class AccountTestsMixin:
         receiver.write(MESSAGE)
         self.failureResultOf(receiver.finish(), NoSuchFolder)
 
+    def test_appendBadName(self) -> None:
+        """APPEND to a name no folder could have fails as for a missing folder."""
+        receiver = self.account.append("a..b", frozenset(), None)
+        receiver.write(MESSAGE)
+        self.failureResultOf(receiver.finish(), NoSuchFolder)
+
     def test_delete(self) -> None:
         """Deleting a folder deletes its messages; folders below it stay."""
         self.result(self.account.createFolder("A.B"))

@@ -228,7 +228,6 @@ class IndexTests(DiskTestsMixin, SynchronousTestCase):
             if os.path.exists(os.path.join(self.path, INDEX_NAME + suffix)):
                 os.unlink(os.path.join(self.path, INDEX_NAME + suffix))
         self.registry, self.account = self.process()
-        time.sleep(0)  # the new UIDVALIDITY is the time or later: never the same second's value reused
         after = self.result(self.open().sync())
         self.assertNotEqual(after.uidValidity, before.uidValidity)
         self.assertEqual([m.key for m in after.messages], [m.key for m in before.messages])
@@ -245,6 +244,36 @@ class IndexTests(DiskTestsMixin, SynchronousTestCase):
         self.assertEqual(record.key, "1700000000.M1P1.other")
         self.assertEqual(record.flags, frozenset({"\\Seen"}))
         self.assertEqual(record.size, len(b"Subject: x\r\n\r\nCRLF stored\r\nand LF\r\n"))
+
+    def test_crashBeforeCommit(self) -> None:
+        """
+        A crash after a file operation but before the index commit (the
+        transaction is rolled back) loses nothing: the next sync takes the
+        file in, with a UID never used before.
+        """
+        from mailnet.store.index import FolderIndex
+
+        self.deliver()
+        folder = self.open()
+        self.result(folder.sync())
+
+        def crash(*args):
+            raise RuntimeError("killed")
+
+        patched = self.patch(FolderIndex, "_bump", crash)
+        receiver = self.account.append("INBOX", frozenset({"\\Seen"}), None)
+        receiver.write(MESSAGE)
+        self.failureResultOf(receiver.finish(), RuntimeError)
+        self.failureResultOf(folder.setFlags([1], {"\\Flagged"}, "+"), RuntimeError)
+        patched.restore()
+        # The process goes on: memory is reloaded from the index and the disk.
+        state = self.result(folder.sync())
+        self.assertEqual([(m.uid, m.flags) for m in state.messages], [(1, frozenset({"\\Flagged"})), (2, frozenset({"\\Seen"}))])
+        # And so does the next start.
+        folder.close()
+        self.restart()
+        again = self.result(self.open().sync())
+        self.assertEqual([(m.uid, m.flags) for m in again.messages], [(m.uid, m.flags) for m in state.messages])
 
     def test_wireSizeOfFile(self) -> None:
         path = self.mktemp()
@@ -516,6 +545,8 @@ class WatchTests(DiskTestsMixin, SynchronousTestCase):
 class InotifyTests(TestCase):
     """inotify with the real reactor (Linux)."""
 
+    timeout = 10
+
     def test_inotify(self) -> None:
         watcher = makeWatcher(reactor)
         if not isinstance(watcher, InotifyWatcher):
@@ -531,6 +562,46 @@ class InotifyTests(TestCase):
         with open(os.path.join(directory, "x"), "wb"):
             pass
         return changed
+
+
+    def test_inotifySurvivesRemovedDirectory(self) -> None:
+        """
+        Removing a watched directory (a deleted folder) tells its watchers
+        and leaves the other watches working.
+        """
+        watcher = makeWatcher(reactor)
+        if not isinstance(watcher, InotifyWatcher):
+            self.assertIsInstance(watcher, PollingWatcher)
+            return None
+        self.addCleanup(watcher.close)
+        gone, kept = os.path.abspath(self.mktemp()), os.path.abspath(self.mktemp())
+        os.makedirs(gone)
+        os.makedirs(kept)
+        goneSeen, keptSeen = Deferred(), Deferred()
+        self.addCleanup(watcher.watch([gone], lambda: None if goneSeen.called else goneSeen.callback(None)))
+        self.addCleanup(watcher.watch([kept], lambda: None if keptSeen.called else keptSeen.callback(None)))
+        os.rmdir(gone)
+
+        def removed(_):
+            with open(os.path.join(kept, "x"), "wb"):
+                pass
+            return keptSeen
+
+        return goneSeen.addCallback(removed)
+
+    def test_inotifyFallsBackToPolling(self) -> None:
+        """A directory inotify cannot watch is polled instead."""
+        watcher = makeWatcher(reactor)
+        if not isinstance(watcher, InotifyWatcher):
+            return None
+        self.addCleanup(watcher.close)
+        clock = Clock()
+        watcher._reactor = clock
+        stop = watcher.watch([os.path.abspath(self.mktemp())], lambda: None)
+        self.assertIsNotNone(watcher._fallback)
+        self.assertEqual(len(watcher._fallback._watches), 1)
+        stop()
+        self.assertEqual(watcher._fallback._watches, {})
 
 
 class RealmTests(SynchronousTestCase):

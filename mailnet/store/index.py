@@ -38,7 +38,8 @@ transactions (C{BEGIN IMMEDIATE}) against other processes.
 import os
 import sqlite3
 import time
-from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from mailnet.errors import MessageGone, NoSuchFolder
 from mailnet.store.folders import applyFlags, normalizeFlags
@@ -584,19 +585,34 @@ class FolderIndex:
 
     # -- operations (each inside one transaction) ---------------------------
 
+    @contextmanager
+    def _changing(self, *others: "FolderIndex") -> Iterator[sqlite3.Connection]:
+        """
+        One transaction.  If it fails, it is rolled back, and memory (which
+        may hold some of its changes) is dropped: the next operation
+        reloads it from the index and the disk.
+        """
+        try:
+            with self.account.transaction() as db:
+                yield db
+        except BaseException:
+            for index in (self, *others):
+                index._reset()
+            raise
+
     def state(self) -> FolderState:
         if self._state is None:
             self._state = FolderState(self.uidValidity, self.uidNext, self.highestModSeq, tuple(self.records.values()))
         return self._state
 
     def sync(self, force: bool = False) -> FolderState:
-        with self.account.transaction():
+        with self._changing():
             self.ensure()
             self._scan(force)
         return self.state()
 
     def claimRecent(self) -> FrozenSet[int]:
-        with self.account.transaction() as db:
+        with self._changing() as db:
             self.ensure()
             recent = frozenset(uid for uid in self.records if uid >= self.firstRecent)
             self.firstRecent = self.uidNext
@@ -606,7 +622,7 @@ class FolderIndex:
     def setFlags(self, uids: Iterable[int], flags: FrozenSet[str], mode: str, unchangedSince: Optional[int]):
         changed: List[MessageRecord] = []
         refused: List[int] = []
-        with self.account.transaction() as db:
+        with self._changing() as db:
             self.ensure()
             # Another reader may have renamed files (flags) since the last sync.
             self._scan()
@@ -665,7 +681,7 @@ class FolderIndex:
         return None
 
     def expunge(self, uids: Optional[Iterable[int]]) -> List[int]:
-        with self.account.transaction():
+        with self._changing():
             self.ensure()
             self._scan()
             among = None if uids is None else set(uids)
@@ -702,7 +718,7 @@ class FolderIndex:
         Copy (link) or move (rename) messages into C{target}, which shares
         this folder's database.
         """
-        with self.account.transaction() as db:
+        with self._changing(target) as db:
             self.ensure()
             if target is not self:
                 target.ensure()
@@ -782,7 +798,7 @@ class FolderIndex:
 
         @return: its UID.
         """
-        with self.account.transaction():
+        with self._changing():
             self.ensure()
             os.rename(tmp, os.path.join(self.path, "cur", name))
             fsyncDirectory(os.path.join(self.path, "cur"))
@@ -848,14 +864,14 @@ class FolderIndex:
             except (AttributeError, NotImplementedError):
                 pass
         if fresh:
-            with self.account.transaction() as db:
+            with self._changing() as db:
                 present = [row for row in fresh if row[1] in self.records]
                 db.executemany("INSERT OR REPLACE INTO parsed (folder, uid, data) VALUES (?, ?, ?)", present)
         return {uid: result[uid] for uid in wanted if uid in result}
 
     def ensureLoaded(self) -> None:
         if not self.loaded:
-            with self.account.transaction():
+            with self._changing():
                 self.ensure()
 
 
