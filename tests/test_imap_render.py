@@ -219,10 +219,13 @@ class StringTests(SynchronousTestCase):
 
     def test_literal(self) -> None:
         """
-        CR, LF, NUL, 8-bit octets, quotes and backslashes make a literal.
+        CR, LF, 8-bit octets, quotes and backslashes make a literal; NUL
+        becomes a space.
         """
-        for value in [b"a\r\nb", b"a\nb", b"\x00", "café".encode(), b'say "hi"', b"back\\slash"]:
+        for value in [b"a\r\nb", b"a\nb", "café".encode(), b'say "hi"', b"back\\slash"]:
             self.assertEqual(_render.quoteString(value), b"{%d}\r\n%s" % (len(value), value))
+        self.assertEqual(_render.quoteString(b"a\x00b"), b'"a b"')
+        self.assertEqual(_render.quoteString(b"\x00\xff"), b"{2}\r\n \xff")
 
     def test_nstring(self) -> None:
         """

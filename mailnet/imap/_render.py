@@ -9,7 +9,8 @@ caches); a section that is not in it is given as a L{Range} of the stored
 file that the server streams, LFs turned into CRLFs.
 
 Strings are sent as quoted strings when they can be, as literals when they
-hold CR, LF, NUL or 8-bit octets.  RFC 2047 encoded words in header fields
+hold CR, LF, 8-bit octets, quotes or backslashes (NUL, allowed in neither,
+becomes a space).  RFC 2047 encoded words in header fields
 are sent as they are (the client decodes them), as every server does.
 """
 
@@ -25,17 +26,20 @@ NIL = b"NIL"
 
 # --- strings ------------------------------------------------------------------
 
-_NEEDS_LITERAL = re.compile(rb'[\x00\r\n\x80-\xff"\\]')
+_NEEDS_LITERAL = re.compile(rb'[\r\n\x80-\xff"\\]')
 
 
 def quoteString(value: Union[bytes, str]) -> bytes:
     """
     @return: C{value} as an IMAP string: quoted, or a literal when it
-        holds CR, LF, NUL, 8-bit octets, a quote or a backslash (as Dovecot
-        does: some clients mishandle escapes in quoted strings).
+        holds CR, LF, 8-bit octets, a quote or a backslash (as Dovecot
+        does: some clients mishandle escapes in quoted strings).  NUL
+        octets, which neither may hold (RFC 9051 §4.3), become spaces.
     """
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
+    if b"\x00" in value:
+        value = value.replace(b"\x00", b" ")
     if _NEEDS_LITERAL.search(value) or len(value) > 4096:
         return b"{%d}\r\n%s" % (len(value), value)
     return b'"' + value + b'"'
@@ -52,7 +56,6 @@ def nstring(value: Optional[Union[bytes, str]]) -> bytes:
 
 # --- addresses ------------------------------------------------------------------
 
-_SPECIALS = b"()<>@,;:\\\".[]"
 _ATOM = re.compile(rb'[^\x00-\x20()<>@,;:\\".\[\]\x7f]+')
 
 # Token kinds.
