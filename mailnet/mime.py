@@ -798,6 +798,7 @@ class _Parser:
         fields = _fieldDict(headerBytes)
 
         ct = _parseContentType(fields.get(b"content-type"))
+        params: Params
         if ct is None:
             if defaultType == ("message", "rfc822"):
                 ctype, csub, params = "message", "rfc822", ()

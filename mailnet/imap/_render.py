@@ -488,7 +488,7 @@ _FIELD_NAME = re.compile(rb'"((?:[^"\\]|\\.)*)"|([^\s"()]+)')
 
 
 def _fieldNames(fieldList: bytes) -> Tuple[bytes, ...]:
-    names = []
+    names: List[bytes] = []
     position = 0
     for m in _FIELD_NAME.finditer(fieldList):
         if fieldList[position:m.start()].strip(b" "):
