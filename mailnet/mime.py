@@ -292,19 +292,34 @@ def unfold(lines: bytes) -> bytes:
     """
     @return: the value of one header field (C{lines} as from
         L{headerFields}): after the colon, line breaks removed (RFC 5322
-        §2.2.3), leading and trailing white space removed.
+        §2.2.3; a tab after one becomes a space, as Dovecot does), leading
+        and trailing white space removed.
     """
     value = lines[lines.find(b":") + 1:]
-    return value.replace(b"\r\n", b"").replace(b"\n", b"").strip(b" \t\r")
+    if b"\n" in value:
+        value = _FOLD.sub(b" ", value).replace(b"\r\n", b"").replace(b"\n", b"")
+    return value.strip(b" \t\r")
+
+
+_FOLD = re.compile(rb"\r?\n[ \t]")
+# Address fields given more than once make one list, as in Dovecot.
+_ADDRESS_FIELDS = frozenset([b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc"])
 
 
 def _fieldDict(header: bytes) -> Dict[bytes, bytes]:
-    # First occurrence of each field, name lower case, value unfolded.
+    # First occurrence of each field (all of them for address fields), name
+    # lower case, value unfolded.
     result: Dict[bytes, bytes] = {}
     for name, lines in headerFields(header):
         key = name.lower()
-        if key and key not in result:
+        if not key:
+            continue
+        if key not in result:
             result[key] = unfold(lines)
+        elif key in _ADDRESS_FIELDS:
+            more = unfold(lines)
+            if more:
+                result[key] = result[key] + b", " + more if result[key] else more
     return result
 
 
@@ -822,13 +837,17 @@ class _Parser:
         else:
             boundary = dict(params).get("boundary", "") if ctype == "multipart" else ""
             isMessage = ctype == "message" and csub in ("rfc822", "global")
-            if ctype == "multipart" and (not boundary or depth >= MAX_DEPTH):
+            if ctype == "multipart" and depth >= MAX_DEPTH:
                 ctype, csub = "application", "octet-stream"
             if isMessage and (depth >= MAX_DEPTH or (encodingStr or "7bit").lower() not in ("7bit", "8bit", "binary")):
                 if depth >= MAX_DEPTH:
                     ctype, csub = "application", "octet-stream"
                 isMessage = False
-            if ctype == "multipart":
+            if ctype == "multipart" and not boundary:
+                # No boundary: no parts (shown as one empty text part, as
+                # Dovecot does); the body is read past.
+                found = self.skipBody()
+            elif ctype == "multipart":
                 found, children = self.parseMultipart(boundary.encode("utf-8", "surrogateescape"), depth, csub)
             elif isMessage:
                 inner, found, message = self.parsePart(depth + 1, ("text", "plain"))
