@@ -606,6 +606,14 @@ class _Reader:
         self._account(line)
         return line
 
+    def crlfBefore(self, stored: int) -> bool:
+        """
+        @return: whether the line ending that ends just before stored
+            offset C{stored} (still in the buffer) is a CRLF.
+        """
+        i = stored - self._base - 2
+        return i >= 0 and self._buf[i:i + 1] == b"\r"
+
     def headerBlock(self, limit: int, boundaries: bool) -> Optional[bytes]:
         """
         Consume a header through the empty line that ends it, if it is
@@ -697,13 +705,15 @@ def _endBefore(r: _Reader, boundaryLine: bytes, eol: int, floor: _Mark) -> _Mark
 class _Found:
     """A boundary line was found: C{level} in the stack, C{closing} or not."""
 
-    __slots__ = ("level", "closing", "end")
+    __slots__ = ("level", "closing", "end", "lineStart")
 
     def __init__(self, level: int, closing: bool) -> None:
         self.level = level
         self.closing = closing
         #: where the part the boundary closes ends
         self.end: Optional[_Mark] = None
+        #: the stored offset of the boundary line
+        self.lineStart = 0
 
 
 def _boundaryOf(line: bytes, boundaries: List[bytes]) -> Optional[_Found]:
@@ -754,6 +764,7 @@ class _Parser:
             found = _boundaryOf(line, self.boundaries)
             if found is not None:
                 found.end = _endBefore(r, line, eol, floor)
+                found.lineStart = r.stored() - len(line)
             return line, found
         return line, None
 
@@ -858,6 +869,14 @@ class _Parser:
                 self.enclosedBudget -= len(message.header)
             else:
                 found = self.skipBody()
+                if found is not None and found.lineStart == bodyStart.stored and header.endswith(b"\r\n\r\n"):
+                    # A boundary right after the empty line: that line's
+                    # ending is the one before the boundary, which belongs
+                    # to the boundary (RFC 2046 §5.1.1); the part is its
+                    # header lines only (as Dovecot sees it too).
+                    eol = 2 if r.crlfBefore(bodyStart.stored) else 1
+                    bodyStart = _Mark(bodyStart.stored - eol, bodyStart.wire - 2, bodyStart.lf - 1)
+                    found.end = bodyStart
             end = found.end if found is not None and found.end is not None else _mark(r)
         lines = end.lf - bodyStart.lf
         part = Part(

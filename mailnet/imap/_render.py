@@ -592,7 +592,8 @@ def filterHeader(header: bytes, fields: Tuple[bytes, ...], exclude: bool) -> byt
         endings), followed by the empty line.
     """
     wanted = set(fields)
-    kept = [lines for name, lines in mime.headerFields(header) if name and ((name.upper() in wanted) != exclude)]
+    # (Lines that are not fields are kept by .NOT, as Dovecot does.)
+    kept = [lines for name, lines in mime.headerFields(header) if (name.upper() in wanted) != exclude]
     return b"".join(kept) + b"\r\n"
 
 
