@@ -292,19 +292,34 @@ def unfold(lines: bytes) -> bytes:
     """
     @return: the value of one header field (C{lines} as from
         L{headerFields}): after the colon, line breaks removed (RFC 5322
-        §2.2.3), leading and trailing white space removed.
+        §2.2.3; a tab after one becomes a space, as Dovecot does), leading
+        and trailing white space removed.
     """
     value = lines[lines.find(b":") + 1:]
-    return value.replace(b"\r\n", b"").replace(b"\n", b"").strip(b" \t\r")
+    if b"\n" in value:
+        value = _FOLD.sub(b" ", value).replace(b"\r\n", b"").replace(b"\n", b"")
+    return value.strip(b" \t\r")
+
+
+_FOLD = re.compile(rb"\r?\n[ \t]")
+# Address fields given more than once make one list, as in Dovecot.
+_ADDRESS_FIELDS = frozenset([b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc"])
 
 
 def _fieldDict(header: bytes) -> Dict[bytes, bytes]:
-    # First occurrence of each field, name lower case, value unfolded.
+    # First occurrence of each field (all of them for address fields), name
+    # lower case, value unfolded.
     result: Dict[bytes, bytes] = {}
     for name, lines in headerFields(header):
         key = name.lower()
-        if key and key not in result:
+        if not key:
+            continue
+        if key not in result:
             result[key] = unfold(lines)
+        elif key in _ADDRESS_FIELDS:
+            more = unfold(lines)
+            if more:
+                result[key] = result[key] + b", " + more if result[key] else more
     return result
 
 
@@ -591,6 +606,14 @@ class _Reader:
         self._account(line)
         return line
 
+    def crlfBefore(self, stored: int) -> bool:
+        """
+        @return: whether the line ending that ends just before stored
+            offset C{stored} (still in the buffer) is a CRLF.
+        """
+        i = stored - self._base - 2
+        return i >= 0 and self._buf[i:i + 1] == b"\r"
+
     def headerBlock(self, limit: int, boundaries: bool) -> Optional[bytes]:
         """
         Consume a header through the empty line that ends it, if it is
@@ -682,13 +705,15 @@ def _endBefore(r: _Reader, boundaryLine: bytes, eol: int, floor: _Mark) -> _Mark
 class _Found:
     """A boundary line was found: C{level} in the stack, C{closing} or not."""
 
-    __slots__ = ("level", "closing", "end")
+    __slots__ = ("level", "closing", "end", "lineStart")
 
     def __init__(self, level: int, closing: bool) -> None:
         self.level = level
         self.closing = closing
         #: where the part the boundary closes ends
         self.end: Optional[_Mark] = None
+        #: the stored offset of the boundary line
+        self.lineStart = 0
 
 
 def _boundaryOf(line: bytes, boundaries: List[bytes]) -> Optional[_Found]:
@@ -739,6 +764,7 @@ class _Parser:
             found = _boundaryOf(line, self.boundaries)
             if found is not None:
                 found.end = _endBefore(r, line, eol, floor)
+                found.lineStart = r.stored() - len(line)
             return line, found
         return line, None
 
@@ -798,6 +824,7 @@ class _Parser:
         fields = _fieldDict(headerBytes)
 
         ct = _parseContentType(fields.get(b"content-type"))
+        params: Params
         if ct is None:
             if defaultType == ("message", "rfc822"):
                 ctype, csub, params = "message", "rfc822", ()
@@ -821,13 +848,17 @@ class _Parser:
         else:
             boundary = dict(params).get("boundary", "") if ctype == "multipart" else ""
             isMessage = ctype == "message" and csub in ("rfc822", "global")
-            if ctype == "multipart" and (not boundary or depth >= MAX_DEPTH):
+            if ctype == "multipart" and depth >= MAX_DEPTH:
                 ctype, csub = "application", "octet-stream"
             if isMessage and (depth >= MAX_DEPTH or (encodingStr or "7bit").lower() not in ("7bit", "8bit", "binary")):
                 if depth >= MAX_DEPTH:
                     ctype, csub = "application", "octet-stream"
                 isMessage = False
-            if ctype == "multipart":
+            if ctype == "multipart" and not boundary:
+                # No boundary: no parts (shown as one empty text part, as
+                # Dovecot does); the body is read past.
+                found = self.skipBody()
+            elif ctype == "multipart":
                 found, children = self.parseMultipart(boundary.encode("utf-8", "surrogateescape"), depth, csub)
             elif isMessage:
                 inner, found, message = self.parsePart(depth + 1, ("text", "plain"))
@@ -838,6 +869,14 @@ class _Parser:
                 self.enclosedBudget -= len(message.header)
             else:
                 found = self.skipBody()
+                if found is not None and found.lineStart == bodyStart.stored and header.endswith(b"\r\n\r\n"):
+                    # A boundary right after the empty line: that line's
+                    # ending is the one before the boundary, which belongs
+                    # to the boundary (RFC 2046 §5.1.1); the part is its
+                    # header lines only (as Dovecot sees it too).
+                    eol = 2 if r.crlfBefore(bodyStart.stored) else 1
+                    bodyStart = _Mark(bodyStart.stored - eol, bodyStart.wire - 2, bodyStart.lf - 1)
+                    found.end = bodyStart
             end = found.end if found is not None and found.end is not None else _mark(r)
         lines = end.lf - bodyStart.lf
         part = Part(

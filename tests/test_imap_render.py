@@ -219,10 +219,13 @@ class StringTests(SynchronousTestCase):
 
     def test_literal(self) -> None:
         """
-        CR, LF, NUL, 8-bit octets, quotes and backslashes make a literal.
+        CR, LF, 8-bit octets, quotes and backslashes make a literal; NUL
+        becomes a space.
         """
-        for value in [b"a\r\nb", b"a\nb", b"\x00", "café".encode(), b'say "hi"', b"back\\slash"]:
+        for value in [b"a\r\nb", b"a\nb", "café".encode(), b'say "hi"', b"back\\slash"]:
             self.assertEqual(_render.quoteString(value), b"{%d}\r\n%s" % (len(value), value))
+        self.assertEqual(_render.quoteString(b"a\x00b"), b'"a b"')
+        self.assertEqual(_render.quoteString(b"\x00\xff"), b"{2}\r\n \xff")
 
     def test_nstring(self) -> None:
         """
@@ -367,6 +370,29 @@ class SectionTests(SynchronousTestCase):
         self.assertEqual(self.resolve(data, b"HEADER.FIELDS (Subject)"), b"SUBJECT: one\r\n two\r\nsubject: again\r\n\r\n")
         self.assertEqual(self.resolve(data, b"HEADER.FIELDS.NOT (subject from)"), b"X-Other: y\r\n\r\n")
         self.assertEqual(self.resolve(data, b"HEADER.FIELDS (Nothing)"), b"\r\n")
+
+    def test_headerFieldsNotKeepsBrokenLines(self) -> None:
+        """
+        Header lines that are not fields are kept by HEADER.FIELDS.NOT
+        (as Dovecot does), never by HEADER.FIELDS.
+        """
+        data = b"Send submissions to\n\tlist@x\nTo: a@x\n\nbody\n"
+        self.assertEqual(self.resolve(data, b"HEADER.FIELDS.NOT (TO)"), b"Send submissions to\r\n\tlist@x\r\n\r\n")
+        self.assertEqual(self.resolve(data, b"HEADER.FIELDS (TO SEND)"), b"To: a@x\r\n\r\n")
+
+    def test_emptyLineBeforeBoundary(self) -> None:
+        """
+        When a part's header is followed by an empty line and at once by
+        the boundary, that line's ending belongs to the boundary: the part
+        is its header lines, without the empty line (RFC 2046 §5.1.1; as
+        Dovecot sees it).  With a line between, the empty line ends the
+        header.
+        """
+        data = b"Content-Type: multipart/mixed; boundary=foo\n\n--foo\nContent-Type: text/plain\nbar\n\n--foo\n\n\n\n--foo--\n"
+        self.assertEqual(self.resolve(data, b"1.MIME"), b"Content-Type: text/plain\r\nbar\r\n")
+        self.assertEqual(self.resolve(data, b"1"), b"")
+        self.assertEqual(self.resolve(data, b"2.MIME"), b"\r\n")
+        self.assertEqual(self.resolve(data, b"2"), b"\r\n")
 
     def test_nonMultipart(self) -> None:
         """

@@ -174,10 +174,12 @@ class StructureTests(SynchronousTestCase):
 
     def test_multipartWithoutBoundary(self) -> None:
         """
-        A multipart without a boundary parameter is an opaque part.
+        A multipart without a boundary parameter has no parts (as in
+        Dovecot: shown with one empty text part).
         """
-        root = mime.parseBytes(b"Content-Type: multipart/mixed\n\n--x\n\nbody\n").root
-        self.assertEqual((root.type, root.subtype, root.parts), ("application", "octet-stream", ()))
+        data = b"Content-Type: multipart/mixed\n\n--x\n\nbody\n"
+        root = mime.parseBytes(data).root
+        self.assertEqual((root.type, root.subtype, root.parts, root.storedEnd), ("multipart", "mixed", (), len(data)))
 
     def test_headerOnly(self) -> None:
         """
@@ -228,7 +230,8 @@ class StructureTests(SynchronousTestCase):
             b" format=flowed\nContent-Transfer-Encoding: base64\n\naGk=\n"
         )
         parsed = mime.parseBytes(data)
-        self.assertEqual(parsed.envelope.subject, b"folded\tsubject")
+        # (A tab after a line break becomes a space, as in Dovecot.)
+        self.assertEqual(parsed.envelope.subject, b"folded subject")
         self.assertEqual(parsed.root.params, (("charset", "utf-8"), ("format", "flowed")))
         self.assertEqual(parsed.root.encoding, "base64")
 
@@ -243,6 +246,16 @@ class StructureTests(SynchronousTestCase):
         self.assertEqual(image.disposition, ("inline", (("filename*", "utf-8''%E2%82%AC%20logo.png"),)))
         root = mime.parseBytes(b"Content-Type: text/plain; a*1=\"2\"; b=x; a*0=1; c*=us-ascii''z\n\n").root
         self.assertEqual(root.params, (("a", "12"), ("b", "x"), ("c*", "us-ascii''z"), ("charset", "us-ascii")))
+
+    def test_repeatedAddressFields(self) -> None:
+        """
+        Address fields given more than once make one list; other fields
+        are taken from their first occurrence.
+        """
+        parsed = mime.parseBytes(b"To: a@x\nCc: c@x\nSubject: one\nCC: d@x\ncc:\ncc: e@x\nSubject: two\n\n")
+        self.assertEqual(parsed.envelope.cc, b"c@x, d@x, e@x")
+        self.assertEqual(parsed.envelope.to, b"a@x")
+        self.assertEqual(parsed.envelope.subject, b"one")
 
     def test_invalidContentType(self) -> None:
         """

@@ -9,7 +9,8 @@ caches); a section that is not in it is given as a L{Range} of the stored
 file that the server streams, LFs turned into CRLFs.
 
 Strings are sent as quoted strings when they can be, as literals when they
-hold CR, LF, NUL or 8-bit octets.  RFC 2047 encoded words in header fields
+hold CR, LF, 8-bit octets, quotes or backslashes (NUL, allowed in neither,
+becomes a space).  RFC 2047 encoded words in header fields
 are sent as they are (the client decodes them), as every server does.
 """
 
@@ -25,17 +26,20 @@ NIL = b"NIL"
 
 # --- strings ------------------------------------------------------------------
 
-_NEEDS_LITERAL = re.compile(rb'[\x00\r\n\x80-\xff"\\]')
+_NEEDS_LITERAL = re.compile(rb'[\r\n\x80-\xff"\\]')
 
 
 def quoteString(value: Union[bytes, str]) -> bytes:
     """
     @return: C{value} as an IMAP string: quoted, or a literal when it
-        holds CR, LF, NUL, 8-bit octets, a quote or a backslash (as Dovecot
-        does: some clients mishandle escapes in quoted strings).
+        holds CR, LF, 8-bit octets, a quote or a backslash (as Dovecot
+        does: some clients mishandle escapes in quoted strings).  NUL
+        octets, which neither may hold (RFC 9051 §4.3), become spaces.
     """
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
+    if b"\x00" in value:
+        value = value.replace(b"\x00", b" ")
     if _NEEDS_LITERAL.search(value) or len(value) > 4096:
         return b"{%d}\r\n%s" % (len(value), value)
     return b'"' + value + b'"'
@@ -52,7 +56,6 @@ def nstring(value: Optional[Union[bytes, str]]) -> bytes:
 
 # --- addresses ------------------------------------------------------------------
 
-_SPECIALS = b"()<>@,;:\\\".[]"
 _ATOM = re.compile(rb'[^\x00-\x20()<>@,;:\\".\[\]\x7f]+')
 
 # Token kinds.
@@ -485,7 +488,7 @@ _FIELD_NAME = re.compile(rb'"((?:[^"\\]|\\.)*)"|([^\s"()]+)')
 
 
 def _fieldNames(fieldList: bytes) -> Tuple[bytes, ...]:
-    names = []
+    names: List[bytes] = []
     position = 0
     for m in _FIELD_NAME.finditer(fieldList):
         if fieldList[position:m.start()].strip(b" "):
@@ -589,7 +592,8 @@ def filterHeader(header: bytes, fields: Tuple[bytes, ...], exclude: bool) -> byt
         endings), followed by the empty line.
     """
     wanted = set(fields)
-    kept = [lines for name, lines in mime.headerFields(header) if name and ((name.upper() in wanted) != exclude)]
+    # (Lines that are not fields are kept by .NOT, as Dovecot does.)
+    kept = [lines for name, lines in mime.headerFields(header) if (name.upper() in wanted) != exclude]
     return b"".join(kept) + b"\r\n"
 
 

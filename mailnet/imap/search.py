@@ -261,7 +261,9 @@ def _fieldContains(name: bytes, needle: str) -> Test:
                 return False
             if not needle or needle in _fold(decodeHeader(value)):
                 return True
-            return address and needle in _fold(normalisedAddresses(value))
+            # Written again, only a field with comments, quotes, routes or
+            # the like can match where its text did not.
+            return address and _render._HARD.search(value) is not None and needle in _fold(normalisedAddresses(value))
 
         return inEnvelope
 
