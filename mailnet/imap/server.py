@@ -38,7 +38,7 @@ import attr
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -81,8 +81,8 @@ CLOSE_GRACE = 30
 #: Passwords longer than this are refused without asking the authenticator.
 MAX_PASSWORD = 1024
 
-#: Messages whose parsed form is asked of the store at once (FETCH, SEARCH).
-BATCH = 256
+#: Messages whose parsed form is asked of the store at once (SEARCH).
+BATCH = 1024
 
 #: Output gathered before it is written (FETCH of many small items).
 WRITE_BATCH = 64 * 1024
@@ -1525,18 +1525,20 @@ class IMAPServer(Protocol):
         maxUid = view.uids[-1] if view.uids else 0
         matched: List[int] = []
         highestModSeq = 0
-        for start in range(0, len(uids), BATCH):
+        # Fewer at once when files are opened (file descriptors).
+        batchSize = 64 if wantBody else BATCH
+        for start in range(0, len(uids), batchSize):
             if self.view is not view:
                 return None
-            batch = uids[start : start + BATCH]
+            batch = uids[start : start + batchSize]
             parsedMap = await folder.parsed(batch) if wantParsed else {}
             files: Dict[int, Any] = {}
             if wantBody:
-                for u in batch:
-                    try:
-                        files[u] = await folder.openMessage(u)
-                    except MessageGone:
-                        pass
+                # Opened together: one thread round trip each, not in turn.
+                opened = await gatherResults(
+                    [folder.openMessage(u).addErrback(lambda f: f.trap(MessageGone) and None) for u in batch]
+                )
+                files = {u: f for u, f in zip(batch, opened) if f is not None}
             contexts = []
             for u in batch:
                 record = view.records[u]
