@@ -796,3 +796,30 @@ class UpdateTests(IMAPTestCase):
         self.send(b"e ENABLE IMAP4rev2\r\n")
         self.account.deliver(MESSAGE)
         self.assertEqual(self.send(b"a NOOP\r\n"), b"* 3 EXISTS\r\na OK NOOP completed\r\n")
+
+    def test_overlappingRefreshes(self) -> None:
+        """
+        IDLE's refresh and the one before DONE's OK run one after the
+        other: new messages are announced once.
+        """
+        folder = self.server.view.folder
+        realClaim = folder.claimRecent
+        pending: List[Deferred] = []
+
+        def slowClaim() -> Deferred:
+            d: Deferred = Deferred()
+            pending.append(d)
+            return d
+
+        folder.claimRecent = slowClaim  # type: ignore[method-assign]
+        self.send(b"a IDLE\r\n")
+        self.transport.clear()
+        self.account.deliver(MESSAGE)
+        self.account.deliver(MESSAGE)
+        self.server.dataReceived(b"DONE\r\n")
+        while pending:
+            pending.pop(0).callback(realClaim().result)
+        out = self.transport.value()
+        self.assertEqual(re.findall(rb"\* (\d+) EXISTS", out), [b"3", b"4"], out)
+        self.assertEqual(len(self.server.view.uids), 4)
+        self.assertTrue(out.endswith(b"a OK IDLE completed\r\n"), out)

@@ -38,7 +38,7 @@ import attr
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -258,6 +258,7 @@ class IMAPServer(Protocol):
         self._idling: Optional[Deferred] = None
         self._appending: Optional[Tuple[bytes, Any]] = None
         self._producer: Optional["_OutputGate"] = None
+        self._refreshLock = DeferredLock()
         self._resetSession()
 
     def _newReader(self) -> CommandReader:
@@ -841,8 +842,16 @@ class IMAPServer(Protocol):
         """
         Bring the view up to date with the store and tell the client what
         changed: flag changes, EXPUNGEs (if allowed now), EXISTS (and
-        RECENT for IMAP4rev1).
+        RECENT for IMAP4rev1).  One at a time (IDLE's and a command's may
+        overlap), so that nothing is announced twice.
         """
+        await self._refreshLock.acquire()
+        try:
+            await self._refreshNow(expunges)
+        finally:
+            self._refreshLock.release()
+
+    async def _refreshNow(self, expunges: bool) -> None:
         view = self.view
         if view is None:
             return
