@@ -65,6 +65,17 @@ class HostileInputTests(IMAPTestCase):
         out = self.send(b"a NOOP " + b"x" * 100000 + b"\r\nb NOOP\r\n")
         self.assertEqual(out, b"a BAD Command line too long\r\nb OK NOOP completed\r\n")
 
+    def test_listPatternBacktracking(self) -> None:
+        """
+        A LIST pattern built to make a regular expression backtrack
+        (``*a*a*a...b``) is matched in bounded steps; an over-long one is BAD.
+        """
+        self.send(b"c CREATE " + b"a" * 200 + b"\r\n")
+        out = self.send(b'a LIST "" "' + b"*a" * 400 + b'b"\r\n')
+        self.assertEqual(out, b"a OK LIST completed\r\n")
+        out = self.send(b'b LIST "" "' + b"*" * 2000 + b'"\r\n')
+        self.assertEqual(out, b"b BAD Mailbox pattern too long\r\n")
+
     def test_binaryJunk(self) -> None:
         out = self.send(b"\x00\xff\x01 \x02\r\n")
         self.assertTrue(out.startswith(b"* BAD "), out)

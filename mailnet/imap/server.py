@@ -1080,10 +1080,11 @@ class IMAPServer(Protocol):
             return None
         try:
             ref = decodeName(reference, self.rev2)
-            matchers = [_patternMatcher(ref + decodeName(p, self.rev2)) for p in patterns if p]
+            decoded = [ref + decodeName(p, self.rev2) for p in patterns if p]
         except IMAPError:
             # A pattern no name could match (RFC 9051 §6.3.9: not an error).
             return None
+        matchers = [_patternMatcher(p) for p in decoded]
         folders: List[FolderInfo] = await self.account.listFolders()
         subscribedOnly = lsub or b"SUBSCRIBED" in selection
         specialOnly = b"SPECIAL-USE" in selection
@@ -1787,31 +1788,55 @@ def encodeName(name: str, utf8: bool) -> bytes:
     return name.encode("imap4-utf-7")
 
 
+#: Longest LIST pattern (reference and mailbox together).
+MAX_PATTERN = 1024
+
+
 def _patternMatcher(pattern: str) -> Callable[[str], bool]:
     """
     RFC 9051 §6.3.9: C{*} matches anything, C{%} anything but the
-    delimiter.  The inbox matches case-insensitively.
-    """
-    import re
+    delimiter; C{INBOX} matches in any case.  Matching is by sets of
+    positions, not a regular expression, so that no pattern can make it
+    take more than (pattern length) x (name length) steps.
 
-    regex = ""
+    @raise IMAPError: the pattern is too long.
+    """
+    if len(pattern) > MAX_PATTERN:
+        raise Bad("Mailbox pattern too long")
+    # Runs of wildcards mean what their widest member means.
+    collapsed: List[str] = []
     for c in pattern:
-        if c == "*":
-            regex += ".*"
-        elif c == "%":
-            regex += "[^" + re.escape(DELIMITER) + "]*"
-        else:
-            regex += re.escape(c)
-    compiled = re.compile(regex + r"\Z", re.S)
-    inboxPattern = pattern.upper().startswith("INBOX")
-    compiledUpper = re.compile(regex.upper() if inboxPattern else regex, re.S) if inboxPattern else None
+        if c in "*%" and collapsed and collapsed[-1] in "*%":
+            if c == "*":
+                collapsed[-1] = "*"
+            continue
+        collapsed.append(c)
+    patterns = ["".join(collapsed)]
+    if patterns[0][:5].upper() == "INBOX":
+        patterns.append("INBOX" + patterns[0][5:])
+
+    def matchOne(pat: str, name: str) -> bool:
+        end = len(name)
+        positions = {0}
+        for c in pat:
+            if c == "*":
+                positions = set(range(min(positions), end + 1))
+            elif c == "%":
+                grown = set()
+                for p in positions:
+                    grown.add(p)
+                    while p < end and name[p] != DELIMITER:
+                        p += 1
+                        grown.add(p)
+                positions = grown
+            else:
+                positions = {p + 1 for p in positions if p < end and name[p] == c}
+            if not positions:
+                return False
+        return end in positions
 
     def match(name: str) -> bool:
-        if compiled.match(name):
-            return True
-        if compiledUpper is not None and name == "INBOX":
-            return bool(re.compile(regex.upper() + r"\Z", re.S).match("INBOX"))
-        return False
+        return any(matchOne(pat, name) for pat in patterns)
 
     return match
 
