@@ -708,7 +708,12 @@ class StoreTests(IMAPTestCase):
         modseq = self.account.status("INBOX").result.highestModSeq
         self.send(b"a STORE 1 +FLAGS.SILENT (\\Flagged)\r\n")
         out = self.send(b"b STORE 1:2 (UNCHANGEDSINCE %d) +FLAGS.SILENT (\\Seen)\r\n" % (modseq,))
-        self.assertRegex(out, rb"\* 2 FETCH \(FLAGS \(\\Seen \\Recent\) MODSEQ \(\d+\)\)\r\nb OK \[MODIFIED 1\] ")
+        # RFC 7162 §3.1: HIGHESTMODSEQ once CONDSTORE starts; UID and MODSEQ in the FETCH.
+        self.assertRegex(
+            out,
+            rb"^\* OK \[HIGHESTMODSEQ \d+\] Highest\r\n"
+            rb"\* 2 FETCH \(UID 2 FLAGS \(\\Seen \\Recent\) MODSEQ \(\d+\)\)\r\nb OK \[MODIFIED 1\] ",
+        )
 
     def test_badFlag(self) -> None:
         self.assertEqual(self.send(b"a STORE 1 +FLAGS (\\Frob)\r\n"), b"a BAD Invalid flag\r\n")

@@ -412,6 +412,12 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                         pieces.append((item.label, storedStart, storedEnd, skip, count))
             if uid in flagsChanged and not wantsFlags:
                 pieces.append(flagsOf(record))
+            if uid in flagsChanged and session.condstore:
+                # RFC 7162 §3.1: a FETCH that set \Seen reports UID and MODSEQ.
+                if not any(item.name == "UID" for item in items):
+                    pieces.append(b"UID %d" % (uid,))
+                if not any(item.name == "MODSEQ" for item in items):
+                    pieces.append(b"MODSEQ (%d)" % (record.modSeq,))
             prepared.append((uid, seq, pieces))
         for first in range(0, len(prepared), 64):
             if session.view is not view or gate.stopped:

@@ -920,7 +920,8 @@ class IMAPServer(Protocol):
 
     def _flagsResponse(self, seq: int, record: MessageRecord, withUid: bool) -> bytes:
         items = self.flagsItem(record)
-        if withUid:
+        # RFC 7162 §3.1: with CONDSTORE, UID and MODSEQ in every such response.
+        if withUid or self.condstore:
             items = b"UID %d " % (record.uid,) + items
         if self.condstore:
             items += b" MODSEQ (%d)" % (record.modSeq,)
@@ -1462,7 +1463,8 @@ class IMAPServer(Protocol):
             self.enableCondstore()
         if uid and "UID" not in names:
             items.insert(0, _fetch.FetchItem("UID"))
-        if (changedSince is not None or self.condstore) and "MODSEQ" not in names and changedSince is not None:
+        if changedSince is not None and "MODSEQ" not in names:
+            # RFC 7162 §3.3.1: CHANGEDSINCE implies MODSEQ.
             items.append(_fetch.FetchItem("MODSEQ"))
         uids = view.resolve(seqset, uid) if not isinstance(seqset, list) else seqset
         if changedSince is not None:
