@@ -42,11 +42,12 @@ from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred, gathe
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.mail import imap4  # noqa: F401 - registers the imap4-utf-7 codec
 from twisted.python.failure import Failure
 
 from mailnet.config import Limits
 from mailnet.errors import BadFolderName, CannotDeleteFolder, FolderExists, MessageGone, NoSuchFolder
-from mailnet.imap import _fetch
+from mailnet.imap import _fetch, search
 from mailnet.imap._parser import (
     Atom,
     Command,
@@ -1489,8 +1490,6 @@ class IMAPServer(Protocol):
     def do_SEARCH(self, tag: bytes, args: List[Any], uid: bool = False) -> Any:
         # RFC 9051 §6.4.4; RFC 4731 ESEARCH; RFC 7162 §3.4 MODSEQ.
         view = self._requireView()
-        from mailnet.imap import search
-
         args = list(args)
         options: Optional[Set[bytes]] = None
         if args and isinstance(args[0], Atom) and args[0].isName(b"RETURN"):
@@ -1525,8 +1524,6 @@ class IMAPServer(Protocol):
         return ensureDeferred(self._search(view, tag, criteria, uid, options))
 
     async def _search(self, view: SelectedView, tag: bytes, criteria: Any, uid: bool, options: Optional[Set[bytes]]) -> Any:
-        from mailnet.imap import search
-
         needs = set(getattr(criteria, "needs", ()) or ())
         wantParsed = bool(needs - {"flags", "seq", "uid", "size", "date", "modseq", "internaldate"})
         wantBody = "body" in needs or "text" in needs
@@ -1769,8 +1766,6 @@ def decodeName(raw: bytes, utf8: bool) -> str:
         if utf8 or any(c >= 0x80 for c in raw):
             name = raw.decode("utf-8")
         else:
-            import twisted.mail.imap4  # noqa: F401 - registers the imap4-utf-7 codec
-
             name = raw.decode("imap4-utf-7")
     except (UnicodeDecodeError, ValueError):
         raise No("Invalid mailbox name encoding", CANNOT)
@@ -1785,8 +1780,6 @@ def encodeName(name: str, utf8: bool) -> bytes:
     """The inverse of L{decodeName}."""
     if utf8:
         return name.encode("utf-8")
-    import twisted.mail.imap4  # noqa: F401
-
     return name.encode("imap4-utf-7")
 
 
