@@ -342,6 +342,8 @@ class _MemoryAppend:
             data = self._account._folder(self._name)
         except NoSuchFolder as e:
             return fail(e)
+        except BadFolderName:
+            return fail(NoSuchFolder(name=self._name))
         uid = self._account._add(data, b"".join(self._chunks), self._flags, self._internalDate)
         return succeed((data.uidValidity, uid))
 
@@ -596,6 +598,8 @@ class MemoryFolder:
         def store():
             data = self._checked()
             changed, refused = [], []
+            # One mod-sequence for every message this call changes, as on disk.
+            modSeq = data.highestModSeq + 1
             for uid in sorted(set(uids)):
                 entry = data.messages.get(uid)
                 if entry is None:
@@ -607,11 +611,11 @@ class MemoryFolder:
                 new = applyFlags(record.flags, frozenset(flags), mode)
                 if new == record.flags:
                     continue
-                data.highestModSeq += 1
-                record = MessageRecord(record.uid, new, data.highestModSeq, record.internalDate, record.size, record.key)
+                record = MessageRecord(record.uid, new, modSeq, record.internalDate, record.size, record.key)
                 data.messages[uid] = (record, stored)
                 changed.append(record)
             if changed:
+                data.highestModSeq = modSeq
                 self._notify()
             return changed, refused
 

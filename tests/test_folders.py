@@ -132,6 +132,12 @@ class AccountTestsMixin:
         receiver.write(MESSAGE)
         self.failureResultOf(receiver.finish(), NoSuchFolder)
 
+    def test_appendBadName(self) -> None:
+        """APPEND to a name no folder could have fails as for a missing folder."""
+        receiver = self.account.append("a..b", frozenset(), None)
+        receiver.write(MESSAGE)
+        self.failureResultOf(receiver.finish(), NoSuchFolder)
+
     def test_delete(self) -> None:
         """Deleting a folder deletes its messages; folders below it stay."""
         self.result(self.account.createFolder("A.B"))
@@ -474,3 +480,26 @@ class MaildirAccountTests(AccountTestsMixin, SynchronousTestCase):
 
 def _noLoad(data: bytes):
     raise ValueError("the stub parse caches nothing")
+
+
+class ModSeqTests(SynchronousTestCase):
+    """Both stores give the messages one STORE changes one mod-sequence."""
+
+    def test_oneModSeqPerStore(self) -> None:
+        for account in (MemoryMailAccount(parse=stubParse), self.diskAccount()):
+            folder = self.successResultOf(account.openFolder("INBOX"))
+            for _ in range(3):
+                receiver = account.append("INBOX", frozenset(), None)
+                receiver.write(MESSAGE)
+                self.successResultOf(receiver.finish())
+            before = self.successResultOf(folder.sync()).highestModSeq
+            changed, _ = self.successResultOf(folder.setFlags([1, 2, 3], {"\\Seen"}, "+"))
+            self.assertEqual({r.modSeq for r in changed}, {before + 1})
+            self.assertEqual(self.successResultOf(folder.sync()).highestModSeq, before + 1)
+            folder.close()
+
+    def diskAccount(self):
+        registry = AccountRegistry(MaildirStore(self.mktemp(), runSynchronously, "mx.example.test"), runSynchronously)
+        account = registry.open("alice@example.test")
+        self.addCleanup(registry.release, account)
+        return account

@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from mailnet.errors import BadFolderName, CannotDeleteFolder, FolderExists, NoSuchFolder
 from mailnet.interfaces import IFolder, IMailAccount, IMessageReceiver
+from mailnet.store.maildir import SPOOL_IN_MEMORY, ensureMaildir, fsyncDirectory, uniqueName, withFlags
 from mailnet.store.records import DEFAULT_FOLDERS, DELIMITER, SYSTEM_FLAGS, FolderInfo, FolderStatus
 
 if TYPE_CHECKING:
@@ -250,8 +251,6 @@ def readSubscriptions(path: str) -> List[str]:
 
 def writeSubscriptions(path: str, names: Iterable[str]) -> None:
     """Replace the subscription list durably (written, synced, renamed)."""
-    from mailnet.store.maildir import fsyncDirectory
-
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write("".join(encodeName(n) + "\n" for n in names).encode("ascii"))
@@ -317,12 +316,6 @@ class MaildirAccount:
 
         return d.addCallback(notify)
 
-    def _checked(self, f: Callable, *args) -> Deferred:
-        try:
-            return f(*args)
-        except Exception as e:
-            return fail(e)
-
     def _ready_(self) -> Deferred:
         """Fires once the Maildir and the default folders exist."""
         if self._ready:
@@ -349,6 +342,7 @@ class MaildirAccount:
             for new, folder in opened:
                 folder.name = new
                 self._folders[new] = folder
+                folder._rewatch()
             if not moves:
                 self._notify("INBOX")
 
@@ -399,8 +393,6 @@ class MaildirAccount:
         """Create the Maildir, and the default folders of an account that has none."""
         if self._ready:
             return
-        from mailnet.store.maildir import ensureMaildir
-
         ensureMaildir(self.path)
         subscriptions = os.path.join(self.path, SUBSCRIPTIONS)
         if not os.path.exists(subscriptions) and not any(os.path.isdir(self._folderPath(n)) for n, _ in DEFAULT_FOLDERS if n != "INBOX"):
@@ -411,8 +403,6 @@ class MaildirAccount:
         self._ready = True
 
     def _makeFolder(self, name: str, specialUse: Optional[str]) -> None:
-        from mailnet.store.maildir import fsyncDirectory
-
         path = self._folderPath(name)
         os.makedirs(path, mode=0o700, exist_ok=True)
         for sub in ("cur", "new", "tmp"):
@@ -469,8 +459,6 @@ class MaildirAccount:
         self._subscribe(add=[name])
 
     def _deleteFolder(self, name: str) -> str:
-        from mailnet.store.maildir import fsyncDirectory, uniqueName
-
         self._prepare()
         name = normalizeName(name)
         if name == "INBOX":
@@ -489,8 +477,6 @@ class MaildirAccount:
         return name
 
     def _renameFolder(self, oldName: str, newName: str) -> List[Tuple[str, str]]:
-        from mailnet.store.maildir import fsyncDirectory
-
         self._prepare()
         old = normalizeName(oldName)
         new = normalizeName(newName)
@@ -528,8 +514,6 @@ class MaildirAccount:
 
     def _renameInbox(self, new: str) -> None:
         """RFC 9051 §6.3.6: the inbox's messages move to a new folder; the inbox stays, empty."""
-        from mailnet.store.maildir import fsyncDirectory
-
         for parent in parents(new):
             if not os.path.isdir(self._folderPath(parent)):
                 self._makeFolder(parent, None)
@@ -617,10 +601,7 @@ class MaildirFolder:
 
     def watch(self, callback: Callable[[], None]) -> Callable[[], None]:
         self._watchers.append(callback)
-        watcher = self._account._watcher
-        if self._stopDisk is None and watcher is not None:
-            path = self._index.path
-            self._stopDisk = watcher.watch([os.path.join(path, "new"), os.path.join(path, "cur")], self._notify)
+        self._startWatching()
 
         def stop() -> None:
             if callback in self._watchers:
@@ -629,6 +610,18 @@ class MaildirFolder:
                 self._stopWatching()
 
         return stop
+
+    def _startWatching(self) -> None:
+        watcher = self._account._watcher
+        if self._stopDisk is None and watcher is not None and self._watchers:
+            path = self._index.path
+            self._stopDisk = watcher.watch([os.path.join(path, "new"), os.path.join(path, "cur")], self._notify)
+
+    def _rewatch(self) -> None:
+        """The folder moved (RENAME): watch its new directories."""
+        if self._stopDisk is not None:
+            self._stopWatching()
+            self._startWatching()
 
     def _stopWatching(self) -> None:
         stop, self._stopDisk = self._stopDisk, None
@@ -702,8 +695,6 @@ class AppendReceiver:
     """
 
     def __init__(self, account: MaildirAccount, name: str, flags: FrozenSet[str], internalDate: Optional[float]) -> None:
-        from mailnet.store.maildir import uniqueName
-
         self._account = account
         self._flags = normalizeFlags(flags)
         self._internalDate = internalDate
@@ -734,8 +725,6 @@ class AppendReceiver:
             self._file.write(data)
             return
         self._chunks.append(data)
-        from mailnet.store.maildir import SPOOL_IN_MEMORY
-
         if self._lines.stored > SPOOL_IN_MEMORY and self._opening is None:
             self._opening = self._account._ready_().addCallback(lambda _: self._account._run(self._openTmp))
             self._opening.addCallbacks(self._opened, self._failed)
@@ -757,8 +746,6 @@ class AppendReceiver:
             return open(self._tmp, "xb")
         except FileNotFoundError:
             if self._name == "INBOX":
-                from mailnet.store.maildir import ensureMaildir
-
                 ensureMaildir(self._account.path)
                 return open(self._tmp, "xb")
             raise NoSuchFolder(name=self._name)
@@ -792,8 +779,6 @@ class AppendReceiver:
             os.utime(self._tmp, (date, date))
 
         def publish() -> Tuple[int, int]:
-            from mailnet.store.maildir import withFlags
-
             index = self._account._folderIndex(self._name)
             name = withFlags("%s,S=%d,W=%d" % (self._key, stored, wire), self._flags & SYSTEM_FLAGS)
             uid = index.add(self._tmp, self._key, name, self._flags, date, wire)

@@ -38,7 +38,8 @@ transactions (C{BEGIN IMMEDIATE}) against other processes.
 import os
 import sqlite3
 import time
-from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from mailnet.errors import MessageGone, NoSuchFolder
 from mailnet.store.folders import applyFlags, normalizeFlags
@@ -60,8 +61,17 @@ INDEX_NAME = "mailnet-index.sqlite"
 #: lost index must not import the (stale) list again.
 UIDLIST_IMPORTED = "mailnet-uidlist-imported"
 #: A directory mtime this recent (nanoseconds) may hide a change made in
-#: the same clock tick as the listing: list again next time.
+#: the same clock tick as the listing: list again next time.  File systems
+#: with whole-second mtimes need two seconds; with finer ones (ext4, XFS,
+#: btrfs: the kernel's coarse clock, a few milliseconds) 100 ms is plenty.
 _TRUST_AFTER = 2 * 10**9
+_TRUST_AFTER_FINE = 10**8
+
+
+def _trusted(mtime: int, now: int) -> bool:
+    """Whether a listing made at C{now} saw every change that set C{mtime}."""
+    window = _TRUST_AFTER if mtime % 10**9 == 0 else _TRUST_AFTER_FINE
+    return now - mtime > window
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -106,8 +116,17 @@ CREATE TABLE IF NOT EXISTS expunged (
 _LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
 
 
-def _letters(flags: Iterable[str]) -> str:
-    return "".join(sorted(_LETTERS[f] for f in flags if f in _LETTERS))
+_lettersCache: Dict[FrozenSet[str], str] = {}
+
+
+def _letters(flags: FrozenSet[str]) -> str:
+    """The system flags' Maildir letters, in order."""
+    letters = _lettersCache.get(flags)
+    if letters is None:
+        letters = "".join(sorted(_LETTERS[f] for f in flags if f in _LETTERS))
+        if len(_lettersCache) < 10000:
+            _lettersCache[flags] = letters
+    return letters
 
 
 def wireSizeOfFile(path: str) -> int:
@@ -282,8 +301,17 @@ def _flags(letters: str, keywords: str) -> FrozenSet[str]:
     return flags
 
 
-def _keywords(flags: Iterable[str]) -> str:
-    return " ".join(sorted(f for f in flags if f not in SYSTEM_FLAGS))
+_keywordsCache: Dict[FrozenSet[str], str] = {}
+
+
+def _keywords(flags: FrozenSet[str]) -> str:
+    """The keywords among C{flags}, as the index stores them."""
+    keywords = _keywordsCache.get(flags)
+    if keywords is None:
+        keywords = " ".join(sorted(f for f in flags if f not in SYSTEM_FLAGS))
+        if len(_keywordsCache) < 10000:
+            _keywordsCache[flags] = keywords
+    return keywords
 
 
 class FolderIndex:
@@ -353,11 +381,13 @@ class FolderIndex:
         return True
 
     def _load(self, query: str, args: tuple) -> None:
-        records, files, byKey = self.records, self.files, self.byKey
-        for uid, key, file, letters, keywords, modseq, internalDate, size in self.account.db.execute(query, args):
-            records[uid] = MessageRecord(uid, _flags(letters, keywords), modseq, internalDate, size, key)
-            files[uid] = file
-            byKey[key] = uid
+        rows = self.account.db.execute(query, args).fetchall()
+        if not rows:
+            return
+        record, flagsOf = MessageRecord, _flags
+        self.records.update([(r[0], record(r[0], flagsOf(r[3], r[4]), r[5], r[6], r[7], r[1])) for r in rows])
+        self.files.update([(r[0], r[2]) for r in rows])
+        self.byKey.update([(r[1], r[0]) for r in rows])
         self._state = None
 
     def _forget(self, uid: int) -> None:
@@ -519,7 +549,7 @@ class FolderIndex:
         if changed:
             self.highestModSeq = modseq
             self._state = None
-        trusted = mtimes if all(now - m > _TRUST_AFTER for m in mtimes) else (0, 0)
+        trusted = mtimes if all(_trusted(m, now) for m in mtimes) else (0, 0)
         if changed or trusted != self._mtimes:
             self._mtimes = trusted
             db.execute(
@@ -553,15 +583,22 @@ class FolderIndex:
             "UPDATE folders SET uidnext = ?, highestmodseq = ? WHERE id = ?", (self.uidNext, modseq, self.folderId)
         )
 
-    def _locate(self, uid: int) -> Optional[str]:
-        """A message's file, looking again if it moved (C{None}: gone)."""
-        file = self.files.get(uid)
-        if file is not None and os.path.exists(os.path.join(self.path, file)):
-            return file
-        self._scan(force=True)
-        return self.files.get(uid)
-
     # -- operations (each inside one transaction) ---------------------------
+
+    @contextmanager
+    def _changing(self, *others: "FolderIndex") -> Iterator[sqlite3.Connection]:
+        """
+        One transaction.  If it fails, it is rolled back, and memory (which
+        may hold some of its changes) is dropped: the next operation
+        reloads it from the index and the disk.
+        """
+        try:
+            with self.account.transaction() as db:
+                yield db
+        except BaseException:
+            for index in (self, *others):
+                index._reset()
+            raise
 
     def state(self) -> FolderState:
         if self._state is None:
@@ -569,13 +606,13 @@ class FolderIndex:
         return self._state
 
     def sync(self, force: bool = False) -> FolderState:
-        with self.account.transaction():
+        with self._changing():
             self.ensure()
             self._scan(force)
         return self.state()
 
     def claimRecent(self) -> FrozenSet[int]:
-        with self.account.transaction() as db:
+        with self._changing() as db:
             self.ensure()
             recent = frozenset(uid for uid in self.records if uid >= self.firstRecent)
             self.firstRecent = self.uidNext
@@ -585,12 +622,14 @@ class FolderIndex:
     def setFlags(self, uids: Iterable[int], flags: FrozenSet[str], mode: str, unchangedSince: Optional[int]):
         changed: List[MessageRecord] = []
         refused: List[int] = []
-        with self.account.transaction() as db:
+        with self._changing() as db:
             self.ensure()
             # Another reader may have renamed files (flags) since the last sync.
             self._scan()
             modseq = self.highestModSeq + 1
             touched = set()
+            rows = []
+            computed: Dict[FrozenSet[str], FrozenSet[str]] = {}
             for uid in sorted(set(uids)):
                 record = self.records.get(uid)
                 if record is None:
@@ -598,25 +637,25 @@ class FolderIndex:
                 if unchangedSince is not None and record.modSeq > unchangedSince:
                     refused.append(uid)
                     continue
-                new = applyFlags(record.flags, flags, mode)
+                new = computed.get(record.flags)
+                if new is None:
+                    new = computed[record.flags] = applyFlags(record.flags, flags, mode)
                 if new == record.flags:
                     continue
-                file = self.files[uid]
+                file = old = self.files[uid]
                 system = new & SYSTEM_FLAGS
                 if file.startswith("new/") or system != record.flags & SYSTEM_FLAGS:
                     file = self._rename(uid, system)
                     if file is None:
                         continue
-                    touched.add(self.files[uid].split("/")[0])
+                    touched.add(old[:3])
                     touched.add("cur")
                     self.files[uid] = file
                 record = MessageRecord(uid, new, modseq, record.internalDate, record.size, record.key)
                 self.records[uid] = record
-                db.execute(
-                    "UPDATE messages SET file = ?, flags = ?, keywords = ?, modseq = ? WHERE folder = ? AND uid = ?",
-                    (file, _letters(new), _keywords(new), modseq, self.folderId, uid),
-                )
+                rows.append((file, _letters(new), _keywords(new), modseq, self.folderId, uid))
                 changed.append(record)
+            db.executemany("UPDATE messages SET file = ?, flags = ?, keywords = ?, modseq = ? WHERE folder = ? AND uid = ?", rows)
             for sub in touched:
                 fsyncDirectory(os.path.join(self.path, sub))
             if changed:
@@ -625,21 +664,24 @@ class FolderIndex:
 
     def _rename(self, uid: int, system: FrozenSet[str]) -> Optional[str]:
         """Give a message's file the flags C{system} (moving it to C{cur/}); L{None} if it is gone."""
+        file = self.files.get(uid)
         for _ in range(2):
-            file = self._locate(uid)
             if file is None:
                 return None
             target = "cur/" + withFlags(file[4:], system)
+            if target == file:
+                return target
             try:
-                if target != file:
-                    os.rename(os.path.join(self.path, file), os.path.join(self.path, target))
+                os.rename(os.path.join(self.path, file), os.path.join(self.path, target))
                 return target
             except FileNotFoundError:
-                continue
+                # Moved by someone else: look again.
+                self._scan(force=True)
+                file = self.files.get(uid)
         return None
 
     def expunge(self, uids: Optional[Iterable[int]]) -> List[int]:
-        with self.account.transaction():
+        with self._changing():
             self.ensure()
             self._scan()
             among = None if uids is None else set(uids)
@@ -650,8 +692,8 @@ class FolderIndex:
     def _remove(self, uids: List[int]) -> None:
         touched = set()
         for uid in uids:
+            file = self.files.get(uid)
             for _ in range(2):
-                file = self._locate(uid)
                 if file is None:
                     break
                 try:
@@ -659,7 +701,8 @@ class FolderIndex:
                     touched.add(file[:3])
                     break
                 except FileNotFoundError:
-                    continue
+                    self._scan(force=True)
+                    file = self.files.get(uid)
         for sub in touched:
             fsyncDirectory(os.path.join(self.path, sub))
         present = [uid for uid in uids if uid in self.records]
@@ -675,7 +718,7 @@ class FolderIndex:
         Copy (link) or move (rename) messages into C{target}, which shares
         this folder's database.
         """
-        with self.account.transaction() as db:
+        with self._changing(target) as db:
             self.ensure()
             if target is not self:
                 target.ensure()
@@ -720,28 +763,29 @@ class FolderIndex:
         return target.uidValidity, pairs
 
     def _place(self, uid: int, record: MessageRecord, target: "FolderIndex", move: bool) -> Optional[Tuple[str, str]]:
-        for _ in range(2):
-            file = self._locate(uid)
+        """
+        Link (copy) or rename (move) a message's file into the target's
+        C{cur/} under a new unique name, with its flags.
+
+        @return: C{(key, file)} of the new file, or L{None} if the source is gone.
+        """
+        for attempt in range(2):
+            if attempt:
+                # Moved by someone else: look again.
+                self._scan(force=True)
+            file = self.files.get(uid)
             if file is None:
                 return None
             source = os.path.join(self.path, file)
             key = uniqueName(self.hostname)
             try:
                 stored = os.stat(source).st_size
-            except FileNotFoundError:
-                continue
-            name = withFlags("%s,S=%d,W=%d" % (key, stored, record.size), record.flags & SYSTEM_FLAGS)
-            destination = os.path.join(target.path, "cur", name)
-            try:
+                name = withFlags("%s,S=%d,W=%d" % (key, stored, record.size), record.flags & SYSTEM_FLAGS)
+                destination = os.path.join(target.path, "cur", name)
                 if move:
                     os.rename(source, destination)
                 else:
-                    try:
-                        os.link(source, destination)
-                    except FileNotFoundError:
-                        raise
-                    except OSError:
-                        _copyFile(source, os.path.join(target.path, "tmp", name), destination)
+                    _link(source, destination, os.path.join(target.path, "tmp", name))
             except FileNotFoundError:
                 continue
             return key, "cur/" + name
@@ -754,7 +798,7 @@ class FolderIndex:
 
         @return: its UID.
         """
-        with self.account.transaction():
+        with self._changing():
             self.ensure()
             os.rename(tmp, os.path.join(self.path, "cur", name))
             fsyncDirectory(os.path.join(self.path, "cur"))
@@ -820,15 +864,25 @@ class FolderIndex:
             except (AttributeError, NotImplementedError):
                 pass
         if fresh:
-            with self.account.transaction() as db:
+            with self._changing() as db:
                 present = [row for row in fresh if row[1] in self.records]
                 db.executemany("INSERT OR REPLACE INTO parsed (folder, uid, data) VALUES (?, ?, ?)", present)
         return {uid: result[uid] for uid in wanted if uid in result}
 
     def ensureLoaded(self) -> None:
         if not self.loaded:
-            with self.account.transaction():
+            with self._changing():
                 self.ensure()
+
+
+def _link(source: str, target: str, tmp: str) -> None:
+    """A hard link, or a copy where links are impossible (another file system, no permission)."""
+    try:
+        os.link(source, target)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        _copyFile(source, tmp, target)
 
 
 def _copyFile(source: str, tmp: str, target: str) -> None:
