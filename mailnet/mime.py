@@ -41,6 +41,9 @@ MAX_PARTS = 1000
 MAX_DEPTH = 50
 #: Header octets kept per part (the top-level one is kept whole up to this).
 MAX_HEADER = 256 * 1024
+#: Header octets kept, in all, for the enclosed messages' L{ParsedMessage.header}
+#: (beyond it they are empty: a FETCH of such a header reads the file).
+MAX_ENCLOSED_HEADERS = 1024 * 1024
 
 #: How much is read from the file at a time.
 CHUNK_SIZE = 64 * 1024
@@ -224,12 +227,16 @@ class _LazyRoot:
             return d["root"]
         except KeyError:
             pass
+        packed = d.get("_packedRoot")
+        if packed is None:
+            # Another thread unpacked it meanwhile.
+            return d["root"]
         try:
-            root = _unpackPart(marshal.loads(d["_packedRoot"]))
+            root = _unpackPart(marshal.loads(packed))
         except (EOFError, TypeError, ValueError, IndexError) as e:
             raise ValueError("damaged serialised ParsedMessage: %s" % (e,))
         d["root"] = root
-        del d["_packedRoot"]
+        d.pop("_packedRoot", None)
         return root
 
     def __set__(self, obj: ParsedMessage, value: Part) -> None:
@@ -285,19 +292,34 @@ def unfold(lines: bytes) -> bytes:
     """
     @return: the value of one header field (C{lines} as from
         L{headerFields}): after the colon, line breaks removed (RFC 5322
-        §2.2.3), leading and trailing white space removed.
+        §2.2.3; a tab after one becomes a space, as Dovecot does), leading
+        and trailing white space removed.
     """
     value = lines[lines.find(b":") + 1:]
-    return value.replace(b"\r\n", b"").replace(b"\n", b"").strip(b" \t\r")
+    if b"\n" in value:
+        value = _FOLD.sub(b" ", value).replace(b"\r\n", b"").replace(b"\n", b"")
+    return value.strip(b" \t\r")
+
+
+_FOLD = re.compile(rb"\r?\n[ \t]")
+# Address fields given more than once make one list, as in Dovecot.
+_ADDRESS_FIELDS = frozenset([b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc"])
 
 
 def _fieldDict(header: bytes) -> Dict[bytes, bytes]:
-    # First occurrence of each field, name lower case, value unfolded.
+    # First occurrence of each field (all of them for address fields), name
+    # lower case, value unfolded.
     result: Dict[bytes, bytes] = {}
     for name, lines in headerFields(header):
         key = name.lower()
-        if key and key not in result:
+        if not key:
+            continue
+        if key not in result:
             result[key] = unfold(lines)
+        elif key in _ADDRESS_FIELDS:
+            more = unfold(lines)
+            if more:
+                result[key] = result[key] + b", " + more if result[key] else more
     return result
 
 
@@ -413,21 +435,25 @@ def parseParameters(value: bytes, i: int = 0) -> Params:
     return tuple(params)
 
 
-_CONTINUATION = re.compile(r"(.+)\*([0-9]{1,3})$")
+_CONTINUATION = re.compile(r"(.+?)\*([0-9]{1,3})(\*?)$")
 
 
 def _joinContinuations(params: Params) -> Params:
     """
-    RFC 2231 §3 continuations without charset (C{name*0}, C{name*1}, ...)
-    joined into one C{name}, where the first piece was, as Dovecot does.
-    Extended values (C{name*=utf-8''...}, C{name*0*=...}) are left as they
-    are.
+    RFC 2231 §3 continuations joined, where the first piece was, as Dovecot
+    does: C{name*0}, C{name*1} ... into C{name}; C{name*0*}, C{name*1*}
+    ... (with a charset, still percent-encoded) into C{name*}, for the
+    client to decode as it would a single C{name*} parameter.
     """
     pieces: Dict[str, Dict[int, str]] = {}
+    extended: Dict[str, bool] = {}
     for name, value in params:
         m = _CONTINUATION.match(name)
         if m:
-            pieces.setdefault(m.group(1), {})[int(m.group(2))] = value
+            base, number = m.group(1), int(m.group(2))
+            pieces.setdefault(base, {})[number] = value
+            if number == 0:
+                extended[base] = bool(m.group(3))
     if not pieces:
         return params
     out: List[Tuple[str, str]] = []
@@ -447,7 +473,7 @@ def _joinContinuations(params: Params) -> Params:
         while i in got:
             joined += got[i]
             i += 1
-        out.append((base, joined))
+        out.append((base + "*" if extended.get(base) else base, joined))
     return tuple(out)
 
 
@@ -580,6 +606,31 @@ class _Reader:
         self._account(line)
         return line
 
+    def headerBlock(self, limit: int, boundaries: bool) -> Optional[bytes]:
+        """
+        Consume a header through the empty line that ends it, if it is
+        there within C{limit} octets, does not start with an empty line,
+        and (if C{boundaries}) has no line starting with C{--}.
+
+        @return: the header block, or L{None} (nothing consumed).
+        """
+        if not self.atLineStart:
+            return None
+        while True:
+            buf, pos = self._buf, self._pos
+            if buf[pos:pos + 1] in (b"\n", b"\r"):
+                return None
+            m = _BLANK_LINE.search(buf, pos, pos + limit)
+            if m is not None:
+                block = buf[pos:m.end()]
+                if boundaries and (block.startswith(b"--") or b"\n--" in block):
+                    return None
+                self._pos = m.end()
+                self._account(block)
+                return block
+            if len(buf) - pos >= limit or not self._fill():
+                return None
+
     def skipPlain(self, candidates: "Optional[Tuple[Pattern[bytes], Pattern[bytes]]]") -> None:
         """
         Consume, fast, whole lines that cannot be boundary lines: every
@@ -613,6 +664,10 @@ class _Reader:
                 return  # a long line: readLine takes it in pieces
             if not self._fill():
                 return
+
+
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_WIRE_LF = re.compile(rb"(?<!\r)\n")
 
 
 @attr.s(auto_attribs=True)
@@ -671,6 +726,7 @@ class _Parser:
     def __init__(self, f: BinaryIO) -> None:
         self.r = _Reader(f)
         self.boundaries: List[bytes] = []
+        self.enclosedBudget = MAX_ENCLOSED_HEADERS
         self._candidates: Optional[Tuple[Pattern[bytes], Pattern[bytes]]] = None
 
     def setBoundaries(self, boundaries: List[bytes]) -> None:
@@ -733,7 +789,12 @@ class _Parser:
         header = bytearray()
         found: Optional[_Found] = None
         bodyStart: Optional[_Mark] = None
-        while True:
+        block = r.headerBlock(MAX_HEADER // 2, bool(self.boundaries) and not r.exhausted)
+        if block is not None:
+            # The common case, in one piece.
+            header += _WIRE_LF.sub(b"\r\n", block)
+            bodyStart = _mark(r)
+        while block is None:
             atStart = r.atLineStart
             line, found = self.readLineChecked(head)
             if line is None:
@@ -752,6 +813,7 @@ class _Parser:
         fields = _fieldDict(headerBytes)
 
         ct = _parseContentType(fields.get(b"content-type"))
+        params: Params
         if ct is None:
             if defaultType == ("message", "rfc822"):
                 ctype, csub, params = "message", "rfc822", ()
@@ -770,21 +832,30 @@ class _Parser:
             # The header ran into a boundary or the end: no body.
             end = found.end if found is not None and found.end is not None else _mark(r)
             bodyStart = end
-            if ctype in ("multipart", "message") and csub != "delivery-status":
-                ctype, csub = "application", "octet-stream"
+            # (A multipart without parts, a message/rfc822 without a
+            # message: rendered as Dovecot does, see _render.)
         else:
             boundary = dict(params).get("boundary", "") if ctype == "multipart" else ""
             isMessage = ctype == "message" and csub in ("rfc822", "global")
-            if ctype == "multipart" and (not boundary or depth >= MAX_DEPTH):
+            if ctype == "multipart" and depth >= MAX_DEPTH:
                 ctype, csub = "application", "octet-stream"
             if isMessage and (depth >= MAX_DEPTH or (encodingStr or "7bit").lower() not in ("7bit", "8bit", "binary")):
                 if depth >= MAX_DEPTH:
                     ctype, csub = "application", "octet-stream"
                 isMessage = False
-            if ctype == "multipart":
+            if ctype == "multipart" and not boundary:
+                # No boundary: no parts (shown as one empty text part, as
+                # Dovecot does); the body is read past.
+                found = self.skipBody()
+            elif ctype == "multipart":
                 found, children = self.parseMultipart(boundary.encode("utf-8", "surrogateescape"), depth, csub)
             elif isMessage:
                 inner, found, message = self.parsePart(depth + 1, ("text", "plain"))
+                assert message is not None
+                if len(message.header) > self.enclosedBudget:
+                    # Over the budget for all enclosed messages' headers.
+                    message = attr.evolve(message, header=b"")
+                self.enclosedBudget -= len(message.header)
             else:
                 found = self.skipBody()
             end = found.end if found is not None and found.end is not None else _mark(r)

@@ -174,10 +174,12 @@ class StructureTests(SynchronousTestCase):
 
     def test_multipartWithoutBoundary(self) -> None:
         """
-        A multipart without a boundary parameter is an opaque part.
+        A multipart without a boundary parameter has no parts (as in
+        Dovecot: shown with one empty text part).
         """
-        root = mime.parseBytes(b"Content-Type: multipart/mixed\n\n--x\n\nbody\n").root
-        self.assertEqual((root.type, root.subtype, root.parts), ("application", "octet-stream", ()))
+        data = b"Content-Type: multipart/mixed\n\n--x\n\nbody\n"
+        root = mime.parseBytes(data).root
+        self.assertEqual((root.type, root.subtype, root.parts, root.storedEnd), ("multipart", "mixed", (), len(data)))
 
     def test_headerOnly(self) -> None:
         """
@@ -228,9 +230,32 @@ class StructureTests(SynchronousTestCase):
             b" format=flowed\nContent-Transfer-Encoding: base64\n\naGk=\n"
         )
         parsed = mime.parseBytes(data)
-        self.assertEqual(parsed.envelope.subject, b"folded\tsubject")
+        # (A tab after a line break becomes a space, as in Dovecot.)
+        self.assertEqual(parsed.envelope.subject, b"folded subject")
         self.assertEqual(parsed.root.params, (("charset", "utf-8"), ("format", "flowed")))
         self.assertEqual(parsed.root.encoding, "base64")
+
+    def test_rfc2231(self) -> None:
+        """
+        RFC 2231 continuations are joined as Dovecot joins them: plain ones
+        into the name, extended ones (still encoded) into C{name*}; a
+        single extended value is left alone.
+        """
+        root = mime.parseBytes(sample("signed-related.eml")).root
+        image = root.parts[0].parts[1]
+        self.assertEqual(image.disposition, ("inline", (("filename*", "utf-8''%E2%82%AC%20logo.png"),)))
+        root = mime.parseBytes(b"Content-Type: text/plain; a*1=\"2\"; b=x; a*0=1; c*=us-ascii''z\n\n").root
+        self.assertEqual(root.params, (("a", "12"), ("b", "x"), ("c*", "us-ascii''z"), ("charset", "us-ascii")))
+
+    def test_repeatedAddressFields(self) -> None:
+        """
+        Address fields given more than once make one list; other fields
+        are taken from their first occurrence.
+        """
+        parsed = mime.parseBytes(b"To: a@x\nCc: c@x\nSubject: one\nCC: d@x\ncc:\ncc: e@x\nSubject: two\n\n")
+        self.assertEqual(parsed.envelope.cc, b"c@x, d@x, e@x")
+        self.assertEqual(parsed.envelope.to, b"a@x")
+        self.assertEqual(parsed.envelope.subject, b"one")
 
     def test_invalidContentType(self) -> None:
         """
@@ -316,6 +341,23 @@ class BoundsTests(SynchronousTestCase):
         self.assertEqual(parsed.envelope.subject, b"big")
         self.assertEqual(data[parsed.root.storedBodyStart:], b"body\n")
 
+    def test_enclosedHeadersBudget(self) -> None:
+        """
+        The headers kept for enclosed messages share one budget; past it
+        they are empty (and FETCH reads them from the file).
+        """
+        inner = b"Content-Type: message/rfc822\n\nSubject: inner\nX-Pad: " + b"p" * 200000 + b"\n\nbody\n"
+        data = b"Content-Type: multipart/mixed; boundary=b\n\n" + b"".join(b"--b\n" + inner for _ in range(8)) + b"--b--\n"
+        parts = mime.parseBytes(data).root.parts
+        kept = [p.message.header for p in parts if p.message is not None]
+        self.assertEqual(len(kept), 8)
+        self.assertEqual(sum(1 for h in kept if h), mime.MAX_ENCLOSED_HEADERS // 200000)
+        self.assertLessEqual(sum(map(len, kept)), mime.MAX_ENCLOSED_HEADERS)
+        self.assertTrue(all(p.message is not None and p.message.envelope.subject == b"inner" for p in parts))
+        last = parts[-1].message
+        assert last is not None
+        self.assertFalse(last.headerComplete())
+
     def test_longLines(self) -> None:
         """
         A line longer than a read chunk (no LF for 1 MB) is handled in
@@ -377,6 +419,15 @@ class SerialisationTests(SynchronousTestCase):
             self.assertEqual(loaded, parsed, name)
             self.assertEqual(loaded.root, parsed.root, name)
             self.assertEqual(mime.ParsedMessage.fromBytes(loaded.toBytes()), parsed)
+
+    def test_eightBitRoundTrip(self) -> None:
+        """
+        8-bit octets in parameters and fields survive the round trip.
+        """
+        parsed = mime.parseBytes(b'Content-Type: text/plain; name="\xff\xfe.txt"\nContent-Description: \xe9t\xe9\n\nx')
+        loaded = mime.ParsedMessage.fromBytes(parsed.toBytes())
+        self.assertEqual(loaded.root.params[0][1].encode("utf-8", "surrogateescape"), b"\xff\xfe.txt")
+        self.assertEqual(loaded, parsed)
 
     def test_compact(self) -> None:
         """

@@ -9,7 +9,8 @@ caches); a section that is not in it is given as a L{Range} of the stored
 file that the server streams, LFs turned into CRLFs.
 
 Strings are sent as quoted strings when they can be, as literals when they
-hold CR, LF, NUL or 8-bit octets.  RFC 2047 encoded words in header fields
+hold CR, LF, 8-bit octets, quotes or backslashes (NUL, allowed in neither,
+becomes a space).  RFC 2047 encoded words in header fields
 are sent as they are (the client decodes them), as every server does.
 """
 
@@ -25,17 +26,20 @@ NIL = b"NIL"
 
 # --- strings ------------------------------------------------------------------
 
-_NEEDS_LITERAL = re.compile(rb'[\x00\r\n\x80-\xff"\\]')
+_NEEDS_LITERAL = re.compile(rb'[\r\n\x80-\xff"\\]')
 
 
 def quoteString(value: Union[bytes, str]) -> bytes:
     """
     @return: C{value} as an IMAP string: quoted, or a literal when it
-        holds CR, LF, NUL, 8-bit octets, a quote or a backslash (as Dovecot
-        does: some clients mishandle escapes in quoted strings).
+        holds CR, LF, 8-bit octets, a quote or a backslash (as Dovecot
+        does: some clients mishandle escapes in quoted strings).  NUL
+        octets, which neither may hold (RFC 9051 §4.3), become spaces.
     """
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
+    if b"\x00" in value:
+        value = value.replace(b"\x00", b" ")
     if _NEEDS_LITERAL.search(value) or len(value) > 4096:
         return b"{%d}\r\n%s" % (len(value), value)
     return b'"' + value + b'"'
@@ -52,42 +56,54 @@ def nstring(value: Optional[Union[bytes, str]]) -> bytes:
 
 # --- addresses ------------------------------------------------------------------
 
-_SPECIALS = b"()<>@,;:\\\".[]"
 _ATOM = re.compile(rb'[^\x00-\x20()<>@,;:\\".\[\]\x7f]+')
 
 # Token kinds.
 _WORD, _QUOTED, _COMMENT, _SPECIAL, _LITERAL = range(5)
 
 
-def _tokens(value: bytes) -> List[Tuple[int, bytes]]:
-    tokens: List[Tuple[int, bytes]] = []
+Token = Tuple[int, bytes, bool]
+
+
+def _tokens(value: bytes) -> List[Token]:
+    """
+    The tokens of an address list: C{(kind, text, spaced)}, C{spaced}
+    telling whether white space or a comment came before the token.
+    """
+    tokens: List[Token] = []
     i, n = 0, len(value)
+    spaced = False
     while i < n and len(tokens) < 10000:
         c = value[i:i + 1]
         if c in (b" ", b"\t", b"\r", b"\n"):
             i += 1
-        elif c == b'"':
+            spaced = True
+            continue
+        if c == b'"':
             text, i = mime._quoted(value, i)
-            tokens.append((_QUOTED, text))
+            tokens.append((_QUOTED, text, spaced))
         elif c == b"(":
             start = i
             i = mime._skipCFWS(value, i)
-            tokens.append((_COMMENT, value[start + 1:i - 1].strip()))
+            tokens.append((_COMMENT, value[start + 1:i - 1].strip(), spaced))
+            spaced = True
+            continue
         elif c == b"[":
             end = value.find(b"]", i)
             end = n if end < 0 else end + 1
-            tokens.append((_LITERAL, value[i:end]))
+            tokens.append((_LITERAL, value[i:end], spaced))
             i = end
         elif c in b"<>@,;:.\\)]":
-            tokens.append((_SPECIAL, c))
+            tokens.append((_SPECIAL, c, spaced))
             i += 1
         else:
             m = _ATOM.match(value, i)
             if m is None:  # pragma: no cover (every other octet is an atom octet)
                 i += 1
                 continue
-            tokens.append((_WORD, m.group()))
+            tokens.append((_WORD, m.group(), spaced))
             i = m.end()
+        spaced = False
     return tokens
 
 
@@ -105,24 +121,18 @@ class Address:
     host: Optional[bytes] = None
 
 
-def _joinWords(words: List[Tuple[int, bytes]]) -> bytes:
-    # A phrase: words separated by one space; dots kept where they are.
+def _joinWords(words: List[Token]) -> bytes:
+    # A phrase: its words, one space where there was white space.
     out = b""
-    prevDot = True
-    for kind, text in words:
-        if kind == _SPECIAL:
-            out += text
-            prevDot = True
-            continue
-        if not prevDot:
+    for _, text, spaced in words:
+        if spaced and out:
             out += b" "
         out += text
-        prevDot = False
     return out
 
 
-def _localPart(words: List[Tuple[int, bytes]]) -> bytes:
-    return b"".join(text for kind, text in words)
+def _localPart(words: List[Token]) -> bytes:
+    return b"".join(text for _, text, _ in words)
 
 
 class _AddressParser:
@@ -136,15 +146,15 @@ class _AddressParser:
             self.comment = self.tokens[self.i][1]
             self.i += 1
         if self.i < len(self.tokens):
-            return self.tokens[self.i]
+            return self.tokens[self.i][:2]  # type: ignore[return-value]
         return (-1, b"")
 
-    def take(self) -> Tuple[int, bytes]:
-        t = self.peek()
+    def take(self) -> Token:
+        self.peek()
         self.i += 1
-        return t
+        return self.tokens[self.i - 1] if self.i <= len(self.tokens) else (-1, b"", False)
 
-    def phrase(self) -> List[Tuple[int, bytes]]:
+    def phrase(self) -> List[Token]:
         words = []
         while True:
             kind, text = self.peek()
@@ -156,7 +166,7 @@ class _AddressParser:
     def domain(self) -> bytes:
         return _localPart(self.phrase())
 
-    def mailbox(self, words: List[Tuple[int, bytes]]) -> Optional[Address]:
+    def mailbox(self, words: List[Token]) -> Optional[Address]:
         """After a phrase: an angle address, an addr-spec, or a bare word."""
         self.comment = None
         kind, text = self.peek()
@@ -257,6 +267,30 @@ def _renderAddress(a: Address) -> bytes:
     return b"(%s %s %s %s)" % (nstring(a.name), nstring(a.adl), nstring(a.mailbox), nstring(a.host))
 
 
+# The common forms, "Name <local@host>" and "local@host" (no quotes,
+# comments, groups or routes), rendered without the full parser.
+_HARD = re.compile(rb'["()\\:;\[\]\x00-\x08\x0a-\x1f\x7f-\xff]')
+_SIMPLE_ANGLE = re.compile(rb"\s*([^<>@,]*?)\s*<([^<>@\s,]+)@([^<>@\s,]+)>\s*\Z")
+_SIMPLE_BARE = re.compile(rb"\s*([^<>@\s,]+)@([^<>@\s,]+)\s*\Z")
+
+
+def _simpleAddressList(value: bytes) -> Optional[bytes]:
+    if _HARD.search(value):
+        return None
+    out = []
+    for item in value.split(b","):
+        m = _SIMPLE_ANGLE.match(item)
+        if m is not None:
+            name = b" ".join(m.group(1).split())
+            out.append(b'(%s NIL "%s" "%s")' % (b'"%s"' % name if name else NIL, m.group(2), m.group(3)))
+            continue
+        m = _SIMPLE_BARE.match(item)
+        if m is None:
+            return None
+        out.append(b'(NIL NIL "%s" "%s")' % (m.group(1), m.group(2)))
+    return b"(" + b"".join(out) + b")"
+
+
 def addressList(value: Optional[bytes]) -> bytes:
     """
     @return: an ENVELOPE address list, or C{NIL} when the field is absent,
@@ -264,6 +298,9 @@ def addressList(value: Optional[bytes]) -> bytes:
     """
     if value is None:
         return NIL
+    simple = _simpleAddressList(value)
+    if simple is not None:
+        return simple
     addresses = parseAddresses(value)
     if not addresses:
         return NIL
@@ -314,29 +351,31 @@ def _extension(part: mime.Part) -> List[bytes]:
         disposition = b"(%s %s)" % (quoteString(part.disposition[0]), _params(part.disposition[1]))
     if part.language is None:
         language = NIL
-    elif len(part.language) == 1:
-        language = quoteString(part.language[0])
     else:
+        # Always a list, as Dovecot sends it.
         language = b"(" + b" ".join(quoteString(t) for t in part.language) + b")"
     return [disposition, language, nstring(part.location)]
 
 
-def bodyStructure(part: mime.Part, extended: bool) -> bytes:
+def _emptyText(at: mime.Part) -> mime.Part:
+    return mime.Part(at.storedBodyStart, at.storedBodyStart, at.storedBodyStart, at.wireBodyStart, at.wireBodyStart, at.wireBodyStart,
+                     params=(("charset", "us-ascii"),))
+
+
+def bodyStructure(part: mime.Part, extended: bool, rev2: bool = False) -> bytes:
     """
     @return: the BODY (C{extended=False}) or BODYSTRUCTURE (C{True}) of a
         part (RFC 9051 §7.5.2; sizes in wire octets).
+    @param rev2: whether the client uses IMAP4rev2, whose grammar gives
+        message/global parts an envelope and a body as message/rfc822 ones;
+        for IMAP4rev1 clients (and Dovecot 2.3) they are basic parts.
     """
     # An explicit stack would not help: mime.MAX_DEPTH bounds the nesting.
-    if part.parts:
-        items = [b"".join(bodyStructure(p, extended) for p in part.parts), quoteString(part.subtype)]
-        if extended:
-            items.append(_params(part.params))
-            items.extend(_extension(part))
-        return b"(" + b" ".join(items) + b")"
     if part.type == "multipart":
-        # No part was found: describe an empty text part, as Dovecot does.
-        empty = mime.Part(part.storedBodyStart, part.storedBodyStart, part.storedBodyStart, part.wireBodyStart, part.wireBodyStart, part.wireBodyStart, params=(("charset", "us-ascii"),))
-        items = [bodyStructure(empty, extended), quoteString(part.subtype)]
+        # A multipart in which no part was found has one empty text part,
+        # as Dovecot shows it (the grammar needs one).
+        children = part.parts or (_emptyText(part),)
+        items = [b"".join(bodyStructure(p, extended, rev2) for p in children), quoteString(part.subtype)]
         if extended:
             items.append(_params(part.params))
             items.extend(_extension(part))
@@ -350,9 +389,12 @@ def bodyStructure(part: mime.Part, extended: bool) -> bytes:
         quoteString(part.encoding if part.encoding is not None else "7bit"),
         b"%d" % (part.wireEnd - part.wireBodyStart,),
     ]
-    if part.message is not None:
-        items.append(envelope(part.message.envelope))
-        items.append(bodyStructure(part.message.root, extended))
+    if part.type == "message" and (part.subtype == "rfc822" or (part.subtype == "global" and rev2)):
+        # An encoded message, or one with no body, is an empty one here, as
+        # in Dovecot: the grammar needs an envelope and a body.
+        message = part.message
+        items.append(envelope(message.envelope if message is not None else mime.Envelope()))
+        items.append(bodyStructure(message.root if message is not None else _emptyText(part), extended, rev2))
         items.append(b"%d" % (part.lines,))
     elif part.type == "text":
         items.append(b"%d" % (part.lines,))
@@ -446,7 +488,7 @@ _FIELD_NAME = re.compile(rb'"((?:[^"\\]|\\.)*)"|([^\s"()]+)')
 
 
 def _fieldNames(fieldList: bytes) -> Tuple[bytes, ...]:
-    names = []
+    names: List[bytes] = []
     position = 0
     for m in _FIELD_NAME.finditer(fieldList):
         if fieldList[position:m.start()].strip(b" "):

@@ -17,12 +17,16 @@ C{$}, RFC 5182).
 Matching follows RFC 9051: strings match as case-insensitive substrings of
 the decoded text: header fields with their RFC 2047 encoded words decoded
 (8-bit header octets read as UTF-8), bodies decoded from quoted-printable
-or base64 and from their charset (HTML with its tags removed); address
-fields match on the whole decoded field.  Undecodable octets become
-replacement characters, never errors.  SINCE, BEFORE and ON compare the
-internal date's day in UTC (the time zone INTERNALDATE is shown in); the
-SENT* keys compare the day of the Date: field as written (its own time
-zone); a message without a valid Date: field matches no SENT* key.
+or base64 and from their charset (HTML with and without its markup);
+address fields match on the whole decoded field.  Undecodable octets
+become replacement characters, never errors.  SINCE, BEFORE and ON compare
+the internal date's day in UTC (the time zone INTERNALDATE is shown in);
+the SENT* keys compare the day of the Date: field as written (its own time
+zone); a message without a valid Date: field counts as sent on 1 January
+1970.  BODY searches the text/* and message/* parts; TEXT also the
+top-level header and the headers of parts and enclosed messages.  All as
+Dovecot does (without full-text indexes), which these rules were compared
+with.
 
 Also: C{MODSEQ} (RFC 7162 CONDSTORE), C{$} (RFC 5182 SEARCHRES).  Bounds:
 L{MAX_KEYS} keys, L{MAX_DEPTH} levels of nesting, L{MAX_STRING} octets per
@@ -39,6 +43,7 @@ import time
 from typing import Any, BinaryIO, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from mailnet import mime
+from mailnet.imap import _render
 from mailnet.imap._parser import Atom, String
 from mailnet.imap._sequence import SequenceError, SequenceSet, parseSequenceSet
 
@@ -120,44 +125,56 @@ def _decodePart(data: bytes, part: mime.Part) -> str:
         pass
     text = _charsetDecode(data, dict(part.params).get("charset", "us-ascii"))
     if part.subtype == "html":
-        text = html.unescape(_TAG.sub(" ", text))
+        # The markup (as Dovecot searches it) and the text without it.
+        text += "\n" + html.unescape(_TAG.sub(" ", text))
     return text
 
 
-def _textParts(part: mime.Part) -> List[mime.Part]:
-    found: List[mime.Part] = []
-    stack = [part]
-    while stack:
-        p = stack.pop()
-        if p.parts:
-            stack.extend(reversed(p.parts))
-        elif p.message is not None:
-            stack.append(p.message.root)
-        elif p.type == "text":
-            found.append(p)
-    return found
+#: Separates, in what L{bodyText} returns, the bodies from the part headers.
+HEADERS_FOLLOW = "\x00"
 
 
 def bodyText(stored: BinaryIO, parsed: mime.ParsedMessage, limit: int) -> str:
     """
-    The text BODY and TEXT search: each text/* part (in multiparts and
-    enclosed messages), decoded, one after the other.  Blocking: call it
-    in a thread.
+    What BODY and TEXT search besides the top-level header, as Dovecot
+    does: the text/* and message/* parts, decoded (other parts, such as
+    images and archives, are not searched), then L{HEADERS_FOLLOW}, then
+    the headers of the other parts and of enclosed messages (which TEXT
+    searches and BODY does not).  Blocking: call it in a thread.
 
     @param stored: the message file as stored (LF line endings).
     @param limit: at most this many stored octets are read in all.
     """
-    texts = []
+    bodies: List[str] = []
+    headers: List[str] = []
     budget = limit
-    for part in _textParts(parsed.root):
-        size = min(part.storedEnd - part.storedBodyStart, budget)
+
+    def read(start: int, end: int) -> bytes:
+        nonlocal budget
+        size = min(end - start, budget)
         if size <= 0:
-            continue
-        stored.seek(part.storedBodyStart)
+            return b""
+        stored.seek(start)
         data = stored.read(size)
         budget -= len(data)
-        texts.append(_decodePart(data, part))
-    return "\n".join(texts)
+        return data
+
+    stack = [parsed.root]
+    while stack:
+        part = stack.pop()
+        if part is not parsed.root:
+            header = read(part.storedHeaderStart, part.storedBodyStart)
+            if header:
+                headers.append(decodeHeader(header))
+        if part.parts:
+            stack.extend(reversed(part.parts))
+        elif part.message is not None:
+            stack.append(part.message.root)
+        elif part.type in ("text", "message"):
+            data = read(part.storedBodyStart, part.storedEnd)
+            if data:
+                bodies.append(_decodePart(data, part))
+    return "\n".join(bodies).replace(HEADERS_FOLLOW, " ") + HEADERS_FOLLOW + "\n".join(headers).replace(HEADERS_FOLLOW, " ")
 
 
 # --- the message as criteria see it ----------------------------------------------
@@ -166,12 +183,13 @@ def bodyText(stored: BinaryIO, parsed: mime.ParsedMessage, limit: int) -> str:
 class _Message:
     """One message being tested, with what was decoded from it kept."""
 
-    __slots__ = ("ctx", "_fields", "_body", "_header")
+    __slots__ = ("ctx", "_fields", "_body", "_header", "_partHeaders")
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self._fields: Optional[Dict[bytes, List[bytes]]] = None
         self._body: Optional[str] = None
+        self._partHeaders = ""
         self._header: Optional[str] = None
 
     def fields(self, name: bytes) -> List[bytes]:
@@ -186,15 +204,24 @@ class _Message:
         return self._fields.get(name, [])
 
     def header(self) -> str:
+        """The top-level header, decoded and folded."""
         if self._header is None:
             parsed = self.ctx.parsed
             self._header = _fold(decodeHeader(parsed.header)) if parsed is not None else ""
         return self._header
 
     def body(self) -> str:
+        """The decoded text parts, folded."""
         if self._body is None:
-            self._body = _fold(self.ctx.body())
+            body, _, headers = self.ctx.body().partition(HEADERS_FOLLOW)
+            self._body = _fold(body)
+            self._partHeaders = _fold(headers)
         return self._body
+
+    def partHeaders(self) -> str:
+        """The headers of parts and enclosed messages, decoded and folded."""
+        self.body()
+        return self._partHeaders
 
 
 Test = Callable[[_Message], bool]
@@ -202,16 +229,41 @@ Test = Callable[[_Message], bool]
 # Address and subject fields are in the envelope (their first occurrence, as
 # for ENVELOPE: no need to split the header).
 _ENVELOPE_FIELD = {b"subject": "subject", b"from": "from_", b"to": "to", b"cc": "cc", b"bcc": "bcc"}
+_ADDRESS_FIELDS = (b"from", b"to", b"cc", b"bcc")
+
+
+def normalisedAddresses(value: bytes) -> str:
+    """
+    @return: an address field as Dovecot searches it besides its text:
+        parsed, then written again without comments or extra white space
+        (C{Name <local@host>, local@host, group: ...;}).
+    """
+    out = []
+    for a in _render.parseAddresses(value):
+        if a.host is None and a.adl is None and a.name is None:
+            out.append(";" if a.mailbox is None else decodeHeader(a.mailbox) + ":")
+            continue
+        address = (a.mailbox or b"") + b"@" + (a.host or b"")
+        name = decodeHeader(a.name) if a.name else ""
+        out.append("%s <%s>" % (name, decodeHeader(address)) if name else decodeHeader(address))
+    return ", ".join(out)
 
 
 def _fieldContains(name: bytes, needle: str) -> Test:
     attrName = _ENVELOPE_FIELD.get(name)
     if attrName is not None:
+        address = name in _ADDRESS_FIELDS
 
         def inEnvelope(m: _Message) -> bool:
             parsed = m.ctx.parsed
             value = None if parsed is None else getattr(parsed.envelope, attrName)
-            return value is not None and (not needle or needle in _fold(decodeHeader(value)))
+            if value is None:
+                return False
+            if not needle or needle in _fold(decodeHeader(value)):
+                return True
+            # Written again, only a field with comments, quotes, routes or
+            # the like can match where its text did not.
+            return address and _render._HARD.search(value) is not None and needle in _fold(normalisedAddresses(value))
 
         return inEnvelope
 
@@ -273,9 +325,10 @@ def sentDay(value: Optional[bytes]) -> Optional[Tuple[int, int, int]]:
     return (year, _MONTHS.index(month) + 1, day)
 
 
-def _sentDay(m: _Message) -> Optional[Tuple[int, int, int]]:
+def _sentDay(m: _Message) -> Tuple[int, int, int]:
+    # Without a valid Date: field, 1 January 1970 (as Dovecot).
     parsed = m.ctx.parsed
-    return sentDay(parsed.envelope.date if parsed is not None else None)
+    return sentDay(parsed.envelope.date if parsed is not None else None) or (1970, 1, 1)
 
 
 # --- compiling --------------------------------------------------------------------
@@ -440,7 +493,7 @@ class _Compiler:
         if name == b"TEXT":
             needle = self.text(arg())
             self.needs.update(("headers", "body"))
-            return (lambda m: needle in m.header() or needle in m.body()), i
+            return (lambda m: needle in m.header() or needle in m.body() or needle in m.partHeaders()), i
         if name in _DAY_COMPARISONS:
             ref = _parseDate(arg())
             compare = _DAY_COMPARISONS[name]
@@ -451,11 +504,7 @@ class _Compiler:
             compare = _DAY_COMPARISONS[name[4:]]
             self.needs.add("headers")
 
-            def sent(m: _Message) -> bool:
-                day = _sentDay(m)
-                return day is not None and compare(day, ref)
-
-            return sent, i
+            return (lambda m: compare(_sentDay(m), ref)), i
         if name in (b"LARGER", b"SMALLER"):
             size = _number(arg())
             self.needs.add("size")

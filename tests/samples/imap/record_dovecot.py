@@ -69,6 +69,63 @@ SECTIONS = [
 ]
 
 
+# SEARCH criteria (sent with CHARSET UTF-8); the answers go to dovecot-search.json.
+SEARCHES = [
+    b'BODY "the inner one"',
+    b'TEXT "the inner one"',
+    b'BODY "inner epilogue"',
+    b'BODY "--inner"',
+    b'BODY "preamble"',
+    b'TEXT "preamble"',
+    b'BODY "Content-Type: text/html"',
+    b'TEXT "Content-Language"',
+    b'BODY "caf=E9"',
+    b'SUBJECT "caf\xc3\xa9"',
+    b'FROM "m\xc3\xbcller"',
+    b'BODY "caf\xc3\xa9"',
+    b'BODY "accentu\xc3\xa9"',
+    b'TEXT "d\xc3\xa9j\xc3\xa0"',
+    b"SUBJECT inner",
+    b'SUBJECT "gr\xc3\xbc\xc3\x9fe"',
+    b"SUBJECT hello",
+    b"FROM example.test",
+    b"FROM joerg",
+    b'FROM "Ren\xc3\xa9"',
+    b"TO bob",
+    b'TO "carol, c."',
+    b"CC boss",
+    b"BCC jones",
+    b'BCC "a group"',
+    b'HEADER X-Nothing ""',
+    b"HEADER Content-Type multipart",
+    b'HEADER MIME-Version ""',
+    b"BODY plain",
+    b'BODY "sch\xc3\xb6ne"',
+    b'BODY "deep text"',
+    b"BODY VCALENDAR",
+    b'BODY "inner html"',
+    b'BODY "img src"',
+    b"BODY menu",
+    b"TEXT inner",
+    b"TEXT nobody",
+    b'TEXT "MIME-Version"',
+    b"SENTON 4-Dec-2026",
+    b"SENTBEFORE 1-Jan-2004",
+    b"SENTSINCE 5-Dec-2026",
+    b"SENTON 1-Jul-2003",
+    b"NOT SENTSINCE 1-Jan-1970",
+    b'SUBJECT ""',
+    b"BODY iVBORw0KGgo",
+    b"BODY forwarded",
+    b'HEADER subject "no body"',
+    b'TEXT "digest entry"',
+    b'BODY "digest body"',
+    b'BODY "Reporting-MTA"',
+    b'BODY "Final-Recipient"',
+    b'BODY "To: nobody"',
+]
+
+
 class C:
     def __init__(self, port):
         self.s = socket.create_connection(("127.0.0.1", port))
@@ -127,6 +184,15 @@ def main(samples, port):
             label, value = item(r, what)
             d[what] = [label, value.decode("latin-1")]
     json.dump(result, open(os.path.join(samples, "dovecot.json"), "w"), indent=1, sort_keys=True)
+    names = sorted(result)
+    searches = {}
+    for query in SEARCHES:
+        r, ok = c.cmd(b"SEARCH CHARSET UTF-8 " + query)
+        assert b" OK " in ok, ok
+        numbers = r.split(b"* SEARCH", 1)[1].split()
+        searches[query.decode("utf-8")] = [names[int(n) - 1] for n in numbers]
+    json.dump(searches, open(os.path.join(samples, "dovecot-search.json"), "w"), indent=1, sort_keys=True, ensure_ascii=False)
 
 
-main(sys.argv[1], int(sys.argv[2]))
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
