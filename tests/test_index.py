@@ -545,6 +545,8 @@ class WatchTests(DiskTestsMixin, SynchronousTestCase):
 class InotifyTests(TestCase):
     """inotify with the real reactor (Linux)."""
 
+    timeout = 10
+
     def test_inotify(self) -> None:
         watcher = makeWatcher(reactor)
         if not isinstance(watcher, InotifyWatcher):
@@ -560,6 +562,46 @@ class InotifyTests(TestCase):
         with open(os.path.join(directory, "x"), "wb"):
             pass
         return changed
+
+
+    def test_inotifySurvivesRemovedDirectory(self) -> None:
+        """
+        Removing a watched directory (a deleted folder) tells its watchers
+        and leaves the other watches working.
+        """
+        watcher = makeWatcher(reactor)
+        if not isinstance(watcher, InotifyWatcher):
+            self.assertIsInstance(watcher, PollingWatcher)
+            return None
+        self.addCleanup(watcher.close)
+        gone, kept = os.path.abspath(self.mktemp()), os.path.abspath(self.mktemp())
+        os.makedirs(gone)
+        os.makedirs(kept)
+        goneSeen, keptSeen = Deferred(), Deferred()
+        self.addCleanup(watcher.watch([gone], lambda: None if goneSeen.called else goneSeen.callback(None)))
+        self.addCleanup(watcher.watch([kept], lambda: None if keptSeen.called else keptSeen.callback(None)))
+        os.rmdir(gone)
+
+        def removed(_):
+            with open(os.path.join(kept, "x"), "wb"):
+                pass
+            return keptSeen
+
+        return goneSeen.addCallback(removed)
+
+    def test_inotifyFallsBackToPolling(self) -> None:
+        """A directory inotify cannot watch is polled instead."""
+        watcher = makeWatcher(reactor)
+        if not isinstance(watcher, InotifyWatcher):
+            return None
+        self.addCleanup(watcher.close)
+        clock = Clock()
+        watcher._reactor = clock
+        stop = watcher.watch([os.path.abspath(self.mktemp())], lambda: None)
+        self.assertIsNotNone(watcher._fallback)
+        self.assertEqual(len(watcher._fallback._watches), 1)
+        stop()
+        self.assertEqual(watcher._fallback._watches, {})
 
 
 class RealmTests(SynchronousTestCase):

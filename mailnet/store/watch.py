@@ -130,22 +130,31 @@ class InotifyWatcher:
         self._inotify = inotify
         self._reactor = reactor
         self._coalesce = coalesce
-        self._notifier = inotify.INotify(reactor)
+        self._notifier = _robustINotify(inotify)(reactor)
         self._notifier.startReading()
         self._listeners: Dict[str, List[_Coalescer]] = {}
-        # Entries created, removed or renamed: a delivery, flag change or expunge.
-        self._mask = inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_MOVED_FROM | inotify.IN_MOVED_TO | inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF
+        self._fallback: Optional[PollingWatcher] = None
+        # Entries created, removed or renamed: a delivery, flag change or
+        # expunge.  (A removed directory also reports IN_DELETE_SELF and
+        # IN_IGNORED, asked for or not.)
+        self._mask = inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_MOVED_FROM | inotify.IN_MOVED_TO
 
     def watch(self, paths: Sequence[str], callback: Callable[[], None]) -> Callable[[], None]:
         coalescer = _Coalescer(self._reactor, callback, self._coalesce)
-        watched = []
+        watched: List[str] = []
+        polling: List[Callable[[], None]] = []
         for path in paths:
             listeners = self._listeners.get(path)
             if listeners is None:
                 try:
                     self._notifier.watch(self._filePath(path), mask=self._mask, callbacks=[self._dispatcher(path)])
-                except Exception:
-                    log.failure("Cannot watch {path}", path=path)
+                except Exception as e:
+                    # Out of inotify watches (fs.inotify.max_user_watches),
+                    # or a file system without inotify: poll this one.
+                    log.info("Polling {path} for changes: {error}", path=path, error=e)
+                    if self._fallback is None:
+                        self._fallback = PollingWatcher(self._reactor)
+                    polling.append(self._fallback.watch([path], coalescer))
                     continue
                 listeners = self._listeners[path] = []
             listeners.append(coalescer)
@@ -153,6 +162,9 @@ class InotifyWatcher:
 
         def stop() -> None:
             coalescer.cancel()
+            for stopPolling in polling:
+                stopPolling()
+            del polling[:]
             for path in watched:
                 listeners = self._listeners.get(path, [])
                 if coalescer in listeners:
@@ -172,14 +184,48 @@ class InotifyWatcher:
         return FilePath(path.encode("utf-8"))
 
     def _dispatcher(self, path: str) -> Callable:
-        def dispatch(*ignored) -> None:
+        def dispatch(watch, filePath, mask) -> None:
             for listener in list(self._listeners.get(path, ())):
                 listener()
+            if mask & self._inotify.IN_DELETE_SELF:
+                # The directory is gone (its folder deleted): INotify drops
+                # the watch itself; forget it too, so that a new directory
+                # there is watched afresh.
+                self._listeners.pop(path, None)
+            elif mask & self._inotify.IN_IGNORED:
+                # The watch ended otherwise (the file system went away).
+                self._listeners.pop(path, None)
+                try:
+                    self._notifier.ignore(self._filePath(path))
+                except KeyError:
+                    pass
 
         return dispatch
 
     def close(self) -> None:
-        self._notifier.loseConnection()
+        self._notifier.close()
+
+
+def _robustINotify(inotify):
+    """
+    L{twisted.internet.inotify.INotify}, except that the removal of one
+    watched directory does not close it: Twisted 26.10 calls
+    C{loseConnection} on any C{IN_DELETE_SELF}, which would end every other
+    folder's watch in the process.
+    """
+
+    class RobustINotify(inotify.INotify):
+        _closing = False
+
+        def loseConnection(self) -> None:
+            if self._closing:
+                super().loseConnection()
+
+        def close(self) -> None:
+            self._closing = True
+            super().loseConnection()
+
+    return RobustINotify
 
 
 def makeWatcher(reactor, run: Optional[Callable[..., Deferred]] = None):
