@@ -390,6 +390,13 @@ class FolderTests(IMAPTestCase):
         self.assertIn(b"b OK", self.send("b CREATE \"Übersicht\"\r\n".encode("utf-8")))
         self.assertIn('"Übersicht"'.encode("utf-8"), self.send(b'c LIST "" *\r\n'))
 
+    def test_deleteKeepsSubscription(self) -> None:
+        """RFC 3501 §6.3.6: a deleted folder stays subscribed, shown \\NonExistent."""
+        self.send(b"a CREATE Gone\r\nb SUBSCRIBE Gone\r\nc DELETE Gone\r\n")
+        self.assertEqual(self.send(b'd LIST "" Gone\r\n'), b"d OK LIST completed\r\n")
+        out = self.send(b'e LIST (SUBSCRIBED) "" Gone\r\n')
+        self.assertEqual(out, b'* LIST (\\NonExistent \\Subscribed) "." "Gone"\r\ne OK LIST completed\r\n')
+
     def test_subscriptions(self) -> None:
         self.send(b"a CREATE Lists\r\n")
         self.send(b"b UNSUBSCRIBE Lists\r\n")

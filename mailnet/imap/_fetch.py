@@ -397,9 +397,12 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                 elif name == "MODSEQ":
                     pieces.append(b"MODSEQ (%d)" % (record.modSeq,))
                 elif name == "ENVELOPE":
+                    assert parsed is not None
                     pieces.append(b"ENVELOPE " + _render.envelope(parsed.envelope))
                 elif name in ("BODY", "BODYSTRUCTURE"):
-                    pieces.append(name.encode("ascii") + b" " + _render.bodyStructure(parsed.root, name == "BODYSTRUCTURE"))
+                    assert parsed is not None
+                    structure = _render.bodyStructure(parsed.root, name == "BODYSTRUCTURE", rev2=session.rev2)
+                    pieces.append(name.encode("ascii") + b" " + structure)
                 else:
                     assert item.section is not None
                     data = resolve(parsed, record, item.section)
@@ -461,6 +464,7 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                         head, sep = b"", b""
                         session._write(b"".join(out))
                         out, outSize = [], 0
+                        assert f is not None
                         reader = WireReader(f, storedStart, storedEnd, skip, count)
                         while reader.remaining > 0:
                             await gate.wait()

@@ -473,7 +473,7 @@ class IMAPServer(Protocol):
             result = ensureDeferred(result)
         if isinstance(result, Deferred):
             self._busy = True
-            result.addCallbacks(self._commandSucceeded, self._commandFailed, (tag, name), None, (tag, name))
+            result.addCallbacks(self._commandSucceeded, self._commandFailed, callbackArgs=(tag, name), errbackArgs=(tag, name))
             result.addBoth(self._commandDone)
             return
         self._commandSucceeded(result, tag, name)
@@ -980,6 +980,8 @@ class IMAPServer(Protocol):
         name = self._folderName(args[0])
         if self.view is not None and _sameFolder(self.view.folder.name, name):
             raise No("Cannot delete the selected folder", CANNOT)
+        folders = await self.account.listFolders()
+        wasSubscribed = any(f.name == name and f.subscribed for f in folders)
         try:
             await self.account.deleteFolder(name)
         except NoSuchFolder:
@@ -988,6 +990,10 @@ class IMAPServer(Protocol):
             raise No(str(e), CANNOT)
         except BadFolderName:
             raise No("No such folder", NONEXISTENT)
+        if wasSubscribed:
+            # RFC 3501 §6.3.6: the subscription stays (LIST (SUBSCRIBED)
+            # shows it \NonExistent) until the client unsubscribes.
+            await self.account.setSubscribed(name, True)
         return None
 
     async def do_RENAME(self, tag: bytes, args: List[Any]) -> Any:
@@ -1098,8 +1104,8 @@ class IMAPServer(Protocol):
         if lsub:
             # RFC 3501 §6.3.9: with %, an unsubscribed parent of subscribed
             # names is listed \Noselect.
-            for name in subscribedNames:
-                parts = name.split(DELIMITER)
+            for subscribed in subscribedNames:
+                parts = subscribed.split(DELIMITER)
                 for i in range(1, len(parts)):
                     parent = DELIMITER.join(parts[:i])
                     if parent not in listedNames:
@@ -1145,17 +1151,17 @@ class IMAPServer(Protocol):
             lines.append((info.name, attributes, childInfo))
         lines.sort(key=lambda line: (line[0].upper() != "INBOX", line[0]))
         verb = b"LSUB" if lsub else b"LIST"
-        for name, attributes, childInfo in lines:
-            line = b'* %s %s "%s" %s' % (verb, _flagList(attributes), delimiter, self._encodeName(name))
+        for folderName, attributes, childInfo in lines:
+            line = b'* %s %s "%s" %s' % (verb, _flagList(attributes), delimiter, self._encodeName(folderName))
             if childInfo:
                 line += b" (" + childInfo.encode("ascii") + b")"
             self._send(line)
             if statusItems and "\\NonExistent" not in attributes and "\\Noselect" not in attributes:
                 try:
-                    status = await self.account.status(name)
+                    status = await self.account.status(folderName)
                 except NoSuchFolder:
                     continue
-                self._send(self._statusLine(name, status, statusItems))
+                self._send(self._statusLine(folderName, status, statusItems))
         return None
 
     def do_LSUB(self, tag: bytes, args: List[Any]) -> Any:
@@ -1734,17 +1740,14 @@ def _statusItems(tokens: List[Any]) -> List[bytes]:
 def _compactSet(numbers: List[int]) -> str:
     """@return: C{1:3,7} for C{[1, 2, 3, 7]} (order kept)."""
     out: List[str] = []
-    start = prev = None
+    runs: List[List[int]] = []
     for n in numbers:
-        if start is None:
-            start = prev = n
-        elif n == prev + 1:  # type: ignore[operator]
-            prev = n
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
         else:
-            out.append("%d" % start if start == prev else "%d:%d" % (start, prev))
-            start = prev = n
-    if start is not None:
-        out.append("%d" % start if start == prev else "%d:%d" % (start, prev))
+            runs.append([n, n])
+    for start, end in runs:
+        out.append("%d" % start if start == end else "%d:%d" % (start, end))
     return ",".join(out)
 
 
