@@ -390,6 +390,13 @@ class FolderTests(IMAPTestCase):
         self.assertIn(b"b OK", self.send("b CREATE \"Übersicht\"\r\n".encode("utf-8")))
         self.assertIn('"Übersicht"'.encode("utf-8"), self.send(b'c LIST "" *\r\n'))
 
+    def test_deleteKeepsSubscription(self) -> None:
+        """RFC 3501 §6.3.6: a deleted folder stays subscribed, shown \\NonExistent."""
+        self.send(b"a CREATE Gone\r\nb SUBSCRIBE Gone\r\nc DELETE Gone\r\n")
+        self.assertEqual(self.send(b'd LIST "" Gone\r\n'), b"d OK LIST completed\r\n")
+        out = self.send(b'e LIST (SUBSCRIBED) "" Gone\r\n')
+        self.assertEqual(out, b'* LIST (\\NonExistent \\Subscribed) "." "Gone"\r\ne OK LIST completed\r\n')
+
     def test_subscriptions(self) -> None:
         self.send(b"a CREATE Lists\r\n")
         self.send(b"b UNSUBSCRIBE Lists\r\n")
@@ -708,7 +715,12 @@ class StoreTests(IMAPTestCase):
         modseq = self.account.status("INBOX").result.highestModSeq
         self.send(b"a STORE 1 +FLAGS.SILENT (\\Flagged)\r\n")
         out = self.send(b"b STORE 1:2 (UNCHANGEDSINCE %d) +FLAGS.SILENT (\\Seen)\r\n" % (modseq,))
-        self.assertRegex(out, rb"\* 2 FETCH \(FLAGS \(\\Seen \\Recent\) MODSEQ \(\d+\)\)\r\nb OK \[MODIFIED 1\] ")
+        # RFC 7162 §3.1: HIGHESTMODSEQ once CONDSTORE starts; UID and MODSEQ in the FETCH.
+        self.assertRegex(
+            out,
+            rb"^\* OK \[HIGHESTMODSEQ \d+\] Highest\r\n"
+            rb"\* 2 FETCH \(UID 2 FLAGS \(\\Seen \\Recent\) MODSEQ \(\d+\)\)\r\nb OK \[MODIFIED 1\] ",
+        )
 
     def test_badFlag(self) -> None:
         self.assertEqual(self.send(b"a STORE 1 +FLAGS (\\Frob)\r\n"), b"a BAD Invalid flag\r\n")
@@ -796,3 +808,30 @@ class UpdateTests(IMAPTestCase):
         self.send(b"e ENABLE IMAP4rev2\r\n")
         self.account.deliver(MESSAGE)
         self.assertEqual(self.send(b"a NOOP\r\n"), b"* 3 EXISTS\r\na OK NOOP completed\r\n")
+
+    def test_overlappingRefreshes(self) -> None:
+        """
+        IDLE's refresh and the one before DONE's OK run one after the
+        other: new messages are announced once.
+        """
+        folder = self.server.view.folder
+        realClaim = folder.claimRecent
+        pending: List[Deferred] = []
+
+        def slowClaim() -> Deferred:
+            d: Deferred = Deferred()
+            pending.append(d)
+            return d
+
+        folder.claimRecent = slowClaim  # type: ignore[method-assign]
+        self.send(b"a IDLE\r\n")
+        self.transport.clear()
+        self.account.deliver(MESSAGE)
+        self.account.deliver(MESSAGE)
+        self.server.dataReceived(b"DONE\r\n")
+        while pending:
+            pending.pop(0).callback(realClaim().result)
+        out = self.transport.value()
+        self.assertEqual(re.findall(rb"\* (\d+) EXISTS", out), [b"3", b"4"], out)
+        self.assertEqual(len(self.server.view.uids), 4)
+        self.assertTrue(out.endswith(b"a OK IDLE completed\r\n"), out)

@@ -1,16 +1,20 @@
-# -*- test-case-name: tests.test_imap_fetch -*-
+# -*- test-case-name: tests.test_imap_server -*-
 """
 FETCH: the attribute list from parsed tokens (RFC 9051 §6.4.5), and the
-streaming of message octets in wire form.  No Twisted.
+assembly of the responses, with message octets read in threads and
+streamed in wire form (CRLF).
 """
 
 import calendar
 import re
 import time
-from typing import IO, Any, List, Optional, Tuple
+from typing import IO, Any, Dict, List, Optional, Tuple
 
 import attr
+from twisted.internet.defer import gatherResults
 
+from mailnet.errors import MessageGone
+from mailnet.imap import _render
 from mailnet.imap._parser import Atom
 
 #: Octets read from a message file at a time.
@@ -292,8 +296,6 @@ def _needsParsed(item: FetchItem) -> bool:
 
 
 def _renderSection(section: SectionSpec) -> Any:
-    from mailnet.imap import _render
-
     return _render.Section(part=section.part, text=section.text, fields=section.fields, partial=section.partial)
 
 
@@ -306,12 +308,22 @@ def resolve(parsed: Any, record: Any, section: SectionSpec) -> Any:
     if not section.part and section.text is None:
         # The whole message: no need for its structure.
         return (0, None, record.size)
-    from mailnet.imap import _render
-
     data = _render.resolveSection(parsed, _renderSection(section))
     if isinstance(data, bytes):
         return data
     return (data.storedStart, data.storedEnd, data.wireLength)
+
+
+#: A section up to this size is read with the others of its group, at once.
+SMALL = 64 * 1024
+
+
+def _readSmall(jobs: List[Tuple[Any, int, Optional[int], int, int]]) -> List[bytes]:
+    """
+    Read small sections (in a thread): C{(file, storedStart, storedEnd,
+    skip, count)} each, in wire form.
+    """
+    return [WireReader(f, start, end, skip, count).read(count) if count else b"" for f, start, end, skip, count in jobs]
 
 
 def _literal(data: bytes) -> bytes:
@@ -327,8 +339,6 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
 
     @return: the tagged OK text, or L{None} for the default.
     """
-    from mailnet.errors import MessageGone
-
     folder = view.folder
     run = session.factory.run
     needParsed = any(_needsParsed(item) for item in items)
@@ -337,10 +347,22 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
     out: List[bytes] = []
     outSize = 0
     gone = False
-    for start in range(0, len(uids), 256):
+    # Sequence numbers by UID, and FLAGS items by flag set, once per FETCH.
+    seqs = {u: i for i, u in enumerate(view.uids, 1)} if len(uids) > 64 else None
+    flagCache: Dict[Any, bytes] = {}
+
+    def flagsOf(record: Any) -> bytes:
+        key = (record.flags, record.uid in view.recent)
+        item = flagCache.get(key)
+        if item is None:
+            item = flagCache[key] = session.flagsItem(record)
+        return item
+
+    batchSize = 1024 if needParsed else 4096
+    for start in range(0, len(uids), batchSize):
         if session.view is not view or gate.stopped:
             return None
-        batch = [u for u in uids[start : start + 256] if u in view.records]
+        batch = [u for u in uids[start : start + batchSize] if u in view.records]
         flagsChanged = set()
         if setsSeen:
             unseen = [u for u in batch if "\\Seen" not in view.records[u].flags]
@@ -351,10 +373,9 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                         view.records[record.uid] = record
                         flagsChanged.add(record.uid)
         parsedMap = await folder.parsed(batch) if needParsed else {}
+        prepared: List[Tuple[int, int, List[Any]]] = []
         for uid in batch:
-            if session.view is not view or gate.stopped:
-                return None
-            seq = view.seqOf(uid)
+            seq = seqs.get(uid, 0) if seqs is not None else view.seqOf(uid)
             record = view.records.get(uid)
             if not seq or record is None:
                 continue
@@ -368,7 +389,7 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                 if name == "UID":
                     pieces.append(b"UID %d" % (uid,))
                 elif name == "FLAGS":
-                    pieces.append(session.flagsItem(record))
+                    pieces.append(flagsOf(record))
                 elif name == "INTERNALDATE":
                     pieces.append(b"INTERNALDATE " + internalDate(record.internalDate))
                 elif name == "RFC822.SIZE":
@@ -376,13 +397,12 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                 elif name == "MODSEQ":
                     pieces.append(b"MODSEQ (%d)" % (record.modSeq,))
                 elif name == "ENVELOPE":
-                    from mailnet.imap import _render
-
+                    assert parsed is not None
                     pieces.append(b"ENVELOPE " + _render.envelope(parsed.envelope))
                 elif name in ("BODY", "BODYSTRUCTURE"):
-                    from mailnet.imap import _render
-
-                    pieces.append(name.encode("ascii") + b" " + _render.bodyStructure(parsed.root, name == "BODYSTRUCTURE"))
+                    assert parsed is not None
+                    structure = _render.bodyStructure(parsed.root, name == "BODYSTRUCTURE", rev2=session.rev2)
+                    pieces.append(name.encode("ascii") + b" " + structure)
                 else:
                     assert item.section is not None
                     data = resolve(parsed, record, item.section)
@@ -394,50 +414,75 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                         skip, count = applyPartial(wireLength, item.section.partial)
                         pieces.append((item.label, storedStart, storedEnd, skip, count))
             if uid in flagsChanged and not wantsFlags:
-                pieces.append(session.flagsItem(record))
-            streams = [p for p in pieces if isinstance(p, tuple)]
-            f = None
-            if streams:
-                try:
-                    f = await folder.openMessage(uid)
-                except MessageGone:
-                    gone = True
-                    continue
+                pieces.append(flagsOf(record))
+            if uid in flagsChanged and session.condstore:
+                # RFC 7162 §3.1: a FETCH that set \Seen reports UID and MODSEQ.
+                if not any(item.name == "UID" for item in items):
+                    pieces.append(b"UID %d" % (uid,))
+                if not any(item.name == "MODSEQ" for item in items):
+                    pieces.append(b"MODSEQ (%d)" % (record.modSeq,))
+            prepared.append((uid, seq, pieces))
+        for first in range(0, len(prepared), 64):
+            if session.view is not view or gate.stopped:
+                return None
+            group = prepared[first : first + 64]
+            # Files opened together, small sections read in one thread call.
+            wanted = [uid for uid, _, pieces in group if any(isinstance(p, tuple) for p in pieces)]
+            files: Dict[int, Any] = {}
+            if wanted:
+                opened = await gatherResults(
+                    [folder.openMessage(uid).addErrback(lambda f: f.trap(MessageGone) and None) for uid in wanted]
+                )
+                files = {uid: f for uid, f in zip(wanted, opened) if f is not None}
             try:
-                head = b"* %d FETCH (" % (seq,)
-                first = True
-                for piece in pieces:
-                    sep = b"" if first else b" "
-                    first = False
-                    if isinstance(piece, bytes):
-                        head += sep + piece
+                jobs = [
+                    (files[uid], p[1], p[2], p[3], p[4])
+                    for uid, _, pieces in group
+                    if uid in files
+                    for p in pieces
+                    if isinstance(p, tuple) and p[4] <= SMALL
+                ]
+                small = iter(await run(_readSmall, jobs) if jobs else [])
+                for uid, seq, pieces in group:
+                    if uid in wanted and uid not in files:
+                        gone = True
                         continue
-                    label, storedStart, storedEnd, skip, count = piece
-                    reader = WireReader(f, storedStart, storedEnd, skip, count)
-                    if count <= 64 * 1024:
-                        data = await run(reader.read, count) if count else b""
-                        head += sep + label + b" " + _literal(data)
-                        continue
-                    out.append(head + sep + label + b" {%d}\r\n" % (count,))
-                    head = b""
-                    session._write(b"".join(out))
-                    out, outSize = [], 0
-                    while reader.remaining > 0:
+                    f = files.get(uid)
+                    head = b"* %d FETCH (" % (seq,)
+                    sep = b""
+                    for piece in pieces:
+                        if isinstance(piece, bytes):
+                            head += sep + piece
+                            sep = b" "
+                            continue
+                        label, storedStart, storedEnd, skip, count = piece
+                        if count <= SMALL:
+                            head += sep + label + b" " + _literal(next(small))
+                            sep = b" "
+                            continue
+                        out.append(head + sep + label + b" {%d}\r\n" % (count,))
+                        head, sep = b"", b""
+                        session._write(b"".join(out))
+                        out, outSize = [], 0
+                        assert f is not None
+                        reader = WireReader(f, storedStart, storedEnd, skip, count)
+                        while reader.remaining > 0:
+                            await gate.wait()
+                            if gate.stopped:
+                                return None
+                            chunk = await run(reader.read, CHUNK_SIZE)
+                            session._write(chunk)
+                            session._activity()
+                        sep = b" "
+                    out.append(head + b")\r\n")
+                    outSize += len(out[-1])
+                    if outSize >= 64 * 1024:
+                        session._write(b"".join(out))
+                        out, outSize = [], 0
                         await gate.wait()
-                        if gate.stopped:
-                            return None
-                        chunk = await run(reader.read, CHUNK_SIZE)
-                        session._write(chunk)
-                        session._activity()
-                out.append(head + b")\r\n")
-                outSize += len(out[-1])
             finally:
-                if f is not None:
+                for f in files.values():
                     f.close()
-            if outSize >= 64 * 1024:
-                session._write(b"".join(out))
-                out, outSize = [], 0
-                await gate.wait()
     if out:
         session._write(b"".join(out))
     if gone:

@@ -362,7 +362,7 @@ class CommandReader:
             end = self._buffer.find(b"\n")
             if end < 0:
                 if len(self._buffer) > self.maxLine:
-                    tag = self._tag if self._tag is not None else _guessTag(self._buffer)
+                    tag = self._tag if self._tag is not None else _guessTag(bytes(self._buffer[:200]))
                     skipping = self._skipCommand
                     del self._buffer[:]
                     self._resetCommand()

@@ -38,15 +38,16 @@ import attr
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.mail import imap4  # noqa: F401 - registers the imap4-utf-7 codec
 from twisted.python.failure import Failure
 
 from mailnet.config import Limits
 from mailnet.errors import BadFolderName, CannotDeleteFolder, FolderExists, MessageGone, NoSuchFolder
-from mailnet.imap import _fetch
+from mailnet.imap import _fetch, search
 from mailnet.imap._parser import (
     Atom,
     Command,
@@ -81,8 +82,8 @@ CLOSE_GRACE = 30
 #: Passwords longer than this are refused without asking the authenticator.
 MAX_PASSWORD = 1024
 
-#: Messages whose parsed form is asked of the store at once (FETCH, SEARCH).
-BATCH = 256
+#: Messages whose parsed form is asked of the store at once (SEARCH).
+BATCH = 1024
 
 #: Output gathered before it is written (FETCH of many small items).
 WRITE_BATCH = 64 * 1024
@@ -258,6 +259,7 @@ class IMAPServer(Protocol):
         self._idling: Optional[Deferred] = None
         self._appending: Optional[Tuple[bytes, Any]] = None
         self._producer: Optional["_OutputGate"] = None
+        self._refreshLock = DeferredLock()
         self._resetSession()
 
     def _newReader(self) -> CommandReader:
@@ -471,7 +473,7 @@ class IMAPServer(Protocol):
             result = ensureDeferred(result)
         if isinstance(result, Deferred):
             self._busy = True
-            result.addCallbacks(self._commandSucceeded, self._commandFailed, (tag, name), None, (tag, name))
+            result.addCallbacks(self._commandSucceeded, self._commandFailed, callbackArgs=(tag, name), errbackArgs=(tag, name))
             result.addBoth(self._commandDone)
             return
         self._commandSucceeded(result, tag, name)
@@ -841,8 +843,16 @@ class IMAPServer(Protocol):
         """
         Bring the view up to date with the store and tell the client what
         changed: flag changes, EXPUNGEs (if allowed now), EXISTS (and
-        RECENT for IMAP4rev1).
+        RECENT for IMAP4rev1).  One at a time (IDLE's and a command's may
+        overlap), so that nothing is announced twice.
         """
+        await self._refreshLock.acquire()
+        try:
+            await self._refreshNow(expunges)
+        finally:
+            self._refreshLock.release()
+
+    async def _refreshNow(self, expunges: bool) -> None:
         view = self.view
         if view is None:
             return
@@ -911,7 +921,8 @@ class IMAPServer(Protocol):
 
     def _flagsResponse(self, seq: int, record: MessageRecord, withUid: bool) -> bytes:
         items = self.flagsItem(record)
-        if withUid:
+        # RFC 7162 §3.1: with CONDSTORE, UID and MODSEQ in every such response.
+        if withUid or self.condstore:
             items = b"UID %d " % (record.uid,) + items
         if self.condstore:
             items += b" MODSEQ (%d)" % (record.modSeq,)
@@ -969,6 +980,8 @@ class IMAPServer(Protocol):
         name = self._folderName(args[0])
         if self.view is not None and _sameFolder(self.view.folder.name, name):
             raise No("Cannot delete the selected folder", CANNOT)
+        folders = await self.account.listFolders()
+        wasSubscribed = any(f.name == name and f.subscribed for f in folders)
         try:
             await self.account.deleteFolder(name)
         except NoSuchFolder:
@@ -977,6 +990,10 @@ class IMAPServer(Protocol):
             raise No(str(e), CANNOT)
         except BadFolderName:
             raise No("No such folder", NONEXISTENT)
+        if wasSubscribed:
+            # RFC 3501 §6.3.6: the subscription stays (LIST (SUBSCRIBED)
+            # shows it \NonExistent) until the client unsubscribes.
+            await self.account.setSubscribed(name, True)
         return None
 
     async def do_RENAME(self, tag: bytes, args: List[Any]) -> Any:
@@ -1071,10 +1088,11 @@ class IMAPServer(Protocol):
             return None
         try:
             ref = decodeName(reference, self.rev2)
-            matchers = [_patternMatcher(ref + decodeName(p, self.rev2)) for p in patterns if p]
+            decoded = [ref + decodeName(p, self.rev2) for p in patterns if p]
         except IMAPError:
             # A pattern no name could match (RFC 9051 §6.3.9: not an error).
             return None
+        matchers = [_patternMatcher(p) for p in decoded]
         folders: List[FolderInfo] = await self.account.listFolders()
         subscribedOnly = lsub or b"SUBSCRIBED" in selection
         specialOnly = b"SPECIAL-USE" in selection
@@ -1086,8 +1104,8 @@ class IMAPServer(Protocol):
         if lsub:
             # RFC 3501 §6.3.9: with %, an unsubscribed parent of subscribed
             # names is listed \Noselect.
-            for name in subscribedNames:
-                parts = name.split(DELIMITER)
+            for subscribed in subscribedNames:
+                parts = subscribed.split(DELIMITER)
                 for i in range(1, len(parts)):
                     parent = DELIMITER.join(parts[:i])
                     if parent not in listedNames:
@@ -1133,17 +1151,17 @@ class IMAPServer(Protocol):
             lines.append((info.name, attributes, childInfo))
         lines.sort(key=lambda line: (line[0].upper() != "INBOX", line[0]))
         verb = b"LSUB" if lsub else b"LIST"
-        for name, attributes, childInfo in lines:
-            line = b'* %s %s "%s" %s' % (verb, _flagList(attributes), delimiter, self._encodeName(name))
+        for folderName, attributes, childInfo in lines:
+            line = b'* %s %s "%s" %s' % (verb, _flagList(attributes), delimiter, self._encodeName(folderName))
             if childInfo:
                 line += b" (" + childInfo.encode("ascii") + b")"
             self._send(line)
             if statusItems and "\\NonExistent" not in attributes and "\\Noselect" not in attributes:
                 try:
-                    status = await self.account.status(name)
+                    status = await self.account.status(folderName)
                 except NoSuchFolder:
                     continue
-                self._send(self._statusLine(name, status, statusItems))
+                self._send(self._statusLine(folderName, status, statusItems))
         return None
 
     def do_LSUB(self, tag: bytes, args: List[Any]) -> Any:
@@ -1452,7 +1470,8 @@ class IMAPServer(Protocol):
             self.enableCondstore()
         if uid and "UID" not in names:
             items.insert(0, _fetch.FetchItem("UID"))
-        if (changedSince is not None or self.condstore) and "MODSEQ" not in names and changedSince is not None:
+        if changedSince is not None and "MODSEQ" not in names:
+            # RFC 7162 §3.3.1: CHANGEDSINCE implies MODSEQ.
             items.append(_fetch.FetchItem("MODSEQ"))
         uids = view.resolve(seqset, uid) if not isinstance(seqset, list) else seqset
         if changedSince is not None:
@@ -1477,8 +1496,6 @@ class IMAPServer(Protocol):
     def do_SEARCH(self, tag: bytes, args: List[Any], uid: bool = False) -> Any:
         # RFC 9051 §6.4.4; RFC 4731 ESEARCH; RFC 7162 §3.4 MODSEQ.
         view = self._requireView()
-        from mailnet.imap import search
-
         args = list(args)
         options: Optional[Set[bytes]] = None
         if args and isinstance(args[0], Atom) and args[0].isName(b"RETURN"):
@@ -1513,8 +1530,6 @@ class IMAPServer(Protocol):
         return ensureDeferred(self._search(view, tag, criteria, uid, options))
 
     async def _search(self, view: SelectedView, tag: bytes, criteria: Any, uid: bool, options: Optional[Set[bytes]]) -> Any:
-        from mailnet.imap import search
-
         needs = set(getattr(criteria, "needs", ()) or ())
         wantParsed = bool(needs - {"flags", "seq", "uid", "size", "date", "modseq", "internaldate"})
         wantBody = "body" in needs or "text" in needs
@@ -1525,18 +1540,20 @@ class IMAPServer(Protocol):
         maxUid = view.uids[-1] if view.uids else 0
         matched: List[int] = []
         highestModSeq = 0
-        for start in range(0, len(uids), BATCH):
+        # Fewer at once when files are opened (file descriptors).
+        batchSize = 64 if wantBody else BATCH
+        for start in range(0, len(uids), batchSize):
             if self.view is not view:
                 return None
-            batch = uids[start : start + BATCH]
+            batch = uids[start : start + batchSize]
             parsedMap = await folder.parsed(batch) if wantParsed else {}
             files: Dict[int, Any] = {}
             if wantBody:
-                for u in batch:
-                    try:
-                        files[u] = await folder.openMessage(u)
-                    except MessageGone:
-                        pass
+                # Opened together: one thread round trip each, not in turn.
+                opened = await gatherResults(
+                    [folder.openMessage(u).addErrback(lambda f: f.trap(MessageGone) and None) for u in batch]
+                )
+                files = {u: f for u, f in zip(batch, opened) if f is not None}
             contexts = []
             for u in batch:
                 record = view.records[u]
@@ -1723,17 +1740,14 @@ def _statusItems(tokens: List[Any]) -> List[bytes]:
 def _compactSet(numbers: List[int]) -> str:
     """@return: C{1:3,7} for C{[1, 2, 3, 7]} (order kept)."""
     out: List[str] = []
-    start = prev = None
+    runs: List[List[int]] = []
     for n in numbers:
-        if start is None:
-            start = prev = n
-        elif n == prev + 1:  # type: ignore[operator]
-            prev = n
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
         else:
-            out.append("%d" % start if start == prev else "%d:%d" % (start, prev))
-            start = prev = n
-    if start is not None:
-        out.append("%d" % start if start == prev else "%d:%d" % (start, prev))
+            runs.append([n, n])
+    for start, end in runs:
+        out.append("%d" % start if start == end else "%d:%d" % (start, end))
     return ",".join(out)
 
 
@@ -1755,8 +1769,6 @@ def decodeName(raw: bytes, utf8: bool) -> str:
         if utf8 or any(c >= 0x80 for c in raw):
             name = raw.decode("utf-8")
         else:
-            import twisted.mail.imap4  # noqa: F401 - registers the imap4-utf-7 codec
-
             name = raw.decode("imap4-utf-7")
     except (UnicodeDecodeError, ValueError):
         raise No("Invalid mailbox name encoding", CANNOT)
@@ -1771,36 +1783,58 @@ def encodeName(name: str, utf8: bool) -> bytes:
     """The inverse of L{decodeName}."""
     if utf8:
         return name.encode("utf-8")
-    import twisted.mail.imap4  # noqa: F401
-
     return name.encode("imap4-utf-7")
+
+
+#: Longest LIST pattern (reference and mailbox together).
+MAX_PATTERN = 1024
 
 
 def _patternMatcher(pattern: str) -> Callable[[str], bool]:
     """
     RFC 9051 §6.3.9: C{*} matches anything, C{%} anything but the
-    delimiter.  The inbox matches case-insensitively.
-    """
-    import re
+    delimiter; C{INBOX} matches in any case.  Matching is by sets of
+    positions, not a regular expression, so that no pattern can make it
+    take more than (pattern length) x (name length) steps.
 
-    regex = ""
+    @raise IMAPError: the pattern is too long.
+    """
+    if len(pattern) > MAX_PATTERN:
+        raise Bad("Mailbox pattern too long")
+    # Runs of wildcards mean what their widest member means.
+    collapsed: List[str] = []
     for c in pattern:
-        if c == "*":
-            regex += ".*"
-        elif c == "%":
-            regex += "[^" + re.escape(DELIMITER) + "]*"
-        else:
-            regex += re.escape(c)
-    compiled = re.compile(regex + r"\Z", re.S)
-    inboxPattern = pattern.upper().startswith("INBOX")
-    compiledUpper = re.compile(regex.upper() if inboxPattern else regex, re.S) if inboxPattern else None
+        if c in "*%" and collapsed and collapsed[-1] in "*%":
+            if c == "*":
+                collapsed[-1] = "*"
+            continue
+        collapsed.append(c)
+    patterns = ["".join(collapsed)]
+    if patterns[0][:5].upper() == "INBOX":
+        patterns.append("INBOX" + patterns[0][5:])
+
+    def matchOne(pat: str, name: str) -> bool:
+        end = len(name)
+        positions = {0}
+        for c in pat:
+            if c == "*":
+                positions = set(range(min(positions), end + 1))
+            elif c == "%":
+                grown = set()
+                for p in positions:
+                    grown.add(p)
+                    while p < end and name[p] != DELIMITER:
+                        p += 1
+                        grown.add(p)
+                positions = grown
+            else:
+                positions = {p + 1 for p in positions if p < end and name[p] == c}
+            if not positions:
+                return False
+        return end in positions
 
     def match(name: str) -> bool:
-        if compiled.match(name):
-            return True
-        if compiledUpper is not None and name == "INBOX":
-            return bool(re.compile(regex.upper() + r"\Z", re.S).match("INBOX"))
-        return False
+        return any(matchOne(pat, name) for pat in patterns)
 
     return match
 
