@@ -4,6 +4,7 @@ Tests for L{mailnet.datalock}: one daemon per data dir (issue 15 item 14).
 
 import errno
 import os
+import time
 import sqlite3
 import subprocess
 import sys
@@ -78,7 +79,18 @@ class TwoDaemonsTests(SynchronousTestCase):
         first = self.service(dataDir)
         first.privilegedStartService()
         first.startService()
-        first.stopService()
+        stopped = first.stopService()
+        # Worker pools stop in threads of their own and report back through
+        # callFromThread: run what they hand back until the service stopped.
+        done: list = []
+        stopped.addBoth(done.append)
+        deadline = time.monotonic() + 30
+        while not done and time.monotonic() < deadline:
+            while first.reactor.fromThreads:
+                f, args, kwargs = first.reactor.fromThreads.pop(0)
+                f(*args, **kwargs)
+            time.sleep(0.01)
+        self.assertEqual(len(done), 1)
         second = self.service(dataDir)
         second.privilegedStartService()
         second.startService()
