@@ -610,7 +610,8 @@ class Authenticator:
                 self._checkingAccounts[account] = count
             outcome, delay = self._judge(outcome, client, account, credentials)
             for waiter in self._waiters.pop(client, []):
-                waiter.callback(None)
+                if not waiter.called:
+                    waiter.callback(None)
             if result.called:
                 if not isinstance(outcome, Failure):
                     outcome[2]()  # nobody wants the avatar any more: log it out
