@@ -19,7 +19,7 @@ import ipaddress
 import math
 import os
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import attr
 from argon2 import PasswordHasher
@@ -485,12 +485,13 @@ class Authenticator:
 
     def _expire(self) -> None:
         now = self._clock.seconds()
-        for table in (self._clients, self._pairs, self._accounts):
-            while table:
-                record = next(iter(table.values()))
-                last = record.last if isinstance(record, _PairRecord) else record.updated
-                if now - last < self.forgetAfter:
-                    break
+        tables: List[Tuple["OrderedDict[Any, Any]", Callable[[Any], float]]] = [
+            (self._clients, lambda record: record.updated),
+            (self._pairs, lambda record: record.last),
+            (self._accounts, lambda record: record.updated),
+        ]
+        for table, last in tables:
+            while table and now - last(next(iter(table.values()))) >= self.forgetAfter:
                 table.popitem(last=False)
 
     def _suspect(self, client: str) -> bool:
@@ -632,7 +633,8 @@ class Authenticator:
                 self._checkingAccounts[account] = count
             outcome, delay = self._judge(outcome, client, account, credentials)
             for waiter in self._waiters.pop(client, []):
-                waiter.callback(None)
+                if not waiter.called:
+                    waiter.callback(None)
             if result.called:
                 if not isinstance(outcome, Failure):
                     outcome[2]()  # nobody wants the avatar any more: log it out

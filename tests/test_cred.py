@@ -861,6 +861,23 @@ class LoginLoadTests(SynchronousTestCase):
         self.assertEqual(self.runner.started, 1)
         self.assertEqual(self.auth.inProgress("192.0.2.1"), 0)
 
+    def test_cancelWhileWaitingForACheck(self) -> None:
+        """
+        An attempt cancelled while it waits for its client's check at the
+        same account is forgotten: it is never checked, and frees its
+        place.
+        """
+        first = self.login()
+        waiting = self.login()
+        waiting.cancel()
+        self.failureResultOf(waiting, CancelledError)
+        self.assertEqual(self.auth.inProgress("192.0.2.1"), 1)
+        self.runner.finish()
+        self.clock.advance(2)
+        self.failureResultOf(first, UnauthorizedLogin)
+        self.assertEqual(self.runner.started, 1)
+        self.assertEqual(self.auth._waiters, {})
+
     def test_cancelWhileChecking(self) -> None:
         """
         Cancelling an attempt being checked frees the client's place at
