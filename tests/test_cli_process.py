@@ -32,11 +32,10 @@ class Child(protocol.ProcessProtocol):
     C{closeStdout} closes our end of its stdout at once, as C{head} does.
     """
 
-    def __init__(self, onOutput=None, closeStdout: bool = False, closeStdoutAfterData: bool = False) -> None:
+    def __init__(self, onOutput=None, closeStdout: bool = False) -> None:
         self.output: Dict[int, bytes] = {1: b"", 2: b""}
         self.onOutput = onOutput
         self.closeStdout = closeStdout
-        self.closeStdoutAfterData = closeStdoutAfterData
         self.ended: defer.Deferred = defer.Deferred()
 
     def connectionMade(self) -> None:
@@ -45,10 +44,6 @@ class Child(protocol.ProcessProtocol):
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         self.output[fd] = self.output.get(fd, b"") + data
-        if fd == 1 and self.closeStdoutAfterData:
-            # As head does: take the first part, then go away mid-write.
-            self.closeStdoutAfterData = False
-            self.transport.closeChildFD(1)
         if self.onOutput is not None:
             self.onOutput(self)
 
@@ -142,12 +137,6 @@ class ClosedPipeTests(unittest.TestCase):
         code = yield spawn(self, "admin", ["--data-dir", dataDir, "check"], child)
         self.assertEqual((code, child.output[2]), (EXIT_PIPE, b""))
 
-    @defer.inlineCallbacks
-    def test_cliHelp(self):
-        child = Child(closeStdout=True)
-        code = yield spawn(self, "main", ["send", "--help"], child)
-        self.assertEqual((code, child.output[2]), (EXIT_PIPE, b""))
-
     def test_commandOutput(self):
         """Inside a command (C{list} printing), a closed pipe is no error line."""
         class Closed:
@@ -162,7 +151,7 @@ class ClosedPipeTests(unittest.TestCase):
 
 
 class ClosedPipeAgainstServerTests(unittest.TestCase):
-    """C{mailnet-cli list | head -1}, C{read --raw | head}: quiet, 141."""
+    """C{mailnet-cli list | head -1}: quiet, 141 (a short write: L{tests.test_cli.ShortWriteTests})."""
 
     @defer.inlineCallbacks
     def setUp(self):
@@ -173,7 +162,7 @@ class ClosedPipeAgainstServerTests(unittest.TestCase):
         self.server = yield startServer(self)
         self.server.addUser("alice@example.test", "secret")
         receiver = self.server.mailStore.receive("bob@example.test", ["alice@example.test"])
-        receiver.write(b"Subject: hi\r\n\r\n" + b"line\r\n" * 200000)
+        receiver.write(b"Subject: hi\r\n\r\nhello\r\n")
         yield receiver.finish()
 
     def argv(self, *command: str) -> List[str]:
@@ -184,13 +173,6 @@ class ClosedPipeAgainstServerTests(unittest.TestCase):
     def test_list(self):
         child = Child(closeStdout=True)
         code = yield spawn(self, "main", self.argv("list"), child, {"MAILNET_PASSWORD": "secret"})
-        self.assertEqual((code, child.output[2]), (EXIT_PIPE, b""))
-
-    @defer.inlineCallbacks
-    def test_readRaw(self):
-        """The reader goes away after the first part of a large write."""
-        child = Child(closeStdoutAfterData=True)
-        code = yield spawn(self, "main", self.argv("read", "1", "--raw"), child, {"MAILNET_PASSWORD": "secret"})
         self.assertEqual((code, child.output[2]), (EXIT_PIPE, b""))
 
 
