@@ -239,6 +239,7 @@ class MailService(service.MultiService):
     def stopService(self) -> Deferred:
         stopped = service.MultiService.stopService(self)
         self._closeJSONLog()
+
         def release(result: Any) -> Any:
             self.dataLock.release()
             return result
