@@ -218,3 +218,51 @@ class InterruptedFetchTests(unittest.TestCase):
         self.assertEqual(child.output[2], b"mailnet-cli: interrupted\n")
         with open(mbox, "rb") as f:
             self.assertIn(b"Subject: one", f.read())
+
+
+class StallingSMTP(LineReceiver):
+    """Takes the start of a large message, then sends the client SIGINT and stalls."""
+
+    def connectionMade(self) -> None:
+        self.received = 0
+        self.sendLine(b"220 test ESMTP")
+
+    def lineReceived(self, line: bytes) -> None:
+        verb = line.split(b" ", 1)[0].upper()
+        if verb == b"EHLO":
+            self.sendLine(b"250-test\r\n250 AUTH PLAIN")
+        elif verb == b"AUTH":
+            self.sendLine(b"235 ok")
+        elif verb in (b"MAIL", b"RCPT"):
+            self.sendLine(b"250 ok")
+        elif verb == b"DATA":
+            self.sendLine(b"354 go")
+            self.setRawMode()
+        else:
+            self.sendLine(b"500 what")
+
+    def rawDataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > 100000 and not getattr(self, "signalled", False):
+            self.signalled = True
+            self.factory.child.transport.signalProcess("INT")
+
+
+class InterruptedSendTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_largeSend(self):
+        """
+        Ctrl-C in the middle of a large message: "interrupted", not
+        "unexpected Exception: Consumer asked us to stop producing".
+        """
+        factory = protocol.Factory.forProtocol(StallingSMTP)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        factory.child = child = Child()
+        body = os.path.abspath(self.mktemp())
+        with open(body, "w") as f:
+            f.write("a line of the body\n" * 200000)
+        argv = ["--host", "127.0.0.1", "--smtp-port", str(port.getHost().port), "--tls", "none", "--allow-plaintext",
+                "--user", "a@example.test", "send", "--to", "b@example.test", "--subject", "big", "--body-file", body]
+        code = yield spawn(self, "main", argv, child, {"MAILNET_PASSWORD": "x"})
+        self.assertEqual((code, child.output[2], child.output[1]), (EXIT_INTERRUPTED, b"mailnet-cli: interrupted\n", b""))
