@@ -56,15 +56,13 @@ class DataDirLock:
         """
         Take the lock, and write our process id into the file.
 
-        @raise ConfigError: another process holds it (naming its pid), or
-            the file cannot be created.
+        @raise ConfigError: another process holds it (naming its pid).
+        @raise OSError: the file cannot be created (the caller says what
+            to do about EACCES, ENOSPC ...).
         """
         if self._fd is not None:
             return
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as e:
-            raise ConfigError(where=self.path, problem="cannot create the lock file: %s" % (e.strerror or e,))
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         if not _tryLock(fd):
             try:
                 holder = os.read(fd, 32).decode("ascii", "replace").strip()

@@ -328,6 +328,7 @@ class MailService(service.MultiService):
         if watcher is not None and hasattr(watcher, "close"):
             watcher.close()
         self._closeJSONLog()
+
         def release(result: Any) -> Any:
             self.dataLock.release()
             return result

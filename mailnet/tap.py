@@ -4,7 +4,7 @@ C{twistd mailnet}: command-line options and the service they make.
 """
 
 import sys
-from typing import Any, Dict, Optional
+from typing import IO, Any, Dict, Optional
 
 from twisted.python import usage
 
@@ -53,8 +53,8 @@ class Options(usage.Options):
             self[name] = []
             self["no-" + name] = False
 
-    #: Where configuration errors are written (tests replace it).
-    stderr = sys.stderr
+    #: Where configuration errors are written (L{None}: C{sys.stderr}).
+    stderr: Optional[IO[str]] = None
 
     def opt_version(self) -> None:
         """Print mailnet's version and exit."""
@@ -81,8 +81,9 @@ class Options(usage.Options):
         try:
             self.mailnetConfig = loadConfig(self["config"], self.overrides())
         except ConfigError as e:
-            self.stderr.write("mailnet: error: %s\n" % (e,))
-            self.stderr.flush()
+            stderr = self.stderr or sys.stderr
+            stderr.write("mailnet: error: %s\n" % (e,))
+            stderr.flush()
             raise SystemExit(1)
 
     def overrides(self) -> Dict[str, Any]:

@@ -861,3 +861,16 @@ class ShortWriteTests(unittest.SynchronousTestCase):
 
         streams = cli.Streams(io.StringIO(), Out(), io.StringIO(), {})
         self.assertRaises(BrokenPipeError, streams.outBytes, b"x" * 100)
+
+
+class UnsizedTerminalTests(unittest.SynchronousTestCase):
+    def test_barOnTerminalOfUnknownSize(self) -> None:
+        """A terminal that reports 0x0 (some ptys) still gets a bar, 80 columns wide."""
+        self.patch(cli, "_terminalColumns", lambda stream: 0)
+        self.patch(cli.Progress, "DELAY", 0)
+        self.patch(cli.Progress, "MININTERVAL", 0)
+        stream = TTY()
+        progress = cli.Progress(stream, 1000, "reading")
+        progress.update(500)
+        progress.close()
+        self.assertIn("reading:  50%", stream.getvalue())

@@ -142,3 +142,27 @@ class CheckoutTests(SynchronousTestCase):
         with open(os.path.join(top, ".gitignore")) as f:
             ignored = f.read().split()
         self.assertIn("twistd.pid", ignored)
+
+
+class LockFileProblemTests(SynchronousTestCase):
+    def test_cannotCreateLockFile(self) -> None:
+        """EACCES creating the lock file: start-up says what to do, in one line."""
+        import mailnet.datalock
+
+        def refuse(path, flags, mode=0o777):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+
+        dataDir = os.path.abspath(self.mktemp())
+        config = loadConfig(None, {"server.data_dir": dataDir, "server.hostname": "mx.example.test"})
+        service = MailService(config, ThreadedMemoryReactor(), handleSignals=False)
+        service.privilegedStartService()
+        self.patch(mailnet.datalock.os, "open", refuse)
+        events = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.assertRaises(SystemExit, service.startService)
+        [critical] = [e for e in events if e.get("log_level") is not None and e["log_level"].name == "critical"]
+        self.assertIn("permission denied on %s" % (os.path.join(dataDir, LOCK_NAME),), critical["error"])
+        self.assertIn("run mailnet as the user who owns the data dir", critical["error"])

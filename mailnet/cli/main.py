@@ -780,6 +780,13 @@ def fit(text: str, width: int) -> str:
 _size = humanSize
 
 
+def _terminalColumns(stream: IO[str]) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 80  # not a real terminal (tests): tqdm's own default
+
+
 class Progress:
     """
     Octets transferred, as a bar on stderr: only when stderr is a terminal,
@@ -804,6 +811,9 @@ class Progress:
             return
         from tqdm import tqdm
 
+        # A terminal that does not know its size (0x0) would get no bar
+        # at all: assume 80x24 then.
+        sized = _terminalColumns(self._stream) > 0
         self._bar = tqdm(
             total=total,
             desc=self._description,
@@ -814,7 +824,9 @@ class Progress:
             delay=self.DELAY,
             mininterval=self.MININTERVAL,
             leave=False,
-            dynamic_ncols=True,
+            dynamic_ncols=sized,
+            ncols=None if sized else 80,
+            nrows=None if sized else 24,
         )
 
     def describe(self, description: str) -> None:
