@@ -522,7 +522,7 @@ class Verdict:
         if self.dmarc is not None:
             text += " dmarc=%s" % (self.dmarc.result,)
             if self.dmarc.policy:
-                text += " p=%s" % (self.dmarc.policy,)
+                text += " p=%s" % ("unknown" if self.dmarc.policy == "?" else self.dmarc.policy,)
         return text
 
 
