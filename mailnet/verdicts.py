@@ -70,18 +70,22 @@ def _value(text: str) -> str:
     return '"%s"' % (cleaned,)
 
 
+_HOSTNAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", re.IGNORECASE)
+
+
 def _domainOf(address: str) -> str:
     return address.rpartition("@")[2].strip().rstrip(".").lower()
 
 
 def _asciiDomain(domain: str) -> Optional[str]:
     """A domain as DNS has it (IDNA A-labels), or L{None} if it cannot be one."""
-    if domain.isascii():
-        return domain if domain and len(domain) <= 253 else None
-    try:
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        return None
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    # Only what a host name can hold: nothing else reaches DNS, a reply or the log.
+    return domain if len(domain) <= 253 and _HOSTNAME.fullmatch(domain) else None
 
 
 _psl: Any = None

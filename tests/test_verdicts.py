@@ -258,6 +258,13 @@ class DMARCTests(SignedMixin, SynchronousTestCase):
         verdict = verdicts.judge(dns, message("ceo@caf\u00e9.test"), IP, "evil.test", "x@evil.test")
         self.assertEqual((verdict.dmarc.domain, verdict.refusal.code), ("xn--caf-dma.test", 550))
 
+    def test_oddAuthorDomainIgnored(self) -> None:
+        """A From domain no host name can be (an ESC sequence) is not looked up and reaches no reply."""
+        dns = FakeDNS()
+        verdict = verdicts.judge(dns, message("ceo@bank\x1b[31m.test"), IP, "c.test", "x@c.test")
+        self.assertIsNone(verdict.dmarc)
+        self.assertNotIn("_dmarc.bank\x1b[31m.test", [name for name, _ in dns.asked])
+
     def test_organizationalDomain(self) -> None:
         """The packaged Public Suffix List: co.uk is a suffix, test is not listed (the default rule)."""
         self.assertEqual(verdicts.organizationalDomain("a.b.example.co.uk"), "example.co.uk")
