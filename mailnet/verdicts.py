@@ -70,8 +70,22 @@ def _value(text: str) -> str:
     return '"%s"' % (cleaned,)
 
 
+_HOSTNAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", re.IGNORECASE)
+
+
 def _domainOf(address: str) -> str:
     return address.rpartition("@")[2].strip().rstrip(".").lower()
+
+
+def _asciiDomain(domain: str) -> Optional[str]:
+    """A domain as DNS has it (IDNA A-labels), or L{None} if it cannot be one."""
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    # Only what a host name can hold: nothing else reaches DNS, a reply or the log.
+    return domain if len(domain) <= 253 and _HOSTNAME.fullmatch(domain) else None
 
 
 _psl: Any = None
@@ -107,8 +121,9 @@ def authorDomains(headerSection: bytes) -> List[str]:
     for parts in values:
         text = b" ".join(p.strip() for p in parts).decode("utf-8", "replace")
         for _, address in email.utils.getaddresses([text]):
-            if "@" in address:
-                domains[_domainOf(address)] = None
+            domain = _asciiDomain(_domainOf(address)) if "@" in address else None
+            if domain:
+                domains[domain] = None
     return list(domains)
 
 
@@ -232,6 +247,12 @@ def checkSPF(dns: BlockingDNS, ip: str, mailFrom: str, helo: str) -> SPFResult:
         ipaddress.ip_address(ip)
     except ValueError:
         return SPFResult(NONE, identity, subject)
+    local, at, domain = sender.rpartition("@")
+    asciiDomain = _asciiDomain(domain)
+    if not asciiDomain or domain.startswith("["):
+        # An address literal (HELO [192.0.2.1]) or a name DNS cannot hold: nothing to check.
+        return SPFResult(NONE, identity, subject)
+    sender = local + at + asciiDomain
     _spfLocal.dns = dns
     try:
         result = spf.check2(i=ip, s=sender, h=helo, timeout=SPF_TIMEOUT, querytime=SPF_TIMEOUT)[0]
@@ -286,7 +307,13 @@ def checkDKIM(message: bytes, dns: BlockingDNS) -> List[DKIMResult]:
     import dkim
     from dkim.util import InvalidTagValueList, parse_tag_value
 
-    verifier = dkim.DKIM(message, logger=_quietLogger(), minkey=1024)
+    try:
+        verifier = dkim.DKIM(message, logger=_quietLogger(), minkey=1024)
+    except dkim.DKIMException:
+        # A header section dkimpy cannot parse (a line without a colon):
+        # any signature in it cannot be checked.
+        signed = re.search(rb"(?im)^dkim-signature[ \t]*:", splitMessage(message)[0]) is not None
+        return [DKIMResult(PERMERROR, "", "", "", "")] if signed else []
     signatures = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
     results = []
     for index, value in enumerate(signatures[:MAX_SIGNATURES]):
@@ -476,7 +503,11 @@ class Verdict:
         if not self.dkim:
             parts.append("dkim=none")
         for d in self.dkim:
-            part = "dkim=%s header.d=%s header.s=%s" % (d.result, _value(d.domain or "?"), _value(d.selector or "?"))
+            part = "dkim=%s" % (d.result,)
+            if d.domain:
+                part += " header.d=%s" % (_value(d.domain),)
+            if d.selector:
+                part += " header.s=%s" % (_value(d.selector),)
             if d.algorithm:
                 part += " header.a=%s" % (_value(d.algorithm),)
             if d.b:
@@ -495,7 +526,7 @@ class Verdict:
         if self.dmarc is not None:
             text += " dmarc=%s" % (self.dmarc.result,)
             if self.dmarc.policy:
-                text += " p=%s" % (self.dmarc.policy,)
+                text += " p=%s" % ("unknown" if self.dmarc.policy == "?" else self.dmarc.policy,)
         return text
 
 

@@ -85,3 +85,35 @@ class FailureTests(unittest.SynchronousTestCase):
         self.assertEqual(config.dns_resolvers, (("127.0.0.1", 5353), ("192.0.2.53", 53), ("2001:db8::53", 54)))
         resolver = makeResolver(reactor, config.dns_resolvers)
         self.assertEqual(resolver.servers, list(config.dns_resolvers))
+
+
+class SettingsTests(unittest.SynchronousTestCase):
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_authAndDKIM(self) -> None:
+        """[auth] trusted_networks, reject_spf_fail and [dkim] selector; empty by default."""
+        import ipaddress
+
+        config = loadConfig(self.write("[auth]\ntrusted_networks = 192.0.2.0/24, 2001:db8::1\nreject_spf_fail = yes\n[dkim]\nselector = Mail2026\n"))
+        self.assertEqual(config.trusted_networks, (ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::1/128")))
+        self.assertTrue(config.reject_spf_fail)
+        self.assertEqual(config.dkim_selector, "mail2026")
+        defaults = loadConfig(None)
+        self.assertEqual((defaults.trusted_networks, defaults.reject_spf_fail, defaults.dkim_selector, defaults.dns_resolvers), ((), False, "s1", ()))
+
+    def test_badValuesNamed(self) -> None:
+        """A bad network, selector or resolver stops start-up with the file, line and key."""
+        from mailnet.errors import ConfigError
+
+        for text, line in [
+            ("[auth]\ntrusted_networks = 10.0.0.0/33\n", 2),
+            ("[dkim]\n\nselector = a_b/c\n", 3),
+            ("[dns]\nresolvers = 127.0.0.1:99999\n", 2),
+        ]:
+            path = self.write(text)
+            error = self.assertRaises(ConfigError, loadConfig, path)
+            self.assertIn("%s:%d" % (path, line), str(error))

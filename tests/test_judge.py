@@ -29,7 +29,7 @@ from mailnet.smtp._judge import SPOOL_IN_MEMORY, MessageJudge
 from mailnet.smtp.server import SMTPFactory
 from mailnet.store.maildir import ThreadRunner
 from mailnet.testing import FakeAuthenticator, FakeDeliveryAgent, RecordingReceiver
-from tests.dnszone import ZoneServer, txt
+from tests.dnszone import ZoneServer, a, mx, txt
 from tests.support import startServer
 from tests.test_relay import ScriptedFactory
 from tests.test_verdicts import testKey
@@ -80,6 +80,8 @@ class InboundTests(unittest.TestCase):
                 "_dmarc.parent.test": [txt("v=DMARC1; p=reject")],
                 "_dmarc.bank.test": [txt("v=DMARC1; p=reject")],
                 "parent.test": [txt("v=spf1 ip4:127.0.0.1 -all")],
+                "mx.test": [txt("v=spf1 mx a:a.mx.test -all"), mx(10, "mail.mx.test")],
+                "mail.mx.test": [a("127.0.0.1")],
             },
         )
         self.server = yield startServer(
@@ -99,14 +101,18 @@ class InboundTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_spf(self) -> Any:
-        """SPF pass, fail, softfail and none for the MAIL FROM domain; none of them refused by default."""
+        """
+        SPF pass, fail, softfail and none for the MAIL FROM domain (and pass
+        by an mx mechanism: MX and A answers of the real DNS server); none of
+        them refused by default.
+        """
         message = body("From: bob@other.test\nSubject: spf\n\nhi\n")
-        senders = ["bob@pass.test", "bob@fail.test", "bob@soft.test", "bob@none.test"]
+        senders = ["bob@pass.test", "bob@fail.test", "bob@soft.test", "bob@none.test", "bob@mx.test"]
         failures = yield deferToThread(sendAll, self.server.ports["smtp"], [(s, message) for s in senders])
         self.assertEqual(failures, {})
         found = self.results()
-        self.assertEqual(len(found), 4)
-        for result, (expected, sender) in zip(found, zip(["pass", "fail", "softfail", "none"], senders)):
+        self.assertEqual(len(found), 5)
+        for result, (expected, sender) in zip(found, zip(["pass", "fail", "softfail", "none", "pass"], senders)):
             self.assertTrue(
                 result.startswith(b"mx.example.test; spf=%s smtp.mailfrom=%s;" % (expected.encode(), sender.encode())), result
             )

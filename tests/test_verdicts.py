@@ -64,7 +64,7 @@ def testKey(domain: str, type: str) -> Any:
 
 
 class SignedMixin:
-    def signed(self, dns: FakeDNS, domain: str = "a.test", type: str = "rsa", text: bytes = b"") -> bytes:
+    def signed(self, dns: FakeDNS, domain: str = "a.test", type: str = "ed25519", text: bytes = b"") -> bytes:
         key = testKey(domain, type)
         dns.add(key.dnsName, "TXT", key.record())
         original = text or message("alice@" + domain)
@@ -93,6 +93,14 @@ class SPFTests(SynchronousTestCase):
         dns.add("client.a.test", "TXT", "v=spf1 ip4:192.0.2.10 -all")
         result = verdicts.checkSPF(dns, IP, "", "client.a.test")
         self.assertEqual((result.result, result.identity, result.subject), ("pass", "helo", "client.a.test"))
+
+    def test_internationalAndLiteral(self) -> None:
+        """A UTF-8 domain is looked up by its A-label; an address literal HELO has no SPF (none)."""
+        dns = FakeDNS()
+        dns.add("xn--caf-dma.test", "TXT", "v=spf1 ip4:192.0.2.10 -all")
+        self.assertEqual(verdicts.checkSPF(dns, IP, "jos\u00e9@caf\u00e9.test", "h.test").result, "pass")
+        self.assertEqual(verdicts.checkSPF(dns, IP, "", "[192.0.2.10]").result, "none")
+        self.assertEqual(verdicts.checkSPF(dns, "::ffff:192.0.2.10", "a@caf\u00e9.test", "h.test").result, "pass")
 
     def test_dnsFailureIsTemperror(self) -> None:
         dns = FakeDNS(failing=("a.test",))
@@ -137,6 +145,15 @@ class DKIMTests(SignedMixin, SynchronousTestCase):
         dns.failing = ("s1._domainkey.a.test",)
         [result] = verdicts.checkDKIM(signed, dns)
         self.assertEqual(result.result, "temperror")
+
+    def test_unparsableHeader(self) -> None:
+        """A header line without a colon: permerror for a signed message, none for an unsigned one; never an exception."""
+        dns = FakeDNS()
+        broken = b"no colon here\r\n" + self.signed(dns)
+        self.assertEqual([r.result for r in verdicts.checkDKIM(broken, dns)], ["permerror"])
+        self.assertEqual(verdicts.checkDKIM(b"no colon here\r\n" + message(), dns), [])
+        header = verdicts.judge(dns, broken, IP, "c.test", "a@a.test").header("mx.example.test")
+        self.assertIn(b"\tdkim=permerror;\r\n", header)
 
     def test_signatureCountBounded(self) -> None:
         """Only the first MAX_SIGNATURES signatures cost look-ups."""
@@ -233,6 +250,20 @@ class DMARCTests(SignedMixin, SynchronousTestCase):
         self.assertEqual((refusal.code, refusal.text[:5]), (550, "5.7.1"))
         dns.data["a.test"] = [("TXT", "v=spf1 ~all")]
         self.assertIsNone(verdicts.judge(dns, message(), IP, "c.test", "alice@a.test", rejectSPFFail=True).refusal)
+
+    def test_internationalAuthor(self) -> None:
+        """A UTF-8 From domain is judged by its A-label."""
+        dns = FakeDNS()
+        dns.add("_dmarc.xn--caf-dma.test", "TXT", "v=DMARC1; p=reject")
+        verdict = verdicts.judge(dns, message("ceo@caf\u00e9.test"), IP, "evil.test", "x@evil.test")
+        self.assertEqual((verdict.dmarc.domain, verdict.refusal.code), ("xn--caf-dma.test", 550))
+
+    def test_oddAuthorDomainIgnored(self) -> None:
+        """A From domain no host name can be (an ESC sequence) is not looked up and reaches no reply."""
+        dns = FakeDNS()
+        verdict = verdicts.judge(dns, message("ceo@bank\x1b[31m.test"), IP, "c.test", "x@c.test")
+        self.assertIsNone(verdict.dmarc)
+        self.assertNotIn("_dmarc.bank\x1b[31m.test", [name for name, _ in dns.asked])
 
     def test_organizationalDomain(self) -> None:
         """The packaged Public Suffix List: co.uk is a suffix, test is not listed (the default rule)."""

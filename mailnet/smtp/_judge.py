@@ -35,7 +35,7 @@ import threading
 from typing import IO, Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import attr
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.application.service import Service
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -110,6 +110,10 @@ class _Spool:
             self._file.write(b"".join(self._chunks))
             self._chunks = []
 
+    @property
+    def inMemory(self) -> bool:
+        return self._file is None
+
     def read(self) -> bytes:
         """The whole message (in the worker thread)."""
         if self._file is None:
@@ -174,6 +178,10 @@ class MessageJudge:
         self.trustedNetworks = tuple(trustedNetworks)
         self.rejectSPFFail = rejectSPFFail
         self._now = now or time.time
+
+    def needsWorker(self, envelope: Envelope) -> bool:
+        """Whether the message is signed or judged (blocking work), or only filtered."""
+        return envelope.authenticated or (envelope.role == "mta" and not isTrusted(envelope.peer, self.trustedNetworks))
 
     def wrap(self, receiver: IMessageReceiver, *, peer: str, helo: str, mailFrom: str, authenticated: bool, role: str) -> IMessageReceiver:
         """Put a L{JudgingReceiver} in front of C{receiver}."""
@@ -251,6 +259,14 @@ class JudgingReceiver:
             # The server's own size check normally refuses it before this.
             self.abort()
             return fail(SMTPReply(552, "5.3.4 Message too big"))
+        if spool.inMemory and not self._judge.needsWorker(envelope):
+            # Nothing to look up or sign: the header filter of a small
+            # message costs less than the trip to a thread.
+            try:
+                outcome: Any = self._work(spool, envelope)
+            except Exception:
+                outcome = Failure()
+            return maybeDeferred(self._deliver, outcome)
         d = self._judge.run(self._work, spool, envelope)
         return d.addBoth(self._deliver)
 

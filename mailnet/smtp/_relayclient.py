@@ -56,6 +56,8 @@ MAX_UNREAD_REPLIES = 10
 # How much of a reply's text is kept (in logs, the queue and bounces).
 MAX_REPLY_TEXT = 1000
 CHUNK = 64 * 1024
+# Messages one connection carries at most (then QUIT and a new one).
+MAX_MESSAGES_PER_CONNECTION = 100
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -115,13 +117,16 @@ class HostFailure(Exception):
     @ivar permanent: whether trying again (here or elsewhere) cannot help.
     @ivar tlsFailed: whether it failed in or right after the STARTTLS
         handshake (so a plaintext retry may work, if TLS is optional).
+    @ivar sessionLost: whether the connection broke before the message got
+        any answer (it was not really tried).
     """
 
-    def __init__(self, reply: str, permanent: bool = False, tlsFailed: bool = False) -> None:
+    def __init__(self, reply: str, permanent: bool = False, tlsFailed: bool = False, sessionLost: bool = False) -> None:
         super().__init__(reply)
         self.reply = reply
         self.permanent = permanent
         self.tlsFailed = tlsFailed
+        self.sessionLost = sessionLost
 
 
 class _ProtocolError(Exception):
@@ -161,6 +166,8 @@ class Job:
     @ivar requireTLS: fail unless STARTTLS succeeds.
     @ivar auth: C{(user, password)} for AUTH, or L{None}.
     @ivar eightBit: whether the message has octets above 127.
+    @ivar done: for a job handed over to a running session (C{more}):
+        fires with its outcomes, or fails with L{HostFailure}.
     """
 
     heloName: str
@@ -172,6 +179,7 @@ class Job:
     requireTLS: bool = False
     auth: Optional[Tuple[str, str]] = None
     eightBit: bool = False
+    done: Optional[Deferred] = None
 
 
 def _tlsDescription(transport: Any) -> str:
@@ -181,6 +189,16 @@ def _tlsDescription(transport: Any) -> str:
         return "%s %s" % (connection.get_protocol_version_name(), connection.get_cipher_name())
     except Exception:
         return "TLS"
+
+
+def _settle(d: Deferred, result: Any) -> None:
+    """Fire C{d} with outcomes, or fail it with a L{HostFailure} or L{Failure}."""
+    if d.called:
+        return
+    if isinstance(result, (Failure, BaseException)):
+        d.errback(result)
+    else:
+        d.callback(result)
 
 
 def _sevenBit(message: IO[bytes]) -> io.BytesIO:
@@ -247,10 +265,13 @@ class RelayClient(LineOnlyReceiver):
     MAX_LENGTH = MAX_REPLY_LINE
     transport: Any
 
-    def __init__(self, job: Job, clock: Any, run: Callable[..., Deferred]) -> None:
+    def __init__(self, job: Job, clock: Any, run: Callable[..., Deferred], more: Optional[Callable[[], Deferred]] = None) -> None:
         self.job = job
         self.clock = clock
         self.run = run
+        self._more = more
+        self._handedOver: Optional[Job] = None
+        self._openTransaction = False
         self.result: Deferred = Deferred()
         #: fires when the connection is closed.
         self.closed: Deferred = Deferred()
@@ -294,12 +315,12 @@ class RelayClient(LineOnlyReceiver):
             self.transport.loseConnection()
             # A peer that never closes its side (or its TLS) is cut off.
             self._timer = self.clock.callLater(TIMEOUT_CLOSE, self.transport.abortConnection)
-        if self.result.called:
-            return
+        handedOver, self._handedOver = self._handedOver, None
+        if handedOver is not None and handedOver.done is not None and not handedOver.done.called:
+            # Cut short by something unexpected: that message goes back.
+            handedOver.done.errback(HostFailure("451 4.3.0 %s: the session ended" % (self.job.host,), sessionLost=True))
         if isinstance(result, Failure):
-            self.result.errback(result)
-        else:
-            self.result.callback(result)
+            _settle(self.result, result)
 
     # --- replies -------------------------------------------------------------
 
@@ -383,111 +404,181 @@ class RelayClient(LineOnlyReceiver):
 
     @inlineCallbacks
     def _converse(self) -> Any:
-        job = self.job
-        host = job.host
+        """
+        Set the session up, deliver the job, then (with C{more}) the
+        further jobs the relay hands over, one transaction each.
+
+        The first job's result goes to L{result}; a failure of the set-up
+        is raised as its L{HostFailure} (further jobs are only asked for
+        once the session works).
+        """
         try:
-            greeting = yield self._reply(TIMEOUT_GREETING)
-            if greeting.code != 220:
-                raise HostFailure(str(greeting))
-            yield self._hello()
-            if "STARTTLS" in self.extensions and job.tls is not None:
-                # RFC 3207 §4: after 220 the handshake starts at once; then
-                # forget everything learned before it (§4.2) and EHLO again.
-                reply = yield self._command(b"STARTTLS")
-                if reply.code == 220:
-                    self._dropPlaintext = True
-                    self._buffer = b""
-                    self._replies, self._lines = [], []
-                    self.transport.startTLS(job.tls)
-                    self.secure = True
-                    self.extensions = {}
-                    try:
-                        yield self._hello()
-                    except HostFailure:
-                        raise
-                    except Exception as e:
-                        raise HostFailure(self._describe(e), tlsFailed=True) from e
-                    self.tlsDescription = _tlsDescription(self.transport)
-                elif job.requireTLS:
-                    raise HostFailure("451 4.7.10 %s refused STARTTLS: %s" % (host, reply))
-            if job.requireTLS and not self.secure:
-                raise HostFailure("451 4.7.10 TLS is required, but %s does not offer STARTTLS" % (host,))
-            if job.auth is not None:
-                yield self._authenticate()
-            needUTF8 = not (job.sender.isascii() and all(r.isascii() for r in job.recipients))
-            if needUTF8 and "SMTPUTF8" not in self.extensions:
-                # RFC 6531 §3.2: without the extension, such addresses cannot go.
-                raise HostFailure("553 5.6.7 %s does not support SMTPUTF8 addresses" % (host,), permanent=True)
-            size = os.fstat(job.message.fileno()).st_size
-            eightBit = job.eightBit
-            if eightBit and "8BITMIME" not in self.extensions:
-                # RFC 6152 §3: not as it is; quoted-printable or base64 instead.
-                try:
-                    self._message = yield self.run(_sevenBit, job.message)
-                except CannotConvert as e:
-                    raise HostFailure(
-                        "554 5.6.3 %s does not take 8-bit mail (no 8BITMIME) and the message cannot be converted: %s" % (host, e),
-                        permanent=True,
-                    )
-                size, eightBit = len(self._message.getvalue()), False
-            limit = self.extensions.get("SIZE", "").strip()
-            if limit.isdigit() and int(limit) and size > int(limit):
-                raise HostFailure("552 5.3.4 message too big for %s (limit %s)" % (host, limit), permanent=True)
-            mail = b"MAIL FROM:<" + _xtext(job.sender) + b">"
-            if "SIZE" in self.extensions:
-                mail += b" SIZE=%d" % (size,)  # RFC 1870 §6
-            if eightBit:
-                mail += b" BODY=8BITMIME"  # RFC 6152 §3
-            if needUTF8:
-                mail += b" SMTPUTF8"
-            rcpts = [b"RCPT TO:<" + _xtext(recipient) + b">" for recipient in job.recipients]
-            if "PIPELINING" in self.extensions:
-                # RFC 2920 §3.1: MAIL and the RCPTs in one go, then their
-                # replies in order (DATA waits for them: §3.1 allows it last
-                # in the group, but then a refused MAIL would start DATA).
-                self.transport.write(b"".join(line + b"\r\n" for line in [mail] + rcpts))
-                replies = [self._reply(TIMEOUT_COMMAND)]
-            else:
-                replies = [self._command(mail)]
-            reply = yield replies[0]
-            if not reply.positive:
-                if "PIPELINING" in self.extensions:
-                    # The pipelined RCPTs are answered (503) too: read those
-                    # replies before QUIT, as far as the server sends them.
-                    try:
-                        for _ in rcpts:
-                            yield self._reply(TIMEOUT_DATA_INIT)
-                    except Exception:
-                        pass
-                raise HostFailure(str(reply), permanent=reply.permanent)
-            outcomes = self.outcomes
-            for recipient, rcpt in zip(job.recipients, rcpts):
-                if "PIPELINING" in self.extensions:
-                    reply = yield self._reply(TIMEOUT_COMMAND)
-                else:
-                    reply = yield self._command(rcpt)
-                if reply.positive:
-                    self._accepted.append(recipient)
-                else:
-                    outcomes[recipient] = Outcome(recipient, PERMANENT if reply.permanent else TEMPORARY, str(reply), host)
-            if self._accepted:
-                final = yield self._data()
-                kind = DELIVERED if final.positive else PERMANENT if final.permanent else TEMPORARY
-                for recipient in self._accepted:
-                    outcomes[recipient] = Outcome(recipient, kind, str(final), host)
-            self._quit()
-            tls = self.tlsDescription or "no TLS"
-            return [attr.evolve(outcomes[r], tls=tls) for r in job.recipients]
+            yield self._setup()
         except HostFailure:
             self._quit()
             raise
         except Exception as e:
+            raise HostFailure(self._describe(e)) from e
+        job, done = self.job, self.result
+        count = 0
+        while True:
+            result, usable = yield self._attempt(job)
+            self._handedOver = None
+            count += 1
+            _settle(done, result)
+            if not usable:
+                return None
+            if self._more is None or count >= MAX_MESSAGES_PER_CONNECTION:
+                break
+            try:
+                more = yield self._more()
+            except Exception:
+                log.failure("Could not take more mail for {host}", host=self.job.host)
+                break
+            if more is None:
+                break
+            job, done = more, more.done
+            self._handedOver = job
+        self._quit()
+        return None
+
+    @inlineCallbacks
+    def _setup(self) -> Any:
+        """The greeting, EHLO, STARTTLS and AUTH."""
+        job = self.job
+        host = job.host
+        greeting = yield self._reply(TIMEOUT_GREETING)
+        if greeting.code != 220:
+            raise HostFailure(str(greeting))
+        yield self._hello()
+        if "STARTTLS" in self.extensions and job.tls is not None:
+            # RFC 3207 §4: after 220 the handshake starts at once; then
+            # forget everything learned before it (§4.2) and EHLO again.
+            reply = yield self._command(b"STARTTLS")
+            if reply.code == 220:
+                self._dropPlaintext = True
+                self._buffer = b""
+                self._replies, self._lines = [], []
+                self.transport.startTLS(job.tls)
+                self.secure = True
+                self.extensions = {}
+                try:
+                    yield self._hello()
+                except HostFailure:
+                    raise
+                except Exception as e:
+                    raise HostFailure(self._describe(e), tlsFailed=True) from e
+                self.tlsDescription = _tlsDescription(self.transport)
+            elif job.requireTLS:
+                raise HostFailure("451 4.7.10 %s refused STARTTLS: %s" % (host, reply))
+        if job.requireTLS and not self.secure:
+            raise HostFailure("451 4.7.10 TLS is required, but %s does not offer STARTTLS" % (host,))
+        if job.auth is not None:
+            yield self._authenticate()
+
+    @inlineCallbacks
+    def _attempt(self, job: Job) -> Any:
+        """
+        One job's transaction on the session.
+
+        @return: C{(result, usable)}: the outcomes, or the L{HostFailure}
+            for this job; and whether the session can carry another
+            message.
+        """
+        self.job = job
+        self._accepted, self.outcomes, self._message, self._inData = [], {}, job.message, False
+        host = job.host
+        try:
+            if self._lost is not None:
+                raise self._lost
+            if self._openTransaction:
+                # RFC 5321 §4.1.1.5: the last MAIL got no DATA; start afresh.
+                reply = yield self._command(b"RSET")
+                if not reply.positive:
+                    raise _ProtocolError("RSET refused: %s" % (reply,))
+                self._openTransaction = False
+            outcomes = yield self._transaction(job)
+            return outcomes, True
+        except HostFailure as e:
+            # A reply refused this message; the session itself goes on.
+            return e, True
+        except Exception as e:
             reply = self._describe(e)
             if not (self._accepted or self.outcomes):
-                raise HostFailure(reply) from e
+                return HostFailure(reply, sessionLost=True), False
             # Recipients got answers: those refused keep their replies, the
             # others share what happened to the session.
-            return [self.outcomes.get(r) or Outcome(r, TEMPORARY, reply, host) for r in job.recipients]
+            return [self.outcomes.get(r) or Outcome(r, TEMPORARY, reply, host) for r in job.recipients], False
+
+    @inlineCallbacks
+    def _transaction(self, job: Job) -> Any:
+        """MAIL, RCPT..., DATA for one job: its outcomes, or L{HostFailure}."""
+        host = job.host
+        needUTF8 = not (job.sender.isascii() and all(r.isascii() for r in job.recipients))
+        if needUTF8 and "SMTPUTF8" not in self.extensions:
+            # RFC 6531 §3.2: without the extension, such addresses cannot go.
+            raise HostFailure("553 5.6.7 %s does not support SMTPUTF8 addresses" % (host,), permanent=True)
+        size = os.fstat(job.message.fileno()).st_size
+        eightBit = job.eightBit
+        if eightBit and "8BITMIME" not in self.extensions:
+            # RFC 6152 §3: not as it is; quoted-printable or base64 instead.
+            try:
+                self._message = yield self.run(_sevenBit, job.message)
+            except CannotConvert as e:
+                raise HostFailure(
+                    "554 5.6.3 %s does not take 8-bit mail (no 8BITMIME) and the message cannot be converted: %s" % (host, e),
+                    permanent=True,
+                )
+            size, eightBit = len(self._message.getvalue()), False
+        limit = self.extensions.get("SIZE", "").strip()
+        if limit.isdigit() and int(limit) and size > int(limit):
+            raise HostFailure("552 5.3.4 message too big for %s (limit %s)" % (host, limit), permanent=True)
+        mail = b"MAIL FROM:<" + _xtext(job.sender) + b">"
+        if "SIZE" in self.extensions:
+            mail += b" SIZE=%d" % (size,)  # RFC 1870 §6
+        if eightBit:
+            mail += b" BODY=8BITMIME"  # RFC 6152 §3
+        if needUTF8:
+            mail += b" SMTPUTF8"
+        rcpts = [b"RCPT TO:<" + _xtext(recipient) + b">" for recipient in job.recipients]
+        pipelining = "PIPELINING" in self.extensions
+        if pipelining:
+            # RFC 2920 §3.1: MAIL and the RCPTs in one go, then their
+            # replies in order (DATA waits for them: §3.1 allows it last
+            # in the group, but then a refused MAIL would start DATA).
+            self.transport.write(b"".join(line + b"\r\n" for line in [mail] + rcpts))
+            reply = yield self._reply(TIMEOUT_COMMAND)
+        else:
+            reply = yield self._command(mail)
+        if not reply.positive:
+            if pipelining:
+                # The pipelined RCPTs are answered (503) too: read those
+                # replies, as far as the server sends them.
+                try:
+                    for _ in rcpts:
+                        yield self._reply(TIMEOUT_DATA_INIT)
+                except Exception:
+                    pass
+            raise HostFailure(str(reply), permanent=reply.permanent)
+        self._openTransaction = True
+        outcomes = self.outcomes
+        for recipient, rcpt in zip(job.recipients, rcpts):
+            if pipelining:
+                reply = yield self._reply(TIMEOUT_COMMAND)
+            else:
+                reply = yield self._command(rcpt)
+            if reply.positive:
+                self._accepted.append(recipient)
+            else:
+                outcomes[recipient] = Outcome(recipient, PERMANENT if reply.permanent else TEMPORARY, str(reply), host)
+        if self._accepted:
+            final = yield self._data()
+            self._openTransaction = False
+            kind = DELIVERED if final.positive else PERMANENT if final.permanent else TEMPORARY
+            for recipient in self._accepted:
+                outcomes[recipient] = Outcome(recipient, kind, str(final), host)
+        tls = self.tlsDescription or "no TLS"
+        return [attr.evolve(outcomes[r], tls=tls) for r in job.recipients]
 
     def _describe(self, e: BaseException) -> str:
         host = self.job.host
@@ -602,12 +693,13 @@ class RelayClientFactory(Factory):
 
     protocol = RelayClient
 
-    def __init__(self, job: Job, clock: Any, run: Callable[..., Deferred]) -> None:
+    def __init__(self, job: Job, clock: Any, run: Callable[..., Deferred], more: Optional[Callable[[], Deferred]] = None) -> None:
         self.job = job
         self.clock = clock
         self.run = run
+        self.more = more
 
     def buildProtocol(self, addr: Any) -> RelayClient:
-        client = RelayClient(self.job, self.clock, self.run)
+        client = RelayClient(self.job, self.clock, self.run, self.more)
         client.factory = self
         return client
