@@ -624,61 +624,49 @@ class FolderIndex:
         refused: List[int] = []
         with self._changing() as db:
             self.ensure()
-            # Another reader may have renamed files (flags) since the last sync.
-            self._scan()
             modseq = self.highestModSeq + 1
             touched = set()
             rows = []
             computed: Dict[FrozenSet[str], FrozenSet[str]] = {}
             for uid in sorted(set(uids)):
-                record = self.records.get(uid)
-                if record is None:
-                    continue
-                if unchangedSince is not None and record.modSeq > unchangedSince:
-                    refused.append(uid)
-                    continue
-                new = computed.get(record.flags)
-                if new is None:
-                    new = computed[record.flags] = applyFlags(record.flags, flags, mode)
-                if new == record.flags:
-                    continue
-                file = old = self.files[uid]
-                system = new & SYSTEM_FLAGS
-                if file.startswith("new/") or system != record.flags & SYSTEM_FLAGS:
-                    file = self._rename(uid, system)
-                    if file is None:
-                        continue
-                    touched.add(old[:3])
-                    touched.add("cur")
-                    self.files[uid] = file
-                record = MessageRecord(uid, new, modseq, record.internalDate, record.size, record.key)
-                self.records[uid] = record
-                rows.append((file, _letters(new), _keywords(new), modseq, self.folderId, uid))
-                changed.append(record)
+                for _attempt in range(2):
+                    record = self.records.get(uid)
+                    if record is None:
+                        break
+                    if unchangedSince is not None and record.modSeq > unchangedSince:
+                        refused.append(uid)
+                        break
+                    new = computed.get(record.flags)
+                    if new is None:
+                        new = computed[record.flags] = applyFlags(record.flags, flags, mode)
+                    if new == record.flags:
+                        break
+                    file = self.files[uid]
+                    system = new & SYSTEM_FLAGS
+                    if file.startswith("new/") or system != record.flags & SYSTEM_FLAGS:
+                        target = "cur/" + withFlags(file[4:], system)
+                        try:
+                            os.rename(os.path.join(self.path, file), os.path.join(self.path, target))
+                        except FileNotFoundError:
+                            # Renamed (flags set) or removed by another Maildir
+                            # reader since the last sync: look, then start again
+                            # from what it did.
+                            self._scan(force=True)
+                            continue
+                        touched.add(file[:3])
+                        touched.add("cur")
+                        self.files[uid] = file = target
+                    record = MessageRecord(uid, new, modseq, record.internalDate, record.size, record.key)
+                    self.records[uid] = record
+                    rows.append((file, _letters(new), _keywords(new), modseq, self.folderId, uid))
+                    changed.append(record)
+                    break
             db.executemany("UPDATE messages SET file = ?, flags = ?, keywords = ?, modseq = ? WHERE folder = ? AND uid = ?", rows)
             for sub in touched:
                 fsyncDirectory(os.path.join(self.path, sub))
             if changed:
-                self._bump(modseq)
+                self._bump(max(modseq, self.highestModSeq))
         return changed, refused
-
-    def _rename(self, uid: int, system: FrozenSet[str]) -> Optional[str]:
-        """Give a message's file the flags C{system} (moving it to C{cur/}); L{None} if it is gone."""
-        file = self.files.get(uid)
-        for _ in range(2):
-            if file is None:
-                return None
-            target = "cur/" + withFlags(file[4:], system)
-            if target == file:
-                return target
-            try:
-                os.rename(os.path.join(self.path, file), os.path.join(self.path, target))
-                return target
-            except FileNotFoundError:
-                # Moved by someone else: look again.
-                self._scan(force=True)
-                file = self.files.get(uid)
-        return None
 
     def expunge(self, uids: Optional[Iterable[int]]) -> List[int]:
         with self._changing():
