@@ -446,24 +446,22 @@ class FolderIndex:
                 os.makedirs(os.path.join(self.path, sub), exist_ok=True)
             return (0, 0)
 
-    def _list(self) -> Dict[str, str]:
-        """Key -> C{new/name} or C{cur/name}; C{new/} first (files move from there to C{cur/})."""
-        found: Dict[str, str] = {}
+    def _list(self) -> set:
+        """Every message file, as C{new/name} and C{cur/name}."""
+        found = set()
         for sub in ("new", "cur"):
             prefix = sub + "/"
             try:
                 names = os.listdir(os.path.join(self.path, sub))
             except FileNotFoundError:
                 continue
-            for name in names:
-                if name.startswith("."):
-                    continue
-                found[_uidOf(name)] = prefix + name
+            found.update([prefix + name for name in names if name[:1] != "."])
         return found
 
     def _scan(self, force: bool = False, imported: Optional[Dict] = None, keywordLetters: Optional[Dict[str, str]] = None) -> bool:
         """
-        Diff the directories with memory and the database.
+        Diff the directories with memory and the database: set operations on
+        the file names (at C speed), then work only on the differences.
 
         @return: whether anything changed.
         """
@@ -472,21 +470,28 @@ class FolderIndex:
             return False
         now = time.time_ns()
         listing = self._list()
-        missing = [key for key in self.byKey if key not in listing]
-        if missing:
+        known = set(self.files.values())
+        added = listing - known
+        removed = known - listing
+        if removed:
             # readdir() may skip a file renamed meanwhile: look again before
             # calling anything expunged.
             again = self._list()
-            for key in missing:
-                if key in again:
-                    listing[key] = again[key]
+            added |= again - known
+            removed -= again
+            listing |= again
+        # Key -> its file among the new names (cur/ preferred: files move there).
+        addedByKey: Dict[str, str] = {}
+        for file in sorted(added, reverse=True):
+            addedByKey.setdefault(_uidOf(file[4:]), file)
         modseq = self.highestModSeq + 1
         changed = False
         db = self.account.db
         # Moved or renamed files (flags changed by another Maildir reader).
-        for key, file in listing.items():
+        for key, file in addedByKey.items():
             uid = self.byKey.get(key)
-            if uid is None or self.files[uid] == file:
+            if uid is None or self.files[uid] in listing:
+                # A new message, or a second file of one we have: leave it.
                 continue
             record = self.records[uid]
             letters = splitInfo(file)[1] if file.startswith("cur/") else ""
@@ -499,8 +504,12 @@ class FolderIndex:
                 (file, _letters(flags), modseq, self.folderId, uid),
             )
             changed = True
-        # Expunged by someone else.
-        gone = [self.byKey[key] for key in self.byKey if key not in listing]
+        # Expunged by someone else: the file is gone and no other has its key.
+        gone = []
+        for file in removed:
+            uid = self.byKey.get(_uidOf(file[4:]))
+            if uid is not None and self.files.get(uid) == file:
+                gone.append(uid)
         for uid in gone:
             self._forget(uid)
         if gone:
@@ -508,7 +517,7 @@ class FolderIndex:
             changed = True
         # New mail, in delivery order.
         fresh = []
-        for key, file in listing.items():
+        for key, file in addedByKey.items():
             if key in self.byKey:
                 continue
             try:
@@ -519,8 +528,8 @@ class FolderIndex:
         if fresh:
             fresh.sort()
             rows = []
-            known = imported or {}
-            assigned = sorted((known[key][0], key) for _, key, _, _ in fresh if key in known)
+            fromList = imported or {}
+            assigned = sorted((fromList[key][0], key) for _, key, _, _ in fresh if key in fromList)
             uids = {key: uid for uid, key in assigned}
             uidNext = max([self.uidNext] + [uid + 1 for uid in uids.values()])
             for _, key, _, _ in fresh:
@@ -534,8 +543,8 @@ class FolderIndex:
                 if keywordLetters:
                     flags = normalizeFlags(list(flags) + [keywordLetters[c] for c in letters if c in keywordLetters])
                 size = _wireSize(name)
-                if size is None and key in known:
-                    size = known[key][1]
+                if size is None and key in fromList:
+                    size = fromList[key][1]
                 if size is None:
                     try:
                         size = wireSizeOfFile(os.path.join(self.path, file))
