@@ -706,10 +706,11 @@ class AppendReceiver:
         self._done = False
         self._aborted = False
         self._key = uniqueName(account._hostname)
+        self._name = ""
+        self._tmp = ""
         try:
             self._name = normalizeName(name)
         except BadFolderName:
-            self._name = None
             self._error = NoSuchFolder(name=name)
             return
         self._tmp = os.path.join(account._folderPath(self._name), "tmp", self._key)
@@ -809,7 +810,7 @@ class AppendReceiver:
 def _unlinkQuietly(path: str) -> None:
     try:
         os.unlink(path)
-    except (FileNotFoundError, TypeError):
+    except FileNotFoundError:
         pass
 
 

@@ -253,6 +253,7 @@ class AccountIndex:
             "INSERT INTO folders (name, uidvalidity, uidnext, highestmodseq, firstrecent, specialuse) VALUES (?, ?, ?, 1, 1, ?)",
             (name, uidValidity, uidNext, specialUse),
         )
+        assert cursor.lastrowid is not None
         return cursor.lastrowid
 
     def specialUses(self) -> Dict[str, str]:
