@@ -35,6 +35,7 @@ account at a time (L{mailnet.store.folders} serialises them), with SQLite
 transactions (C{BEGIN IMMEDIATE}) against other processes.
 """
 
+import gc
 import os
 import sqlite3
 import time
@@ -382,14 +383,15 @@ class FolderIndex:
         return True
 
     def _load(self, query: str, args: tuple) -> None:
-        rows = self.account.db.execute(query, args).fetchall()
-        if not rows:
-            return
-        record, flagsOf = MessageRecord, _flags
-        self.records.update([(r[0], record(r[0], flagsOf(r[3], r[4]), r[5], r[6], r[7], r[1])) for r in rows])
-        self.files.update([(r[0], r[2]) for r in rows])
-        self.byKey.update([(r[1], r[0]) for r in rows])
-        self._state = None
+        with _withoutGC():
+            rows = self.account.db.execute(query, args).fetchall()
+            if not rows:
+                return
+            record, flagsOf = MessageRecord, _flags
+            self.records.update([(r[0], record(r[0], flagsOf(r[3], r[4]), r[5], r[6], r[7], r[1])) for r in rows])
+            self.files.update([(r[0], r[2]) for r in rows])
+            self.byKey.update([(r[1], r[0]) for r in rows])
+            self._state = None
 
     def _forget(self, uid: int) -> None:
         record = self.records.pop(uid, None)
@@ -574,10 +576,11 @@ class FolderIndex:
             "INSERT OR REPLACE INTO messages (folder, uid, key, file, flags, keywords, modseq, internaldate, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(self.folderId, uid, key, file, _letters(flags), _keywords(flags), modseq, date, size) for uid, key, file, flags, date, size in rows],
         )
-        for uid, key, file, flags, date, size in rows:
-            self.records[uid] = MessageRecord(uid, frozenset(flags), modseq, date, size, key)
-            self.files[uid] = file
-            self.byKey[key] = uid
+        with _withoutGC():
+            for uid, key, file, flags, date, size in rows:
+                self.records[uid] = MessageRecord(uid, frozenset(flags), modseq, date, size, key)
+                self.files[uid] = file
+                self.byKey[key] = uid
 
     def _expungeRows(self, uids: Sequence[int], modseq: int) -> None:
         db = self.account.db
@@ -632,7 +635,7 @@ class FolderIndex:
     def setFlags(self, uids: Iterable[int], flags: FrozenSet[str], mode: str, unchangedSince: Optional[int]):
         changed: List[MessageRecord] = []
         refused: List[int] = []
-        with self._changing() as db:
+        with self._changing() as db, _withoutGC():
             self.ensure()
             modseq = self.highestModSeq + 1
             touched = set()
@@ -871,6 +874,22 @@ class FolderIndex:
         if not self.loaded:
             with self._changing():
                 self.ensure()
+
+
+@contextmanager
+def _withoutGC() -> Iterator[None]:
+    """
+    Make many long-lived objects (a folder's records) without the cyclic
+    garbage collector running over and over meanwhile: it finds nothing
+    among them and, for 100,000 messages, more than doubles the time.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _link(source: str, target: str, tmp: str) -> None:
