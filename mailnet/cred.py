@@ -258,7 +258,7 @@ class MailRealm:
     def _account(self, address: str) -> Tuple[object, Callable[[], None]]:
         accounts = self.accounts
         account = accounts.open(address)
-        released = []
+        released: List[bool] = []
 
         def logout() -> None:
             # Idempotent: one release per login.

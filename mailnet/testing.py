@@ -47,6 +47,7 @@ from mailnet.interfaces import (
 )
 from mailnet.store.accounts import expandAliases
 from mailnet.store.folders import (
+    MAX_FOLDERS,
     LineEndings,
     applyFlags,
     folderListing,
@@ -445,6 +446,9 @@ class MemoryMailAccount:
             folder = normalizeName(name[:-1] if name.endswith(".") else name)
             if folder in self._folders:
                 raise FolderExists(name=folder)
+            missing = [p for p in parents(folder) if p not in self._folders]
+            if len(self._folders) + len(missing) + 1 > MAX_FOLDERS:
+                raise BadFolderName(name=folder, reason="an account holds at most %d folders" % (MAX_FOLDERS,))
             for parent in parents(folder):
                 self._folders.setdefault(parent, _MemoryFolderData(parent, None))
             self._folders[folder] = _MemoryFolderData(folder, specialUse)
@@ -503,6 +507,8 @@ class MemoryMailAccount:
             self._initialise()
             folder = normalizeName(name)
             if subscribed:
+                if folder not in self._subscribed and len(self._subscribed) >= MAX_FOLDERS:
+                    raise BadFolderName(name=folder, reason="at most %d names can be subscribed" % (MAX_FOLDERS,))
                 self._subscribed[folder] = None
             else:
                 self._subscribed.pop(folder, None)

@@ -118,6 +118,22 @@ class AccountTestsMixin:
         for name in ["", "a..b", ".a", "a/b", "a*", "a%b", "x\x01", "a." * 20 + "a", "x" * 300]:
             self.failureResultOf(self.account.createFolder(name), BadFolderName)
 
+    def test_tooManyFolders(self) -> None:
+        """CREATE and SUBSCRIBE come from the network: an account's folders and subscriptions are bounded."""
+        from mailnet import testing
+        from mailnet.store import folders
+
+        self.patch(folders, "MAX_FOLDERS", 7)
+        self.patch(testing, "MAX_FOLDERS", 7)
+        self.result(self.account.createFolder("A"))
+        self.failureResultOf(self.account.createFolder("B.C"), BadFolderName)
+        self.result(self.account.createFolder("B"))
+        self.failureResultOf(self.account.createFolder("C"), BadFolderName)
+        self.result(self.account.setSubscribed("A", False))
+        self.result(self.account.setSubscribed("X", True))
+        self.failureResultOf(self.account.setSubscribed("Y", True), BadFolderName)
+        self.result(self.account.setSubscribed("X", True))
+
     def test_inboxAnyCase(self) -> None:
         self.deliver()
         self.assertEqual(len(self.state("inbox").messages), 1)

@@ -234,6 +234,44 @@ class IndexTests(DiskTestsMixin, SynchronousTestCase):
         self.assertEqual(after.messages[1].flags, frozenset({"\\Seen"}))
         self.assertIn("Sent", [f.name for f in self.result(self.account.listFolders())])
 
+    def test_duplicateFile(self) -> None:
+        """A second file with a known key (a crashed copy by another MUA) changes nothing, sync after sync."""
+        self.deliver()
+        folder = self.open()
+        before = self.result(folder.sync())
+        [name] = self.files("new")
+        with open(os.path.join(self.path, "cur", name + ":2,S"), "wb") as f:
+            f.write(b"x\n")
+        for _ in range(2):
+            os.utime(os.path.join(self.path, "cur"))
+            state = self.result(folder.sync())
+            self.assertEqual([(m.uid, m.flags) for m in state.messages], [(1, frozenset())])
+            self.assertEqual(state.highestModSeq, before.highestModSeq)
+
+    def test_skippedByReaddir(self) -> None:
+        """A file one listing missed (readdir during a rename) is not expunged when the second listing has it."""
+        from mailnet.store.index import FolderIndex
+
+        self.deliver()
+        self.deliver()
+        folder = self.open()
+        self.result(folder.sync())
+        listings = []
+        original = FolderIndex._list
+
+        def flaky(index):
+            found = original(index)
+            listings.append(found)
+            if len(listings) == 1:
+                found = {f for f in found if not f.startswith("new/") or f == sorted(found)[0]}
+            return found
+
+        self.patch(FolderIndex, "_list", flaky)
+        os.utime(os.path.join(self.path, "new"))
+        state = self.result(folder.sync())
+        self.assertEqual(len(listings), 2)
+        self.assertEqual([m.uid for m in state.messages], [1, 2])
+
     def test_fileWithoutIndexRow(self) -> None:
         """A file put into cur/ by anyone (or left by a crash before the index commit) gets a UID."""
         folder = self.open()

@@ -41,6 +41,9 @@ SUBSCRIPTIONS = "subscriptions"
 MAX_NAME_OCTETS = 200
 #: The deepest hierarchy.
 MAX_DEPTH = 16
+#: The most folders (and, separately, subscribed names) one account may have:
+#: CREATE and SUBSCRIBE come from the network.
+MAX_FOLDERS = 5000
 #: Folder name characters refused: LIST wildcards, the path separator, and
 #: controls.
 _REFUSED = frozenset("*%/\\") | frozenset(chr(c) for c in range(0x20)) | {"\x7f"}
@@ -452,6 +455,9 @@ class MaildirAccount:
         name = normalizeName(name[:-1] if name.endswith(DELIMITER) else name)
         if name == "INBOX" or os.path.isdir(self._folderPath(name)):
             raise FolderExists(name=name)
+        missing = [p for p in parents(name) if p != "INBOX" and not os.path.isdir(self._folderPath(p))]
+        if 1 + len(self._existing()) + len(missing) + 1 > MAX_FOLDERS:
+            raise BadFolderName(name=name, reason="an account holds at most %d folders" % (MAX_FOLDERS,))
         for parent in parents(name):
             if parent != "INBOX" and not os.path.isdir(self._folderPath(parent)):
                 self._makeFolder(parent, None)
@@ -533,6 +539,8 @@ class MaildirAccount:
         self._prepare()
         name = normalizeName(name)
         if subscribed:
+            if name not in self._subscriptions() and len(self._subscriptions()) >= MAX_FOLDERS:
+                raise BadFolderName(name=name, reason="at most %d names can be subscribed" % (MAX_FOLDERS,))
             self._subscribe(add=[name])
         else:
             self._subscribe(remove=[name])
@@ -706,10 +714,11 @@ class AppendReceiver:
         self._done = False
         self._aborted = False
         self._key = uniqueName(account._hostname)
+        self._name = ""
+        self._tmp = ""
         try:
             self._name = normalizeName(name)
         except BadFolderName:
-            self._name = None
             self._error = NoSuchFolder(name=name)
             return
         self._tmp = os.path.join(account._folderPath(self._name), "tmp", self._key)
@@ -809,7 +818,7 @@ class AppendReceiver:
 def _unlinkQuietly(path: str) -> None:
     try:
         os.unlink(path)
-    except (FileNotFoundError, TypeError):
+    except FileNotFoundError:
         pass
 
 

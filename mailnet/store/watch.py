@@ -53,7 +53,7 @@ class _Coalescer:
 
 
 def _mtimes(paths: Sequence[str]) -> Tuple[Optional[int], ...]:
-    result = []
+    result: List[Optional[int]] = []
     for path in paths:
         try:
             result.append(os.stat(path).st_mtime_ns)
