@@ -449,6 +449,28 @@ class DecodingTests(SynchronousTestCase):
             data = b"Content-Type: text/plain; charset=x-nothing\nContent-Transfer-Encoding: " + cte + b"\n\n" + body
             self.assertIsInstance(search.bodyText(io.BytesIO(data), mime.parseBytes(data), 1000), str)
 
+    def test_slowCodecsRefused(self) -> None:
+        """
+        A charset whose decoder is quadratic (punycode, IDNA) is read as
+        UTF-8 instead: a large body must not take hours.
+        """
+        body = b"a" * 200000 + b"-" + b"99" * 200000
+        for charset in [b"punycode", b"IDNA"]:
+            data = b"Content-Type: text/plain; charset=" + charset + b"\n\n" + body
+            started = time.perf_counter()
+            search.bodyText(io.BytesIO(data), mime.parseBytes(data), 10**7)
+            self.assertLess(time.perf_counter() - started, 2)
+        self.assertEqual(search.decodeHeader(b"=?punycode?q?caf-dma?="), "caf-dma")
+
+    def test_htmlLinear(self) -> None:
+        """
+        Removing HTML tags takes linear time, also on a run of "<".
+        """
+        data = b"Content-Type: text/html\n\n" + b"<" * 300000 + b"\n"
+        started = time.perf_counter()
+        search.bodyText(io.BytesIO(data), mime.parseBytes(data), 10**7)
+        self.assertLess(time.perf_counter() - started, 2)
+
     def test_sentDay(self) -> None:
         self.assertEqual(search.sentDay(b"Tue, 1 Jul 2003 10:52:37 +0200"), (2003, 7, 1))
         self.assertEqual(search.sentDay(b"1 Jul 03 10:52 GMT"), (2003, 7, 1))

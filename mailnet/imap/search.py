@@ -67,10 +67,16 @@ _ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(rb"(\?=)\s+(=\?)")
 
 
+# Codecs a message may not choose: punycode and IDNA decode in quadratic
+# time (a 10 MB body would take hours).
+_REFUSED_CODECS = frozenset(["punycode", "idna", "undefined"])
+
+
 def _charsetDecode(data: bytes, charset: str) -> str:
     charset = charset.split("*", 1)[0].strip().strip('"') or "us-ascii"
     try:
-        codecs.lookup(charset)
+        if codecs.lookup(charset).name in _REFUSED_CODECS:
+            charset = "utf-8"
     except (LookupError, ValueError):
         charset = "utf-8"
     if charset.lower().replace("-", "").replace("_", "") in ("usascii", "ascii"):
@@ -111,7 +117,8 @@ def _fold(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-_TAG = re.compile(r"<[^>]*>")
+# (Not "<[^>]*>": on a long run of "<" that is quadratic.)
+_TAG = re.compile(r"<[^<>]*>")
 
 
 def _decodePart(data: bytes, part: mime.Part) -> str:
@@ -308,7 +315,9 @@ def sentDay(value: Optional[bytes]) -> Optional[Tuple[int, int, int]]:
     """
     if value is None:
         return None
-    m = _DATE_FIELD.search(value)
+    # (A date is short; the pattern would take quadratic time on a long
+    # run of white space.)
+    m = _DATE_FIELD.search(value[:200])
     if m is None:
         return None
     month = m.group(2).decode("ascii", "replace").lower()
