@@ -370,6 +370,16 @@ class ErrorTests(SynchronousTestCase):
                      b'MODSEQ "/flags/x" wrong 5', b"SMALLER 123456789012345678901234"]:
             self.assertBad(text)
 
+    def test_errorTextPrintable(self) -> None:
+        """
+        What the client sent reaches the BAD text only as printable ASCII,
+        at most 40 octets of it.
+        """
+        e = self.assertRaises(search.SearchError, search.compile, [Atom(b"\xff\x1b[2J" + b"X" * 100)])
+        self.assertEqual(str(e), "Unknown search key ??[2J" + "X" * 35)
+        e = self.assertRaises(search.SearchError, search.compile, [Atom(b"ALL")], "\x1b\u00e9")
+        self.assertEqual(str(e), "Unsupported charset ???")
+
     def test_charset(self) -> None:
         """
         UTF-8 and US-ASCII are supported; other charsets raise a SearchError
