@@ -507,7 +507,8 @@ def _parseDisposition(value: Optional[bytes]) -> Optional[Tuple[str, Params]]:
 def _parseLanguage(value: Optional[bytes]) -> Optional[Tuple[str, ...]]:
     if value is None:
         return None
-    tags = [t.strip(b" \t") for t in re.sub(rb"\([^)]*\)", b"", value).split(b",")]
+    # (Not "\([^)]*\)": quadratic on a run of "(".)
+    tags = [t.strip(b" \t") for t in re.sub(rb"\([^()]*\)", b"", value).split(b",")]
     tags = [t for t in tags if t]
     if not tags:
         return None

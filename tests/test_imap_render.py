@@ -498,3 +498,29 @@ class MutationTests(SynchronousTestCase):
                     self.assertGreaterEqual(result.wireLength, result.storedEnd - result.storedStart)
             self.assertIsInstance(search.bodyText(io.BytesIO(stored), parsed, 10**6), str)
             self.assertEqual(mime.ParsedMessage.fromBytes(parsed.toBytes()), parsed)
+
+
+class HostileHeaderTests(SynchronousTestCase):
+    def test_linearTime(self) -> None:
+        """
+        Header values built to make patterns backtrack (long runs of white
+        space, parentheses, quotes, angle brackets) are parsed and rendered
+        in linear time.
+        """
+        import time
+
+        from mailnet.imap import search
+
+        n = 50000
+        values = [b"a" + b" " * n + b"x", b" " * n + b"<", b"a" + b" " * n + b"<a@b> x", b"a@b" + b" " * n + b"x", b"(" * n,
+                  b'"' * n, b"<" * n, b"@" * n, b":" * n, b"a," * n, b"a " * n, b"=?a" * n, b"=?utf-8?q?" * n]
+        started = time.perf_counter()
+        for value in values:
+            _render.addressList(value)
+            search.decodeHeader(value)
+            search.normalisedAddresses(value)
+            search.sentDay(value)
+            mime.parseParameters(value)
+            mime._parseLanguage(value)
+        search.sentDay(b"1" + b" " * n + b"x")
+        self.assertLess(time.perf_counter() - started, 10)

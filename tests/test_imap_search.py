@@ -370,6 +370,16 @@ class ErrorTests(SynchronousTestCase):
                      b'MODSEQ "/flags/x" wrong 5', b"SMALLER 123456789012345678901234"]:
             self.assertBad(text)
 
+    def test_errorTextPrintable(self) -> None:
+        """
+        What the client sent reaches the BAD text only as printable ASCII,
+        at most 40 octets of it.
+        """
+        e = self.assertRaises(search.SearchError, search.compile, [Atom(b"\xff\x1b[2J" + b"X" * 100)])
+        self.assertEqual(str(e), "Unknown search key ??[2J" + "X" * 35)
+        e = self.assertRaises(search.SearchError, search.compile, [Atom(b"ALL")], "\x1b\u00e9")
+        self.assertEqual(str(e), "Unsupported charset ???")
+
     def test_charset(self) -> None:
         """
         UTF-8 and US-ASCII are supported; other charsets raise a SearchError
@@ -448,6 +458,28 @@ class DecodingTests(SynchronousTestCase):
         for cte, body in [(b"base64", b"!!!not base64 at all=\n"), (b"quoted-printable", b"=ZZ=\n=")]:
             data = b"Content-Type: text/plain; charset=x-nothing\nContent-Transfer-Encoding: " + cte + b"\n\n" + body
             self.assertIsInstance(search.bodyText(io.BytesIO(data), mime.parseBytes(data), 1000), str)
+
+    def test_slowCodecsRefused(self) -> None:
+        """
+        A charset whose decoder is quadratic (punycode, IDNA) is read as
+        UTF-8 instead: a large body must not take hours.
+        """
+        body = b"a" * 200000 + b"-" + b"99" * 200000
+        for charset in [b"punycode", b"IDNA"]:
+            data = b"Content-Type: text/plain; charset=" + charset + b"\n\n" + body
+            started = time.perf_counter()
+            search.bodyText(io.BytesIO(data), mime.parseBytes(data), 10**7)
+            self.assertLess(time.perf_counter() - started, 2)
+        self.assertEqual(search.decodeHeader(b"=?punycode?q?caf-dma?="), "caf-dma")
+
+    def test_htmlLinear(self) -> None:
+        """
+        Removing HTML tags takes linear time, also on a run of "<".
+        """
+        data = b"Content-Type: text/html\n\n" + b"<" * 300000 + b"\n"
+        started = time.perf_counter()
+        search.bodyText(io.BytesIO(data), mime.parseBytes(data), 10**7)
+        self.assertLess(time.perf_counter() - started, 2)
 
     def test_sentDay(self) -> None:
         self.assertEqual(search.sentDay(b"Tue, 1 Jul 2003 10:52:37 +0200"), (2003, 7, 1))

@@ -270,7 +270,9 @@ def _renderAddress(a: Address) -> bytes:
 # The common forms, "Name <local@host>" and "local@host" (no quotes,
 # comments, groups or routes), rendered without the full parser.
 _HARD = re.compile(rb'["()\\:;\[\]\x00-\x08\x0a-\x1f\x7f-\xff]')
-_SIMPLE_ANGLE = re.compile(rb"\s*([^<>@,]*?)\s*<([^<>@\s,]+)@([^<>@\s,]+)>\s*\Z")
+# (Unambiguous patterns: on long runs of white space, overlapping ones
+# would take polynomial time.)
+_SIMPLE_ANGLE = re.compile(rb"([^<>@,]*)<([^<>@\s,]+)@([^<>@\s,]+)>[ \t]*\Z")
 _SIMPLE_BARE = re.compile(rb"\s*([^<>@\s,]+)@([^<>@\s,]+)\s*\Z")
 
 

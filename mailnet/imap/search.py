@@ -54,6 +54,14 @@ MAX_STRING = 8192
 CHARSETS = ("UTF-8", "US-ASCII")
 
 
+def _printable(name: bytes) -> str:
+    """
+    @return: up to 40 octets from the network, fit for a reply text or a
+        log: printable ASCII, other octets as C{?}.
+    """
+    return "".join(chr(c) if 0x20 <= c < 0x7F else "?" for c in name[:40])
+
+
 class SearchError(Exception):
     """
     Invalid search criteria; C{str(error)} is the text of the BAD reply
@@ -67,10 +75,16 @@ _ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(rb"(\?=)\s+(=\?)")
 
 
+# Codecs a message may not choose: punycode and IDNA decode in quadratic
+# time (a 10 MB body would take hours).
+_REFUSED_CODECS = frozenset(["punycode", "idna", "undefined"])
+
+
 def _charsetDecode(data: bytes, charset: str) -> str:
     charset = charset.split("*", 1)[0].strip().strip('"') or "us-ascii"
     try:
-        codecs.lookup(charset)
+        if codecs.lookup(charset).name in _REFUSED_CODECS:
+            charset = "utf-8"
     except (LookupError, ValueError):
         charset = "utf-8"
     if charset.lower().replace("-", "").replace("_", "") in ("usascii", "ascii"):
@@ -111,7 +125,8 @@ def _fold(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-_TAG = re.compile(r"<[^>]*>")
+# (Not "<[^>]*>": on a long run of "<" that is quadratic.)
+_TAG = re.compile(r"<[^<>]*>")
 
 
 def _decodePart(data: bytes, part: mime.Part) -> str:
@@ -308,7 +323,9 @@ def sentDay(value: Optional[bytes]) -> Optional[Tuple[int, int, int]]:
     """
     if value is None:
         return None
-    m = _DATE_FIELD.search(value)
+    # (A date is short; the pattern would take quadratic time on a long
+    # run of white space.)
+    m = _DATE_FIELD.search(value[:200])
     if m is None:
         return None
     month = m.group(2).decode("ascii", "replace").lower()
@@ -455,7 +472,7 @@ class _Compiler:
         def arg() -> Any:
             nonlocal i
             if i >= len(tokens):
-                raise SearchError("Missing argument to %s" % (name.decode("ascii", "replace"),))
+                raise SearchError("Missing argument to %s" % (_printable(name),))
             value = tokens[i]
             i += 1
             return value
@@ -541,7 +558,7 @@ class _Compiler:
             numbers = _sequence(token.value)
             self.needs.add("seq")
             return (lambda m: numbers.contains(m.ctx.seq, m.ctx.maxSeq)), i
-        raise SearchError("Unknown search key %s" % (name[:40].decode("ascii", "replace"),))
+        raise SearchError("Unknown search key %s" % (_printable(name),))
 
     def saved(self) -> Test:
         # RFC 5182: the saved result holds UIDs.
@@ -600,7 +617,7 @@ def compile(args: List[Any], charset: Optional[str] = None) -> Criteria:
         US-ASCII (the message then says "charset").
     """
     if charset is not None and charset.upper() not in CHARSETS:
-        raise SearchError("Unsupported charset %s" % (charset[:40],))
+        raise SearchError("Unsupported charset %s" % (_printable(charset.encode("utf-8", "replace")),))
     compiler = _Compiler(charset)
     test = compiler.keyList(list(args), 0)
     return Criteria(test, frozenset(compiler.needs), compiler.usesModSeq)
