@@ -835,3 +835,21 @@ class UpdateTests(IMAPTestCase):
         self.assertEqual(re.findall(rb"\* (\d+) EXISTS", out), [b"3", b"4"], out)
         self.assertEqual(len(self.server.view.uids), 4)
         self.assertTrue(out.endswith(b"a OK IDLE completed\r\n"), out)
+
+    def test_keywordFromOtherSessionAnnouncedBeforeFetch(self) -> None:
+        """
+        RFC 9051 §7.3.5 (imaptest stress found it): a STORE's answer may show
+        a keyword another session added; FLAGS comes first.
+        """
+        self.second(b"a STORE 1 +FLAGS.SILENT ($Other)\r\n")
+        out = self.send(b"b STORE 1 +FLAGS (\\Seen)\r\n")
+        flags = out.find(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Other)\r\n")
+        fetch = out.find(b"* 1 FETCH (FLAGS (\\Seen $Other \\Recent))\r\n")
+        self.assertTrue(0 <= flags < fetch, out)
+
+    def test_keywordFromOtherSessionBeforeImplicitSeen(self) -> None:
+        self.second(b"a STORE 2 +FLAGS.SILENT ($Other)\r\n")
+        out = self.send(b"b FETCH 2 BODY[TEXT]\r\n")
+        flags = out.find(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Other)\r\n")
+        fetch = out.find(b"* 2 FETCH (")
+        self.assertTrue(0 <= flags < fetch, out)

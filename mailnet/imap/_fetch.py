@@ -368,6 +368,9 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
             unseen = [u for u in batch if "\\Seen" not in view.records[u].flags]
             if unseen:
                 changed, _ = await folder.setFlags(unseen, frozenset(["\\Seen"]), "+")
+                announce = session.keywordLines(changed)
+                if announce:
+                    out.extend(line + b"\r\n" for line in announce)
                 for record in changed:
                     if record.uid in view.records:
                         view.records[record.uid] = record

@@ -979,6 +979,28 @@ class IMAPServer(Protocol):
         if lines:
             self._write(b"\r\n".join(lines) + b"\r\n")
 
+    def keywordLines(self, records: Iterable[MessageRecord]) -> List[bytes]:
+        """
+        RFC 9051 §7.3.5: before a FETCH shows a keyword the client has not
+        seen in the folder's FLAGS, the new FLAGS (and PERMANENTFLAGS).
+        Records that the store returned (STORE, a FETCH setting \\Seen)
+        may carry keywords other sessions added.
+
+        @return: those response lines (none if nothing is new).
+        """
+        view = self.view
+        if view is None:
+            return []
+        new = {f for r in records for f in r.flags if not f.startswith("\\")} - view.keywords
+        if not new:
+            return []
+        view.keywords |= new
+        flags = list(_FLAGS) + sorted(view.keywords)
+        lines = [b"* FLAGS " + _flagList(flags)]
+        if not view.readOnly:
+            lines.append(b"* OK [PERMANENTFLAGS " + _flagList(flags + ["\\*"]) + b"] Flags permitted")
+        return lines
+
     def flagsItem(self, record: MessageRecord) -> bytes:
         """@return: C{FLAGS (...)} for a message (C{\\Recent} if it is, for IMAP4rev1)."""
         view = self.view
@@ -1479,13 +1501,7 @@ class IMAPServer(Protocol):
             return None
         changedUids = set()
         lines = []
-        newKeywords = {f for f in flags if not f.startswith("\\")} - view.keywords
-        if newKeywords and mode != "-":
-            # RFC 9051 §7.3.5: the folder's flag list first.
-            view.keywords |= newKeywords
-            allFlags = list(_FLAGS) + sorted(view.keywords)
-            lines.append(b"* FLAGS " + _flagList(allFlags))
-            lines.append(b"* OK [PERMANENTFLAGS " + _flagList(allFlags + ["\\*"]) + b"] Flags permitted")
+        lines.extend(self.keywordLines(changed))
         for record in changed:
             if record.uid in view.records:
                 view.records[record.uid] = record
