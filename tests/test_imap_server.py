@@ -853,3 +853,18 @@ class UpdateTests(IMAPTestCase):
         flags = out.find(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Other)\r\n")
         fetch = out.find(b"* 2 FETCH (")
         self.assertTrue(0 <= flags < fetch, out)
+
+
+class LargeFolderTests(IMAPTestCase):
+    def test_fetchYieldsBetweenBatches(self) -> None:
+        """A FETCH of thousands of messages lets the reactor run between batches."""
+        for _ in range(5000):
+            self.account.deliver(b"Subject: x\n\nx\n")
+        self.select()
+        out = self.send(b"a FETCH 1:* UID\r\n")
+        self.assertNotIn(b"a OK", out)
+        self.assertIn(b"* 4096 FETCH (UID 4096)\r\n", out)
+        self.transport.clear()
+        self.clock.advance(0)
+        out = self.transport.value()
+        self.assertTrue(out.endswith(b"* 5000 FETCH (UID 5000)\r\na OK FETCH completed\r\n"), out[-100:])

@@ -979,6 +979,16 @@ class IMAPServer(Protocol):
         if lines:
             self._write(b"\r\n".join(lines) + b"\r\n")
 
+    def yieldToOthers(self) -> Deferred:
+        """
+        @return: a L{Deferred} that fires on a later reactor turn, so that a
+            long command (FETCH or SEARCH of a large folder) does not hold
+            up other sessions.
+        """
+        d: Deferred = Deferred()
+        self.factory.clock.callLater(0, d.callback, None)
+        return d
+
     def keywordLines(self, records: Iterable[MessageRecord]) -> List[bytes]:
         """
         RFC 9051 §7.3.5: before a FETCH shows a keyword the client has not
@@ -1629,6 +1639,8 @@ class IMAPServer(Protocol):
         for start in range(0, len(uids), batchSize):
             if self.view is not view:
                 return None
+            if start:
+                await self.yieldToOthers()
             batch = uids[start : start + batchSize]
             parsedMap = await folder.parsed(batch) if wantParsed else {}
             files: Dict[int, Any] = {}
