@@ -153,6 +153,37 @@ class IMAPEndToEndTests(TestCase):
         self.assertEqual(end, tag + b" OK IDLE completed\r\n")
 
     @inlineCallbacks
+    def test_idleSeesOtherProcess(self):
+        """
+        IDLE reports a message another program put into the Maildir (an
+        external MDA) within 2 s: the service watches the directories.
+        """
+        maildir = self.server.mailStore.pathFor("alice@example.test")
+
+        def session():
+            client = self.imaps()
+            client.login("alice@example.test", "alice-secret")
+            client.select("INBOX")
+            tag = client._new_tag()
+            client.send(tag + b" IDLE\r\n")
+            client.readline()
+            started = time.monotonic()
+            with open(os.path.join(maildir, "tmp", "1796000001.ext.host"), "wb") as f:
+                f.write(MESSAGE.replace(b"\r\n", b"\n"))
+            os.rename(os.path.join(maildir, "tmp", "1796000001.ext.host"), os.path.join(maildir, "new", "1796000001.ext.host"))
+            line = client.readline()
+            elapsed = time.monotonic() - started
+            client.send(b"DONE\r\n")
+            while not client.readline().startswith(tag):
+                pass
+            client.logout()
+            return line, elapsed
+
+        line, elapsed = yield deferToThread(session)
+        self.assertEqual(line, b"* 1 EXISTS\r\n")
+        self.assertLess(elapsed, 2)
+
+    @inlineCallbacks
     def test_pop3AndIMAPShareInbox(self):
         """
         One INBOX: POP3 LIST size = RFC822.SIZE; an IMAP EXPUNGE is gone

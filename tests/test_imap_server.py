@@ -835,3 +835,36 @@ class UpdateTests(IMAPTestCase):
         self.assertEqual(re.findall(rb"\* (\d+) EXISTS", out), [b"3", b"4"], out)
         self.assertEqual(len(self.server.view.uids), 4)
         self.assertTrue(out.endswith(b"a OK IDLE completed\r\n"), out)
+
+    def test_keywordFromOtherSessionAnnouncedBeforeFetch(self) -> None:
+        """
+        RFC 9051 §7.3.5 (imaptest stress found it): a STORE's answer may show
+        a keyword another session added; FLAGS comes first.
+        """
+        self.second(b"a STORE 1 +FLAGS.SILENT ($Other)\r\n")
+        out = self.send(b"b STORE 1 +FLAGS (\\Seen)\r\n")
+        flags = out.find(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Other)\r\n")
+        fetch = out.find(b"* 1 FETCH (FLAGS (\\Seen $Other \\Recent))\r\n")
+        self.assertTrue(0 <= flags < fetch, out)
+
+    def test_keywordFromOtherSessionBeforeImplicitSeen(self) -> None:
+        self.second(b"a STORE 2 +FLAGS.SILENT ($Other)\r\n")
+        out = self.send(b"b FETCH 2 BODY[TEXT]\r\n")
+        flags = out.find(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Other)\r\n")
+        fetch = out.find(b"* 2 FETCH (")
+        self.assertTrue(0 <= flags < fetch, out)
+
+
+class LargeFolderTests(IMAPTestCase):
+    def test_fetchYieldsBetweenBatches(self) -> None:
+        """A FETCH of thousands of messages lets the reactor run between batches."""
+        for _ in range(5000):
+            self.account.deliver(b"Subject: x\n\nx\n")
+        self.select()
+        out = self.send(b"a FETCH 1:* UID\r\n")
+        self.assertNotIn(b"a OK", out)
+        self.assertIn(b"* 4096 FETCH (UID 4096)\r\n", out)
+        self.transport.clear()
+        self.clock.advance(0)
+        out = self.transport.value()
+        self.assertTrue(out.endswith(b"* 5000 FETCH (UID 5000)\r\na OK FETCH completed\r\n"), out[-100:])

@@ -362,12 +362,21 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
     for start in range(0, len(uids), batchSize):
         if session.view is not view or gate.stopped:
             return None
+        if start:
+            # Let other sessions run between batches of a large FETCH.
+            if out:
+                session._write(b"".join(out))
+                out, outSize = [], 0
+            await session.yieldToOthers()
         batch = [u for u in uids[start : start + batchSize] if u in view.records]
         flagsChanged = set()
         if setsSeen:
             unseen = [u for u in batch if "\\Seen" not in view.records[u].flags]
             if unseen:
                 changed, _ = await folder.setFlags(unseen, frozenset(["\\Seen"]), "+")
+                announce = session.keywordLines(changed)
+                if announce:
+                    out.extend(line + b"\r\n" for line in announce)
                 for record in changed:
                     if record.uid in view.records:
                         view.records[record.uid] = record

@@ -32,7 +32,8 @@ import base64
 import binascii
 import bisect
 import enum
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
+import weakref
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
 import attr
 
@@ -178,25 +179,82 @@ def _canonicalFlag(flag: bytes) -> str:
     return flag.decode("ascii")
 
 
+_uidCache: Dict[int, Tuple[Any, Tuple[int, ...]]] = {}
+
+
+def uidsOf(state: FolderState) -> Tuple[int, ...]:
+    """
+    @return: the UIDs of a folder state, ascending; computed once per state
+        object and shared by every session that sees the same state (the
+        disk store hands the same object to all of them).
+    """
+    key = id(state)
+    entry = _uidCache.get(key)
+    if entry is not None and entry[0]() is state:
+        return entry[1]
+    uids = tuple(m.uid for m in state.messages)
+
+    def forget(ref: Any, key: int = key) -> None:
+        if _uidCache.get(key, (None,))[0] is ref:
+            del _uidCache[key]
+
+    _uidCache[key] = (weakref.ref(state, forget), uids)
+    return uids
+
+
+class _Records:
+    """
+    A view's messages by UID: a folder state (shared with other sessions)
+    plus the few records this session has reported differently since
+    (its own STORE, messages kept while an EXPUNGE waits to be announced).
+    A session of a large folder thus costs little memory of its own.
+    """
+
+    def __init__(self, state: FolderState) -> None:
+        self.state = state
+        self.uids = uidsOf(state)
+        self.extra: Dict[int, MessageRecord] = {}
+
+    def get(self, uid: int, default: Optional[MessageRecord] = None) -> Optional[MessageRecord]:
+        record = self.extra.get(uid)
+        if record is not None:
+            return record
+        i = bisect.bisect_left(self.uids, uid)
+        if i < len(self.uids) and self.uids[i] == uid:
+            return self.state.messages[i]
+        return default
+
+    def __getitem__(self, uid: int) -> MessageRecord:
+        record = self.get(uid)
+        if record is None:
+            raise KeyError(uid)
+        return record
+
+    def __contains__(self, uid: object) -> bool:
+        return isinstance(uid, int) and self.get(uid) is not None
+
+    def __setitem__(self, uid: int, record: MessageRecord) -> None:
+        self.extra[uid] = record
+
+
 class SelectedView:
     """
     What a session has told its client about the selected folder: the
     messages by sequence number (C{uids}, ascending), their flags and
-    mod-sequences as last reported, and which are C{\\Recent} for it.
+    mod-sequences as last reported (C{records}), and which are
+    C{\\Recent} for it.
     """
 
     def __init__(self, folder: Any, state: FolderState, readOnly: bool, recent: FrozenSet[int]) -> None:
         self.folder = folder
         self.readOnly = readOnly
-        self.uids: List[int] = [m.uid for m in state.messages]
-        self.records: Dict[int, MessageRecord] = {m.uid: m for m in state.messages}
+        self.records = _Records(state)
+        self.uids: Sequence[int] = self.records.uids
         self.recent: Set[int] = set(recent)
         self.uidNext = state.uidNext
         self.uidValidity = state.uidValidity
         self.highestModSeq = state.highestModSeq
-        self.keywords: Set[str] = set()
-        for m in state.messages:
-            self.keywords.update(f for f in m.flags if not f.startswith("\\"))
+        self.keywords: Set[str] = _keywords(state)
         self.dirty = False
         self.stopWatching: Optional[Callable[[], None]] = None
         # UIDs the store no longer has, not yet announced as EXPUNGEd.
@@ -858,58 +916,100 @@ class IMAPServer(Protocol):
             return
         view.dirty = False
         state = await view.folder.sync()
+        if state is view.records.state and not view.records.extra and not view.gone:
+            return  # the same state object: nothing changed
         recent: FrozenSet[int] = frozenset()
-        current = {m.uid: m for m in state.messages}
         last = view.uids[-1] if view.uids else 0
-        new = [m for m in state.messages if m.uid > last]
+        new = [m for m in state.messages[bisect.bisect_right(uidsOf(state), last) :]]
         if new and not self.rev2 and not view.readOnly:
             recent = await view.folder.claimRecent()
         if self.view is not view or self._disconnected:
             return
         lines: List[bytes] = []
-        keywords = set(view.keywords)
-        for m in state.messages:
-            keywords.update(f for f in m.flags if not f.startswith("\\"))
+        keywords = _keywords(state) | view.keywords
         if keywords != view.keywords:
             view.keywords = keywords
             flags = list(_FLAGS) + sorted(keywords)
             lines.append(b"* FLAGS " + _flagList(flags))
             if not view.readOnly:
                 lines.append(b"* OK [PERMANENTFLAGS " + _flagList(flags + ["\\*"]) + b"] Flags permitted")
+        # Both sequences ascend by UID: one merge pass finds the changes.
+        messages = state.messages
+        j = 0
+        count = len(messages)
+        changed: Dict[int, MessageRecord] = {}
         for seq, uid in enumerate(view.uids, 1):
-            record = current.get(uid)
-            if record is None:
+            while j < count and messages[j].uid < uid:
+                j += 1
+            if j >= count or messages[j].uid != uid:
                 view.gone.add(uid)
                 continue
+            record = messages[j]
             old = view.records[uid]
-            if record.flags != old.flags or record.modSeq != old.modSeq:
-                view.records[uid] = record
+            if record is not old and (record.flags != old.flags or record.modSeq != old.modSeq):
+                changed[uid] = record
                 if record.flags != old.flags or self.condstore:
                     lines.append(self._flagsResponse(seq, record, True))
         if expunges and view.gone:
             gone = view.gone
             for i in range(len(view.uids) - 1, -1, -1):
-                uid = view.uids[i]
-                if uid in gone:
+                if view.uids[i] in gone:
                     lines.append(b"* %d EXPUNGE" % (i + 1,))
-            view.uids = [u for u in view.uids if u not in gone]
-            for uid in gone:
-                view.records.pop(uid, None)
-                view.recent.discard(uid)
+            view.recent.difference_update(gone)
             view.gone = set()
+        if not view.gone:
+            # Everything told: the view is the state again, shared.
+            view.records = _Records(state)
+            view.uids = view.records.uids
+            view.highestModSeq = state.highestModSeq
+        else:
+            # EXPUNGEs wait: keep the old numbering, note what changed.
+            for uid, record in changed.items():
+                view.records[uid] = record
+            if new:
+                view.uids = list(view.uids) + [m.uid for m in new]
+                for m in new:
+                    view.records[m.uid] = m
         if new:
-            for m in new:
-                view.uids.append(m.uid)
-                view.records[m.uid] = m
             view.recent.update(recent)
             lines.append(b"* %d EXISTS" % (len(view.uids),))
             if not self.rev2:
                 lines.append(b"* %d RECENT" % (len(view.recent),))
         view.uidNext = state.uidNext
-        if not view.gone:
-            view.highestModSeq = state.highestModSeq
         if lines:
             self._write(b"\r\n".join(lines) + b"\r\n")
+
+    def yieldToOthers(self) -> Deferred:
+        """
+        @return: a L{Deferred} that fires on a later reactor turn, so that a
+            long command (FETCH or SEARCH of a large folder) does not hold
+            up other sessions.
+        """
+        d: Deferred = Deferred()
+        self.factory.clock.callLater(0, d.callback, None)
+        return d
+
+    def keywordLines(self, records: Iterable[MessageRecord]) -> List[bytes]:
+        """
+        RFC 9051 §7.3.5: before a FETCH shows a keyword the client has not
+        seen in the folder's FLAGS, the new FLAGS (and PERMANENTFLAGS).
+        Records that the store returned (STORE, a FETCH setting \\Seen)
+        may carry keywords other sessions added.
+
+        @return: those response lines (none if nothing is new).
+        """
+        view = self.view
+        if view is None:
+            return []
+        new = {f for r in records for f in r.flags if not f.startswith("\\")} - view.keywords
+        if not new:
+            return []
+        view.keywords |= new
+        flags = list(_FLAGS) + sorted(view.keywords)
+        lines = [b"* FLAGS " + _flagList(flags)]
+        if not view.readOnly:
+            lines.append(b"* OK [PERMANENTFLAGS " + _flagList(flags + ["\\*"]) + b"] Flags permitted")
+        return lines
 
     def flagsItem(self, record: MessageRecord) -> bytes:
         """@return: C{FLAGS (...)} for a message (C{\\Recent} if it is, for IMAP4rev1)."""
@@ -1411,13 +1511,7 @@ class IMAPServer(Protocol):
             return None
         changedUids = set()
         lines = []
-        newKeywords = {f for f in flags if not f.startswith("\\")} - view.keywords
-        if newKeywords and mode != "-":
-            # RFC 9051 §7.3.5: the folder's flag list first.
-            view.keywords |= newKeywords
-            allFlags = list(_FLAGS) + sorted(view.keywords)
-            lines.append(b"* FLAGS " + _flagList(allFlags))
-            lines.append(b"* OK [PERMANENTFLAGS " + _flagList(allFlags + ["\\*"]) + b"] Flags permitted")
+        lines.extend(self.keywordLines(changed))
         for record in changed:
             if record.uid in view.records:
                 view.records[record.uid] = record
@@ -1545,6 +1639,8 @@ class IMAPServer(Protocol):
         for start in range(0, len(uids), batchSize):
             if self.view is not view:
                 return None
+            if start:
+                await self.yieldToOthers()
             batch = uids[start : start + batchSize]
             parsedMap = await folder.parsed(batch) if wantParsed else {}
             files: Dict[int, Any] = {}
@@ -1682,6 +1778,16 @@ def _bodyGetter(search: Any, f: Any, parsed: Any) -> Callable[[], str]:
         return cache[0]
 
     return body
+
+
+def _keywords(state: FolderState) -> Set[str]:
+    """@return: the keywords (not system flags) the messages of a state have."""
+    keywords: Set[str] = set()
+    for m in state.messages:
+        for f in m.flags:
+            if not f.startswith("\\"):
+                keywords.add(f)
+    return keywords
 
 
 def _noArguments(args: List[Any]) -> None:
