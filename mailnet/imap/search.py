@@ -18,7 +18,8 @@ Matching follows RFC 9051: strings match as case-insensitive substrings of
 the decoded text: header fields with their RFC 2047 encoded words decoded
 (8-bit header octets read as UTF-8), bodies decoded from quoted-printable
 or base64 and from their charset (HTML with and without its markup);
-address fields match on the whole decoded field.  Undecodable octets
+address fields match on the whole decoded field, or on the address list
+written again without comments (L{normalisedAddresses}).  Undecodable octets
 become replacement characters, never errors.  SINCE, BEFORE and ON compare
 the internal date's day in UTC (the time zone INTERNALDATE is shown in);
 the SENT* keys compare the day of the Date: field as written (its own time
