@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_imap_server -*-
+# -*- test-case-name: tests.test_imap_fetch,tests.test_imap_server -*-
 """
 FETCH: the attribute list from parsed tokens (RFC 9051 §6.4.5), and the
 assembly of the responses, with message octets read in threads and
