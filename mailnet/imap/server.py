@@ -624,6 +624,7 @@ class IMAPServer(Protocol):
             b"LIST-STATUS",
             b"CHILDREN",
             b"ESEARCH",
+            b"SEARCHRES",
             b"STATUS=SIZE",
             b"CONDSTORE",
             b"APPENDLIMIT=%d" % (self.factory.limits.max_message_size,),
@@ -1616,6 +1617,9 @@ class IMAPServer(Protocol):
         try:
             criteria = search.compile(args, charset)
         except search.SearchError as e:
+            if options and b"SAVE" in options:
+                # RFC 5182 §2.1: a failed SEARCH ... SAVE empties $.
+                self.savedSearch = []
             if "charset" in str(e).lower():
                 raise No(str(e), "BADCHARSET (UTF-8 US-ASCII)")
             raise Bad(str(e))
