@@ -41,6 +41,12 @@ class AttributeTests(SynchronousTestCase):
         [item] = parseFetchAttributes(Atom(b"BODY[3.MIME]"))
         self.assertEqual(item.section, SectionSpec((3,), "MIME"))
 
+    def test_binary(self) -> None:
+        [item] = parseFetchAttributes(Atom(b"BINARY.PEEK[1.2]<0.10>"))
+        self.assertEqual((item.name, item.label, item.setsSeen), ("BINARY", b"BINARY[1.2]<0>", False))
+        [item] = parseFetchAttributes(Atom(b"BINARY.SIZE[3]"))
+        self.assertEqual((item.name, item.label), ("BINARY.SIZE", b"BINARY.SIZE[3]"))
+
     def test_rfc822Forms(self) -> None:
         items = parseFetchAttributes([Atom(b"RFC822"), Atom(b"RFC822.HEADER"), Atom(b"RFC822.TEXT")])
         self.assertEqual(
@@ -61,7 +67,8 @@ class AttributeTests(SynchronousTestCase):
             Atom(b"BODY[HEADER.FIELDS]"),
             Atom(b"BODY[HEADER.FIELDS ()]"),
             Atom(b"BODY[HEADER (From)]"),
-            Atom(b"BINARY[1]"),
+            Atom(b"BINARY[1.TEXT]"),
+            Atom(b"BINARY.SIZE[1]<0.5>"),
             String(b"FLAGS"),
             [],
         ]:

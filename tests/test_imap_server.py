@@ -912,3 +912,41 @@ class SearchTests(IMAPTestCase):
         self.assertEqual(self.send(b"b FETCH $ UID\r\n"), b"* 2 FETCH (UID 2)\r\nb OK FETCH completed\r\n")
         self.assertTrue(self.send(b"c SEARCH RETURN (SAVE) FROB\r\n").startswith(b"c BAD "))
         self.assertEqual(self.send(b"d FETCH $ UID\r\n"), b"d OK FETCH completed\r\n")
+
+
+MULTIPART = (
+    b"From: a@example.test\nSubject: att\nMIME-Version: 1.0\n"
+    b'Content-Type: multipart/mixed; boundary="B"\n\n'
+    b"--B\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+    b"h=C3=A9llo=\nworld\nline2\n"
+    b"--B\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\nAAECAwQ=\n"
+    b"--B\nContent-Type: text/plain\nContent-Transfer-Encoding: x-uuencode\n\nbegin\n"
+    b"--B--\n"
+)
+
+
+class BinaryTests(IMAPTestCase):
+    """RFC 3516 BINARY (required by IMAP4rev2)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.account.deliver(MULTIPART)
+        self.select()
+
+    def test_decoded(self) -> None:
+        out = self.send(b"a FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[2] BINARY.PEEK[2])\r\n")
+        self.assertEqual(
+            out,
+            "* 1 FETCH (BINARY[1] {18}\r\nhélloworld\r\nline2 BINARY.SIZE[2] 5 ".encode("utf-8")
+            + b"BINARY[2] ~{5}\r\n\x00\x01\x02\x03\x04)\r\na OK FETCH completed\r\n",
+        )
+
+    def test_partialAndSeen(self) -> None:
+        out = self.send(b"a FETCH 1 BINARY[1]<1.3>\r\n")
+        self.assertEqual(out, "* 1 FETCH (BINARY[1]<1> {3}\r\nél FLAGS (\\Seen \\Recent))\r\na OK FETCH completed\r\n".encode("utf-8"))
+
+    def test_unknownEncoding(self) -> None:
+        self.assertEqual(self.send(b"a FETCH 1 BINARY[3]\r\n"), b"a NO [UNKNOWN-CTE] Cannot decode that part for BINARY\r\n")
+
+    def test_onlyPartNumbers(self) -> None:
+        self.assertEqual(self.send(b"a FETCH 1 BINARY[1.MIME]\r\n"), b"a BAD BINARY takes part numbers only\r\n")

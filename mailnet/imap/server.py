@@ -611,6 +611,7 @@ class IMAPServer(Protocol):
             else:
                 caps.append(b"LOGINDISABLED")
         caps += [
+            b"BINARY",
             b"LITERAL+",
             b"ENABLE",
             b"IDLE",
@@ -1581,6 +1582,8 @@ class IMAPServer(Protocol):
         self.transport.registerProducer(gate, True)
         try:
             return await _fetch.runFetch(self, view, uids, items, gate)
+        except _fetch.UnknownEncoding:
+            raise No("Cannot decode that part for BINARY", "UNKNOWN-CTE")
         finally:
             self._producer = None
             if not self._disconnected:
