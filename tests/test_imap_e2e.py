@@ -247,25 +247,31 @@ class IMAPEndToEndTests(TestCase):
             sock.sendall(b"a LOGIN alice@example.test alice-secret\r\nb SELECT INBOX\r\n")
             while not reader.readline().startswith(b"b OK"):
                 pass
-            before = _peakReset()
-            sock.sendall(b"c FETCH 1 BODY.PEEK[]\r\n")
-            first = reader.readline()
-            remaining = int(re.search(rb"\{(\d+)\}", first).group(1))
-            received = 0
-            while remaining:
-                chunk = reader.read(min(remaining, 65536))
-                remaining -= len(chunk)
-                received += len(chunk)
-            tail = reader.readline()
-            done = reader.readline()
-            peak = _peak()
+            results = []
+            # Twice: a one-off allocation elsewhere in this process (the
+            # test's client shares it) cannot fail the test; broken
+            # streaming fails both.
+            for tag in (b"c", b"d"):
+                before = _peakReset()
+                sock.sendall(tag + b" FETCH 1 BODY.PEEK[]\r\n")
+                first = reader.readline()
+                remaining = int(re.search(rb"\{(\d+)\}", first).group(1))
+                received = 0
+                while remaining:
+                    chunk = reader.read(min(remaining, 65536))
+                    remaining -= len(chunk)
+                    received += len(chunk)
+                tail = reader.readline()
+                done = reader.readline()
+                results.append(_peak() - before)
+            peak = min(results)
             sock.close()
-            return received, tail, done, peak - before
+            return received, tail, done, peak
 
         received, tail, done, grown = yield deferToThread(session)
         self.assertEqual(received, wire)
         self.assertEqual(tail, b")\r\n")
-        self.assertEqual(done, b"c OK FETCH completed\r\n")
+        self.assertEqual(done, b"d OK FETCH completed\r\n")
         self.assertLess(grown, 5 * 1024 * 1024)
 
 

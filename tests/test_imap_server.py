@@ -868,3 +868,85 @@ class LargeFolderTests(IMAPTestCase):
         self.clock.advance(0)
         out = self.transport.value()
         self.assertTrue(out.endswith(b"* 5000 FETCH (UID 5000)\r\na OK FETCH completed\r\n"), out[-100:])
+
+
+class SearchTests(IMAPTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.account.deliver(MESSAGE)
+        self.account.deliver(MESSAGE.replace(b"hello", b"other"), flags=["\\Seen"])
+        self.account.deliver(MESSAGE)
+        self.select()
+
+    def test_rev1(self) -> None:
+        self.assertEqual(self.send(b"a SEARCH SUBJECT hello\r\n"), b"* SEARCH 1 3\r\na OK SEARCH completed\r\n")
+        self.assertEqual(self.send(b"b UID SEARCH UNSEEN\r\n"), b"* SEARCH 1 3\r\nb OK UID SEARCH completed\r\n")
+
+    def test_emptyResult(self) -> None:
+        """RFC 9051 §6.4.4: the untagged reply is sent even when nothing matches."""
+        self.assertEqual(self.send(b"a SEARCH SUBJECT nowhere\r\n"), b"* SEARCH\r\na OK SEARCH completed\r\n")
+
+    def test_esearch(self) -> None:
+        """RFC 4731."""
+        out = self.send(b"a UID SEARCH RETURN (MIN MAX COUNT ALL) SUBJECT hello\r\n")
+        self.assertEqual(out, b'* ESEARCH (TAG "a") UID MIN 1 MAX 3 ALL 1,3 COUNT 2\r\na OK UID SEARCH completed\r\n')
+
+    def test_rev2(self) -> None:
+        """IMAP4rev2: ESEARCH without RETURN."""
+        self.send(b"e ENABLE IMAP4rev2\r\n")
+        self.assertEqual(self.send(b"a SEARCH SEEN\r\n"), b'* ESEARCH (TAG "a") ALL 2\r\na OK SEARCH completed\r\n')
+
+    def test_body(self) -> None:
+        self.assertEqual(self.send(b"a SEARCH CHARSET UTF-8 BODY \"LINE TWO\"\r\n"), b"* SEARCH 1 2 3\r\na OK SEARCH completed\r\n")
+
+    def test_badCharset(self) -> None:
+        out = self.send(b"a SEARCH CHARSET KOI8-R ALL\r\n")
+        self.assertEqual(out, b"a NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset\r\n")
+
+    def test_badCriteria(self) -> None:
+        self.assertTrue(self.send(b"a SEARCH FROB\r\n").startswith(b"a BAD "))
+
+    def test_saveAndUse(self) -> None:
+        """RFC 5182 SEARCHRES: $ names the saved result, in FETCH too."""
+        self.assertEqual(self.send(b"a SEARCH RETURN (SAVE) SUBJECT other\r\n"), b"a OK SEARCH completed\r\n")
+        self.assertEqual(self.send(b"b FETCH $ UID\r\n"), b"* 2 FETCH (UID 2)\r\nb OK FETCH completed\r\n")
+        self.assertTrue(self.send(b"c SEARCH RETURN (SAVE) FROB\r\n").startswith(b"c BAD "))
+        self.assertEqual(self.send(b"d FETCH $ UID\r\n"), b"d OK FETCH completed\r\n")
+
+
+MULTIPART = (
+    b"From: a@example.test\nSubject: att\nMIME-Version: 1.0\n"
+    b'Content-Type: multipart/mixed; boundary="B"\n\n'
+    b"--B\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+    b"h=C3=A9llo=\nworld\nline2\n"
+    b"--B\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\nAAECAwQ=\n"
+    b"--B\nContent-Type: text/plain\nContent-Transfer-Encoding: x-uuencode\n\nbegin\n"
+    b"--B--\n"
+)
+
+
+class BinaryTests(IMAPTestCase):
+    """RFC 3516 BINARY (required by IMAP4rev2)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.account.deliver(MULTIPART)
+        self.select()
+
+    def test_decoded(self) -> None:
+        out = self.send(b"a FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[2] BINARY.PEEK[2])\r\n")
+        self.assertEqual(
+            out,
+            "* 1 FETCH (BINARY[1] {18}\r\nhélloworld\r\nline2 BINARY.SIZE[2] 5 ".encode("utf-8")
+            + b"BINARY[2] ~{5}\r\n\x00\x01\x02\x03\x04)\r\na OK FETCH completed\r\n",
+        )
+
+    def test_partialAndSeen(self) -> None:
+        out = self.send(b"a FETCH 1 BINARY[1]<1.3>\r\n")
+        self.assertEqual(out, "* 1 FETCH (BINARY[1]<1> {3}\r\nél FLAGS (\\Seen \\Recent))\r\na OK FETCH completed\r\n".encode("utf-8"))
+
+    def test_unknownEncoding(self) -> None:
+        self.assertEqual(self.send(b"a FETCH 1 BINARY[3]\r\n"), b"a NO [UNKNOWN-CTE] Cannot decode that part for BINARY\r\n")
+
+    def test_onlyPartNumbers(self) -> None:
+        self.assertEqual(self.send(b"a FETCH 1 BINARY[1.MIME]\r\n"), b"a BAD BINARY takes part numbers only\r\n")

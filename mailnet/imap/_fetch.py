@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_imap_server -*-
+# -*- test-case-name: tests.test_imap_fetch,tests.test_imap_server -*-
 """
 FETCH: the attribute list from parsed tokens (RFC 9051 §6.4.5), and the
 assembly of the responses, with message octets read in threads and
@@ -79,7 +79,7 @@ _MACROS = {
     b"FULL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"],
 }
 
-_SECTION = re.compile(rb"(BODY|BODY\.PEEK)\[([^\]]*)\](?:<([0-9]{1,10})\.([0-9]{1,10})>)?\Z", re.I)
+_SECTION = re.compile(rb"(BODY|BODY\.PEEK|BINARY|BINARY\.PEEK|BINARY\.SIZE)\[([^\]]*)\](?:<([0-9]{1,10})\.([0-9]{1,10})>)?\Z", re.I)
 _PART = re.compile(rb"[1-9][0-9]{0,5}\Z")
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]{1,200}\Z")
 
@@ -177,6 +177,15 @@ def _item(token: Any) -> FetchItem:
         if count == 0:
             raise FetchSyntaxError("Partial count must not be 0")
         section = attr.evolve(section, partial=(int(match.group(3)), count))
+    if kind.startswith(b"BINARY"):
+        # RFC 3516: part numbers only; the content decoded.
+        if section.text is not None:
+            raise FetchSyntaxError("BINARY takes part numbers only")
+        if kind == b"BINARY.SIZE":
+            if section.partial is not None:
+                raise FetchSyntaxError("BINARY.SIZE takes no partial")
+            return FetchItem("BINARY.SIZE", section, sectionLabel(b"BINARY.SIZE", section))
+        return FetchItem("BINARY", section, sectionLabel(b"BINARY", section), setsSeen=kind == b"BINARY")
     return FetchItem("SECTION", section, sectionLabel(b"BODY", section), setsSeen=not kind.endswith(b".PEEK"))
 
 
@@ -288,6 +297,8 @@ def parseInternalDate(text: bytes) -> float:
 def _needsParsed(item: FetchItem) -> bool:
     if item.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE"):
         return True
+    if item.name in ("BINARY", "BINARY.SIZE"):
+        return True
     if item.name == "SECTION":
         section = item.section
         assert section is not None
@@ -312,6 +323,55 @@ def resolve(parsed: Any, record: Any, section: SectionSpec) -> Any:
     if isinstance(data, bytes):
         return data
     return (data.storedStart, data.storedEnd, data.wireLength)
+
+
+class UnknownEncoding(Exception):
+    """
+    RFC 3516 §4.3: BINARY of a part whose Content-Transfer-Encoding we
+    cannot decode (the server answers NO [UNKNOWN-CTE]).
+    """
+
+
+def binaryJob(parsed: Any, record: Any, section: SectionSpec) -> Optional[Tuple[int, Optional[int], str]]:
+    """
+    @return: C{(storedStart, storedEnd, encoding)} of the part BINARY asks
+        for (the whole message for C{BINARY[]}), or L{None} for an
+        encoding that cannot be decoded.
+    """
+    if not section.part:
+        return (0, None, "8bit")
+    part = _render._child(parsed, section.part)
+    if part is None:
+        return (0, 0, "8bit")
+    encoding = (part.encoding or "7bit").lower()
+    if encoding not in ("7bit", "8bit", "binary", "base64", "quoted-printable"):
+        return None
+    return (part.storedBodyStart, part.storedEnd, encoding)
+
+
+def _decodeParts(jobs: List[Tuple[Any, int, Optional[int], str]]) -> List[bytes]:
+    """
+    Read and decode parts for BINARY (in a thread): C{(file, storedStart,
+    storedEnd, encoding)} each.  Text comes out with CRLF line endings.
+    """
+    import binascii
+    import quopri
+
+    out = []
+    for f, start, end, encoding in jobs:
+        f.seek(start)
+        raw = f.read() if end is None else f.read(max(0, end - start))
+        if encoding == "base64":
+            try:
+                data = binascii.a2b_base64(raw)
+            except binascii.Error:
+                data = b""
+        elif encoding == "quoted-printable":
+            data = quopri.decodestring(raw).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        else:
+            data = raw.replace(b"\n", b"\r\n")
+        out.append(data)
+    return out
 
 
 #: A section up to this size is read with the others of its group, at once.
@@ -412,6 +472,12 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                     assert parsed is not None
                     structure = _render.bodyStructure(parsed.root, name == "BODYSTRUCTURE", rev2=session.rev2)
                     pieces.append(name.encode("ascii") + b" " + structure)
+                elif name in ("BINARY", "BINARY.SIZE"):
+                    assert item.section is not None and parsed is not None
+                    job = binaryJob(parsed, record, item.section)
+                    if job is None:
+                        raise UnknownEncoding()
+                    pieces.append((item.label, job[0], job[1], -1 if name == "BINARY" else -2, job[2], item.section.partial))
                 else:
                     assert item.section is not None
                     data = resolve(parsed, record, item.section)
@@ -449,8 +515,16 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                     for uid, _, pieces in group
                     if uid in files
                     for p in pieces
-                    if isinstance(p, tuple) and p[4] <= SMALL
+                    if isinstance(p, tuple) and len(p) == 5 and p[4] <= SMALL
                 ]
+                binaryJobs = [
+                    (files[uid], p[1], p[2], p[4])
+                    for uid, _, pieces in group
+                    if uid in files
+                    for p in pieces
+                    if isinstance(p, tuple) and len(p) == 6
+                ]
+                decoded = iter(await run(_decodeParts, binaryJobs) if binaryJobs else [])
                 small = iter(await run(_readSmall, jobs) if jobs else [])
                 for uid, seq, pieces in group:
                     if uid in wanted and uid not in files:
@@ -462,6 +536,17 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                     for piece in pieces:
                         if isinstance(piece, bytes):
                             head += sep + piece
+                            sep = b" "
+                            continue
+                        if len(piece) == 6:
+                            label, kind, partial = piece[0], piece[3], piece[5]
+                            data = next(decoded)
+                            if kind == -2:
+                                head += sep + label + b" %d" % (len(data),)
+                            else:
+                                skip, count = applyPartial(len(data), partial)
+                                data = data[skip : skip + count]
+                                head += sep + label + b" " + (b"~" if b"\0" in data else b"") + _literal(data)
                             sep = b" "
                             continue
                         label, storedStart, storedEnd, skip, count = piece

@@ -611,6 +611,7 @@ class IMAPServer(Protocol):
             else:
                 caps.append(b"LOGINDISABLED")
         caps += [
+            b"BINARY",
             b"LITERAL+",
             b"ENABLE",
             b"IDLE",
@@ -624,6 +625,7 @@ class IMAPServer(Protocol):
             b"LIST-STATUS",
             b"CHILDREN",
             b"ESEARCH",
+            b"SEARCHRES",
             b"STATUS=SIZE",
             b"CONDSTORE",
             b"APPENDLIMIT=%d" % (self.factory.limits.max_message_size,),
@@ -1580,6 +1582,8 @@ class IMAPServer(Protocol):
         self.transport.registerProducer(gate, True)
         try:
             return await _fetch.runFetch(self, view, uids, items, gate)
+        except _fetch.UnknownEncoding:
+            raise No("Cannot decode that part for BINARY", "UNKNOWN-CTE")
         finally:
             self._producer = None
             if not self._disconnected:
@@ -1616,6 +1620,9 @@ class IMAPServer(Protocol):
         try:
             criteria = search.compile(args, charset)
         except search.SearchError as e:
+            if options and b"SAVE" in options:
+                # RFC 5182 §2.1: a failed SEARCH ... SAVE empties $.
+                self.savedSearch = []
             if "charset" in str(e).lower():
                 raise No(str(e), "BADCHARSET (UTF-8 US-ASCII)")
             raise Bad(str(e))
