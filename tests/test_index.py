@@ -571,6 +571,32 @@ class WatchTests(DiskTestsMixin, SynchronousTestCase):
         self.assertEqual(calls, [1])
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_keywordsToOtherProcess(self) -> None:
+        """
+        A keyword-only STORE moves no file; it still reaches another
+        process's watch (the mtime of cur/ changes) and sync.
+        """
+        self.deliver()
+        mine = self.open()
+        self.result(mine.sync())
+        self.result(mine.setFlags([1], {"\\Seen"}, "+"))
+        clock = Clock()
+        registry = AccountRegistry(self.mailStore, runSynchronously, PollingWatcher(clock))
+        other = registry.open(ADDRESS)
+        self.addCleanup(registry.release, other)
+        theirs = self.open(account=other)
+        self.result(theirs.sync())
+        calls = []
+        theirs.watch(lambda: calls.append(1))
+        os.utime(os.path.join(self.path, "cur"), (1000, 1000))
+        clock.advance(1)
+        del calls[:]
+        self.result(mine.setFlags([1], {"$Important"}, "+"))
+        clock.advance(1)
+        self.assertEqual(calls, [1])
+        [record] = self.result(theirs.sync()).messages
+        self.assertEqual(record.flags, frozenset({"\\Seen", "$Important"}))
+
     def test_registryForgets(self) -> None:
         """The last release closes an account; the next open makes a fresh one."""
         self.assertEqual(self.registry.active(), [ADDRESS])

@@ -675,6 +675,11 @@ class FolderIndex:
                     changed.append(record)
                     break
             db.executemany("UPDATE messages SET file = ?, flags = ?, keywords = ?, modseq = ? WHERE folder = ? AND uid = ?", rows)
+            if changed and not touched:
+                # Keywords only: no file moved, so nothing would tell other
+                # processes' watchers.  A new mtime on cur/ does (and makes
+                # their next sync look, finding the change in the index).
+                os.utime(os.path.join(self.path, "cur"))
             for sub in touched:
                 fsyncDirectory(os.path.join(self.path, sub))
             if changed:
