@@ -720,6 +720,24 @@ class BenchmarkTests(SynchronousTestCase):
         self.assertTrue(all(value >= 0 for value in figures.values()))
 
 
+class FileNameTests(SynchronousTestCase):
+    """The flag helpers of L{mailnet.store.maildir}."""
+
+    def test_splitInfo(self) -> None:
+        from mailnet.store.maildir import splitInfo
+
+        self.assertEqual(splitInfo("k,S=1,W=2:2,FSa,x"), ("k,S=1,W=2", "FSa", ",x"))
+        self.assertEqual(splitInfo("k,S=1"), ("k,S=1", "", ""))
+        self.assertEqual(splitInfo("k:2,"), ("k", "", ""))
+
+    def test_withFlags(self) -> None:
+        from mailnet.store.maildir import flagsOf, withFlags
+
+        self.assertEqual(withFlags("k:2,Sa,x", frozenset({"\\Draft", "\\Deleted"})), "k:2,DTa,x")
+        self.assertEqual(withFlags("k,W=3", frozenset()), "k,W=3:2,")
+        self.assertEqual(flagsOf("DFRSTab"), frozenset({"\\Draft", "\\Flagged", "\\Answered", "\\Seen", "\\Deleted"}))
+
+
 class TrustTests(SynchronousTestCase):
     def test_trusted(self) -> None:
         """A listing trusts a directory mtime once the clock moved well past it."""

@@ -45,6 +45,7 @@ from typing import Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional
 from mailnet.errors import MessageGone, NoSuchFolder
 from mailnet.store.folders import applyFlags, normalizeFlags
 from mailnet.store.maildir import (
+    FLAG_LETTERS,
     _sortKey,
     _uidOf,
     _wireSize,
@@ -114,9 +115,6 @@ CREATE TABLE IF NOT EXISTS expunged (
 ) WITHOUT ROWID;
 """
 
-_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
-
-
 _lettersCache: Dict[FrozenSet[str], str] = {}
 
 
@@ -124,7 +122,7 @@ def _letters(flags: FrozenSet[str]) -> str:
     """The system flags' Maildir letters, in order."""
     letters = _lettersCache.get(flags)
     if letters is None:
-        letters = "".join(sorted(_LETTERS[f] for f in flags if f in _LETTERS))
+        letters = "".join(sorted(FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS))
         if len(_lettersCache) < 10000:
             _lettersCache[flags] = letters
     return letters
