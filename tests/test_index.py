@@ -405,6 +405,30 @@ class IndexTests(DiskTestsMixin, SynchronousTestCase):
         self.assertEqual(self.result(self.open("Sent").parsed([1]))[1].data, first.data)
         self.assertEqual(len(self.parses), 1)
 
+    def test_appendParsedAtOnce(self) -> None:
+        """An APPENDed message is parsed while it is stored: its first FETCH ENVELOPE reads the index only."""
+        receiver = self.account.append("Sent", frozenset(), None)
+        receiver.write(MESSAGE)
+        _, uid = self.result(receiver.finish())
+        self.assertEqual(len(self.parses), 1)
+        self.restart()
+        parsed = self.result(self.open("Sent").parsed([uid]))[uid]
+        self.assertEqual(parsed.data, MESSAGE.replace(b"\r\n", b"\n"))
+        self.assertEqual(len(self.parses), 1)
+
+    def test_appendUnparsable(self) -> None:
+        """A parser failure does not fail the APPEND (it is logged; the message is parsed on first use)."""
+
+        def broken(f):
+            raise ValueError("parser bug")
+
+        self.account._parse = broken
+        receiver = self.account.append("Sent", frozenset(), None)
+        receiver.write(MESSAGE)
+        self.result(receiver.finish())
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(len(self.result(self.open("Sent").sync()).messages), 1)
+
     def test_deleteLeavesNothing(self) -> None:
         self.result(self.account.createFolder("Old"))
         receiver = self.account.append("Old", frozenset(), None)

@@ -795,14 +795,15 @@ class FolderIndex:
             return key, "cur/" + name
         return None
 
-    def add(self, tmp: str, key: str, name: str, flags: FrozenSet[str], internalDate: float, size: int) -> int:
+    def add(self, tmp: str, key: str, name: str, flags: FrozenSet[str], internalDate: float, size: int, parsed: Optional[bytes] = None) -> int:
         """
         APPEND: move a written and synced file from C{tmp/} into C{cur/}
         as C{name} and index it.
 
+        @param parsed: its parsed form (C{toBytes}), if known: cached now.
         @return: its UID.
         """
-        with self._changing():
+        with self._changing() as db:
             self.ensure()
             os.rename(tmp, os.path.join(self.path, "cur", name))
             fsyncDirectory(os.path.join(self.path, "cur"))
@@ -810,6 +811,8 @@ class FolderIndex:
             self.uidNext += 1
             modseq = self.highestModSeq + 1
             self._insert([(uid, key, "cur/" + name, normalizeFlags(flags), internalDate, size)], modseq)
+            if parsed is not None:
+                db.execute("INSERT OR REPLACE INTO parsed (folder, uid, data) VALUES (?, ?, ?)", (self.folderId, uid, parsed))
             self._bump(modseq)
         return uid
 
