@@ -405,6 +405,30 @@ class IndexTests(DiskTestsMixin, SynchronousTestCase):
         self.assertEqual(self.result(self.open("Sent").parsed([1]))[1].data, first.data)
         self.assertEqual(len(self.parses), 1)
 
+    def test_appendParsedAtOnce(self) -> None:
+        """An APPENDed message is parsed while it is stored: its first FETCH ENVELOPE reads the index only."""
+        receiver = self.account.append("Sent", frozenset(), None)
+        receiver.write(MESSAGE)
+        _, uid = self.result(receiver.finish())
+        self.assertEqual(len(self.parses), 1)
+        self.restart()
+        parsed = self.result(self.open("Sent").parsed([uid]))[uid]
+        self.assertEqual(parsed.data, MESSAGE.replace(b"\r\n", b"\n"))
+        self.assertEqual(len(self.parses), 1)
+
+    def test_appendUnparsable(self) -> None:
+        """A parser failure does not fail the APPEND (it is logged; the message is parsed on first use)."""
+
+        def broken(f):
+            raise ValueError("parser bug")
+
+        self.account._parse = broken
+        receiver = self.account.append("Sent", frozenset(), None)
+        receiver.write(MESSAGE)
+        self.result(receiver.finish())
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(len(self.result(self.open("Sent").sync()).messages), 1)
+
     def test_deleteLeavesNothing(self) -> None:
         self.result(self.account.createFolder("Old"))
         receiver = self.account.append("Old", frozenset(), None)
@@ -571,6 +595,32 @@ class WatchTests(DiskTestsMixin, SynchronousTestCase):
         self.assertEqual(calls, [1])
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_keywordsToOtherProcess(self) -> None:
+        """
+        A keyword-only STORE moves no file; it still reaches another
+        process's watch (the mtime of cur/ changes) and sync.
+        """
+        self.deliver()
+        mine = self.open()
+        self.result(mine.sync())
+        self.result(mine.setFlags([1], {"\\Seen"}, "+"))
+        clock = Clock()
+        registry = AccountRegistry(self.mailStore, runSynchronously, PollingWatcher(clock))
+        other = registry.open(ADDRESS)
+        self.addCleanup(registry.release, other)
+        theirs = self.open(account=other)
+        self.result(theirs.sync())
+        calls = []
+        theirs.watch(lambda: calls.append(1))
+        os.utime(os.path.join(self.path, "cur"), (1000, 1000))
+        clock.advance(1)
+        del calls[:]
+        self.result(mine.setFlags([1], {"$Important"}, "+"))
+        clock.advance(1)
+        self.assertEqual(calls, [1])
+        [record] = self.result(theirs.sync()).messages
+        self.assertEqual(record.flags, frozenset({"\\Seen", "$Important"}))
+
     def test_registryForgets(self) -> None:
         """The last release closes an account; the next open makes a fresh one."""
         self.assertEqual(self.registry.active(), [ADDRESS])
@@ -692,6 +742,24 @@ class BenchmarkTests(SynchronousTestCase):
         figures = index.measure(self.mktemp(), 20)
         self.assertIn("open after a restart (index on disk)", figures)
         self.assertTrue(all(value >= 0 for value in figures.values()))
+
+
+class FileNameTests(SynchronousTestCase):
+    """The flag helpers of L{mailnet.store.maildir}."""
+
+    def test_splitInfo(self) -> None:
+        from mailnet.store.maildir import splitInfo
+
+        self.assertEqual(splitInfo("k,S=1,W=2:2,FSa,x"), ("k,S=1,W=2", "FSa", ",x"))
+        self.assertEqual(splitInfo("k,S=1"), ("k,S=1", "", ""))
+        self.assertEqual(splitInfo("k:2,"), ("k", "", ""))
+
+    def test_withFlags(self) -> None:
+        from mailnet.store.maildir import flagsOf, withFlags
+
+        self.assertEqual(withFlags("k:2,Sa,x", frozenset({"\\Draft", "\\Deleted"})), "k:2,DTa,x")
+        self.assertEqual(withFlags("k,W=3", frozenset()), "k,W=3:2,")
+        self.assertEqual(flagsOf("DFRSTab"), frozenset({"\\Draft", "\\Flagged", "\\Answered", "\\Seen", "\\Deleted"}))
 
 
 class TrustTests(SynchronousTestCase):

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_benchmarks -*-
+# -*- test-case-name: tests.test_index -*-
 """
 The IMAP folder store on its own (no protocol): how long opening and
 syncing an inbox of N messages takes with a cold index (first use: every

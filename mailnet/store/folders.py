@@ -776,7 +776,7 @@ class AppendReceiver:
         date = time.time() if self._internalDate is None else float(self._internalDate)
         stored, wire = self._lines.stored, self._lines.wire
 
-        def write() -> None:
+        def write() -> Optional[bytes]:
             target = f if f is not None else self._openTmp()
             try:
                 if f is None:
@@ -786,11 +786,12 @@ class AppendReceiver:
             finally:
                 target.close()
             os.utime(self._tmp, (date, date))
+            return self._parse()
 
-        def publish() -> Tuple[int, int]:
+        def publish(parsed: Optional[bytes]) -> Tuple[int, int]:
             index = self._account._folderIndex(self._name)
             name = withFlags("%s,S=%d,W=%d" % (self._key, stored, wire), self._flags & SYSTEM_FLAGS)
-            uid = index.add(self._tmp, self._key, name, self._flags, date, wire)
+            uid = index.add(self._tmp, self._key, name, self._flags, date, wire, parsed)
             return index.uidValidity, uid
 
         def failed(failure):
@@ -798,9 +799,33 @@ class AppendReceiver:
             return failure
 
         d = self._account._ready_().addCallback(lambda _: self._account._run(write))
-        d.addCallback(lambda _: self._account._do(publish))
+        d.addCallback(lambda parsed: self._account._do(publish, parsed))
         d.addErrback(failed)
         return self._account._then(d, self._name)
+
+    def _parse(self) -> Optional[bytes]:
+        """
+        The message's parsed form, made now while its file is in the page
+        cache (a client's first FETCH ENVELOPE/BODYSTRUCTURE of what it
+        APPENDed then reads the index only).  L{None} if it cannot be had:
+        the message is parsed on first use instead.
+        """
+        from mailnet import mime
+
+        parse = self._account._parse or mime.parseMessage
+        try:
+            with open(self._tmp, "rb") as stored:
+                parsed = parse(stored)
+        except NotImplementedError:
+            return None
+        except Exception:
+            log.failure("Could not parse an APPENDed message")
+            return None
+        toBytes = getattr(parsed, "toBytes", None)
+        try:
+            return toBytes() if toBytes is not None else None
+        except NotImplementedError:
+            return None
 
     def _discard(self) -> None:
         f, self._file, self._chunks = self._file, None, []

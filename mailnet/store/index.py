@@ -45,6 +45,7 @@ from typing import Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional
 from mailnet.errors import MessageGone, NoSuchFolder
 from mailnet.store.folders import applyFlags, normalizeFlags
 from mailnet.store.maildir import (
+    FLAG_LETTERS,
     _sortKey,
     _uidOf,
     _wireSize,
@@ -114,9 +115,6 @@ CREATE TABLE IF NOT EXISTS expunged (
 ) WITHOUT ROWID;
 """
 
-_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
-
-
 _lettersCache: Dict[FrozenSet[str], str] = {}
 
 
@@ -124,7 +122,7 @@ def _letters(flags: FrozenSet[str]) -> str:
     """The system flags' Maildir letters, in order."""
     letters = _lettersCache.get(flags)
     if letters is None:
-        letters = "".join(sorted(_LETTERS[f] for f in flags if f in _LETTERS))
+        letters = "".join(sorted(FLAG_LETTERS[f] for f in flags if f in FLAG_LETTERS))
         if len(_lettersCache) < 10000:
             _lettersCache[flags] = letters
     return letters
@@ -675,6 +673,11 @@ class FolderIndex:
                     changed.append(record)
                     break
             db.executemany("UPDATE messages SET file = ?, flags = ?, keywords = ?, modseq = ? WHERE folder = ? AND uid = ?", rows)
+            if changed and not touched:
+                # Keywords only: no file moved, so nothing would tell other
+                # processes' watchers.  A new mtime on cur/ does (and makes
+                # their next sync look, finding the change in the index).
+                os.utime(os.path.join(self.path, "cur"))
             for sub in touched:
                 fsyncDirectory(os.path.join(self.path, sub))
             if changed:
@@ -792,14 +795,15 @@ class FolderIndex:
             return key, "cur/" + name
         return None
 
-    def add(self, tmp: str, key: str, name: str, flags: FrozenSet[str], internalDate: float, size: int) -> int:
+    def add(self, tmp: str, key: str, name: str, flags: FrozenSet[str], internalDate: float, size: int, parsed: Optional[bytes] = None) -> int:
         """
         APPEND: move a written and synced file from C{tmp/} into C{cur/}
         as C{name} and index it.
 
+        @param parsed: its parsed form (C{toBytes}), if known: cached now.
         @return: its UID.
         """
-        with self._changing():
+        with self._changing() as db:
             self.ensure()
             os.rename(tmp, os.path.join(self.path, "cur", name))
             fsyncDirectory(os.path.join(self.path, "cur"))
@@ -807,6 +811,8 @@ class FolderIndex:
             self.uidNext += 1
             modseq = self.highestModSeq + 1
             self._insert([(uid, key, "cur/" + name, normalizeFlags(flags), internalDate, size)], modseq)
+            if parsed is not None:
+                db.execute("INSERT OR REPLACE INTO parsed (folder, uid, data) VALUES (?, ?, ?)", (self.folderId, uid, parsed))
             self._bump(modseq)
         return uid
 

@@ -135,9 +135,10 @@ class InotifyWatcher:
         self._listeners: Dict[str, List[_Coalescer]] = {}
         self._fallback: Optional[PollingWatcher] = None
         # Entries created, removed or renamed: a delivery, flag change or
-        # expunge.  (A removed directory also reports IN_DELETE_SELF and
-        # IN_IGNORED, asked for or not.)
-        self._mask = inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_MOVED_FROM | inotify.IN_MOVED_TO
+        # expunge; IN_ATTRIB: the directory's own mtime set (a keyword-only
+        # change by another mailnet).  (A removed directory also reports
+        # IN_DELETE_SELF and IN_IGNORED, asked for or not.)
+        self._mask = inotify.IN_CREATE | inotify.IN_DELETE | inotify.IN_MOVED_FROM | inotify.IN_MOVED_TO | inotify.IN_ATTRIB
 
     def watch(self, paths: Sequence[str], callback: Callable[[], None]) -> Callable[[], None]:
         coalescer = _Coalescer(self._reactor, callback, self._coalesce)
