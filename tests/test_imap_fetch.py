@@ -115,6 +115,19 @@ class WireReaderTests(SynchronousTestCase):
         self.assertEqual(data, self.wire + b"     ")
 
 
+class NulTests(SynchronousTestCase):
+    def test_nulAsSpace(self) -> None:
+        """RFC 9051 §4.3: a literal holds no NUL; BODY sends it as a space."""
+        reader = WireReader(io.BytesIO(b"a\0b\n"), 0, None, 0, 5)
+        self.assertEqual(reader.read(), b"a b\r\n")
+
+    def test_quotedPrintable(self) -> None:
+        """RFC 2045 §6.7: trailing blanks dropped, soft breaks joined, =XX decoded."""
+        from mailnet.imap._fetch import decodeQuotedPrintable
+
+        self.assertEqual(decodeQuotedPrintable(b"h=C3=A9llo  =\nworld \t\nx=4\n"), "héllo  world\r\nx=4\r\n".encode("utf-8"))
+
+
 class DateTests(SynchronousTestCase):
     def test_internalDate(self) -> None:
         self.assertEqual(internalDate(1796472000), b'" 5-Dec-2026 12:00:00 +0000"')

@@ -948,5 +948,12 @@ class BinaryTests(IMAPTestCase):
     def test_unknownEncoding(self) -> None:
         self.assertEqual(self.send(b"a FETCH 1 BINARY[3]\r\n"), b"a NO [UNKNOWN-CTE] Cannot decode that part for BINARY\r\n")
 
+    def test_binaryEncodingAsStored(self) -> None:
+        """A binary part comes back octet for octet (NUL included, no CRLF added)."""
+        self.account.deliver(b"Content-Type: application/octet-stream\nContent-Transfer-Encoding: binary\n\n\0a\nb")
+        self.send(b"n NOOP\r\n")
+        out = self.send(b"a FETCH 2 (BINARY.PEEK[1] BODY.PEEK[1])\r\n")
+        self.assertEqual(out, b"* 2 FETCH (BINARY[1] ~{4}\r\n\0a\nb BODY[1] {5}\r\n a\r\nb)\r\na OK FETCH completed\r\n")
+
     def test_onlyPartNumbers(self) -> None:
         self.assertEqual(self.send(b"a FETCH 1 BINARY[1.MIME]\r\n"), b"a BAD BINARY takes part numbers only\r\n")

@@ -208,7 +208,8 @@ class WireReader:
     Reads a stored range of a message (LF line endings) as wire octets
     (CRLF), leaving out the first C{skip} and giving exactly C{count}: if
     the file turns out shorter than the index said, the rest is spaces,
-    so that the literal announced stays true.  Its methods block: call
+    so that the literal announced stays true.  A NUL (which no literal may
+    hold) is sent as a space.  Its methods block: call
     them in a thread.
     """
 
@@ -238,7 +239,8 @@ class WireReader:
                 out.append(filler)
                 break
             self._position += len(data)
-            wire = data.replace(b"\n", b"\r\n")
+            # RFC 9051 §4.3: no NUL in a literal (BINARY sends those).
+            wire = data.replace(b"\n", b"\r\n").replace(b"\0", b" ")
             if self._skip:
                 if self._skip >= len(wire):
                     self._skip -= len(wire)
@@ -349,13 +351,40 @@ def binaryJob(parsed: Any, record: Any, section: SectionSpec) -> Optional[Tuple[
     return (part.storedBodyStart, part.storedEnd, encoding)
 
 
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def decodeQuotedPrintable(raw: bytes) -> bytes:
+    """
+    RFC 2045 §6.7: trailing white space on a line is dropped, a line
+    ending in C{=} continues on the next, C{=XX} is an octet; a malformed
+    C{=} is kept as it is.  Line ends come out as CRLF.
+    """
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+        ending = True
+    else:
+        ending = False
+    out = []
+    for i, line in enumerate(lines):
+        line = line.rstrip(b" \t\r")
+        last = i == len(lines) - 1
+        if line.endswith(b"="):
+            out.append(_QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), line[:-1]))
+            continue
+        out.append(_QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), line))
+        if not last or ending:
+            out.append(b"\r\n")
+    return b"".join(out)
+
+
 def _decodeParts(jobs: List[Tuple[Any, int, Optional[int], str]]) -> List[bytes]:
     """
     Read and decode parts for BINARY (in a thread): C{(file, storedStart,
     storedEnd, encoding)} each.  Text comes out with CRLF line endings.
     """
     import binascii
-    import quopri
 
     out = []
     for f, start, end, encoding in jobs:
@@ -367,7 +396,9 @@ def _decodeParts(jobs: List[Tuple[Any, int, Optional[int], str]]) -> List[bytes]
             except binascii.Error:
                 data = b""
         elif encoding == "quoted-printable":
-            data = quopri.decodestring(raw).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            data = decodeQuotedPrintable(raw)
+        elif encoding == "binary":
+            data = raw  # as stored: octets, not lines
         else:
             data = raw.replace(b"\n", b"\r\n")
         out.append(data)
