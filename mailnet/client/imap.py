@@ -51,6 +51,7 @@ from mailnet.errors import (
     AuthenticationFailed,
     ClientError,
     ConnectFailed,
+    NoSuchMessage,
     PlaintextRefused,
     ServerError,
     ServerTimeout,
@@ -81,11 +82,11 @@ class ProtocolError(ClientError):
     """{host} sent something that is not IMAP: {reason}"""
 
 
-class NoIMAP(ClientError):
+class NoIMAP(ConnectFailed):
     """{host} port {port} did not greet as an IMAP server (it said {greeting}); check --imap-port (usually 143 with --tls starttls, 993 with --tls implicit)"""
 
 
-class ServerBye(ClientError):
+class ServerBye(ConnectFailed):
     """{host} closed the IMAP session: {reply}"""
 
 
@@ -93,7 +94,7 @@ class NoSuchFolder(ClientError):
     """{host} has no folder {name!r} ({reply})"""
 
 
-class NoSuchUID(ClientError):
+class NoSuchUID(NoSuchMessage):
     """there is no message with UID {uid} in {folder}"""
 
 
