@@ -821,6 +821,8 @@ class IMAPCommands:
                     await self.idleOnce(session)
             except (ConnectFailed, ServerTimeout, ProtocolError, ServerBye) as e:
                 await session.abort()
+                if self.inv.interrupted:
+                    raise  # Ctrl-C closed the connection: nothing to report
                 self.io.err("%s: %s; reconnecting in %g s" % (PROG, _shownError(e), backoff))
                 await task.deferLater(self.reactor, backoff, lambda: None)
                 backoff = min(backoff * 2, MAX_BACKOFF)
@@ -882,10 +884,10 @@ class IMAPCommands:
         finally:
             if timer.active():
                 timer.cancel()
-        if idling.ended.called:
-            await idling.ended
-            return
-        await idling.done()
+        if not idling.ended.called:
+            await idling.done()
+        if idling.error is not None:
+            raise idling.error
 
 
 class NoSuchUIDInFolder(NoSuchMessage):

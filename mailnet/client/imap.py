@@ -1238,17 +1238,16 @@ class IMAPSession:
         def ended(result: Tuple[Response, List[Response]]) -> None:
             self.protocol.onUntagged = None
             tagged = result[0]
-            if not idling.started.called:
-                idling.started.errback(CommandFailed(host=self.endpoint.host, command="IDLE", reply=tagged.reply()))
             if tagged.status != b"OK":
-                raise CommandFailed(host=self.endpoint.host, command="IDLE", reply=tagged.reply())
+                idling.error = CommandFailed(host=self.endpoint.host, command="IDLE", reply=tagged.reply())
+            if not idling.started.called:
+                idling.started.errback(idling.error or CommandFailed(host=self.endpoint.host, command="IDLE", reply=tagged.reply()))
 
-        def failed(reason: Failure) -> Failure:
+        def failed(reason: Failure) -> None:
             self.protocol.onUntagged = None
+            idling.error = reason.value
             if not idling.started.called:
                 idling.started.errback(reason)
-                return None  # type: ignore[return-value]
-            return reason
 
         d.addCallback(ended)
         d.addErrback(failed)
@@ -1280,10 +1279,17 @@ class IMAPSession:
 
 
 class Idling:
-    """An IDLE in progress (L{IMAPSession.idle})."""
+    """
+    An IDLE in progress (L{IMAPSession.idle}).
+
+    @ivar ended: fires (never fails) when IDLE ended; then C{error} is why
+        it ended other than by L{done} (the connection was lost ...), or
+        L{None}.
+    """
 
     def __init__(self, session: IMAPSession) -> None:
         self.session = session
+        self.error: Optional[BaseException] = None
         self.started: defer.Deferred = defer.Deferred()
         self.ended: defer.Deferred = defer.Deferred()
         self._done = False
