@@ -1125,7 +1125,7 @@ class IMAPSession:
         sink: Optional[Callable[[bytes], Any]] = None,
         peek: bool = True,
         progress: Optional[Callable[[int], None]] = None,
-        chunk: int = CHUNK,
+        chunk: Optional[int] = None,
     ) -> Optional[bytes]:
         """
         Fetch one whole message in pieces of C{chunk} octets (partial
@@ -1136,6 +1136,7 @@ class IMAPSession:
 
         @raise NoSuchUID: no such message in the selected folder.
         """
+        chunk = chunk or CHUNK
         pieces: List[bytes] = []
         offset = 0
         folder = self.selected.name if self.selected is not None else "the folder"
