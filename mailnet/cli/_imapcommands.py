@@ -68,8 +68,11 @@ FLAGS = {"seen": "\\Seen", "flagged": "\\Flagged", "answered": "\\Answered", "de
 _KEYWORD = re.compile(r"\A[!#$&'+\-.0-9:;<=>?@A-Z^_`a-z|~]{1,100}\Z")
 
 
-class UsageError(ClientError):
-    """{problem}"""
+def UsageError(problem: str) -> ClientError:
+    """A usage error (exit status 2), as L{mailnet.cli.main.UsageError}."""
+    from mailnet.cli.main import UsageError
+
+    return UsageError(problem=problem)
 
 
 class NeedsIMAP(ClientError):

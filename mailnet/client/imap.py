@@ -1110,7 +1110,10 @@ class IMAPSession:
             date = items.get(b"INTERNALDATE")
             info = MessageInfo(
                 uid=_int(items[b"UID"]) or 0,
-                flags=tuple(f.decode("utf-8", "replace") for f in flags if isinstance(f, bytes)) if isinstance(flags, list) else (),
+                # \Recent says only which session saw a message first (gone in IMAP4rev2).
+                flags=tuple(f.decode("utf-8", "replace") for f in flags if isinstance(f, bytes) and f.upper() != b"\\RECENT")
+                if isinstance(flags, list)
+                else (),
                 size=_int(items.get(b"RFC822.SIZE")) or 0,
                 internalDate=date.decode("ascii", "replace") if isinstance(date, bytes) else "",
                 headers=headers,
