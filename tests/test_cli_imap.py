@@ -202,7 +202,7 @@ class IMAPCommandTests(IMAPCLIMixin, unittest.TestCase):
         larger than the partial-fetch piece arrives whole (CRLF pairs split
         between pieces included).
         """
-        self.patch(imap, "CHUNK", 7)
+        self.patch(imap, "CHUNK", 101)
         body = "".join("line %d with some text\n" % (i,) for i in range(40))
         yield self.send("big", body)
         maildir = os.path.join(self.home, "Mail")
