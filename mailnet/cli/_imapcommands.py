@@ -17,7 +17,7 @@ import json
 import os
 import re
 import shlex
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
@@ -113,6 +113,10 @@ def extendParser(commands: Any, parsers: Dict[str, argparse.ArgumentParser]) -> 
     parsers["fetch"].add_argument("--folder", action="append", default=[], metavar="F", help="fetch this folder (IMAP; repeatable; default INBOX)")
     parsers["fetch"].add_argument("--all-folders", action="store_true", help="fetch every folder, each into a Maildir++ subfolder (IMAP)")
     parsers["send"].add_argument("--no-save-sent", action="store_true", help="do not store a copy in the Sent folder (with IMAP)")
+    for name in ("delete", "fetch"):
+        if not any("--json" in action.option_strings for action in parsers[name]._actions):
+            parsers[name].add_argument("--json", action="store_true", help="print JSON (IMAP)")
+            _IMAP_ONLY.add((name, "json"))
 
     def command(name: str, description: str, examples: Sequence[str]) -> argparse.ArgumentParser:
         return commands.add_parser(
@@ -169,13 +173,23 @@ def extendParser(commands: Any, parsers: Dict[str, argparse.ArgumentParser]) -> 
     watch.add_argument("--json", action="store_true", help="print one JSON object a line")
 
 
+#: C{(command, option)} added here that only IMAP honours.
+_IMAP_ONLY: Set[Tuple[str, str]] = set()
+
+
 def wanted(options: argparse.Namespace, protocol: str) -> bool:
-    """Whether the command runs here (over IMAP) rather than over POP3."""
+    """
+    Whether the command runs here (over IMAP) rather than over POP3.
+
+    @raise NeedsIMAP: an option only IMAP has, with POP3.
+    """
     if options.command in COMMANDS:
         return True
     if protocol == "imap":
         return options.command in SHARED or options.command == "send"
-    for option in ("folder", "unseen", "since", "peek", "expunge", "all_folders"):
+    options_ = ["folder", "unseen", "since", "peek", "expunge", "all_folders"]
+    options_ += [option for command, option in _IMAP_ONLY if command == options.command]
+    for option in options_:
         if getattr(options, option, None):
             raise NeedsIMAP(what="--" + option.replace("_", "-"))
     return False
@@ -429,8 +443,8 @@ class IMAPCommands:
             from mailnet.cli.main import fit
 
             for f, c in rows:
-                counts = "%6s  %6s" % (c.get("MESSAGES", "-"), c.get("UNSEEN", "-")) if c else "%6s  %6s" % ("-", "-")
-                self.io.out("%s  %s  %s" % (fit(f.name, 30), fit(f.specialUse or "", 9), counts))
+                shownCounts = "%6s  %6s" % (c.get("MESSAGES", "-"), c.get("UNSEEN", "-"))
+                self.io.out("%s  %s  %s" % (fit(f.name, 30), fit(f.specialUse or "", 9), shownCounts))
             return 0
 
         return await self.withSession(work)
@@ -583,6 +597,7 @@ class IMAPCommands:
     async def do_delete(self) -> int:
         uids = list(dict.fromkeys(self.options.numbers))
         done: List[str] = []
+        self._movedTo: Optional[str] = None
 
         async def work(session: IMAPSession) -> int:
             trash = None if self.options.expunge else await self.trashFolder(session)
@@ -596,10 +611,14 @@ class IMAPCommands:
                 raise NoTrash(host=self.connection.imap.host)
             else:
                 await session.move(uids, trash)
+                self._movedTo = trash
                 done.append("moved to %s" % (shownName(trash),))
             return 0
 
         code = await self.withSession(work)
+        if getattr(self.options, "json", False):
+            self.json({"folder": self.folder, "uids": uids, "removed": done[0] == "removed", "moved_to": self._movedTo})
+            return code
         for uid in uids:
             self.io.out("deleted %d (%s)" % (uid, done[0]))
         return code
@@ -731,6 +750,9 @@ class IMAPCommands:
             progress.close()
         target = self.options.to_maildir or self.options.to_mbox
         saved = counts["saved"]
+        if getattr(self.options, "json", False):
+            self.json({"target": target, "fetched": saved, "skipped": counts["skipped"], "deleted": saved if self.options.delete else 0})
+            return code
         line = "fetched %d %smessage%s into %s%s" % (
             saved, "new " if counts["skipped"] else "", _s(saved), target,
             ", deleted from the server" if self.options.delete and saved else "")

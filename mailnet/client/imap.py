@@ -878,7 +878,7 @@ class IMAPSession:
             return protocol
 
         try:
-            protocol = await endpoint.endpoint(reactor, creator).connect(_Factory(build))
+            protocol: IMAPClientProtocol = await endpoint.endpoint(reactor, creator).connect(_Factory(build))  # type: ignore[assignment]
             greeting = await protocol.greeted
         except ClientError:
             raise
@@ -904,7 +904,8 @@ class IMAPSession:
                 protocol._fail(TLSFailed(host=endpoint.host, port=endpoint.port,
                                          reason="the server sent unencrypted data after its STARTTLS reply (an injection attempt?)"))
                 await protocol.closed
-                raise protocol._error  # type: ignore[misc]
+                assert protocol._error is not None
+                raise protocol._error
             assert creator is not None
             protocol.transport.startTLS(creator)  # type: ignore[union-attr]
             protocol.secure = True
@@ -1236,8 +1237,7 @@ class IMAPSession:
             if not idling.started.called:
                 idling.started.callback(None)
 
-        d = self._run("IDLE", onContinue=started, timed=False)
-        d = defer.ensureDeferred(d)
+        d: defer.Deferred = defer.ensureDeferred(self._run("IDLE", onContinue=started, timed=False))
 
         def ended(result: Tuple[Response, List[Response]]) -> None:
             self.protocol.onUntagged = None
