@@ -11,7 +11,6 @@ import io
 import json
 import mailbox
 import os
-import sys
 from typing import Optional
 
 from twisted.internet import defer, reactor
@@ -342,4 +341,31 @@ class WatchProcessTests(IMAPCLIMixin, unittest.TestCase):
         self.assertIn(b"interrupted", child.output[2])
 
 
-assert sys.version_info >= (3, 8)
+
+class WatchExecTests(IMAPCLIMixin, unittest.TestCase):
+    timeout = 60
+
+    def setUp(self):
+        return self.startWithUsers()
+
+    @defer.inlineCallbacks
+    def test_exec(self):
+        """--exec runs the command per new message: details in its environment, JSON on its stdin, never the password."""
+        state = {"sent": False}
+
+        def onOutput(child):
+            if b"watching INBOX" in child.output[2] and not state["sent"]:
+                state["sent"] = True
+                self.send("run for me")
+            if b"}" in child.output[1] and not getattr(child, "signalled", False):
+                child.signalled = True
+                child.transport.signalProcess("INT")
+
+        child = Child(onOutput)
+        argv = self.options("bob@example.test") + [
+            "watch", "--exec", 'echo "got $MAILNET_UID $MAILNET_FOLDER $MAILNET_SUBJECT pw=$MAILNET_PASSWORD"; cat']
+        status = yield spawn(self, "main", argv, child, {"MAILNET_PASSWORD": "bob-secret", "HOME": self.home})
+        self.assertEqual(status, EXIT_INTERRUPTED, child.output[2])
+        first, second = child.output[1].decode().splitlines()[:2]
+        self.assertEqual(first, "got 1 INBOX run for me pw=")
+        self.assertEqual(json.loads(second)["subject"], "run for me")

@@ -197,6 +197,21 @@ class ProtocolTests(unittest.SynchronousTestCase):
         tagged, untagged = self.successResultOf(d)
         self.assertEqual((tagged.status, [u.kind for u in untagged]), (b"OK", [b"EXISTS"]))
 
+    def test_passwordNeverInTranscript(self):
+        """A masked command's password is not shown, also when it goes as a literal."""
+        lines = []
+        protocol = IMAPClientProtocol(ENDPOINT, lambda who, line: lines.append(line), Clock())
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"* OK hi\r\n")
+        protocol.command("LOGIN", "bob", "pässwörd", masked=True)
+        protocol.dataReceived(b"+ go\r\n")
+        self.assertIn("pässwörd".encode(), transport.value())
+        self.assertEqual(lines[-2:], ['m1 LOGIN "bob" ****', "****"])
+        protocol.command("LOGIN", "bob", "secret", masked=True)
+        protocol.dataReceived(b"m1 NO bad\r\n")
+        self.assertEqual(lines[-1], 'm2 LOGIN "bob" ****')
+
     def test_literalWaitsForContinuation(self):
         protocol, transport, clock = self.greeted()
         d = protocol.command("APPEND", "INBOX", Literal(b"abc"))

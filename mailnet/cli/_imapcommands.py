@@ -20,6 +20,7 @@ import shlex
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.internet import defer, task
+from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from mailnet.client.imap import (
@@ -867,8 +868,6 @@ class IMAPCommands:
         document = messageJSON(info)
         document["folder"] = self.folder
         if self.options.exec_:
-            from twisted.internet.utils import getProcessValue
-
             from mailnet.cli.main import PROG
 
             environ = dict(self.io.environ)
@@ -878,7 +877,7 @@ class IMAPCommands:
                 "MAILNET_DATE": _clean(document["date"]),
             })
             environ.pop("MAILNET_PASSWORD", None)
-            status = await getProcessValue("/bin/sh", ["-c", self.options.exec_], env=environ, reactor=self.reactor)
+            status = await runCommand(self.reactor, self.options.exec_, environ, (json.dumps(document) + "\n").encode("ascii"), self.io)
             if status != 0:
                 self.io.err("%s: warning: --exec exited with status %s for message %d" % (PROG, status, info.uid))
             return
@@ -913,6 +912,46 @@ class IMAPCommands:
             await idling.done()
         if idling.error is not None:
             raise idling.error
+
+
+class _Command(ProcessProtocol):
+    def __init__(self, stdin: bytes, io: Any) -> None:
+        self.stdin = stdin
+        self.io = io
+        self.ended: defer.Deferred = defer.Deferred()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        stream = self.io.stdout if childFD == 1 else self.io.stderr
+        stream.write(data.decode("utf-8", "replace"))
+        stream.flush()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.stdin)  # type: ignore[union-attr]
+        self.transport.closeStdin()  # type: ignore[union-attr]
+
+    def processEnded(self, reason: Failure) -> None:
+        value = reason.value
+        self.ended.callback(getattr(value, "exitCode", None) if getattr(value, "signal", None) is None else "signal %s" % (value.signal,))
+
+
+def runCommand(reactor: Any, command: str, environ: Dict[str, str], stdin: bytes, io: Any) -> defer.Deferred:
+    """
+    Run C{command} with C{/bin/sh}: the message's JSON on its standard
+    input, its output straight to ours (when ours are real files).
+
+    @return: Deferred firing with its exit status.
+    """
+    childFDs: Dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+    for fd, stream in ((1, io.stdout), (2, io.stderr)):
+        try:
+            stream.flush()
+            if stream.fileno() == fd:
+                childFDs[fd] = fd
+        except (AttributeError, OSError, ValueError):
+            pass
+    protocol = _Command(stdin, io)
+    reactor.spawnProcess(protocol, "/bin/sh", ["/bin/sh", "-c", command], env=environ, childFDs=childFDs)
+    return protocol.ended
 
 
 class NoSuchUIDInFolder(NoSuchMessage):

@@ -739,7 +739,9 @@ class IMAPClientProtocol(Protocol):
         if self.transcript is not None:
             shown = piece.decode("utf-8", "replace")
             if command.masked:
-                shown = " ".join(shown.split(" ")[:3]) + " ****"
+                # The tag, the verb and its first word (a login name or a
+                # mechanism); never what follows, nor a literal's data.
+                shown = " ".join(shown.split(" ")[:3]) + " ****" if shown.startswith(command.tag.decode()) else "****"
             elif len(shown) > 200:
                 shown = shown[:200] + "... (%d octets)" % (len(piece),)
             self.transcript("C", shown)
