@@ -207,7 +207,7 @@ class ProtocolTests(unittest.SynchronousTestCase):
         protocol.command("LOGIN", "bob", "pässwörd", masked=True)
         protocol.dataReceived(b"+ go\r\n")
         self.assertIn("pässwörd".encode(), transport.value())
-        self.assertEqual(lines[-2:], ['m1 LOGIN "bob" ****', "****"])
+        self.assertEqual(lines[-3:], ['m1 LOGIN "bob" ****', "+ go", "****"])
         protocol.command("LOGIN", "bob", "secret", masked=True)
         protocol.dataReceived(b"m1 NO bad\r\n")
         self.assertEqual(lines[-1], 'm2 LOGIN "bob" ****')
