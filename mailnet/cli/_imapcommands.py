@@ -150,7 +150,7 @@ def extendParser(commands: Any, parsers: Dict[str, argparse.ArgumentParser]) -> 
 
     flag = command("flag", "Set (+) or clear (-) flags: seen, flagged, answered, deleted, draft, or a keyword.  "
                    "Options go before the IDs.",
-                   ["flag 12 +seen", "flag 12 13 -seen +flagged", "flag --folder Work 4 +\\$label1"])
+                   ["flag 12 +seen", "flag 12 13 -seen +flagged", "flag --folder Work 4 +urgent"])
     flag.add_argument("--folder", metavar="F", help="the folder (default INBOX)")
     flag.add_argument("--json", action="store_true", help="print JSON")
     flag.add_argument("items", nargs=argparse.REMAINDER, metavar="ID... +FLAG|-FLAG...", help="message IDs, then flags")
