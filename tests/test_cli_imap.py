@@ -113,6 +113,8 @@ class IMAPCommandTests(IMAPCLIMixin, unittest.TestCase):
         self.assertIsInstance(document["uidvalidity"], int)
         self.assertEqual([(m["uid"], m["subject"], m["unseen"]) for m in document["messages"]],
                          [(2, "zweite Grüße", True), (1, "first", True)])
+        self.assertEqual((yield self.listing("bob@example.test", "--since", "2000-01-01"))["total"], 2)
+        self.assertEqual((yield self.listing("bob@example.test", "--since", "2999-01-01"))["total"], 0)
         out = yield self.ok("bob@example.test", "read", "1", "--peek")
         self.assertIn("Subject: first\n", out)
         self.assertEqual(len((yield self.listing("bob@example.test", "--unseen"))["messages"]), 2)
