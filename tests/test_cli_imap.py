@@ -218,11 +218,16 @@ class IMAPCommandTests(IMAPCLIMixin, unittest.TestCase):
         out = yield self.ok("bob@example.test", "fetch", "--to-maildir", maildir)
         self.assertIn("fetched 0 new messages", out)
         self.assertIn("1 fetched before were skipped", out)
-        yield self.send("small")
+        yield self.send("small", "Hello\nFrom the start of a line\n>From quoted\n")
         mbox = os.path.join(self.home, "all.mbox")
         out = yield self.ok("bob@example.test", "fetch", "--to-mbox", mbox, "--delete")
         self.assertIn("fetched 1 new message", out)
         self.assertEqual([m["Subject"] for m in mailbox.mbox(mbox)], ["small"])
+        with open(mbox, "rb") as f:
+            entry = f.read()
+        self.assertTrue(entry.startswith(b"From alice@example.test "), entry[:80])
+        self.assertTrue(entry.endswith(b"\n\n"))
+        self.assertNotIn(b"\r", entry)
         self.assertEqual([m["subject"] for m in (yield self.listing())["messages"]], ["big"])
         # A changed UIDVALIDITY (the folder was recreated) fetches it all again.
         path = _imapcommands.statePath({"HOME": self.home}, "bob@example.test", "localhost", self.server.ports["imap"])
@@ -234,6 +239,11 @@ class IMAPCommandTests(IMAPCLIMixin, unittest.TestCase):
         status, out, err = yield self.cli("bob@example.test", "fetch", "--to-mbox", mbox)
         self.assertIn("UIDVALIDITY", err)
         self.assertIn("fetched 1 message", out)
+        messages = list(mailbox.mbox(mbox))
+        self.assertEqual([m["Subject"] for m in messages], ["small", "big"])
+        # mboxrd: every ">*From " line gets one more ">" (Python's mailbox does not unquote).
+        self.assertEqual(messages[0].get_payload(), "Hello\n>From the start of a line\n>>From quoted\n")
+        self.assertEqual(email.message_from_bytes(messages[1].as_bytes(), policy=email.policy.default).get_content(), body)
 
     @defer.inlineCallbacks
     def test_fetchAllFolders(self):

@@ -672,7 +672,7 @@ class IMAPCommands:
     # -- fetch --
 
     async def do_fetch(self) -> int:
-        from mailnet.cli.main import PROG, Progress, appendToMbox
+        from mailnet.cli.main import PROG, Progress
 
         progress = Progress(self.io.stderr, None, "fetching")
         counts = {"saved": 0, "skipped": 0, "folders": 0}
@@ -732,8 +732,13 @@ class IMAPCommands:
                             await self.inv._inThread(self.reactor, writer.discard)
                             raise
                     else:
-                        message = await session.fetchMessage(uid, progress=update)
-                        await self.inv._inThread(self.reactor, appendToMbox, self.options.to_mbox, message, self.inv.now())
+                        spool = MboxWriter(self.options.to_mbox)
+                        await self.inv._inThread(self.reactor, spool.open)
+                        try:
+                            await session.fetchMessage(uid, sink=self._writing(spool), progress=update)
+                            await self.inv._inThread(self.reactor, spool.close, self.inv.now())
+                        finally:
+                            await self.inv._inThread(self.reactor, spool.discard)
                     done()
                     saved.append(uid)
                     counts["saved"] += 1
@@ -762,7 +767,7 @@ class IMAPCommands:
         self.io.out(line)
         return code
 
-    def _writing(self, writer: "MaildirWriter") -> Callable[[bytes], defer.Deferred]:
+    def _writing(self, writer: Any) -> Callable[[bytes], defer.Deferred]:
         return lambda chunk: self.inv._inThread(self.reactor, writer.write, chunk)
 
     # -- send: the copy in Sent --
@@ -1076,6 +1081,84 @@ class MaildirWriter:
                 os.unlink(self._tmp)
             except OSError:
                 pass
+
+
+_QUOTED_FROM = re.compile(rb">*From ")
+
+
+class MboxWriter:
+    """
+    One message appended to an mbox (mboxrd) file without holding it in
+    memory: the pieces are spooled to a temporary file as they arrive, then
+    copied line by line (C{>*From } quoted, LF line endings) under an
+    exclusive lock, synced; a failed append is cut off again.  The methods
+    do file I/O: run them in a thread.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._spool: Any = None
+
+    def _error(self, e: OSError) -> Exception:
+        from mailnet.cli.main import LocalFileError
+
+        return LocalFileError(path=self.path, reason=e.strerror or str(e))
+
+    def open(self) -> None:
+        import tempfile
+
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            self._spool = tempfile.TemporaryFile(dir=directory if os.path.isdir(directory) else None)
+        except OSError as e:
+            raise self._error(e)
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self._spool.write(chunk)
+        except OSError as e:
+            raise self._error(e)
+
+    def close(self, when: datetime.datetime) -> None:
+        import fcntl
+
+        from mailnet.message import envelopeSenderOf
+
+        spool = self._spool
+        spool.seek(0)
+        sender = envelopeSenderOf(spool.read(65536)) or "MAILER-DAEMON"
+        spool.seek(0)
+        separator = "From %s %s\n" % (re.sub(r"\s", "_", sender), when.strftime("%a %b %e %H:%M:%S %Y"))
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "ab") as f:
+                fcntl.lockf(f, fcntl.LOCK_EX)
+                start = os.fstat(f.fileno()).st_size
+                try:
+                    f.write(separator.encode("utf-8"))
+                    last = b"\n"
+                    for line in spool:
+                        line = line.replace(b"\r\n", b"\n")
+                        if _QUOTED_FROM.match(line):
+                            line = b">" + line
+                        f.write(line)
+                        last = line
+                    f.write(b"\n" if last.endswith(b"\n") else b"\n\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                except BaseException:
+                    f.flush()
+                    os.ftruncate(f.fileno(), start)  # no half message left behind
+                    raise
+                finally:
+                    fcntl.lockf(f, fcntl.LOCK_UN)
+        except OSError as e:
+            raise self._error(e)
+
+    def discard(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
 
 
 async def execute(invocation: Any, reactor: Any) -> int:
