@@ -381,3 +381,42 @@ class WatchExecTests(IMAPCLIMixin, unittest.TestCase):
         first, second = child.output[1].decode().splitlines()[:2]
         self.assertEqual(first, "got 1 INBOX run for me pw=")
         self.assertEqual(json.loads(second)["subject"], "run for me")
+
+
+class PureTests(unittest.SynchronousTestCase):
+    def test_maildirWriterSplitCRLF(self):
+        """A CRLF split between two pieces still becomes one LF; a lone CR stays."""
+        directory = self.mktemp()
+        writer = _imapcommands.MaildirWriter(directory)
+        writer.open()
+        for piece in (b"Subject: x\r", b"\n\r\nline\r", b"\nlone\r", b"x\r"):
+            writer.write(piece)
+        writer.close()
+        [name] = os.listdir(os.path.join(directory, "new"))
+        with open(os.path.join(directory, "new", name), "rb") as f:
+            self.assertEqual(f.read(), b"Subject: x\n\nline\nlone\rx\r")
+        self.assertEqual(os.listdir(os.path.join(directory, "tmp")), [])
+
+    def test_searchCriteria(self):
+        Atom = imap.Atom
+        criteria, utf8 = _imapcommands.searchCriteria(["from:bob", 'subject:"weekly report" since:2026-11-02 unseen', "Grüße"])
+        self.assertEqual(criteria, [Atom(b"FROM"), "bob", Atom(b"SUBJECT"), "weekly report", Atom(b"SINCE"), Atom(b"2-Nov-2026"),
+                                    Atom(b"UNSEEN"), Atom(b"TEXT"), "Grüße"])
+        self.assertTrue(utf8)
+        self.assertFalse(_imapcommands.searchCriteria(["to:x"])[1])
+        for bad in (["since:tomorrow"], ["from:"], ['"unbalanced'], [""]):
+            self.assertRaises(cli.UsageError, _imapcommands.searchCriteria, bad)
+
+    def test_flagItems(self):
+        self.assertEqual(
+            _imapcommands.parseFlagItems(["3", "4", "+seen", "-Flagged", "+$Work", "--json", "--folder", "Archive"]),
+            ([3, 4], [("+", "\\Seen"), ("-", "\\Flagged"), ("+", "$Work")], "Archive", True),
+        )
+        for bad in (["+seen"], ["3"], ["3", "+a(b"], ["x", "+seen"], ["3", "+seen", "--folder"]):
+            self.assertRaises(cli.UsageError, _imapcommands.parseFlagItems, bad)
+
+    def test_maildirFor(self):
+        self.assertEqual(_imapcommands.maildirFor("/m", "INBOX", True), "/m")
+        self.assertEqual(_imapcommands.maildirFor("/m", "Work", False), "/m")
+        self.assertEqual(_imapcommands.maildirFor("/m", "Work/2026", True), "/m/.Work.2026")
+        self.assertEqual(_imapcommands.maildirFor("/m", "../../etc", True), "/m/.etc")
