@@ -13,7 +13,7 @@ import mailbox
 import os
 from typing import Optional
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from mailnet import passwords
@@ -352,6 +352,63 @@ class WatchProcessTests(IMAPCLIMixin, unittest.TestCase):
         self.assertNotIn(b"Traceback", child.output[2])
         self.assertIn(b"interrupted", child.output[2])
 
+
+
+class WatchReconnectTests(IMAPCLIMixin, unittest.TestCase):
+    timeout = 20
+
+    def setUp(self):
+        return self.startWithUsers()
+
+    @defer.inlineCallbacks
+    def waitFor(self, stream, text):
+        for _ in range(500):
+            if text in stream.getvalue():
+                return
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.fail("never printed %r; stderr so far: %r" % (text, stream.getvalue()))
+
+    @defer.inlineCallbacks
+    def test_reconnects(self):
+        """
+        A dropped connection is reported and made again; what arrived in the
+        meantime is announced; once the run is interrupted it ends with 130.
+        """
+        self.patch(_imapcommands, "FIRST_BACKOFF", 0.01)
+        commands = []
+        original = _imapcommands.IMAPCommands.__init__
+
+        def record(self_, *args):
+            original(self_, *args)
+            commands.append(self_)
+
+        sessions = []
+        originalSession = _imapcommands.IMAPCommands.session
+
+        async def session(self_):
+            s = await originalSession(self_)
+            if self_.options.command == "watch":
+                sessions.append(s)
+            return s
+
+        self.patch(_imapcommands.IMAPCommands, "__init__", record)
+        self.patch(_imapcommands.IMAPCommands, "session", session)
+        stdout, stderr = io.StringIO(), io.StringIO()
+        done = cli.run(reactor, self.options("bob@example.test") + ["watch"], stdout=stdout, stderr=stderr,
+                       environ={"HOME": self.home, "MAILNET_PASSWORD": "bob-secret"})
+        yield self.waitFor(stderr, "watching INBOX")
+        sessions[-1].protocol.transport.abortConnection()
+        yield self.waitFor(stderr, "connected again")
+        self.assertIn("reconnecting in 0.01 s", stderr.getvalue())
+        yield self.send("after the drop")
+        yield self.waitFor(stdout, "after the drop")
+        [watch] = [c for c in commands if c.options.command == "watch"]
+        watch.inv.interrupted = True
+        sessions[-1].protocol.transport.abortConnection()
+        status = yield done
+        self.assertEqual(status, cli.EXIT_INTERRUPTED)
+        self.assertEqual(len(sessions), 2)
+        self.assertEqual(stderr.getvalue().count("reconnecting"), 1)  # not after the interruption
 
 
 class WatchExecTests(IMAPCLIMixin, unittest.TestCase):

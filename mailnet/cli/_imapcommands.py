@@ -59,7 +59,9 @@ COMMANDS = {
 #: The commands both protocols have; over IMAP they are here.
 SHARED = ("list", "read", "save", "delete", "fetch")
 
-#: Seconds between reconnection attempts of C{watch}: doubled up to this.
+#: Seconds before C{watch} reconnects, doubled after each failed attempt
+#: up to L{MAX_BACKOFF}.
+FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 60.0
 #: IDLE is ended and begun again this often (RFC 2177 §3: before 29
 #: minutes), which also notices a connection that died silently.
@@ -817,7 +819,7 @@ class IMAPCommands:
         folder = self.folder
         last: Optional[int] = None
         validity: Optional[int] = None
-        backoff = 1.0
+        backoff = FIRST_BACKOFF
         first = True
         while True:
             try:
@@ -846,7 +848,7 @@ class IMAPCommands:
                 else:
                     self.io.err("%s: connected again" % (PROG,))
                 first = False
-                backoff = 1.0
+                backoff = FIRST_BACKOFF
                 while True:
                     last = await self.announceNew(session, last)
                     await self.idleOnce(session)
