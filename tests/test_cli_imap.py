@@ -72,6 +72,14 @@ class IMAPCLIMixin:
         yield self.ok("alice@example.test", "send", "--to", "bob@example.test", "--subject", subject, "--body", body, *extra)
 
     @defer.inlineCallbacks
+    def serverIdle(self):
+        """Wait until the server has closed every connection (a child's end reaches it a moment later)."""
+        for _ in range(500):
+            if self.server.service.limiter.open == 0:
+                return
+            yield task.deferLater(reactor, 0.01, lambda: None)
+
+    @defer.inlineCallbacks
     def listing(self, user: str = "bob@example.test", *extra: str):
         out = yield self.ok(user, "list", "--json", *extra)
         return json.loads(out)
@@ -346,6 +354,7 @@ class WatchProcessTests(IMAPCLIMixin, unittest.TestCase):
         argv = self.options("bob@example.test") + ["watch", "--json"]
         status = yield spawn(self, "main", argv, child, {"MAILNET_PASSWORD": "bob-secret", "HOME": self.home})
         yield delivered
+        yield self.serverIdle()
         self.assertEqual(status, EXIT_INTERRUPTED, child.output[2])
         line = json.loads(child.output[1].decode().splitlines()[0])
         self.assertEqual((line["subject"], line["folder"]), ("arrived while watching", "INBOX"))
@@ -421,11 +430,12 @@ class WatchExecTests(IMAPCLIMixin, unittest.TestCase):
     def test_exec(self):
         """--exec runs the command per new message: details in its environment, JSON on its stdin, never the password."""
         state = {"sent": False}
+        delivered = defer.Deferred()
 
         def onOutput(child):
             if b"watching INBOX" in child.output[2] and not state["sent"]:
                 state["sent"] = True
-                self.send("run for me")
+                self.send("run for me").chainDeferred(delivered)
             if b"}" in child.output[1] and not getattr(child, "signalled", False):
                 child.signalled = True
                 child.transport.signalProcess("INT")
@@ -434,6 +444,8 @@ class WatchExecTests(IMAPCLIMixin, unittest.TestCase):
         argv = self.options("bob@example.test") + [
             "watch", "--exec", 'echo "got $MAILNET_UID $MAILNET_FOLDER $MAILNET_SUBJECT pw=$MAILNET_PASSWORD"; cat']
         status = yield spawn(self, "main", argv, child, {"MAILNET_PASSWORD": "bob-secret", "HOME": self.home})
+        yield delivered
+        yield self.serverIdle()
         self.assertEqual(status, EXIT_INTERRUPTED, child.output[2])
         first, second = child.output[1].decode().splitlines()[:2]
         self.assertEqual(first, "got 1 INBOX run for me pw=")
