@@ -171,6 +171,33 @@ class IMAPCommandTests(IMAPCLIMixin, unittest.TestCase):
         self.assertIn("Nowhere", err)
 
     @defer.inlineCallbacks
+    def test_moveWithoutMOVE(self):
+        """A server without MOVE and UIDPLUS: COPY, STORE \\Deleted and EXPUNGE instead."""
+        original = imap.IMAPSession.login
+
+        def login(self_, *args):
+            d = original(self_, *args)
+
+            def drop(result):
+                self_.capabilities -= {b"MOVE", b"UIDPLUS"}
+                return result
+
+            return d.addCallback(drop)
+
+        self.patch(imap.IMAPSession, "login", login)
+        for subject in ("one", "two"):
+            yield self.send(subject)
+        yield self.ok("bob@example.test", "folder", "create", "Archive")
+        status, out, err = yield self.cli("bob@example.test", "--debug", "move", "2", "Archive")
+        self.assertEqual(status, 0, err)
+        self.assertNotIn("UID MOVE", err)
+        self.assertIn('UID COPY 2 "Archive"', err)
+        self.assertIn("UID STORE 2 +FLAGS.SILENT (\\Deleted)", err)
+        self.assertIn(" EXPUNGE\n", err)
+        self.assertEqual([m["subject"] for m in (yield self.listing())["messages"]], ["one"])
+        self.assertEqual([m["subject"] for m in (yield self.listing("bob@example.test", "--folder", "Archive"))["messages"]], ["two"])
+
+    @defer.inlineCallbacks
     def test_search(self):
         """Server-side search: from, subject (UTF-8), body, unseen, dates."""
         yield self.send("Rechnung für März", "Betrag: 12 €\n")
