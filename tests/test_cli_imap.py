@@ -221,15 +221,22 @@ class IMAPCommandTests(IMAPCLIMixin, unittest.TestCase):
         sent = yield self.listing("alice@example.test", "--folder", "Sent")
         [copy] = sent["messages"]
         self.assertEqual((copy["subject"], copy["flags"]), ("with copy", ["\\Seen"]))
+        yield self.send("hidden", "x\n", "--bcc", "Zoë <alice@example.test>")
+        sent = yield self.listing("alice@example.test", "--folder", "Sent")
+        copy = yield self.ok("alice@example.test", "read", "--folder", "Sent", str(sent["messages"][0]["uid"]), "--raw")
+        self.assertIn("Bcc: =?utf-8?q?Zo=C3=AB?= <alice@example.test>\n", copy)
+        delivered = yield self.ok("bob@example.test", "read", "2", "--raw")
+        self.assertNotIn("Bcc", delivered)
+        self.assertNotIn("Zo", delivered)
         yield self.send("no copy", "x\n", "--no-save-sent")
-        self.assertEqual((yield self.listing("alice@example.test", "--folder", "Sent"))["total"], 1)
+        self.assertEqual((yield self.listing("alice@example.test", "--folder", "Sent"))["total"], 2)
         status, out, err = yield self.cli(
             "alice@example.test", "send", "--to", "bob@example.test", "--subject", "copy fails", "--body", "x",
             imapPort=closedPort())
         self.assertEqual(status, 0, err)
         self.assertIn("accepted  bob@example.test", out)
         self.assertIn("warning: the message was sent, but its copy in Sent was not stored", err)
-        self.assertEqual((yield self.listing())["total"], 3)
+        self.assertEqual((yield self.listing())["total"], 4)
 
     @defer.inlineCallbacks
     def test_fetchIncremental(self):

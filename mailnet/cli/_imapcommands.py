@@ -790,7 +790,7 @@ class IMAPCommands:
 
         if getattr(self.options, "no_save_sent", False):
             return
-        data = self.inv.prepared["message"]
+        data = sentCopy(self.inv.prepared["message"], getattr(self.options, "bcc", []))
 
         async def work(session: IMAPSession) -> int:
             folders = await session.folders()
@@ -1007,6 +1007,23 @@ def summaryLine(info: MessageInfo) -> str:
     summary = summarize(info.uid, info.size, info.headers)
     mark = ("N" if "\\Seen" not in info.flags else " ") + ("!" if "\\Flagged" in info.flags else " ")
     return "%6d %s %s  %s  %s  %s" % (info.uid, mark, fit(summary.sender, 28), fit(summary.subject, 40), fit(summary.date, 31), _size(info.size))
+
+
+def sentCopy(message: bytes, bcc: Sequence[str]) -> bytes:
+    """
+    The copy of a sent message for the Sent folder: the message, with a
+    C{Bcc:} field naming the hidden recipients (only the sender's copy
+    says who they were, as mail programs keep it).
+    """
+    from mailnet.cli.main import _addresses, _formatAddress
+
+    pairs = _addresses(bcc)
+    if not pairs:
+        return message
+    from email.policy import SMTP
+
+    field = SMTP.header_factory("Bcc", ", ".join(_formatAddress(p) for p in pairs))
+    return SMTP.fold_binary("Bcc", field) + message
 
 
 # --- local Maildir, written in pieces ------------------------------------------------
