@@ -236,6 +236,7 @@ class IMAPCommandTests(IMAPCLIMixin, unittest.TestCase):
         self.assertEqual(status, 0, err)
         self.assertIn("accepted  bob@example.test", out)
         self.assertIn("warning: the message was sent, but its copy in Sent was not stored", err)
+        self.assertIn("connection refused (no IMAP server on this port? check --imap-port", err)
         self.assertEqual((yield self.listing())["total"], 4)
 
     @defer.inlineCallbacks

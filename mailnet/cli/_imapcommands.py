@@ -365,7 +365,14 @@ class IMAPCommands:
     # -- sessions --
 
     async def session(self) -> IMAPSession:
-        session = await IMAPSession.connect(self.reactor, self.connection.imap, transcript=self.inv._debug())
+        endpoint = self.connection.imap
+        try:
+            session = await IMAPSession.connect(self.reactor, endpoint, transcript=self.inv._debug())
+        except ConnectFailed as e:
+            if type(e) is ConnectFailed and e.details.get("reason") == "connection refused":
+                raise ConnectFailed(host=endpoint.host, port=endpoint.port, reason="connection refused (no IMAP server on this port? "
+                                    "check --imap-port: usually 143, or 993 with --tls implicit)")
+            raise
         try:
             await session.login(self.connection.user, self.inv.password)
         except BaseException:
