@@ -292,7 +292,8 @@ class CommandLinesInDocsTests(SynchronousTestCase):
             except (SystemExit, ClientError) as e:
                 self.fail("mailnet-cli rejects %s: %s" % (where, e))
             seen.add(namespace.command)
-        self.assertEqual({"send", "list", "read", "save", "delete", "fetch"} - seen, set())
+        self.assertEqual({"send", "list", "read", "save", "delete", "fetch",
+                          "folders", "folder", "move", "copy", "flag", "search", "watch"} - seen, set())
 
     def test_daemonCommands(self) -> None:
         """

@@ -13,6 +13,8 @@ The file::
     host = mail.example.test
     smtp_port = 587             ; default by tls mode: 587/465
     pop3_port = 110             ; default by tls mode: 110/995
+    imap_port = 143             ; default by tls mode: 143/993
+    protocol = imap             ; imap or pop3 (default pop3, or imap with an imap_port)
     user = alice@example.test
     tls = starttls              ; starttls, implicit or none
     cafile = ~/certs/ca.pem     ; default: the platform's trust store
@@ -31,7 +33,10 @@ import attr
 from mailnet.client.tls import DEFAULT_PORTS, ServerEndpoint, TLSMode
 from mailnet.errors import ClientError, ConfigError
 
-KEYS = ("host", "smtp_port", "pop3_port", "user", "tls", "cafile", "password_command", "from")
+KEYS = ("host", "smtp_port", "pop3_port", "imap_port", "protocol", "user", "tls", "cafile", "password_command", "from")
+
+#: The retrieval protocols (C{protocol} in the account, C{--protocol}).
+PROTOCOLS = ("imap", "pop3")
 
 
 @attr.s(frozen=True, auto_attribs=True, kw_only=True)
@@ -49,6 +54,8 @@ class Account:
     cafile: Optional[str] = None
     password_command: Optional[str] = None
     sender: Optional[str] = None
+    imap_port: Optional[int] = None
+    protocol: Optional[str] = None
 
 
 def configPath(environ: Mapping[str, str]) -> str:
@@ -123,7 +130,11 @@ def loadAccount(path: str, name: Optional[str]) -> Account:
         if key not in KEYS:
             raise ConfigError(where=where, problem="unknown key %r (known: %s)" % (key, ", ".join(KEYS)))
         value = value.strip()
-        if key in ("smtp_port", "pop3_port"):
+        if key == "protocol" and value.lower() not in PROTOCOLS:
+            raise ConfigError(where="%s protocol" % (where,), problem="protocol is imap or pop3, not %r" % (value,))
+        if key == "protocol":
+            values[key] = value.lower()
+        elif key in ("smtp_port", "pop3_port", "imap_port"):
             values[key] = _port("%s %s" % (where, key), value)
         elif key == "tls":
             values[key] = tlsMode("%s tls" % (where,), value)
@@ -147,6 +158,10 @@ class Connection:
     sender: str
     smtp: ServerEndpoint
     pop3: ServerEndpoint
+    #: The IMAP server (also for the copy of a sent message in Sent).
+    imap: Optional[ServerEndpoint] = None
+    #: C{"imap"} or C{"pop3"}: what list, read, save, delete and fetch use.
+    protocol: str = "pop3"
     passwordCommand: Optional[str] = None
     #: Why the account's password_command is not used (the command line
     #: named another user or host), or L{None}.
@@ -168,6 +183,10 @@ def resolve(account: Account, options: Any) -> Connection:
     common = dict(host=host, tls=mode, cafile=cafile, insecure=options.insecure, allowPlaintext=options.allow_plaintext)
     smtpPort = options.smtp_port or account.smtp_port or DEFAULT_PORTS[("smtp", mode)]
     pop3Port = options.pop3_port or account.pop3_port or DEFAULT_PORTS[("pop3", mode)]
+    imapPort = getattr(options, "imap_port", None) or account.imap_port or DEFAULT_PORTS[("imap", mode)]
+    protocol = getattr(options, "protocol", None) or account.protocol
+    if protocol is None:
+        protocol = "imap" if (getattr(options, "imap_port", None) or account.imap_port) else "pop3"
     sender = account.sender or user
     # The account's password belongs to the account's user on the account's
     # host: never send it for another login or to another server.
@@ -183,6 +202,8 @@ def resolve(account: Account, options: Any) -> Connection:
         sender=sender,
         smtp=ServerEndpoint(port=smtpPort, **common),
         pop3=ServerEndpoint(port=pop3Port, **common),
+        imap=ServerEndpoint(port=imapPort, **common),
+        protocol=protocol,
         passwordCommand=passwordCommand,
         passwordCommandSkipped=skipped,
     )

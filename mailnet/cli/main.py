@@ -42,7 +42,9 @@ from typing import (
 import attr
 from twisted.internet import defer, task
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 
+from mailnet.cli import _imapcommands
 from mailnet.cli._common import isTerminal, silenceClosedPipe
 from mailnet.cli._clientconfig import (
     Connection,
@@ -260,6 +262,7 @@ COMMANDS = {
     "delete": "delete messages",
     "fetch": "download messages into a Maildir or an mbox file",
 }
+COMMANDS.update(_imapcommands.COMMANDS)
 
 
 def _command(commands: Any, name: str, description: str, examples: Sequence[str]) -> argparse.ArgumentParser:
@@ -282,6 +285,9 @@ def addConnectionOptions(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--host", metavar="H", help="server host name (default: the account's, else localhost)")
     group.add_argument("--smtp-port", type=_port, metavar="N", help="submission port (default 587, or 465 with --tls implicit)")
     group.add_argument("--pop3-port", type=_port, metavar="N", help="POP3 port (default 110, or 995 with --tls implicit)")
+    group.add_argument("--imap-port", type=_port, metavar="N", help="IMAP port (default 143, or 993 with --tls implicit)")
+    group.add_argument("--protocol", choices=("imap", "pop3"),
+                       help="how to read mail (default: the account's protocol, else imap with --imap-port, else pop3)")
     group.add_argument("--user", metavar="U", help="login name (for mailnet, your full address)")
     group.add_argument(
         "--tls",
@@ -378,6 +384,7 @@ def makeParser(stdout: Optional[IO[str]] = None) -> argparse.ArgumentParser:
     target.add_argument("--to-mbox", metavar="FILE", help="append to this mbox file")
     fetch.add_argument("--delete", action="store_true", help="delete from the server what this run saved durably")
     fetch.add_argument("--all", action="store_true", help="fetch again what an earlier fetch saved")
+    _imapcommands.extendParser(commands, {"send": send, "list": listing, "read": read, "save": save, "delete": delete, "fetch": fetch})
     return parser
 
 
@@ -427,7 +434,14 @@ class Invocation:
             "delete": self.do_delete,
             "fetch": self.do_fetch,
         }
-        d = defer.ensureDeferred(commands[self.options.command](reactor))
+        try:
+            overIMAP = _imapcommands.wanted(self.options, self.connection.protocol)
+        except ClientError as e:
+            return defer.succeed(self._failed(Failure(e)))
+        if overIMAP:
+            d = defer.ensureDeferred(_imapcommands.execute(self, reactor))
+        else:
+            d = defer.ensureDeferred(commands[self.options.command](reactor))
         d.addErrback(self._failed)
         return d
 

@@ -65,6 +65,9 @@ DEFAULT_PORTS = {
     ("pop3", TLSMode.starttls): 110,
     ("pop3", TLSMode.implicit): 995,
     ("pop3", TLSMode.none): 110,
+    ("imap", TLSMode.starttls): 143,  # RFC 9051 §2.1
+    ("imap", TLSMode.implicit): 993,  # RFC 8314 §7.3
+    ("imap", TLSMode.none): 143,
 }
 
 
@@ -78,6 +81,7 @@ GREETING_TIMEOUT = 15.0
 _SERVICES = {
     "smtp": ("an SMTP submission server", "--smtp-port", "587 with --tls starttls, 465 with --tls implicit"),
     "pop3": ("a POP3 server", "--pop3-port", "110 with --tls starttls, 995 with --tls implicit"),
+    "imap": ("an IMAP server", "--imap-port", "143 with --tls starttls, 993 with --tls implicit"),
 }
 
 
