@@ -262,3 +262,15 @@ class SharedConnectionTests(relaytests.RelayTestMixin, unittest.TestCase):
         yield relay.whenIdle()
         self.assertEqual(len(server.transactions), 4)
         self.assertEqual(self.queued(), [])
+
+
+class MXFailureTests(unittest.SynchronousTestCase):
+    def test_serverFailureIsTemporary(self) -> None:
+        """SERVFAIL for the MX look-up is DNS trouble (retried), not a domain that does not exist (bounced)."""
+        from twisted.names import error as dnserror
+
+        from mailnet.smtp.relay import RoutingError
+
+        relay = relaytests.NextHopTests.relay(self, relaytests.FakeResolver(error=dnserror.DNSServerError()))  # type: ignore[arg-type]
+        failure = self.failureResultOf(relay.nextHops("x.test"), RoutingError)
+        self.assertFalse(failure.value.permanent)

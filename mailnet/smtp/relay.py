@@ -664,8 +664,9 @@ class RelayService(Service):
         resolver = self._getResolver()
         try:
             answers, _, _ = yield resolver.lookupMailExchange(domain)
-        except dnserror.DomainError:
-            # NXDOMAIN: RFC 5321 §5.1 leaves nothing to try.
+        except (dnserror.DNSNameError, dnserror.AuthoritativeDomainError):
+            # NXDOMAIN: RFC 5321 §5.1 leaves nothing to try.  (SERVFAIL,
+            # REFUSED and the other DomainErrors are DNS trouble: temporary.)
             raise RoutingError(NO_DOMAIN_REPLY % (domain,), permanent=True) from None
         except Exception as e:
             raise RoutingError(DNS_FAILURE_REPLY % (domain, e.__class__.__name__), permanent=False) from e
