@@ -172,3 +172,105 @@ class TLSLogTests(relaytests.RelayTestMixin, unittest.TestCase):
         yield relay.whenIdle()
         [line] = [e for e in events if "delivered via" in e.get("log_format", "")]
         self.assertRegex(line["tls"], r"^TLSv1\.[23] [A-Z0-9_-]+$")
+
+
+class RSETServer(relaytests.ScriptedServer):
+    """The scripted server, with RSET (RFC 5321 §4.1.1.5)."""
+
+    def lineReceived(self, line: bytes) -> None:
+        if line.upper() == b"RSET" and not self.inData:
+            self.f.commands.append(line)
+            self.mailFrom, self.rcpts = None, []
+            self.reply("250 2.0.0 ok")
+            return
+        relaytests.ScriptedServer.lineReceived(self, line)
+
+
+class SharedConnectionTests(relaytests.RelayTestMixin, unittest.TestCase):
+    """Queued messages for one destination share a connection."""
+
+    @defer.inlineCallbacks
+    def startRSETServer(self) -> Any:
+        server = yield self.startServer()
+        server.protocol = RSETServer
+        return server
+
+    @defer.inlineCallbacks
+    def test_queuedMessagesShareOneConnection(self) -> Any:
+        """
+        Five messages for b.test with one connection allowed: one
+        connection, five transactions, each message recorded and removed.
+        """
+        server = yield self.startServer()
+        relay = self.makeRelay(routes={"b.test": ("127.0.0.1", server.port)}, max_connections_per_domain=1)
+        ids = [self.enqueue("alice@example.test", ["bob%d@b.test" % i]) for i in range(5)]
+        yield relay.whenIdle()
+        self.assertEqual(server.connections, 1)
+        self.assertEqual(sorted(t["to"][0] for t in server.transactions), ["bob%d@b.test" % i for i in range(5)])
+        self.assertEqual(self.queued(), [])
+        self.assertEqual(server.commands.count(b"EHLO mx.example.test"), 1)
+        self.assertEqual(len(ids), 5)
+
+    @defer.inlineCallbacks
+    def test_refusedRecipientOnSharedConnection(self) -> Any:
+        """A message carried along keeps its own results: its refused recipient bounces, the others go."""
+        server = yield self.startRSETServer()
+        server.rcptReplies["nobody@b.test"] = "550 5.1.1 no such user"
+        relay = self.makeRelay(routes={"b.test": ("127.0.0.1", server.port)}, max_connections_per_domain=1)
+        self.enqueue("alice@example.test", ["bob@b.test"])
+        self.enqueue("carol@example.test", ["nobody@b.test"])
+        self.enqueue("dan@example.test", ["eve@b.test"])
+        yield relay.whenIdle()
+        self.assertEqual(server.connections, 1)
+        # The second message's transaction got no DATA: RSET before the third.
+        self.assertIn(b"RSET", server.commands)
+        self.assertEqual([t["to"] for t in server.transactions], [["bob@b.test"], ["eve@b.test"]])
+        [bounce] = self.injected
+        self.assertEqual(bounce.recipients, ["carol@example.test"])
+        self.assertEqual(self.queued(), [])
+
+    @defer.inlineCallbacks
+    def test_refusedRSETMeansANewConnection(self) -> Any:
+        """A server that refuses RSET gets the next message on a new connection."""
+        server = yield self.startServer()  # answers RSET with 500
+        server.rcptReplies["nobody@b.test"] = "550 5.1.1 no such user"
+        relay = self.makeRelay(routes={"b.test": ("127.0.0.1", server.port)}, max_connections_per_domain=1)
+        self.enqueue("alice@example.test", ["bob@b.test"])
+        self.enqueue("carol@example.test", ["nobody@b.test"])
+        self.enqueue("dan@example.test", ["eve@b.test"])
+        yield relay.whenIdle()
+        self.assertEqual(server.connections, 2)
+        self.assertEqual([t["to"] for t in server.transactions], [["bob@b.test"], ["eve@b.test"]])
+        self.assertEqual(self.queued(), [])
+
+    @defer.inlineCallbacks
+    def test_brokenConnectionMessagesGoOnTheirOwn(self) -> Any:
+        """
+        The connection drops during the second message: that one is retried
+        later (it had answers), the rest go on a new connection at once.
+        """
+        server = yield self.startServer()
+        relay = self.makeRelay(routes={"b.test": ("127.0.0.1", server.port)}, max_connections_per_domain=1, retry_initial=60)
+        server.dropAfterDataBytes = len(relaytests.MESSAGE) + 10
+        for i in range(4):
+            self.enqueue("alice@example.test", ["bob%d@b.test" % i])
+        yield relay.whenIdle()
+        self.assertEqual(server.connections, 2)
+        self.assertEqual(len(server.transactions), 3)
+        self.assertEqual(len(self.queued()), 1)
+        self.clock.advance(60)
+        yield relay.whenIdle()
+        self.assertEqual(len(server.transactions), 4)
+        self.assertEqual(self.queued(), [])
+
+
+class MXFailureTests(unittest.SynchronousTestCase):
+    def test_serverFailureIsTemporary(self) -> None:
+        """SERVFAIL for the MX look-up is DNS trouble (retried), not a domain that does not exist (bounced)."""
+        from twisted.names import error as dnserror
+
+        from mailnet.smtp.relay import RoutingError
+
+        relay = relaytests.NextHopTests.relay(self, relaytests.FakeResolver(error=dnserror.DNSServerError()))  # type: ignore[arg-type]
+        failure = self.failureResultOf(relay.nextHops("x.test"), RoutingError)
+        self.assertFalse(failure.value.permanent)

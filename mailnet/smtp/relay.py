@@ -24,6 +24,7 @@ import random
 from collections import defaultdict, deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
+import attr
 from automat import MethodicalMachine
 from twisted.application.service import Service
 from twisted.internet.defer import (
@@ -38,6 +39,7 @@ from twisted.internet.defer import (
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailnet.address import splitAddress
 from mailnet.bounce import DELAYED, FAILED, RecipientResult, makeBounce, statusFromReply
@@ -276,6 +278,8 @@ class RelayService(Service):
         self._active = 0
         self._activePerDomain: Dict[str, int] = defaultdict(int)
         self._waiting: Deque[Tuple[str, Deferred]] = deque()
+        # Waiters whose message may ride along on an open connection.
+        self._legs: Dict[Deferred, _Leg] = {}
         self._clients: Set[Any] = set()
         self._connecting: Set[Deferred] = set()
         self._idle: List[Deferred] = []
@@ -317,13 +321,17 @@ class RelayService(Service):
         for _, waiter in list(self._waiting):
             waiter.cancel()
         self._waiting.clear()
+        self._legs.clear()
         for connecting in list(self._connecting):
             connecting.cancel()
+        closed = []
         for client in list(self._clients):
+            closed.append(client.closed)
             if client.transport is not None:
                 client.transport.abortConnection()
         # Rounds end quickly now; one stuck in a DNS look-up is not waited for.
-        d = self.whenIdle()
+        # (A connection may outlive its round: it carried other messages.)
+        d = DeferredList([self.whenIdle()] + closed, consumeErrors=True)
         d.addTimeout(STOP_GRACE, self._reactor)
         d.addErrback(lambda f: f.trap(TimeoutError))
         return d
@@ -423,16 +431,33 @@ class RelayService(Service):
 
     @inlineCallbacks
     def _domainJob(self, entry: QueueEntry, domain: str, addresses: List[str]) -> Any:
-        try:
-            yield self._acquire(domain)
-        except CancelledError:
-            return  # the service is stopping
-        try:
-            if self._stopping:
-                return
-            outcomes = yield self._deliverDomain(entry, domain, addresses)
-        finally:
-            self._release(domain)
+        leg = _Leg(entry, addresses)
+        while True:
+            try:
+                granted = yield self._acquire(domain, leg)
+            except CancelledError:
+                return  # the service is stopping
+            if isinstance(granted, _Ride):
+                # Carried by a connection already open to the domain.
+                outcomes = yield granted.outcomes
+                if outcomes is None:
+                    # That connection broke before this message was tried:
+                    # it goes on its own (and rides no more this round).
+                    leg.rode = True
+                    if self._stopping:
+                        return
+                    continue
+                break
+            closing: List[Deferred] = []
+            try:
+                if self._stopping:
+                    return
+                outcomes = yield self._deliverDomain(entry, domain, addresses, closing)
+            finally:
+                # The connection slot is free only once the socket is (it
+                # may carry other messages for the domain meanwhile).
+                DeferredList(closing, consumeErrors=True).addCallback(lambda _: self._release(domain))
+            break
         self._apply(entry, outcomes)
         yield self._save(entry)
 
@@ -555,16 +580,43 @@ class RelayService(Service):
 
     # --- connection slots -------------------------------------------------------------
 
-    def _acquire(self, domain: str) -> Deferred:
+    def _acquire(self, domain: str, leg: Optional["_Leg"] = None) -> Deferred:
+        """
+        A connection slot for C{domain}: fires with L{None} when it is
+        ours, or with a L{_Ride} when an open connection to the domain
+        takes the message (C{leg}) along instead.
+        """
         if self._hasSlot(domain):
             self._take(domain)
             return succeed(None)
         d: Deferred = Deferred(lambda d: self._dropWaiter(d))
         self._waiting.append((domain, d))
+        if leg is not None and not leg.rode:
+            self._legs[d] = leg
         return d
 
     def _dropWaiter(self, d: Deferred) -> None:
         self._waiting = deque(w for w in self._waiting if w[1] is not d)
+        self._legs.pop(d, None)
+
+    def _claim(self, domain: str) -> Optional[Tuple["_Leg", Deferred]]:
+        """
+        Take the longest-waiting message for C{domain} off the waiting list
+        for a connection that is open already.
+
+        @return: its leg and the L{Deferred} to fire with its outcomes
+            (L{None}: not tried, it goes on its own), or L{None}.
+        """
+        for waiter in self._waiting:
+            waitingDomain, d = waiter
+            leg = self._legs.get(d)
+            if waitingDomain == domain and leg is not None:
+                self._waiting.remove(waiter)
+                del self._legs[d]
+                ride = _Ride(Deferred())
+                d.callback(ride)
+                return leg, ride.outcomes
+        return None
 
     def _hasSlot(self, domain: str) -> bool:
         return (
@@ -585,6 +637,7 @@ class RelayService(Service):
             waitingDomain, d = waiter
             if self._hasSlot(waitingDomain):
                 self._waiting.remove(waiter)
+                self._legs.pop(d, None)
                 self._take(waitingDomain)
                 d.callback(None)
 
@@ -611,8 +664,9 @@ class RelayService(Service):
         resolver = self._getResolver()
         try:
             answers, _, _ = yield resolver.lookupMailExchange(domain)
-        except dnserror.DomainError:
-            # NXDOMAIN: RFC 5321 §5.1 leaves nothing to try.
+        except (dnserror.DNSNameError, dnserror.AuthoritativeDomainError):
+            # NXDOMAIN: RFC 5321 §5.1 leaves nothing to try.  (SERVFAIL,
+            # REFUSED and the other DomainErrors are DNS trouble: temporary.)
             raise RoutingError(NO_DOMAIN_REPLY % (domain,), permanent=True) from None
         except Exception as e:
             raise RoutingError(DNS_FAILURE_REPLY % (domain, e.__class__.__name__), permanent=False) from e
@@ -642,7 +696,9 @@ class RelayService(Service):
     # --- delivery -------------------------------------------------------------
 
     @inlineCallbacks
-    def _deliverDomain(self, entry: QueueEntry, domain: str, addresses: List[str]) -> Any:
+    def _deliverDomain(
+        self, entry: QueueEntry, domain: str, addresses: List[str], closing: Optional[List[Deferred]] = None
+    ) -> Any:
         try:
             hops = yield self.nextHops(domain)
         except RoutingError as e:
@@ -657,7 +713,7 @@ class RelayService(Service):
         while attempts and not self._stopping:
             host, port, useTLS = attempts.pop(0)
             try:
-                outcomes = yield self._deliverTo(entry, host, port, addresses, auth, useTLS)
+                outcomes = yield self._deliverTo(entry, host, port, addresses, auth, useTLS, closing, domain)
                 return outcomes
             except HostFailure as e:
                 log.info("{id}: {host}:{port} failed: {reply}", id=entry.id, host=host, port=port, reply=e.reply)
@@ -689,7 +745,15 @@ class RelayService(Service):
         addresses: List[str],
         auth: Optional[Tuple[str, str]],
         useTLS: bool = True,
+        closing: Optional[List[Deferred]] = None,
+        domain: Optional[str] = None,
     ) -> Any:
+        """
+        One connection: this message, then (with C{domain}) other messages
+        for the domain that wait for a slot.  With C{closing}, the
+        outcomes come as soon as they are known and C{closing} gets the
+        L{Deferred} that fires when the connection is closed.
+        """
         try:
             message = yield self.queue.openMessage(entry.id)
         except EntryGone:
@@ -706,7 +770,14 @@ class RelayService(Service):
                 auth=auth,
                 eightBit=entry.eightbit,
             )
-            factory = RelayClientFactory(job, self._reactor, self.queue.run)
+            if self._stopping:
+                # No new connections once stopping began (the thread pool
+                # that reads the message may be gone already).
+                raise HostFailure("451 4.3.0 mailnet is stopping")
+            more = None
+            if domain is not None:
+                more = lambda: self._more(domain, job)  # noqa: E731
+            factory = RelayClientFactory(job, self._reactor, self.queue.run, more)
             connecting = self._connector(host, port, factory)
             self._connecting.add(connecting)
             try:
@@ -716,19 +787,78 @@ class RelayService(Service):
             finally:
                 self._connecting.discard(connecting)
             self._clients.add(client)
-            try:
+            client.closed.addBoth(lambda _: self._clients.discard(client))
+            if closing is not None and not self._stopping:
+                closing.append(client.closed)
                 outcomes = yield client.result
-                # The connection slot is free only once the socket is.
+            else:
+                # Stopping (the service waits for rounds, so a round must
+                # include its connection's end), or no slot to hand over.
+                outcomes = yield client.result
                 yield client.closed
-            finally:
-                self._clients.discard(client)
             return outcomes
         finally:
             message.close()
 
+    @inlineCallbacks
+    def _more(self, domain: str, first: Job) -> Any:
+        """
+        The next message for an open connection to C{domain}: a L{Job} for
+        the longest-waiting one, or L{None}.
+        """
+        while not self._stopping:
+            claimed = self._claim(domain)
+            if claimed is None:
+                return None
+            leg, ride = claimed
+            try:
+                message = yield self.queue.openMessage(leg.entry.id)
+            except Exception:
+                ride.callback(None)  # gone or unreadable: its own round sorts it out
+                continue
+            done: Deferred = Deferred()
+            done.addBoth(self._rode, ride, message, leg, first.host)
+            return attr.evolve(
+                first, sender=leg.entry.sender, recipients=leg.addresses, message=message, eightBit=leg.entry.eightbit, done=done
+            )
+        return None
+
+    def _rode(self, result: Any, ride: Deferred, message: Any, leg: "_Leg", host: str) -> None:
+        """A message carried on another's connection is done: its outcomes, or L{None} to go alone."""
+        message.close()
+        if not isinstance(result, Failure):
+            ride.callback(result)
+            return
+        failure = result.value
+        if isinstance(failure, HostFailure) and failure.permanent:
+            log.info("{id}: {host} failed: {reply}", id=leg.entry.id, host=host, reply=failure.reply)
+            ride.callback([Outcome(a, PERMANENT, failure.reply, host) for a in leg.addresses])
+            return
+        if not isinstance(failure, HostFailure):
+            log.failure("{id}: delivery on a shared connection failed", result, id=leg.entry.id)
+        # Not tried, or a temporary refusal: on its own, with every next hop.
+        ride.callback(None)
+
     def _connectTCP(self, host: str, port: int, factory: Any) -> Deferred:
         endpoint = HostnameEndpoint(self._reactor, host, port, timeout=CONNECT_TIMEOUT)
         return endpoint.connect(factory)
+
+
+@attr.s(auto_attribs=True, eq=False)
+class _Leg:
+    """One message's delivery to one domain, as it waits for a connection."""
+
+    entry: QueueEntry
+    addresses: List[str]
+    #: It rode on a connection that broke: it goes alone now.
+    rode: bool = False
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class _Ride:
+    """A slot request answered by an open connection: C{outcomes} fires when it is done."""
+
+    outcomes: Deferred
 
 
 def _permanentStatus(reply: str) -> str:
