@@ -26,6 +26,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
+from mailnet import metrics
 from mailnet.cred import peerKey
 
 log = Logger()
@@ -144,11 +145,12 @@ class _Counted(ProtocolWrapper):
         return _logPrefix(self.wrappedProtocol)
 
     def connectionLost(self, reason) -> None:
-        factory = self.factory
+        factory, wrapped = self.factory, self.wrappedProtocol
         try:
             ProtocolWrapper.connectionLost(self, reason)
         finally:
             factory.limiter.release(self.peerHost)
+            metrics.connectionClosed(factory.role, wrapped, self)
 
 
 class LimitingFactory(WrappingFactory):
@@ -166,6 +168,8 @@ class LimitingFactory(WrappingFactory):
 
     protocol = _Counted  # type: ignore[assignment]
     noisy = False
+    #: The listener's role, for metrics.
+    role = "other"
 
     def __init__(self, limiter: ConnectionLimiter, wrappedFactory) -> None:
         WrappingFactory.__init__(self, wrappedFactory)
@@ -180,6 +184,7 @@ class LimitingFactory(WrappingFactory):
         host = getattr(addr, "host", None)
         if not self.limiter.admit(host):
             perClient = not self.limiter.full()
+            metrics.connectionRefused(self.role, perClient)
             line = self._refusalLine(perClient) if self._refusalLine is not None else None
             return _Refused(line)
         try:
@@ -192,6 +197,7 @@ class LimitingFactory(WrappingFactory):
             return None
         protocol = self.protocol(self, wrapped)
         protocol.peerHost = host
+        metrics.connectionAdmitted(self.role)
         return protocol
 
     # The wrapper needs no table of its protocols: the limiter counts them.

@@ -19,6 +19,7 @@ _LISTENER_HELP = {
     "pop3s": "POP3 over implicit TLS",
     "imap": "IMAP4 listener with STARTTLS (LOGINDISABLED before TLS)",
     "imaps": "IMAP4 over implicit TLS",
+    "http": "/metrics (Prometheus), /healthz, client autoconfiguration",
 }
 
 

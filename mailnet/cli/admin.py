@@ -643,6 +643,7 @@ def _checkDomains(config: Config, store: Optional[SQLiteAccountStore], report: R
         for owner, kind, value in rows:
             report.out.write("  %-*s  %-3s  %s\n" % (width, owner, kind, value))
         _checkDKIM(config, domain, report)
+        _clientRecords(config, domain, report)
     report.out.write(
         "  %s.  A/AAAA  <this server's public addresses>, with PTR records naming %s back\n" % (host, host)
     )
@@ -659,6 +660,34 @@ def _checkDKIM(config: Config, domain: str, report: Report) -> None:
         report.out.write("  %s\n" % (key.zoneLine(),))
 
 
+def _clientRecords(config: Config, domain: str, report: Report) -> None:
+    """Autoconfig host names, RFC 6186 SRV and MTA-STS (RFC 8461) records (mailnet.autoconfig)."""
+    from mailnet.autoconfig import dnsRecords
+
+    rows = dnsRecords(config, domain)
+    width = max(len(r[0]) for r in rows)
+    report.out.write("  ; for mail clients (served by the http listener; see the admin guide)\n")
+    for owner, kind, value in rows:
+        report.out.write("  %-*s  %-5s  %s\n" % (width, owner, kind, value))
+
+
+def _checkFreeSpace(config: Config, report: Report) -> None:
+    """[limits] min_free_space: below it the server refuses new mail."""
+    from mailnet.diskspace import DiskSpace
+
+    space = DiskSpace(config.data_dir, config.limits.min_free_space)
+    free, total = space.usage()
+    if total == 0:
+        return
+    floor = space.threshold(total)
+    text = "%d MiB free of %d MiB; new mail is refused below %d MiB (min_free_space = %s)" % (
+        free // 2**20, total // 2**20, floor // 2**20, config.limits.min_free_space)
+    if free < floor:
+        report.warning(text + ": free some space")
+    else:
+        report.ok(text)
+
+
 def check(admin: Admin, now: Optional[datetime.datetime] = None) -> int:
     report = Report(admin.stdout)
     config = _checkConfig(admin, report)
@@ -666,6 +695,8 @@ def check(admin: Admin, now: Optional[datetime.datetime] = None) -> int:
         admin.say("Problems found: 1.")
         return EXIT_ERROR
     store = _checkDataDir(admin, report)
+    if os.path.isdir(config.data_dir):
+        _checkFreeSpace(config, report)
     _checkCertificate(config, report, now or datetime.datetime.now(datetime.timezone.utc))
     _checkListeners(config, report)
     _checkDomains(config, store, report)

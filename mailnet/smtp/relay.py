@@ -39,6 +39,7 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from mailnet import metrics
 from mailnet.address import splitAddress
 from mailnet.bounce import DELAYED, FAILED, RecipientResult, makeBounce, statusFromReply
 from mailnet.config import RelaySettings
@@ -442,6 +443,7 @@ class RelayService(Service):
             state = byAddress[outcome.address]
             state.attempts += 1
             state.remote_mta = outcome.host
+            metrics.recipients({DELIVERED: "relayed", PERMANENT: "failed"}.get(outcome.kind, "deferred"))
             if outcome.kind == DELIVERED:
                 state.status = q.DELIVERED
                 state.last_error = None
@@ -503,6 +505,7 @@ class RelayService(Service):
                 )
             pending = []
         failed = [r for r in entry.recipients if r.status == q.FAILED and not r.notified]
+        metrics.recipients("bounced", len(failed))
         if failed:
             yield self._notify(entry, failed, FAILED, now)
             for state in failed:

@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailnet import metrics
 from mailnet.address import MAX_PATH, isDomain, normalizeAddress
 from mailnet.config import Limits
 from mailnet.errors import BadAddress, LoginBusy, SMTPReply
@@ -671,6 +672,8 @@ class SMTPServer(Protocol):
         if self._closed:
             return
         self._writeReply(r)
+        if r.code >= 400:
+            metrics.refusal(r.code, r.text)
         if r.code >= 400 and countError:
             log.info("SMTP {peer}: {code} {text}", peer=self._peer, code=r.code, text=escape(r.text.split("\n")[0]))
             if r.code != codes.SERVICE_UNAVAILABLE:
@@ -821,6 +824,7 @@ class SMTPServer(Protocol):
         """
         checker, headers = transaction.checker, transaction.headers
         assert checker is not None and headers is not None
+        started = metrics.now()
         try:
             checker.finish()
             if transaction.receiver is not None and not checker.tooBig:
@@ -862,6 +866,7 @@ class SMTPServer(Protocol):
                 peer=self._peer,
                 helo=escape(self._helo or ""),
             )
+            metrics.messageReceived(self.factory.role, started)
             return reply(codes.OK, codes.S_OK, "Ok: queued as %s" % (messageId,))
 
         def notStored(failure: Failure) -> SMTPReply:
@@ -1236,6 +1241,8 @@ class SMTPServer(Protocol):
                 codes.P_NOT_AUTHORIZED,
                 "<%s> is not yours to send as (authenticated as %s)" % (returnPath, self._sender.address),
             )
+        if self.factory.storage is not None:
+            self.factory.storage.checkMail(size)  # 452 4.3.1 on a full disk
         self._transaction = _Transaction(returnPath=returnPath, smtputf8=smtputf8, declaredSize=size)
         return reply(codes.OK, codes.S_SENDER_OK, "Sender <%s> ok" % (returnPath,))
 
@@ -1275,6 +1282,8 @@ class SMTPServer(Protocol):
                 countError=transaction.overshoot > RECIPIENT_OVERSHOOT,
             )
             return None
+        if self.factory.storage is not None:
+            self.factory.storage.checkRecipient(recipient, transaction.declaredSize)  # full disk, full mailbox
         d = maybeDeferred(self.factory.delivery.checkRecipient, recipient, self._sender)
 
         def accepted(_: object) -> SMTPReply:
@@ -1356,6 +1365,8 @@ class SMTPFactory(Factory):
     """
 
     protocol = SMTPServer  # type: ignore[assignment]
+    #: A L{mailnet.storage.StorageGuard} (free disk space, quotas), or L{None}.
+    storage: Any = None
 
     def __init__(
         self,

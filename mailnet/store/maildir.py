@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from mailnet import metrics
 from mailnet.address import isSafeMailboxName, splitAddress
 from mailnet.errors import BadAddress, MessageGone
 from mailnet.interfaces import IMaildir, IMailStore, IMessageReceiver
@@ -60,7 +61,7 @@ def fsyncDirectory(path: str) -> None:
         return
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        metrics.timedFsync(os.fsync, fd)
     finally:
         os.close(fd)
 
@@ -429,10 +430,11 @@ class MaildirReceiver:
                     target.writelines(chunks)
                 try:
                     target.flush()
-                    os.fsync(target.fileno())
+                    metrics.timedFsync(os.fsync, target.fileno())
                 finally:
                     target.close()
                 self._publish("%s,S=%d,W=%d" % (self._name, self._size, self._wireSize))
+                metrics.recipients("delivered", len(self._maildirs))
             finally:
                 _unlinkQuietly(self._tmp)
             return self._name

@@ -1,0 +1,275 @@
+# -*- test-case-name: tests.test_web -*-
+"""
+The C{http} listener of a running server: metrics scraped after real SMTP
+and POP3 traffic, health, and client autoconfiguration, fetched with
+Python's own HTTP client as curl or Prometheus would.
+"""
+
+import http.client
+import plistlib
+import poplib
+import smtplib
+import ssl
+from typing import Dict, Optional, Tuple
+from xml.etree import ElementTree as ET
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from mailnet import metrics
+from tests.support import startServer
+
+MESSAGE = b"From: bob@example.test\r\nTo: alice@example.test\r\nSubject: hi\r\n\r\nHello.\r\n"
+TB = "{http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a}"
+
+
+def sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class HTTPTestCase(TestCase):
+    @inlineCallbacks
+    def setUp(self):
+        self.server = yield startServer(self)
+        self.server.addUser("alice@example.test", "alice-secret")
+        self.server.addUser("bob@example.test", "bob-secret")
+        self.context = ssl.create_default_context(cafile=self.server.certPath)
+
+    def request(self, method: str, path: str, body: Optional[bytes] = None) -> Tuple[int, Dict[str, str], bytes]:
+        """Make one request in a thread (a Deferred of status, headers, body)."""
+
+        def run():
+            connection = http.client.HTTPConnection("127.0.0.1", self.server.ports["http"], timeout=10)
+            try:
+                connection.request(method, path, body=body)
+                response = connection.getresponse()
+                return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+            finally:
+                connection.close()
+
+        return deferToThread(run)
+
+
+class MetricsTests(HTTPTestCase):
+    def traffic(self) -> None:
+        """Submission with STARTTLS and AUTH, a refused recipient, POP3 with STLS."""
+        client = smtplib.SMTP("localhost", self.server.ports["submission"], timeout=10)
+        client.starttls(context=self.context)
+        client.login("bob@example.test", "bob-secret")
+        client.sendmail("bob@example.test", ["alice@example.test"], MESSAGE)
+        client.quit()
+        client = smtplib.SMTP("127.0.0.1", self.server.ports["smtp"], timeout=10)
+        client.ehlo("client.remote.test")
+        client.mail("someone@remote.test")
+        code, _ = client.rcpt("nobody@example.test")
+        assert code == 550, code
+        client.quit()
+        pop = poplib.POP3("localhost", self.server.ports["pop3"], timeout=10)
+        pop.stls(context=self.context)
+        pop.user("alice@example.test")
+        pop.pass_("alice-secret")
+        pop.retr(1)
+        pop.quit()
+        pop = poplib.POP3("localhost", self.server.ports["pop3"], timeout=10)
+        pop.stls(context=self.context)
+        pop.user("alice@example.test")
+        try:
+            pop.pass_("wrong")
+        except poplib.error_proto:
+            pass
+        pop.quit()
+
+    @inlineCallbacks
+    def test_scrapeAfterTraffic(self):
+        """
+        After real SMTP and POP3 sessions, a scrape counts them: messages,
+        local deliveries, logins by outcome, refusals by status code,
+        connections and TLS versions by listener, latency and fsync
+        histograms, and the queue.
+        """
+        watched = {
+            "received": ("mailnet_messages_total", {"event": "received", "listener": "submission"}),
+            "delivered": ("mailnet_messages_total", {"event": "delivered", "listener": ""}),
+            "smtpLogin": ("mailnet_logins_total", {"protocol": "smtp", "outcome": "success"}),
+            "pop3Login": ("mailnet_logins_total", {"protocol": "pop3", "outcome": "success"}),
+            "pop3Failed": ("mailnet_logins_total", {"protocol": "pop3", "outcome": "failure"}),
+            "refused": ("mailnet_smtp_refusals_total", {"code": "550", "status": "5.1.1"}),
+            "smtpConnections": ("mailnet_connections_total", {"listener": "smtp"}),
+            "pop3Connections": ("mailnet_connections_total", {"listener": "pop3"}),
+            "tls": ("mailnet_tls_connections_total", {"listener": "submission", "version": "TLSv1.3"}),
+            "latency": ("mailnet_smtp_data_seconds_count", {}),
+            "fsync": ("mailnet_fsync_seconds_count", {}),
+        }
+        before = {key: sample(name, **labels) for key, (name, labels) in watched.items()}
+        yield deferToThread(self.traffic)
+        status, headers, body = yield self.request("GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertTrue(headers["content-type"].startswith("text/plain; version=0.0.4"))
+        text = body.decode("utf-8")
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+
+        def value(name: str, **labels: str) -> float:
+            family = families[name.rsplit("_total", 1)[0].rsplit("_count", 1)[0]]
+            for s in family.samples:
+                if s.name == name and s.labels == labels:
+                    return s.value
+            return 0.0
+
+        grown = {key: value(name, **labels) - before[key] for key, (name, labels) in watched.items()}
+        self.maxDiff = None
+        self.assertEqual(
+            grown,
+            {"received": 1, "delivered": 1, "smtpLogin": 1, "pop3Login": 1, "pop3Failed": 1, "refused": 1,
+             "smtpConnections": 1, "pop3Connections": 2, "tls": 1, "latency": 1, "fsync": grown["fsync"]},
+        )
+        self.assertGreaterEqual(grown["fsync"], 2)  # the file and its directory
+        self.assertEqual(value("mailnet_queue_messages"), 0)
+        self.assertEqual(value("mailnet_queue_oldest_seconds"), 0)
+        self.assertGreater(value("mailnet_data_dir_free_bytes"), 0)
+        # Only the scrape's own connection is open.
+        self.assertEqual(value("mailnet_connections_open"), 1)
+        self.assertEqual(value("mailnet_sessions", listener="http"), 1)
+        # Every family has its HELP and TYPE lines, and no label holds an address.
+        for name, family in families.items():
+            exposed = name + "_total" if family.type == "counter" else name
+            self.assertIn("# HELP %s " % (exposed,), text)
+            self.assertIn("# TYPE %s %s\n" % (exposed, family.type), text)
+        self.assertNotIn("_created", text)
+        self.assertNotIn("@", "".join(line for line in text.splitlines() if not line.startswith("#")))
+
+    @inlineCallbacks
+    def test_queueCollector(self):
+        """The queue's length and the age of its oldest entry come from the relay service."""
+
+        class Entry:
+            created = 1000.0
+
+        collector = metrics.ServiceCollector(self.server.service, clock=lambda: 1060.0)
+        self.server.service.relay._entries["x"] = Entry()
+        self.addCleanup(self.server.service.relay._entries.pop, "x")
+        values = {f.name: f.samples[0].value for f in collector.collect()}
+        self.assertEqual((values["mailnet_queue_messages"], values["mailnet_queue_oldest_seconds"]), (1, 60.0))
+        yield None
+
+
+class HealthTests(HTTPTestCase):
+    @inlineCallbacks
+    def test_healthy(self):
+        status, _, body = yield self.request("GET", "/healthz")
+        self.assertEqual((status, body), (200, b"ok\n"))
+
+    @inlineCallbacks
+    def test_listenerDown(self):
+        """A listener that is not listening makes the server unhealthy, and says which."""
+        yield self.server.service.listeners["pop3s"][0].stopService()
+        status, _, body = yield self.request("GET", "/healthz")
+        self.assertEqual(status, 503)
+        self.assertIn(b"listener pop3s (tcp:0:interface=127.0.0.1) is not listening", body)
+
+    @inlineCallbacks
+    def test_diskLow(self):
+        disk = self.server.service.diskSpace
+        disk.diskUsage = lambda path: (100 * 2**20, 99 * 2**20, 2**20)
+        disk.cacheFor = 0
+        status, _, body = yield self.request("GET", "/healthz")
+        self.assertEqual(status, 503)
+        self.assertIn(b"below min_free_space", body)
+
+    @inlineCallbacks
+    def test_notFoundAndMethods(self):
+        status, _, _ = yield self.request("GET", "/nothing")
+        self.assertEqual(status, 404)
+        status, headers, _ = yield self.request("POST", "/metrics", b"x")
+        self.assertEqual((status, headers["allow"]), (405, "GET, HEAD"))
+
+
+class AutoconfigTests(HTTPTestCase):
+    @inlineCallbacks
+    def test_thunderbird(self):
+        """
+        Both Thunderbird paths answer the running listeners: IMAP and POP3
+        (implicit TLS first), submission with STARTTLS, then SMTPS.
+        """
+        ports = self.server.ports
+        for path in ("/mail/config-v1.1.xml?emailaddress=alice%40example.test", "/.well-known/autoconfig/mail/config-v1.1.xml"):
+            status, headers, body = yield self.request("GET", path)
+            self.assertEqual(status, 200)
+            self.assertEqual(headers["content-type"], "application/xml; charset=utf-8")
+            provider = ET.fromstring(body).find("emailProvider")
+            self.assertEqual(provider.get("id"), "example.test")
+            incoming = [
+                (s.get("type"), int(s.findtext("port")), s.findtext("socketType"), s.findtext("hostname"))
+                for s in provider.findall("incomingServer")
+            ]
+            self.assertEqual(
+                incoming,
+                [("imap", ports["imaps"], "SSL", "localhost"), ("imap", ports["imap"], "STARTTLS", "localhost"),
+                 ("pop3", ports["pop3s"], "SSL", "localhost"), ("pop3", ports["pop3"], "STARTTLS", "localhost")],
+            )
+            outgoing = [(int(s.findtext("port")), s.findtext("socketType")) for s in provider.findall("outgoingServer")]
+            self.assertEqual(outgoing, [(ports["submission"], "STARTTLS"), (ports["smtps"], "SSL")])
+            self.assertEqual({s.findtext("username") for s in provider.iter() if s.find("username") is not None},
+                             {"%EMAILADDRESS%"})
+
+    @inlineCallbacks
+    def test_otherDomain(self):
+        """Only local domains are answered; junk addresses get 404, not an error."""
+        for query in ("someone%40elsewhere.test", "x" * 300, "%ff%fe", "no-at-sign"):
+            status, _, _ = yield self.request("GET", "/mail/config-v1.1.xml?emailaddress=" + query)
+            self.assertEqual(status, 404, query)
+
+    def autodiscoverRequest(self, address: str) -> bytes:
+        return (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            '<Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006">'
+            "<Request><EMailAddress>%s</EMailAddress>"
+            "<AcceptableResponseSchema>http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"
+            "</AcceptableResponseSchema></Request></Autodiscover>" % (address,)
+        ).encode("utf-8")
+
+    @inlineCallbacks
+    def test_autodiscover(self):
+        ports = self.server.ports
+        for path in ("/autodiscover/autodiscover.xml", "/Autodiscover/Autodiscover.xml"):
+            status, _, body = yield self.request("POST", path, self.autodiscoverRequest("alice@example.test"))
+            self.assertEqual(status, 200)
+            account = ET.fromstring(body).find(TB + "Response/" + TB + "Account")
+            protocols = [
+                (p.findtext(TB + "Type"), int(p.findtext(TB + "Port")), p.findtext(TB + "LoginName"))
+                for p in account.findall(TB + "Protocol")
+            ]
+            self.assertEqual(
+                protocols,
+                [("IMAP", ports["imaps"], "alice@example.test"), ("POP3", ports["pop3s"], "alice@example.test"),
+                 ("SMTP", ports["submission"], "alice@example.test")],
+            )
+
+    @inlineCallbacks
+    def test_autodiscoverRefusals(self):
+        """Bad requests are refused cleanly: GET, DTDs (no entity expansion), junk, a body too large."""
+        status, _, _ = yield self.request("GET", "/autodiscover/autodiscover.xml")
+        self.assertEqual(status, 405)
+        laughs = b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY a "aaaa">]><Autodiscover>&a;</Autodiscover>'
+        for body in (laughs, b"not xml", self.autodiscoverRequest("bob@elsewhere.test")):
+            status, _, _ = yield self.request("POST", "/autodiscover/autodiscover.xml", body)
+            self.assertIn(status, (400, 404), body)
+        status, _, _ = yield self.request("POST", "/autodiscover/autodiscover.xml", b"x" * 100000)
+        self.assertEqual(status, 413)
+
+    @inlineCallbacks
+    def test_mobileconfig(self):
+        status, headers, body = yield self.request("GET", "/apple/mail.mobileconfig?emailaddress=alice%40example.test")
+        self.assertEqual((status, headers["content-type"]), (200, "application/x-apple-aspen-config"))
+        account = plistlib.loads(body)["PayloadContent"][0]
+        self.assertEqual(
+            (account["EmailAccountType"], account["IncomingMailServerPortNumber"], account["OutgoingMailServerPortNumber"]),
+            ("EmailTypeIMAP", self.server.ports["imaps"], self.server.ports["submission"]),
+        )
+
+    @inlineCallbacks
+    def test_mtaSTS(self):
+        status, _, body = yield self.request("GET", "/.well-known/mta-sts.txt")
+        self.assertEqual(status, 200)
+        self.assertEqual(body, b"version: STSv1\r\nmode: testing\r\nmx: localhost\r\nmax_age: 604800\r\n")
