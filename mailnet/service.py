@@ -24,6 +24,7 @@ from mailnet.config import LISTENERS, Config
 from mailnet.cred import CHECKS_PER_HASHING_THREAD, Authenticator, hashingThreads, makePortal
 from mailnet.datalock import DataDirLock
 from mailnet.diskspace import DiskSpace
+from mailnet.quota import Quotas
 from mailnet.storage import StorageGuard
 from mailnet.dns import DNSClient
 from mailnet.errors import ConfigError
@@ -236,7 +237,8 @@ class MailService(service.MultiService):
         self.relay = relay
         # Free space in the data dir ([limits] min_free_space), read by SMTP and /healthz.
         self.diskSpace = DiskSpace(dataDir, limits.min_free_space)
-        self.storage = StorageGuard(self.diskSpace)
+        self.quotas = Quotas(dataDir, self.accounts, self.mailStore.pathFor)
+        self.storage = StorageGuard(self.diskSpace, self.quotas)
 
         common = dict(hostname=config.hostname, authenticator=self.authenticator, limits=limits,
                       allowPlaintextAuth=config.allow_plaintext_auth, clock=reactor)

@@ -247,8 +247,70 @@ def userList(admin: Admin) -> None:
         domain = domain.lower().lstrip("@")
         if not store.isLocalDomain(domain):
             raise UnknownDomain(domain=domain)
+    if getattr(admin.args, "usage", False):
+        for address in store.users(domain):
+            admin.say(_quotaLine(admin, address))
+        return
     for address in store.users(domain):
         admin.say(address)
+
+
+# --- quotas (issue 16; mailnet.quota) ------------------------------------------
+
+
+class BadQuota(MailnetError):
+    """{value!r} is not a quota: {problem}."""
+
+
+def _parseQuota(text: str):
+    from mailnet.quota import parseSize
+
+    try:
+        return parseSize(text)
+    except ValueError as e:
+        raise BadQuota(value=text, problem=str(e))
+
+
+def _quotaLine(admin: Admin, address: str) -> str:
+    from mailnet.quota import QuotaFile, formatSize, mailboxUsage
+
+    data = QuotaFile(admin.dataDir).read()
+    entry = data["users"].get(address) or data["domains"].get(address.rsplit("@", 1)[-1]) or {}
+    octets, count = mailboxUsage(admin.maildirPath(address))
+    limit = entry.get("octets")
+    used = "%s" % (formatSize(octets),) + (" (%d%%)" % (100 * octets // limit,) if limit else "")
+    messages = "%d message(s)" % (count,) + (" of %d" % (entry["messages"],) if entry.get("messages") else "")
+    origin = "" if not entry else " (user)" if address in data["users"] else " (domain default)"
+    return "%s  %s of %s%s, %s" % (address, used, formatSize(limit), origin, messages)
+
+
+def userQuota(admin: Admin) -> None:
+    from mailnet.quota import Limit, QuotaFile
+
+    address = normalizeAddress(admin.args.address, allowUTF8=True)
+    if address not in admin.store.users(address.rsplit("@", 1)[-1]):
+        raise UnknownUser(address=address)
+    octets = _parseQuota(admin.args.size)
+    QuotaFile(admin.dataDir).set("users", address, Limit(octets, admin.args.messages or None))
+    admin.say(_quotaLine(admin, address))
+
+
+def domainQuota(admin: Admin) -> None:
+    from mailnet.quota import Limit, QuotaFile, formatSize
+
+    domain = admin.args.name.lower().lstrip("@")
+    if not admin.store.isLocalDomain(domain):
+        raise UnknownDomain(domain=domain)
+    octets = _parseQuota(admin.args.size)
+    QuotaFile(admin.dataDir).set("domains", domain, Limit(octets, admin.args.messages or None))
+    admin.say("Default quota of %s's users: %s (a user's own quota wins)." % (domain, formatSize(octets)))
+
+
+def userShow(admin: Admin) -> None:
+    address = normalizeAddress(admin.args.address, allowUTF8=True)
+    if address not in admin.store.users(address.rsplit("@", 1)[-1]):
+        raise UnknownUser(address=address)
+    admin.say(_quotaLine(admin, address))
 
 
 # --- alias ----------------------------------------------------------------
@@ -760,6 +822,11 @@ def buildParser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", metavar="NAME")
     _command(domains, "list", domainList, "list the local domains")
+    p = _command(domains, "quota", domainQuota, "set the default storage quota of a domain's users",
+                 "Set the quota of DOMAIN's users that have none of their own.  SIZE such as 1G; 0 removes it.")
+    p.add_argument("name", metavar="DOMAIN")
+    p.add_argument("size", metavar="SIZE")
+    p.add_argument("--messages", type=int, metavar="N", help="also at most N messages")
 
     users = _group(commands, "user", "add, remove or list users, or change a password")
     passwordHelp = "read the password from the first line of standard input instead of prompting twice"
@@ -780,6 +847,14 @@ def buildParser() -> argparse.ArgumentParser:
     p.add_argument("address", metavar="ADDRESS")
     p = _command(users, "list", userList, "list the users")
     p.add_argument("domain", metavar="DOMAIN", nargs="?", help="only this domain's users")
+    p.add_argument("--usage", action="store_true", help="with each user's mailbox usage and quota")
+    p = _command(users, "show", userShow, "show a user's mailbox usage and quota")
+    p.add_argument("address", metavar="ADDRESS")
+    quotaHelp = "SIZE such as 2G or 500M; 0 removes it.  The running server applies it within seconds."
+    p = _command(users, "quota", userQuota, "set a user's storage quota", "Set ADDRESS's storage quota.  " + quotaHelp)
+    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("size", metavar="SIZE")
+    p.add_argument("--messages", type=int, metavar="N", help="also at most N messages")
 
     aliases = _group(commands, "alias", "add, remove or list aliases")
     p = _command(

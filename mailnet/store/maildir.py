@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from mailnet import metrics
+from mailnet import metrics, quota
 from mailnet.address import isSafeMailboxName, splitAddress
 from mailnet.errors import BadAddress, MessageGone
 from mailnet.interfaces import IMaildir, IMailStore, IMessageReceiver
@@ -298,6 +298,7 @@ class Maildir:
                 touched.add(os.path.dirname(path))
             except (MessageGone, FileNotFoundError):
                 pass
+        quota.forget(self.path)  # counted again when next asked
         for directory in touched:
             fsyncDirectory(directory)
 
@@ -435,6 +436,8 @@ class MaildirReceiver:
                     target.close()
                 self._publish("%s,S=%d,W=%d" % (self._name, self._size, self._wireSize))
                 metrics.recipients("delivered", len(self._maildirs))
+                for maildir in self._maildirs:
+                    quota.delivered(maildir, self._size)
             finally:
                 _unlinkQuietly(self._tmp)
             return self._name

@@ -1,0 +1,206 @@
+# -*- test-case-name: tests.test_quota -*-
+"""
+Storage quotas: the file, usage counting, the RCPT check, and a running
+server refusing mail for a full mailbox until POP3 DELE makes room.
+"""
+
+import os
+import poplib
+import smtplib
+import ssl
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from mailnet import quota
+from mailnet.errors import SMTPReply
+from mailnet.quota import Limit, QuotaFile, Quotas, mailboxUsage, parseSize
+from tests.support import startServer
+from tests.test_admin import AdminTestCase
+
+
+class FakeAccounts:
+    def __init__(self, aliases=None):
+        self.aliases = aliases or {}
+
+    def resolve(self, address):
+        return self.aliases.get(address, [address] if address.endswith("@example.test") else None)
+
+    def users(self):
+        return ["alice@example.test", "bob@example.test"]
+
+
+def writeMessage(maildir: str, name: str, data: bytes = b"x") -> None:
+    for sub in ("new", "cur", "tmp"):
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+    with open(os.path.join(maildir, "cur", name), "wb") as f:
+        f.write(data)
+
+
+class SizeTests(SynchronousTestCase):
+    def test_parse(self) -> None:
+        self.assertEqual([parseSize(t) for t in ("2G", "500M", "100k", "1048576", "0")],
+                         [2 * 1024**3, 500 * 1024**2, 102400, 1048576, None])
+        for bad in ("", "-1", "1.5G", "lots"):
+            self.assertRaises(ValueError, parseSize, bad)
+
+
+class UsageTests(SynchronousTestCase):
+    def test_count(self) -> None:
+        """Every folder counts; sizes from S= where given, else from the file."""
+        root = self.mktemp()
+        writeMessage(root, "1.a.host,S=1000:2,S")
+        writeMessage(root, "2.b.host:2,", b"12345")
+        writeMessage(os.path.join(root, ".Sent"), "3.c.host,S=200,W=210:2,S")
+        self.assertEqual(mailboxUsage(root), (1205, 3))
+        self.assertEqual(mailboxUsage(os.path.join(root, "missing")), (0, 0))
+
+
+class QuotasTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dataDir = self.mktemp()
+        os.makedirs(self.dataDir)
+        self.now = [1000.0]
+        self.quotas = Quotas(self.dataDir, FakeAccounts({"all@example.test": ["alice@example.test", "x@remote.test"]}),
+                             lambda a: os.path.join(self.dataDir, "mail", a), clock=lambda: self.now[0])
+        self.file = QuotaFile(self.dataDir)
+        self.box = os.path.join(self.dataDir, "mail", "alice@example.test")
+        writeMessage(self.box, "1.a.host,S=900:2,")
+        self.addCleanup(quota.forget, self.box)
+
+    def refused(self, address, size=None):
+        return self.assertRaises(SMTPReply, self.quotas.check, address, size)
+
+    def test_noQuota(self) -> None:
+        self.quotas.check("alice@example.test", 10**9)
+
+    def test_full(self) -> None:
+        """452 4.2.2 when full or when SIZE would overflow; 552 5.2.2 when SIZE can never fit."""
+        self.file.set("users", "alice@example.test", Limit(1000))
+        self.quotas.check("alice@example.test", 100)
+        error = self.refused("alice@example.test", 101)
+        self.assertEqual((error.code, error.text), (452, "4.2.2 <alice@example.test>: mailbox full"))
+        error = self.refused("alice@example.test", 1001)
+        self.assertEqual((error.code, error.text[:5]), (552, "5.2.2"))
+        # Through an alias too; the remote target has no quota.
+        self.assertEqual(self.refused("all@example.test", 200).code, 452)
+
+    def test_messages(self) -> None:
+        self.file.set("users", "alice@example.test", Limit(None, 1))
+        self.assertEqual(self.refused("alice@example.test").code, 452)
+
+    def test_domainDefault(self) -> None:
+        """The domain's quota applies to users without their own; a user's own wins."""
+        self.file.set("domains", "example.test", Limit(500))
+        self.assertEqual(self.refused("alice@example.test").code, 452)
+        self.now[0] += 1
+        self.file.set("users", "alice@example.test", Limit(2000))
+        self.quotas.check("alice@example.test", None)
+
+    def test_changeTakesEffect(self) -> None:
+        """A quota written by mailnet-admin applies within a second, without a restart."""
+        self.quotas.check("alice@example.test", None)
+        self.file.set("users", "alice@example.test", Limit(100))
+        self.now[0] += 1.0
+        self.assertEqual(self.refused("alice@example.test").code, 452)
+        self.file.set("users", "alice@example.test", Limit())
+        self.now[0] += 1.0
+        self.quotas.check("alice@example.test", None)
+
+    def test_usageKeptCurrent(self) -> None:
+        """Deliveries add to the figure; removals make it counted again."""
+        self.assertEqual(self.quotas.usage("alice@example.test"), (900, 1))
+        quota.delivered(self.box, 50)
+        self.assertEqual(self.quotas.usage("alice@example.test"), (950, 2))
+        quota.forget(self.box)
+        self.assertEqual(self.quotas.usage("alice@example.test"), (900, 1))
+        # Changes by other programs are seen after USAGE_TTL.
+        writeMessage(self.box, "2.b.host,S=10:2,")
+        self.assertEqual(self.quotas.usage("alice@example.test"), (900, 1))
+        self.now[0] += quota.USAGE_TTL
+        self.assertEqual(self.quotas.usage("alice@example.test"), (910, 2))
+
+    def test_states(self) -> None:
+        self.file.set("users", "alice@example.test", Limit(1000))
+        self.file.set("users", "bob@example.test", Limit(10))
+        self.addCleanup(quota.forget, os.path.join(self.dataDir, "mail", "bob@example.test"))
+        self.assertEqual(self.quotas.states(), {"ok": ["bob@example.test"], "warning": ["alice@example.test"], "full": []})
+        family = list(self.quotas.collect())[0]
+        self.assertEqual({s.labels["state"]: s.value for s in family.samples}, {"ok": 1, "warning": 1, "full": 0})
+
+
+class QuotaEndToEndTests(TestCase):
+    """A full mailbox on a running server, filled and emptied by real clients."""
+
+    @inlineCallbacks
+    def test_fullThenRoom(self):
+        server = yield startServer(self)
+        server.addUser("alice@example.test", "alice-secret")
+        message = b"From: bob@remote.test\r\nSubject: fill\r\n\r\n" + (b"x" * 98 + b"\r\n") * 30
+
+        def send(size=None):
+            client = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10)
+            try:
+                client.ehlo("client.remote.test")
+                client.mail("bob@remote.test", ["SIZE=%d" % size] if size else [])
+                code, text = client.rcpt("alice@example.test")
+                if code == 250:
+                    self.assertEqual(client.data(message)[0], 250)
+                return code, text
+            finally:
+                client.close()
+
+        QuotaFile(server.dataDir).set("users", "alice@example.test", Limit(4000))
+        self.assertEqual((yield deferToThread(send))[0], 250)
+        self.assertEqual((yield deferToThread(send)), (250, b"2.1.5 Recipient <alice@example.test> ok"))
+        self.assertEqual((yield deferToThread(send)), (452, b"4.2.2 <alice@example.test>: mailbox full"))
+        self.assertEqual((yield deferToThread(send, 5000))[0], 552)
+        self.assertEqual(len(server.newFiles("alice@example.test")), 2)
+
+        def deleteOne():
+            context = ssl.create_default_context(cafile=server.certPath)
+            pop = poplib.POP3_SSL("localhost", server.ports["pop3s"], context=context, timeout=10)
+            pop.user("alice@example.test")
+            pop.pass_("alice-secret")
+            pop.dele(1)
+            pop.quit()
+
+        yield deferToThread(deleteOne)
+        self.assertEqual((yield deferToThread(send))[0], 250)
+
+
+class AdminQuotaTests(AdminTestCase):
+    """mailnet-admin user quota, domain quota, user show, user list --usage."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        store = self.store()
+        store.addDomain("example.test")
+        store.addUser("alice@example.test", "h")
+        store.addUser("bob@example.test", "h")
+        writeMessage(os.path.join(self.dataDir, "mail", "example.test", "alice"), "1.a.host,S=524288:2,")
+
+    def test_userQuota(self) -> None:
+        out = self.ok("user", "quota", "alice@example.test", "2M", "--messages", "100")
+        self.assertEqual(out, "alice@example.test  512K (25%) of 2M (user), 1 message(s) of 100\n")
+        self.assertEqual(QuotaFile(self.dataDir).read()["users"], {"alice@example.test": {"octets": 2 * 1024**2, "messages": 100}})
+        self.assertEqual(self.ok("user", "show", "alice@example.test"), out)
+        self.ok("user", "quota", "alice@example.test", "0")
+        self.assertEqual(QuotaFile(self.dataDir).read()["users"], {})
+
+    def test_domainQuota(self) -> None:
+        self.assertEqual(self.ok("domain", "quota", "example.test", "1G"),
+                         "Default quota of example.test's users: 1G (a user's own quota wins).\n")
+        self.assertEqual(
+            self.ok("user", "list", "--usage"),
+            "alice@example.test  512K (0%) of 1G (domain default), 1 message(s)\n"
+            "bob@example.test  0 (0%) of 1G (domain default), 0 message(s)\n",
+        )
+        # Plain list is unchanged (scripts read it).
+        self.assertEqual(self.ok("user", "list"), "alice@example.test\nbob@example.test\n")
+
+    def test_errors(self) -> None:
+        self.assertIn("There is no user carol@example.test", self.fails("user", "quota", "carol@example.test", "1G"))
+        self.assertIn("is not a local domain", self.fails("domain", "quota", "other.test", "1G"))
+        self.assertIn("'lots' is not a quota", self.fails("user", "quota", "alice@example.test", "lots"))
