@@ -39,8 +39,13 @@ USAGE_TTL = 60.0
 #: Seconds between looks at the quota file's modification time.
 RELOAD_EVERY = 1.0
 
-#: Share of the quota at which the mailbox counts as nearly full.
+#: Share of the quota at which the mailbox counts as nearly full (and its
+#: owner is sent one warning).
 WARNING_RATIO = 0.9
+
+#: In a Maildir's top directory: the owner has been warned (removed when
+#: usage falls below WARNING_RATIO again, so the next time warns again).
+WARNED_MARKER = ".mailnet-quota-warned"
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -205,6 +210,9 @@ class Quotas:
         self._domains: Dict[str, Limit] = {}
         self._stamp: Optional[Tuple[int, int]] = None
         self._lookedAt: Optional[float] = None
+        #: Called as C{warn(address, used, limit)} when a mailbox reaches
+        #: L{WARNING_RATIO} of its quota (see L{deliverWarning}).
+        self.warn: Optional[Callable[[str, int, int], None]] = None
 
     def _reload(self) -> None:
         now = self.clock()
@@ -268,11 +276,30 @@ class Quotas:
                     "<%s>: the message is larger than the mailbox's quota" % (address,),
                 )
             octets, count = self.usage(target)
+            self._maybeWarn(target, limit, octets)
             if (limit.octets is not None and octets + (size or 0) > limit.octets) or (
                 limit.messages is not None and count >= limit.messages
             ):
                 metrics.storageRefused("quota")
                 raise codes.reply(codes.INSUFFICIENT_STORAGE, codes.T_MAILBOX_FULL, "<%s>: mailbox full" % (address,))
+
+    def _maybeWarn(self, address: str, limit: Limit, octets: int) -> None:
+        """Warn the owner once when the mailbox passes WARNING_RATIO of its quota."""
+        if self.warn is None or not limit.octets:
+            return
+        marker = os.path.join(self.pathFor(address), WARNED_MARKER)
+        try:
+            if octets < WARNING_RATIO * limit.octets:
+                if os.path.exists(marker):
+                    os.unlink(marker)
+                return
+            if os.path.exists(marker):
+                return
+            with open(marker, "x"):
+                pass
+        except OSError:
+            return  # no Maildir yet, or a race with another session: no warning now
+        self.warn(address, octets, limit.octets)
 
     def states(self) -> Dict[str, List[str]]:
         """Users with a quota, by state: C{ok}, C{warning} (90 % or more), C{full}."""
@@ -303,3 +330,39 @@ class Quotas:
         for state, users in self.states().items():
             family.add_metric([state], len(users))
         yield family
+
+
+def warningMessage(hostname: str, address: str, used: int, limit: int, now: Optional[float] = None) -> bytes:
+    """The message that tells C{address} its mailbox is nearly full."""
+    from email.utils import formatdate, make_msgid
+
+    percent = 100 * used // limit
+    lines = [
+        "From: Mail system <MAILER-DAEMON@%s>" % (hostname,),
+        "To: <%s>" % (address,),
+        "Subject: Your mailbox is %d%% full" % (percent,),
+        "Date: %s" % (formatdate(now, localtime=False),),
+        "Message-ID: %s" % (make_msgid("quota", domain=hostname),),
+        "Auto-Submitted: auto-generated",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=us-ascii",
+        "",
+        "Your mailbox %s uses %s of its %s quota (%d%%)." % (address, formatSize(used), formatSize(limit), percent),
+        "",
+        "When it is full, new mail for you is refused (senders are told to",
+        "try again later).  Delete or move away some messages, large ones",
+        "first, to make room.",
+        "",
+    ]
+    return "\r\n".join(lines).encode("ascii", "replace")
+
+
+def deliverWarning(mailStore: Any, hostname: str, address: str, used: int, limit: int) -> None:
+    """Put the warning straight into C{address}'s Maildir (past the quota check)."""
+    from twisted.logger import Logger
+
+    log = Logger()
+    receiver = mailStore.receive("", [address])
+    receiver.write(warningMessage(hostname, address, used, limit))
+    log.info("{address}: mailbox at {percent}% of its quota, owner warned", address=address, percent=100 * used // limit)
+    receiver.finish().addErrback(lambda f: log.failure("could not deliver the quota warning to {address}", f, address=address))

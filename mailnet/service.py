@@ -6,6 +6,7 @@ configured endpoint, all sharing them.
 """
 
 import errno
+import functools
 import os
 import signal
 import sqlite3
@@ -24,7 +25,7 @@ from mailnet.config import LISTENERS, Config
 from mailnet.cred import CHECKS_PER_HASHING_THREAD, Authenticator, hashingThreads, makePortal
 from mailnet.datalock import DataDirLock
 from mailnet.diskspace import DiskSpace
-from mailnet.quota import Quotas
+from mailnet.quota import Quotas, deliverWarning
 from mailnet.storage import StorageGuard
 from mailnet.dns import DNSClient
 from mailnet.errors import ConfigError
@@ -238,6 +239,7 @@ class MailService(service.MultiService):
         # Free space in the data dir ([limits] min_free_space), read by SMTP and /healthz.
         self.diskSpace = DiskSpace(dataDir, limits.min_free_space)
         self.quotas = Quotas(dataDir, self.accounts, self.mailStore.pathFor)
+        self.quotas.warn = functools.partial(deliverWarning, self.mailStore, config.hostname)
         self.storage = StorageGuard(self.diskSpace, self.quotas)
 
         common = dict(hostname=config.hostname, authenticator=self.authenticator, limits=limits,

@@ -9,6 +9,7 @@ import poplib
 import smtplib
 import ssl
 
+from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -121,6 +122,30 @@ class QuotasTests(SynchronousTestCase):
         self.now[0] += quota.USAGE_TTL
         self.assertEqual(self.quotas.usage("alice@example.test"), (910, 2))
 
+    def test_warningOnce(self) -> None:
+        """At 90 % the owner is warned once; below it again, the next crossing warns again."""
+        warned = []
+        self.quotas.warn = lambda *args: warned.append(args)
+        self.file.set("users", "alice@example.test", Limit(1000))
+        self.quotas.check("alice@example.test", None)
+        self.quotas.check("alice@example.test", None)
+        self.assertEqual(warned, [("alice@example.test", 900, 1000)])
+        self.file.set("users", "alice@example.test", Limit(2000))
+        self.now[0] += 1
+        self.quotas.check("alice@example.test", None)
+        self.assertFalse(os.path.exists(os.path.join(self.box, quota.WARNED_MARKER)))
+        self.file.set("users", "alice@example.test", Limit(950))
+        self.now[0] += 1
+        self.quotas.check("alice@example.test", None)
+        self.assertEqual(len(warned), 2)
+
+    def test_warningMessage(self) -> None:
+        from email import message_from_bytes
+
+        message = message_from_bytes(quota.warningMessage("mx.example.test", "alice@example.test", 950, 1000, now=0))
+        self.assertEqual(message["Subject"], "Your mailbox is 95% full")
+        self.assertEqual(message["Auto-Submitted"], "auto-generated")
+
     def test_states(self) -> None:
         self.file.set("users", "alice@example.test", Limit(1000))
         self.file.set("users", "bob@example.test", Limit(10))
@@ -156,7 +181,15 @@ class QuotaEndToEndTests(TestCase):
         self.assertEqual((yield deferToThread(send)), (250, b"2.1.5 Recipient <alice@example.test> ok"))
         self.assertEqual((yield deferToThread(send)), (452, b"4.2.2 <alice@example.test>: mailbox full"))
         self.assertEqual((yield deferToThread(send, 5000))[0], 552)
-        self.assertEqual(len(server.newFiles("alice@example.test")), 2)
+        # Past 90 %: one warning, straight into the Maildir (past the quota).
+        for _ in range(50):
+            if len(server.newFiles("alice@example.test")) == 3:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        files = server.newFiles("alice@example.test")
+        self.assertEqual(len(files), 3)
+        with open(files[-1], "rb") as f:
+            self.assertIn(b"Subject: Your mailbox is ", f.read())
 
         def deleteOne():
             context = ssl.create_default_context(cafile=server.certPath)
