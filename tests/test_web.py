@@ -16,7 +16,7 @@ from xml.etree import ElementTree as ET
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailnet import metrics
 from tests.support import startServer
@@ -273,3 +273,18 @@ class AutoconfigTests(HTTPTestCase):
         status, _, body = yield self.request("GET", "/.well-known/mta-sts.txt")
         self.assertEqual(status, 200)
         self.assertEqual(body, b"version: STSv1\r\nmode: testing\r\nmx: localhost\r\nmax_age: 604800\r\n")
+
+
+class OptionsTests(SynchronousTestCase):
+    """--http and --no-http on the twistd command line."""
+
+    def test_http(self) -> None:
+        from mailnet.tap import Options
+
+        options = Options()
+        options.parseOptions(["--http", "tcp:8080:interface=127.0.0.1", "--hostname", "h"])
+        self.assertEqual(options.config().listen["http"], ("tcp:8080:interface=127.0.0.1",))
+        options = Options()
+        options.parseOptions(["--no-http", "--hostname", "h"])
+        self.assertEqual(options.config().listen["http"], ())
+        self.assertEqual(Options().config().listen["http"], ("tcp:2880:interface=127.0.0.1",))
