@@ -6,6 +6,7 @@ Python's own HTTP client as curl or Prometheus would.
 """
 
 import http.client
+import os
 import plistlib
 import poplib
 import smtplib
@@ -14,6 +15,7 @@ from typing import Dict, Optional, Tuple
 from xml.etree import ElementTree as ET
 
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -288,3 +290,60 @@ class OptionsTests(SynchronousTestCase):
         options.parseOptions(["--no-http", "--hostname", "h"])
         self.assertEqual(options.config().listen["http"], ())
         self.assertEqual(Options().config().listen["http"], ("tcp:2880:interface=127.0.0.1",))
+
+
+class RelayMetricsTests(TestCase):
+    """
+    Two servers: A routes C{b.test} to B, where bob's mailbox is full.  A
+    defers (B answers 452 4.2.2 at RCPT) and keeps the message; once
+    bob's quota is lifted a flush delivers it.  A's counters and queue
+    figures follow.
+    """
+
+    @inlineCallbacks
+    def setUp(self):
+        from mailnet.quota import Limit, QuotaFile
+
+        self.b = yield startServer(self, domains=("b.test",))
+        self.b.addUser("bob@b.test", "bob-secret")
+        self.bobQuota = QuotaFile(self.b.dataDir)
+        self.bobQuota.set("users", "bob@b.test", Limit(None, 1))
+        self.Limit = Limit
+        os.makedirs(os.path.join(self.b.service.mailStore.pathFor("bob@b.test"), "cur"))
+        with open(os.path.join(self.b.service.mailStore.pathFor("bob@b.test"), "cur", "1.x.host,S=10:2,"), "wb") as f:
+            f.write(b"x" * 10)
+        self.a = yield startServer(self, domains=("a.test",), routes={"b.test": ("127.0.0.1", self.b.ports["smtp"])})
+        self.a.addUser("alice@a.test", "alice-secret")
+
+    @inlineCallbacks
+    def waitFor(self, condition):
+        for _ in range(200):
+            if condition():
+                return
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.fail("timed out")
+
+    @inlineCallbacks
+    def test_deferredThenRelayed(self):
+        context = ssl.create_default_context(cafile=self.a.certPath)
+        deferred = sample("mailnet_messages_total", event="deferred", listener="")
+        relayed = sample("mailnet_messages_total", event="relayed", listener="")
+        refusals = sample("mailnet_smtp_refusals_total", code="452", status="4.2.2")
+
+        def send():
+            client = smtplib.SMTP("localhost", self.a.ports["submission"], timeout=10)
+            client.starttls(context=context)
+            client.login("alice@a.test", "alice-secret")
+            client.sendmail("alice@a.test", ["bob@b.test"], b"From: alice@a.test\r\nSubject: hi\r\n\r\nhello\r\n")
+            client.quit()
+
+        yield deferToThread(send)
+        yield self.waitFor(lambda: sample("mailnet_messages_total", event="deferred", listener="") > deferred)
+        self.assertEqual(sample("mailnet_smtp_refusals_total", code="452", status="4.2.2"), refusals + 1)
+        collected = {f.name: f.samples[0].value for f in metrics.ServiceCollector(self.a.service).collect() if f.samples}
+        self.assertEqual(collected["mailnet_queue_messages"], 1)
+        self.bobQuota.set("users", "bob@b.test", self.Limit())
+        yield task.deferLater(reactor, 1.1, lambda: None)  # the quota file is looked at once a second
+        self.a.service.relay.flush()
+        yield self.waitFor(lambda: len(self.b.newFiles("bob@b.test")) == 1)
+        yield self.waitFor(lambda: sample("mailnet_messages_total", event="relayed", listener="") == relayed + 1)
