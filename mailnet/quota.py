@@ -200,12 +200,20 @@ class Quotas:
     """
 
     def __init__(
-        self, dataDir: str, accounts: Any, pathFor: Callable[[str], str], clock: Callable[[], float] = time.monotonic
+        self,
+        dataDir: str,
+        accounts: Any,
+        pathFor: Callable[[str], str],
+        clock: Callable[[], float] = time.monotonic,
+        run: Optional[Callable[..., Any]] = None,
     ) -> None:
         self.file = QuotaFile(dataDir)
         self.accounts = accounts
         self.pathFor = pathFor
         self.clock = clock
+        # Counting a large Maildir takes milliseconds: done with run (a
+        # thread pool) when given, not on the reactor.
+        self.run = run
         self._users: Dict[str, Limit] = {}
         self._domains: Dict[str, Limit] = {}
         self._stamp: Optional[Tuple[int, int]] = None
@@ -242,33 +250,51 @@ class Quotas:
             return limit
         return self._domains.get(address.rsplit("@", 1)[-1], Limit())
 
-    def usage(self, address: str) -> Tuple[int, int]:
-        """@return: octets and messages in C{address}'s Maildir."""
-        path = self.pathFor(address)
+    def _known(self, address: str) -> Optional[Tuple[int, int]]:
+        """The counted usage of C{address}'s Maildir, if recent enough."""
         now = self.clock()
         with _lock:
-            known = _usage.get(path)
+            known = _usage.get(self.pathFor(address))
         if known is not None and 0 <= now - known[2] < USAGE_TTL:
             return known[0], known[1]
+        return None
+
+    def usage(self, address: str) -> Tuple[int, int]:
+        """@return: octets and messages in C{address}'s Maildir (counted now if need be)."""
+        known = self._known(address)
+        if known is not None:
+            return known
+        path, now = self.pathFor(address), self.clock()
         octets, count = mailboxUsage(path)
         with _lock:
             _usage[path] = (octets, count, now)
         return octets, count
 
-    def check(self, address: str, size: Optional[int]) -> None:
+    def _countAll(self, addresses: List[str]) -> None:
+        for address in addresses:
+            self.usage(address)
+
+    def check(self, address: str, size: Optional[int]) -> Any:
         """
         At RCPT: every local mailbox C{address} delivers to has room.
 
+        @return: L{None} when checked, or a L{Deferred} when a Maildir had
+            to be counted first (in C{run}'s thread) that fires when checked.
         @raise SMTPReply: 552 5.2.2 when C{size} can never fit, 452 4.2.2
-            when the mailbox is full.
+            when the mailbox is full (or the Deferred fails with it).
         """
         self._reload()
         if not self._users and not self._domains:
-            return
-        for target in self.accounts.resolve(address) or ():
-            limit = self.limitFor(target)
-            if not limit:
-                continue
+            return None
+        targets = [(t, self.limitFor(t)) for t in self.accounts.resolve(address) or ()]
+        targets = [(t, limit) for t, limit in targets if limit]
+        uncounted = [t for t, _ in targets if self._known(t) is None]
+        if uncounted and self.run is not None:
+            return self.run(self._countAll, uncounted).addCallback(lambda _: self._check(address, targets, size))
+        return self._check(address, targets, size)
+
+    def _check(self, address: str, targets: List[Tuple[str, Limit]], size: Optional[int]) -> None:
+        for target, limit in targets:
             if size is not None and limit.octets is not None and size > limit.octets:
                 metrics.storageRefused("quota")
                 raise codes.reply(
@@ -308,11 +334,16 @@ class Quotas:
         users = set(self._users)
         if self._domains:
             users.update(u for u in self.accounts.users() if u.rsplit("@", 1)[-1] in self._domains)
+        uncounted = []
         for user in sorted(users):
             limit = self.limitFor(user)
             if not limit:
                 continue
-            octets, count = self.usage(user)
+            known = self._known(user) if self.run is not None else self.usage(user)
+            if known is None:
+                uncounted.append(user)  # counted in the background, shown next time
+                continue
+            octets, count = known
             ratios = []
             if limit.octets:
                 ratios.append(octets / limit.octets)
@@ -320,6 +351,8 @@ class Quotas:
                 ratios.append(count / limit.messages)
             ratio = max(ratios)
             result["full" if ratio >= 1 else "warning" if ratio >= WARNING_RATIO else "ok"].append(user)
+        if uncounted and self.run is not None:
+            self.run(self._countAll, uncounted).addErrback(lambda f: None)
         return result
 
     def collect(self) -> Iterator[Any]:

@@ -238,7 +238,7 @@ class MailService(service.MultiService):
         self.relay = relay
         # Free space in the data dir ([limits] min_free_space), read by SMTP and /healthz.
         self.diskSpace = DiskSpace(dataDir, limits.min_free_space)
-        self.quotas = Quotas(dataDir, self.accounts, self.mailStore.pathFor)
+        self.quotas = Quotas(dataDir, self.accounts, self.mailStore.pathFor, run=run)
         self.quotas.warn = functools.partial(deliverWarning, self.mailStore, config.hostname)
         self.storage = StorageGuard(self.diskSpace, self.quotas)
 

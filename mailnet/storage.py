@@ -60,13 +60,16 @@ class StorageGuard:
         """
         self._checkDisk()
 
-    def checkRecipient(self, address: str, size: Optional[int]) -> None:
+    def checkRecipient(self, address: str, size: Optional[int]) -> Any:
         """
         At C{RCPT TO}, for a normalized address (local or not).
 
         @param size: MAIL's C{SIZE}, if given.
+        @return: L{None}, or a L{Deferred} when the quota check must count
+            a Maildir first (see L{mailnet.quota.Quotas.check}).
         @raise SMTPReply: 452 4.3.1 (disk), 452 4.2.2 or 552 5.2.2 (quota).
         """
         self._checkDisk()
         if self.quotas is not None:
-            self.quotas.check(address, size)
+            return self.quotas.check(address, size)
+        return None

@@ -122,6 +122,33 @@ class QuotasTests(SynchronousTestCase):
         self.now[0] += quota.USAGE_TTL
         self.assertEqual(self.quotas.usage("alice@example.test"), (910, 2))
 
+    def test_countedInThread(self) -> None:
+        """
+        With a runner, an uncounted Maildir is counted through it (a thread
+        pool in the server) and the check answers later; once counted,
+        at once.  Scrapes show only counted mailboxes and count the others
+        in the background.
+        """
+        from twisted.internet.defer import succeed
+
+        ran = []
+
+        def run(f, *args):
+            ran.append(args)
+            return succeed(f(*args))
+
+        self.quotas.run = run
+        self.file.set("users", "alice@example.test", Limit(800))
+        self.assertEqual(self.quotas.states()["full"], [])
+        self.assertEqual(ran, [(["alice@example.test"],)])
+        self.assertEqual(self.quotas.states()["full"], ["alice@example.test"])
+        quota.forget(self.box)
+        d = self.quotas.check("alice@example.test", None)
+        self.assertEqual(len(ran), 2)
+        self.assertEqual(self.failureResultOf(d, SMTPReply).value.code, 452)
+        self.assertRaises(SMTPReply, self.quotas.check, "alice@example.test", None)
+        self.assertEqual(len(ran), 2)
+
     def test_warningOnce(self) -> None:
         """At 90 % the owner is warned once; below it again, the next crossing warns again."""
         warned = []

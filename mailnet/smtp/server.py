@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 import attr
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -1282,9 +1282,9 @@ class SMTPServer(Protocol):
                 countError=transaction.overshoot > RECIPIENT_OVERSHOOT,
             )
             return None
-        if self.factory.storage is not None:
-            self.factory.storage.checkRecipient(recipient, transaction.declaredSize)  # full disk, full mailbox
-        d = maybeDeferred(self.factory.delivery.checkRecipient, recipient, self._sender)
+        storage = self.factory.storage  # full disk, full mailbox
+        d = maybeDeferred(storage.checkRecipient, recipient, transaction.declaredSize) if storage is not None else succeed(None)
+        d.addCallback(lambda _: self.factory.delivery.checkRecipient(recipient, self._sender))
 
         def accepted(_: object) -> SMTPReply:
             transaction.rcptCount += 1
