@@ -264,3 +264,30 @@ class AdminQuotaTests(AdminTestCase):
         self.assertIn("There is no user carol@example.test", self.fails("user", "quota", "carol@example.test", "1G"))
         self.assertIn("is not a local domain", self.fails("domain", "quota", "other.test", "1G"))
         self.assertIn("'lots' is not a quota", self.fails("user", "quota", "alice@example.test", "lots"))
+
+
+class IMAPExpungeTests(SynchronousTestCase):
+    """An IMAP expunge makes the mailbox's usage counted again."""
+
+    def test_expunge(self) -> None:
+        from mailnet.store.folders import AccountRegistry
+        from mailnet.store.maildir import MaildirStore, runSynchronously
+        from tests.test_folders import _noLoad, stubParse
+
+        store = MaildirStore(self.mktemp(), runSynchronously, "mx.example.test")
+        quotas = Quotas(self.mktemp(), FakeAccounts(), store.pathFor)
+        registry = AccountRegistry(store, runSynchronously, parse=stubParse, load=_noLoad)
+        account = registry.open("alice@example.test")
+        self.addCleanup(registry.release, account)
+        self.addCleanup(quota.forget, store.pathFor("alice@example.test"))
+        for _ in range(2):
+            receiver = store.receive("bob@example.test", ["alice@example.test"])
+            receiver.write(b"Subject: x\r\n\r\nhello\r\n")
+            self.successResultOf(receiver.finish())
+        self.assertEqual(quotas.usage("alice@example.test")[1], 2)
+        folder = self.successResultOf(account.openFolder("INBOX"))
+        self.addCleanup(folder.close)
+        self.successResultOf(folder.sync())
+        self.successResultOf(folder.setFlags([1], {"\\Deleted"}, "+"))
+        self.assertEqual(self.successResultOf(folder.expunge()), [1])
+        self.assertEqual(quotas.usage("alice@example.test")[1], 1)

@@ -646,6 +646,9 @@ class MaildirFolder:
     def expunge(self, uids=None) -> Deferred:
         def done(gone):
             if gone:
+                from mailnet import quota
+
+                quota.forget(self._account.path)  # the quota's usage is counted again
                 self._notify()
             return gone
 
