@@ -18,7 +18,7 @@ becomes a label.
 
 import re
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
@@ -107,14 +107,26 @@ _STATUS = re.compile(r"([245]\.\d{1,3}\.\d{1,3}) ")
 _PROTOCOLS = {"ISender": "smtp", "IMailbox": "pop3", "IMailAccount": "imap"}
 
 
+_children: Dict[Tuple[int, Tuple[str, ...]], Any] = {}
+
+
+def _child(family: Any, *labels: str) -> Any:
+    """C{family.labels(*labels)}, remembered (labels() costs more than the increment)."""
+    key = (id(family), labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = family.labels(*labels)
+    return child
+
+
 def now() -> float:
     """A start time for L{observeDataLatency} (a monotonic clock)."""
     return time.perf_counter()
 
 
 def connectionAdmitted(listener: str) -> None:
-    CONNECTIONS.labels(listener).inc()
-    SESSIONS.labels(listener).inc()
+    _child(CONNECTIONS, listener).inc()
+    _child(SESSIONS, listener).inc()
 
 
 def connectionClosed(listener: str, *transports: Any) -> None:
@@ -124,10 +136,10 @@ def connectionClosed(listener: str, *transports: Any) -> None:
     @param transports: where its TLS version may be found (the protocol,
         then its transport).
     """
-    SESSIONS.labels(listener).dec()
+    _child(SESSIONS, listener).dec()
     version = next((v for v in map(tlsVersion, transports) if v is not None), None)
     if version is not None:
-        TLS_CONNECTIONS.labels(listener, version).inc()
+        _child(TLS_CONNECTIONS, listener, version).inc()
 
 
 def connectionRefused(listener: str, perClient: bool) -> None:
@@ -159,21 +171,21 @@ def tlsVersion(transport: Any) -> Optional[str]:
 
 def messageReceived(role: str, started: float) -> None:
     """An SMTP server (C{role} mta, submission or smtps) answered 250 at the end of data."""
-    MESSAGES.labels("received", "smtp" if role == "mta" else role).inc()
+    _child(MESSAGES, "received", "smtp" if role == "mta" else role).inc()
     DATA_LATENCY.observe(max(0.0, time.perf_counter() - started))
 
 
 def recipients(event: str, count: int = 1) -> None:
     """C{delivered}, C{relayed}, C{deferred}, C{failed} or C{bounced}: C{count} recipients."""
     if count:
-        MESSAGES.labels(event, "").inc(count)
+        _child(MESSAGES, event, "").inc(count)
 
 
 def refusal(code: int, text: str) -> None:
     """An SMTP reply of 400 or above (C{text} as sent, after the code)."""
     match = _STATUS.match(text + " ")
     status = match.group(1) if match and match.group(1) in _KNOWN_STATUS else ("other" if match else "")
-    REFUSALS.labels(str(code) if code in _KNOWN_CODES else "other", status).inc()
+    _child(REFUSALS, str(code) if code in _KNOWN_CODES else "other", status).inc()
 
 
 def login(result: Any, interface: Any) -> Any:
@@ -197,7 +209,7 @@ def login(result: Any, interface: Any) -> Any:
             outcome = "busy"
         else:
             outcome = "error"
-    LOGINS.labels(protocol, outcome).inc()
+    _child(LOGINS, protocol, outcome).inc()
     return result
 
 
