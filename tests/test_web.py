@@ -171,6 +171,15 @@ class HealthTests(HTTPTestCase):
         self.assertIn(b"listener pop3s (tcp:0:interface=127.0.0.1) is not listening", body)
 
     @inlineCallbacks
+    def test_dataDirNotWritable(self):
+        from mailnet import web
+
+        self.patch(web.os, "access", lambda path, mode: False)
+        status, _, body = yield self.request("GET", "/healthz")
+        self.assertEqual(status, 503)
+        self.assertIn(b"the data dir %s is not writable" % (self.server.dataDir.encode(),), body)
+
+    @inlineCallbacks
     def test_diskLow(self):
         disk = self.server.service.diskSpace
         disk.diskUsage = lambda path: (100 * 2**20, 99 * 2**20, 2**20)
