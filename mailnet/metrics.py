@@ -238,7 +238,12 @@ class ServiceCollector(Collector):
         self.clock = clock
 
     def collect(self) -> Iterator[Any]:
+        from mailnet import __version__
+
         service = self.service
+        info = GaugeMetricFamily("mailnet_build_info", "Always 1; the version in a label.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
         relay = getattr(service, "relay", None)
         entries = list(getattr(relay, "_entries", {}).values()) if relay is not None else []
         yield GaugeMetricFamily("mailnet_queue_messages", "Messages in the relay queue.", value=len(entries))
@@ -280,7 +285,11 @@ def registryFor(service: Any) -> CollectorRegistry:
     @return: a registry for C{service}'s scrapes: the shared counters and
         its L{ServiceCollector}.
     """
+    from prometheus_client import ProcessCollector
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Shared())
     registry.register(ServiceCollector(service))
+    # process_cpu_seconds_total, process_resident_memory_bytes, open fds ... (Linux).
+    ProcessCollector(registry=registry)
     return registry

@@ -130,6 +130,10 @@ class MetricsTests(HTTPTestCase):
         self.assertEqual(value("mailnet_queue_messages"), 0)
         self.assertEqual(value("mailnet_queue_oldest_seconds"), 0)
         self.assertGreater(value("mailnet_data_dir_free_bytes"), 0)
+        self.assertGreater(value("process_resident_memory_bytes"), 0)
+        from mailnet import __version__
+
+        self.assertEqual(value("mailnet_build_info", version=__version__), 1)
         # Only the scrape's own connection is open.
         self.assertEqual(value("mailnet_connections_open"), 1)
         self.assertEqual(value("mailnet_sessions", listener="http"), 1)
