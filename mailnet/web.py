@@ -20,7 +20,6 @@ import os
 from typing import Any, Callable, Dict, List, Optional
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from twisted.internet import protocol
 from twisted.web import http, resource, server
 
 from mailnet import autoconfig
@@ -49,12 +48,13 @@ class _Request(server.Request):
         server.Request.gotLength(self, 0 if self.tooLarge else length)
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self.tooLarge:
+        content = self.content
+        if self.tooLarge or content is None:
             return
-        if self.content.tell() + len(data) > MAX_BODY:
+        if content.tell() + len(data) > MAX_BODY:
             self.tooLarge = True
-            self.content.seek(0)
-            self.content.truncate()
+            content.seek(0)
+            content.truncate()
             return
         server.Request.handleContentChunk(self, data)
 
@@ -222,5 +222,5 @@ class MailnetSite(server.Site):
         pass
 
 
-def makeSite(service: Any) -> protocol.ServerFactory:
+def makeSite(service: Any) -> server.Site:
     return MailnetSite(service)

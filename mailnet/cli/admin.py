@@ -279,7 +279,8 @@ def _quotaLine(admin: Admin, address: str) -> str:
     octets, count = mailboxUsage(admin.maildirPath(address))
     limit = entry.get("octets")
     used = "%s" % (formatSize(octets),) + (" (%d%%)" % (100 * octets // limit,) if limit else "")
-    messages = "%d message(s)" % (count,) + (" of %d" % (entry["messages"],) if entry.get("messages") else "")
+    maxMessages = entry.get("messages")
+    messages = "%d message(s)" % (count,) + (" of %d" % (maxMessages,) if maxMessages else "")
     origin = "" if not entry else " (user)" if address in data["users"] else " (domain default)"
     return "%s  %s of %s%s, %s" % (address, used, formatSize(limit), origin, messages)
 
