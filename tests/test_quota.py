@@ -257,8 +257,15 @@ class AdminQuotaTests(AdminTestCase):
             "alice@example.test  512K (0%) of 1G (domain default), 1 message(s)\n"
             "bob@example.test  0 (0%) of 1G (domain default), 0 message(s)\n",
         )
-        # Plain list is unchanged (scripts read it).
-        self.assertEqual(self.ok("user", "list"), "alice@example.test\nbob@example.test\n")
+        # Users with a quota are listed with their usage anyway.
+        self.assertEqual(self.ok("user", "list"), self.ok("user", "list", "--usage"))
+
+    def test_listShowsQuotas(self) -> None:
+        """user list shows usage for users with a quota; the others stay bare."""
+        self.ok("user", "quota", "bob@example.test", "1M")
+        self.assertEqual(
+            self.ok("user", "list"), "alice@example.test\nbob@example.test  0 (0%) of 1M (user), 0 message(s)\n"
+        )
 
     def test_errors(self) -> None:
         self.assertIn("There is no user carol@example.test", self.fails("user", "quota", "carol@example.test", "1G"))

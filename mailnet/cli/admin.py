@@ -247,12 +247,11 @@ def userList(admin: Admin) -> None:
         domain = domain.lower().lstrip("@")
         if not store.isLocalDomain(domain):
             raise UnknownDomain(domain=domain)
-    if getattr(admin.args, "usage", False):
-        for address in store.users(domain):
-            admin.say(_quotaLine(admin, address))
-        return
+    # Users with a quota are shown with their usage (--usage: every user);
+    # the address stays the first word of each line.
+    hasQuota = _hasQuota(admin)
     for address in store.users(domain):
-        admin.say(address)
+        admin.say(_quotaLine(admin, address) if getattr(admin.args, "usage", False) or hasQuota(address) else address)
 
 
 # --- quotas (issue 16; mailnet.quota) ------------------------------------------
@@ -269,6 +268,13 @@ def _parseQuota(text: str):
         return parseSize(text)
     except ValueError as e:
         raise BadQuota(value=text, problem=str(e))
+
+
+def _hasQuota(admin: Admin) -> Callable[[str], bool]:
+    from mailnet.quota import QuotaFile
+
+    data = QuotaFile(admin.dataDir).read()
+    return lambda address: address in data["users"] or address.rsplit("@", 1)[-1] in data["domains"]
 
 
 def _quotaLine(admin: Admin, address: str) -> str:
