@@ -23,7 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from twisted.web import http, resource, server
 
 from mailnet import autoconfig
-from mailnet.address import normalizeDomain
+from mailnet.address import normalizeAddress, normalizeDomain
 from mailnet.errors import BadAddress
 from mailnet.metrics import registryFor
 
@@ -163,11 +163,11 @@ class MailnetResource(resource.Resource):
         if len(raw) > 254:
             return None
         try:
-            address = raw.decode("utf-8")
+            address = normalizeAddress(raw.decode("utf-8"), allowUTF8=True)
             domain = normalizeDomain(autoconfig.domainOf(address))
         except (UnicodeDecodeError, BadAddress, ValueError):
             return None
-        if "@" not in address or domain not in self._localDomains():
+        if domain not in self._localDomains():
             return None
         return address
 
@@ -194,7 +194,7 @@ class MailnetResource(resource.Resource):
     def autodiscover(self, request: Any) -> bytes:
         request.content.seek(0)
         try:
-            address = autoconfig.autodiscoverAddress(request.content.read(MAX_BODY + 1))
+            address = normalizeAddress(autoconfig.autodiscoverAddress(request.content.read(MAX_BODY + 1)), allowUTF8=True)
             domain = normalizeDomain(autoconfig.domainOf(address))
         except (autoconfig.BadRequest, BadAddress, ValueError):
             return _finish(request, http.BAD_REQUEST, b"not an autodiscover request\n")

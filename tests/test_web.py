@@ -231,7 +231,7 @@ class AutoconfigTests(HTTPTestCase):
     @inlineCallbacks
     def test_otherDomain(self):
         """Only local domains are answered; junk addresses get 404, not an error."""
-        for query in ("someone%40elsewhere.test", "x" * 300, "%ff%fe", "no-at-sign"):
+        for query in ("someone%40elsewhere.test", "x" * 300, "%ff%fe", "no-at-sign", "%1b%5b31m%40example.test"):
             status, _, _ = yield self.request("GET", "/mail/config-v1.1.xml?emailaddress=" + query)
             self.assertEqual(status, 404, query)
 
@@ -267,7 +267,7 @@ class AutoconfigTests(HTTPTestCase):
         status, _, _ = yield self.request("GET", "/autodiscover/autodiscover.xml")
         self.assertEqual(status, 405)
         laughs = b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY a "aaaa">]><Autodiscover>&a;</Autodiscover>'
-        for body in (laughs, b"not xml", self.autodiscoverRequest("bob@elsewhere.test")):
+        for body in (laughs, b"not xml", self.autodiscoverRequest("bob@elsewhere.test"), self.autodiscoverRequest("\x1b@example.test")):
             status, _, _ = yield self.request("POST", "/autodiscover/autodiscover.xml", body)
             self.assertIn(status, (400, 404), body)
         status, _, _ = yield self.request("POST", "/autodiscover/autodiscover.xml", b"x" * 100000)
