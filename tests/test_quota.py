@@ -298,3 +298,29 @@ class IMAPExpungeTests(SynchronousTestCase):
         self.successResultOf(folder.setFlags([1], {"\\Deleted"}, "+"))
         self.assertEqual(self.successResultOf(folder.expunge()), [1])
         self.assertEqual(quotas.usage("alice@example.test")[1], 1)
+
+
+class IMAPQuotaTests(SynchronousTestCase):
+    """mailnet.imap._quota: the RFC 9208 responses, ready for the IMAP server."""
+
+    def setUp(self) -> None:
+        self.dataDir = self.mktemp()
+        os.makedirs(self.dataDir)
+        self.quotas = Quotas(self.dataDir, FakeAccounts(), lambda a: os.path.join(self.dataDir, "mail", a))
+        self.box = os.path.join(self.dataDir, "mail", "alice@example.test")
+        writeMessage(self.box, "1.a.host,S=1500:2,")
+        self.addCleanup(quota.forget, self.box)
+
+    def test_responses(self) -> None:
+        from mailnet.imap import _quota
+
+        self.assertEqual(_quota.capabilities(None), [])
+        self.assertEqual(_quota.quotaRootResponses(self.quotas, "alice@example.test", "INBOX"), [b'* QUOTAROOT "INBOX"'])
+        QuotaFile(self.dataDir).set("users", "alice@example.test", Limit(10 * 1024, 5))
+        self.quotas._lookedAt = None
+        self.assertEqual(
+            _quota.quotaRootResponses(self.quotas, "alice@example.test", 'Sent "x"'),
+            [b'* QUOTAROOT "Sent \\"x\\"" ""', b'* QUOTA "" (STORAGE 2 10 MESSAGE 1 5)'],
+        )
+        self.assertIsNone(_quota.refusal(self.quotas, "alice@example.test", 8000))
+        self.assertEqual(_quota.refusal(self.quotas, "alice@example.test", 9000), "[OVERQUOTA] The mailbox is full")
