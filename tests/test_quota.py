@@ -274,7 +274,7 @@ class AdminQuotaTests(AdminTestCase):
 
 
 class IMAPExpungeTests(SynchronousTestCase):
-    """An IMAP expunge makes the mailbox's usage counted again."""
+    """An IMAP expunge makes the mailbox's usage counted again; an APPEND adds to it."""
 
     def test_expunge(self) -> None:
         from mailnet.store.folders import AccountRegistry
@@ -298,6 +298,11 @@ class IMAPExpungeTests(SynchronousTestCase):
         self.successResultOf(folder.setFlags([1], {"\\Deleted"}, "+"))
         self.assertEqual(self.successResultOf(folder.expunge()), [1])
         self.assertEqual(quotas.usage("alice@example.test")[1], 1)
+        # An APPEND adds to the figure.
+        receiver = account.append("INBOX", frozenset(), None)
+        receiver.write(b"Subject: y\r\n\r\nappended\r\n")
+        self.successResultOf(receiver.finish())
+        self.assertEqual(quotas.usage("alice@example.test")[1], 2)
 
 
 class IMAPQuotaTests(SynchronousTestCase):
@@ -315,12 +320,13 @@ class IMAPQuotaTests(SynchronousTestCase):
         from mailnet.imap import _quota
 
         self.assertEqual(_quota.capabilities(None), [])
-        self.assertEqual(_quota.quotaRootResponses(self.quotas, "alice@example.test", "INBOX"), [b'* QUOTAROOT "INBOX"'])
+        self.assertEqual(_quota.quotaRootResponses(self.quotas, "alice@example.test", b'"INBOX"'), [b'* QUOTAROOT "INBOX"'])
         QuotaFile(self.dataDir).set("users", "alice@example.test", Limit(10 * 1024, 5))
         self.quotas._lookedAt = None
         self.assertEqual(
-            _quota.quotaRootResponses(self.quotas, "alice@example.test", 'Sent "x"'),
+            _quota.quotaRootResponses(self.quotas, "alice@example.test", b'"Sent \\"x\\""'),
             [b'* QUOTAROOT "Sent \\"x\\"" ""', b'* QUOTA "" (STORAGE 2 10 MESSAGE 1 5)'],
         )
         self.assertIsNone(_quota.refusal(self.quotas, "alice@example.test", 8000))
         self.assertEqual(_quota.refusal(self.quotas, "alice@example.test", 9000), "[OVERQUOTA] The mailbox is full")
+

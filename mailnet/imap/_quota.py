@@ -4,7 +4,8 @@ IMAP QUOTA (RFC 9208) over L{mailnet.quota.Quotas}, ready for the IMAP
 server to use: one quota root per user, named C{""}, holding every folder
 of the account.  Pure: no protocol state.
 
-The server wires it in four places (not done yet, see issue 16):
+Not wired yet (mailnet/imap/server.py was changing when this was written);
+the server would use it in four places:
  - C{capabilities()}: add L{capabilities}C{(quotas)};
  - C{GETQUOTAROOT mailbox} answers L{quotaRootResponses}, C{GETQUOTA root}
    L{quotaResponses} (C{NO} for any root but C{""}), C{SETQUOTA} C{NO};
@@ -16,6 +17,9 @@ from typing import Any, List, Optional
 
 #: The only quota root: the whole account (RFC 9208 §3.2 "" root).
 ROOT = ""
+
+#: RFC 9208 §4.3: the response code of a refused APPEND, COPY or MOVE.
+OVERQUOTA = "OVERQUOTA"
 
 
 def capabilities(quotas: Any) -> List[bytes]:
@@ -47,11 +51,15 @@ def quotaResponses(quotas: Any, address: str) -> List[bytes]:
     return [b"* QUOTA " + _quoted(ROOT) + b" (" + b" ".join(resources) + b")"]
 
 
-def quotaRootResponses(quotas: Any, address: str, mailbox: str) -> List[bytes]:
-    """C{GETQUOTAROOT}: the mailbox's roots (RFC 9208 §5.2), then their quotas."""
+def quotaRootResponses(quotas: Any, address: str, mailbox: bytes) -> List[bytes]:
+    """
+    C{GETQUOTAROOT}: the mailbox's roots (RFC 9208 §5.2), then their quotas.
+
+    @param mailbox: the mailbox name as the server writes it (encoded, quoted).
+    """
     if not quotas.limitFor(address):
-        return [b"* QUOTAROOT " + _quoted(mailbox)]
-    return [b"* QUOTAROOT " + _quoted(mailbox) + b" " + _quoted(ROOT)] + quotaResponses(quotas, address)
+        return [b"* QUOTAROOT " + mailbox]
+    return [b"* QUOTAROOT " + mailbox + b" " + _quoted(ROOT)] + quotaResponses(quotas, address)
 
 
 def refusal(quotas: Any, address: str, size: int) -> Optional[str]:

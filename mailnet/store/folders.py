@@ -800,6 +800,9 @@ class AppendReceiver:
             index = self._account._folderIndex(self._name)
             name = withFlags("%s,S=%d,W=%d" % (self._key, stored, wire), self._flags & SYSTEM_FLAGS)
             uid = index.add(self._tmp, self._key, name, self._flags, date, wire)
+            from mailnet import quota
+
+            quota.delivered(self._account.path, stored)  # the quota's usage
             return index.uidValidity, uid
 
         def failed(failure):
