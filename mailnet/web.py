@@ -44,7 +44,11 @@ class _Request(server.Request):
 
     def gotLength(self, length: Optional[int]) -> None:
         if length is not None and length > MAX_BODY:
+            # Answered now, rather than after reading (or waiting for) it all.
             self.tooLarge = True
+            transport = self.channel.transport
+            transport.write(b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            transport.loseConnection()
         server.Request.gotLength(self, 0 if self.tooLarge else length)
 
     def handleContentChunk(self, data: bytes) -> None:

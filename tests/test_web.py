@@ -10,6 +10,7 @@ import os
 import plistlib
 import poplib
 import smtplib
+import socket
 import ssl
 from typing import Dict, Optional, Tuple
 from xml.etree import ElementTree as ET
@@ -272,6 +273,17 @@ class AutoconfigTests(HTTPTestCase):
             self.assertIn(status, (400, 404), body)
         status, _, _ = yield self.request("POST", "/autodiscover/autodiscover.xml", b"x" * 100000)
         self.assertEqual(status, 413)
+
+    @inlineCallbacks
+    def test_hugeLengthAnsweredAtOnce(self):
+        """A Content-Length past the limit is answered 413 without waiting for the body."""
+
+        def run():
+            with socket.create_connection(("127.0.0.1", self.server.ports["http"]), timeout=5) as s:
+                s.sendall(b"POST /autodiscover/autodiscover.xml HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\nabc")
+                return s.recv(100)
+
+        self.assertTrue((yield deferToThread(run)).startswith(b"HTTP/1.1 413 "))
 
     @inlineCallbacks
     def test_mobileconfig(self):
