@@ -16,9 +16,10 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 import attr
 
 from mailnet.address import normalizeDomain
+from mailnet.diskspace import DEFAULT_FREE_SPACE, FreeSpace, parseFreeSpace
 from mailnet.errors import BadAddress, ConfigError
 
-LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
+LISTENERS = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "http")
 
 DEFAULT_LISTEN = {
     "smtp": "tcp:2525:interface=127.0.0.1",
@@ -28,6 +29,8 @@ DEFAULT_LISTEN = {
     "pop3s": "tcp:2995:interface=127.0.0.1",
     "imap": "tcp:2143:interface=127.0.0.1",
     "imaps": "tcp:2993:interface=127.0.0.1",
+    # Metrics, health and client autoconfiguration (mailnet.web).
+    "http": "tcp:2880:interface=127.0.0.1",
 }
 
 
@@ -50,6 +53,8 @@ class Limits:
     max_errors: int = 20
     command_timeout: int = 300
     max_hops: int = 100
+    #: Below this much free space in the data dir, new mail is refused (452 4.3.1).
+    min_free_space: FreeSpace = DEFAULT_FREE_SPACE
 
 
 @attr.s(frozen=True, auto_attribs=True, kw_only=True)
@@ -214,6 +219,7 @@ SCHEMA: Dict[str, Dict[str, Callable[[str], Any]]] = {
         "max_errors": _positiveInt,
         "command_timeout": _positiveInt,
         "max_hops": _positiveInt,
+        "min_free_space": parseFreeSpace,
     },
     "relay": {
         "smarthost": _optionalHostPort,

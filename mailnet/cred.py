@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from mailnet import metrics
 from mailnet.address import canonicalAddress, isSafeMailboxName, normalizeAddress
 from mailnet.errors import AliasExpansionTooLarge, BadAddress, LoginBusy, MailboxInUse
 from mailnet.interfaces import (
@@ -555,11 +556,12 @@ class Authenticator:
         count = self._inProgress.get(client, 0)
         if count >= (self.maxPerClient if self._suspect(client) else self.maxChecking):
             log.debug("Login from {peer} refused: {count} attempts from it already in progress", peer=client, count=count)
-            return self._busy()
+            return self._busy().addBoth(metrics.login, interface)
         self._inProgress[client] = self._inProgress.get(client, 0) + 1
         d = self._attempt(client, account, credentials, interface)
         d.addBoth(self._finished, client)
         d.addErrback(self._busyLater)
+        d.addBoth(metrics.login, interface)
         return d
 
     def _busy(self) -> Deferred:

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
+from mailnet import metrics
 from mailnet.cred import peerKey
 
 log = Logger()
@@ -147,11 +148,12 @@ class _Counted(ProtocolWrapper):
         return _logPrefix(self.wrappedProtocol)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        factory = self.factory
+        factory, wrapped = self.factory, self.wrappedProtocol
         try:
             ProtocolWrapper.connectionLost(self, reason)
         finally:
             factory.limiter.release(self.peerHost)
+            metrics.connectionClosed(factory.role, wrapped, self)
 
 
 class LimitingFactory(WrappingFactory[_Counted]):
@@ -169,6 +171,8 @@ class LimitingFactory(WrappingFactory[_Counted]):
 
     protocol = _Counted
     noisy = False
+    #: The listener's role, for metrics.
+    role = "other"
 
     def __init__(self, limiter: ConnectionLimiter, wrappedFactory) -> None:
         super().__init__(wrappedFactory)
@@ -183,6 +187,7 @@ class LimitingFactory(WrappingFactory[_Counted]):
         host = getattr(addr, "host", None)
         if not self.limiter.admit(host):
             perClient = not self.limiter.full()
+            metrics.connectionRefused(self.role, perClient)
             line = self._refusalLine(perClient) if self._refusalLine is not None else None
             return _Refused(line)
         try:
@@ -195,6 +200,7 @@ class LimitingFactory(WrappingFactory[_Counted]):
             return None
         protocol = self.protocol(self, wrapped)
         protocol.peerHost = host
+        metrics.connectionAdmitted(self.role)
         return protocol
 
     # The wrapper needs no table of its protocols: the limiter counts them.

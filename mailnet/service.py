@@ -6,6 +6,7 @@ configured endpoint, all sharing them.
 """
 
 import errno
+import functools
 import os
 import signal
 import sqlite3
@@ -23,6 +24,9 @@ from twisted.python.threadpool import ThreadPool
 from mailnet.config import LISTENERS, Config
 from mailnet.cred import CHECKS_PER_HASHING_THREAD, Authenticator, hashingThreads, makePortal
 from mailnet.datalock import DataDirLock
+from mailnet.diskspace import DiskSpace
+from mailnet.quota import Quotas, deliverWarning
+from mailnet.storage import StorageGuard
 from mailnet.dns import DNSClient
 from mailnet.errors import ConfigError
 from mailnet.imap.server import IMAPFactory
@@ -38,6 +42,7 @@ from mailnet.store.maildir import MaildirStore, ThreadRunner
 from mailnet.store.queue import DiskQueue
 from mailnet.store.watch import makeWatcher
 from mailnet.tls import ReloadableContextFactory, certificatePaths, ensureCertificate, fingerprint
+from mailnet.web import makeSite
 
 log = Logger()
 
@@ -231,6 +236,12 @@ class MailService(service.MultiService):
 
         relay = RelayService(self.queue, config.relay, config.hostname, reactor, self.delivery.receive, resolver=self.dns)
         relay.setServiceParent(self)
+        self.relay = relay
+        # Free space in the data dir ([limits] min_free_space), read by SMTP and /healthz.
+        self.diskSpace = DiskSpace(dataDir, limits.min_free_space)
+        self.quotas = Quotas(dataDir, self.accounts, self.mailStore.pathFor, run=run)
+        self.quotas.warn = functools.partial(deliverWarning, self.mailStore, config.hostname)
+        self.storage = StorageGuard(self.diskSpace, self.quotas)
 
         common = dict(hostname=config.hostname, authenticator=self.authenticator, limits=limits,
                       allowPlaintextAuth=config.allow_plaintext_auth, clock=reactor)
@@ -243,6 +254,7 @@ class MailService(service.MultiService):
             "pop3s": lambda: POP3Factory(tlsOptions=None, implicitTLS=True, **common),
             "imap": lambda: IMAPFactory(tlsOptions=self.tls, implicitTLS=False, run=run, **common),
             "imaps": lambda: IMAPFactory(tlsOptions=None, implicitTLS=True, run=run, **common),
+            "http": lambda: makeSite(self),
         }
         # One connection budget for every listener, and each client's share.
         self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_client)
@@ -251,6 +263,7 @@ class MailService(service.MultiService):
         for role in LISTENERS:
             for description in config.listen.get(role, ()):
                 factory = makers[role]()
+                factory.storage = self.storage
                 # ListenerService logs the listening address once; Twisted's
                 # "Starting factory" lines would only repeat it.
                 factory.noisy = False
@@ -259,6 +272,7 @@ class MailService(service.MultiService):
                     factory.noisy = False
                 # Outermost, so that a refused connection costs no TLS handshake.
                 factory = LimitingFactory(self.limiter, factory)
+                factory.role = role
                 try:
                     endpoint = serverFromString(reactor, description)
                 except (ValueError, KeyError, TypeError) as e:

@@ -19,6 +19,7 @@ _LISTENER_HELP = {
     "pop3s": "POP3 over implicit TLS",
     "imap": "IMAP4 listener with STARTTLS (LOGINDISABLED before TLS)",
     "imaps": "IMAP4 over implicit TLS",
+    "http": "/metrics (Prometheus), /healthz, client autoconfiguration",
 }
 
 
@@ -34,7 +35,8 @@ class Options(usage.Options):
         "Runs the mailnet email server: ESMTP for local domains, authenticated submission "
         "(STARTTLS and implicit TLS), and POP3 (STLS and implicit TLS), storing mail in Maildirs "
         "under the data dir. With no options it listens on 127.0.0.1 only, on unprivileged ports "
-        "(SMTP 2525, submission 2587, SMTPS 2465, POP3 2110, POP3S 2995, IMAP 2143, IMAPS 2993), keeps its state in "
+        "(SMTP 2525, submission 2587, SMTPS 2465, POP3 2110, POP3S 2995, IMAP 2143, IMAPS 2993; HTTP 2880 for metrics, health and client autoconfiguration), "
+        "keeps its state in "
         "./mailnet-data and generates a self-signed certificate there. Add users with mailnet-admin."
     )
 

@@ -543,7 +543,7 @@ class CheckTests(AdminTestCase):
 
     def config(self, extra: str = "", listen: str = "tcp:0:interface=127.0.0.1", hostname: str = "mail.example.test", tls: str = "") -> str:
         tls = tls or "cert = %s\nkey = %s\n" % (self.cert, self.key)
-        lines = "".join("%s = %s\n" % (name, listen) for name in ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps"))
+        lines = "".join("%s = %s\n" % (name, listen) for name in ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "http"))
         return self.writeConfig(
             "[server]\nhostname = %s\ndomain = example.test\ndata_dir = %s\n[listen]\n%s[tls]\n%s%s"
             % (hostname, self.dataDir, lines, tls, extra)
@@ -592,6 +592,23 @@ class CheckTests(AdminTestCase):
         self.assertIn('_dmarc.example.test.  TXT  "v=DMARC1; p=quarantine; rua=mailto:postmaster@example.test"', out)
         self.assertIn("mail.example.test.  A/AAAA", out)
 
+    def test_clientRecords(self) -> None:
+        """Issue 16: the autoconfig names, RFC 6186 SRV and MTA-STS records."""
+        self.setUpAccounts()
+        code, out, err = self.check(self.config(listen="tcp:0"))
+        self.assertRegex(out, r"autoconfig\.example\.test\. +CNAME +mail\.example\.test\.")
+        self.assertRegex(out, r"autodiscover\.example\.test\. +CNAME +mail\.example\.test\.")
+        # Port 0 (chosen at start) cannot be published.
+        self.assertNotIn("_imaps._tcp", out)
+        self.assertRegex(out, r'_mta-sts\.example\.test\. +TXT +"v=STSv1; id=[0-9a-f]{20}"')
+
+    def test_diskBelowFloor(self) -> None:
+        """check warns when free space is below min_free_space."""
+        self.setUpAccounts()
+        code, out, err = self.check(self.config("[limits]\nmin_free_space = 99.9%\n"))
+        self.assertEqual(code, 1, out)
+        self.assertRegex(out, r"warning: \d+ MiB free of \d+ MiB; new mail is refused below \d+ MiB \(min_free_space = 99.9%\): free some space")
+
     def test_noPostmaster(self) -> None:
         code, out, err = self.check(self.config())
         self.assertEqual(code, 1)
@@ -600,7 +617,7 @@ class CheckTests(AdminTestCase):
 
     def test_noDomain(self) -> None:
         config = self.writeConfig("[server]\nhostname = mail.example.test\n[listen]\nsmtp = tcp:0:interface=127.0.0.1\n"
-                                  "submission =\nsmtps =\npop3 =\npop3s =\nimap =\nimaps =\n")
+                                  "submission =\nsmtps =\npop3 =\npop3s =\nimap =\nimaps =\nhttp =\n")
         code, out, err = self.runAdmin("--config", config, "check")
         self.assertEqual(code, 1)
         self.assertIn("warning: no local domain", out)
@@ -692,7 +709,7 @@ class CheckTests(AdminTestCase):
         code, out, err = self.check(self.config(listen="tcp:%d:interface=127.0.0.1" % (port,)))
         self.assertEqual(code, 1)
         self.assertIn("error: smtp tcp:%d:interface=127.0.0.1: in use" % (port,), out)
-        self.assertIn("Problems found: 7.", out)
+        self.assertIn("Problems found: 8.", out)
 
     def test_permissionDenied(self) -> None:
         self.setUpAccounts()

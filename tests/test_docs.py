@@ -206,7 +206,8 @@ class DeploymentFilesTests(SynchronousTestCase):
         self.assertEqual(
             dict(config.listen),
             {"smtp": ("tcp:25",), "submission": ("tcp:587",), "smtps": ("tcp:465",), "pop3": ("tcp:110",), "pop3s": ("tcp:995",),
-             "imap": ("tcp:143",), "imaps": ("tcp:993",)},
+             "imap": ("tcp:143",), "imaps": ("tcp:993",),
+             "http": ("tcp:2880:interface=127.0.0.1",)},
         )
         self.assertEqual(config.tls_cert, "/etc/letsencrypt/live/mail.example.com/fullchain.pem")
         self.assertEqual(config.tls_key, "/etc/letsencrypt/live/mail.example.com/privkey.pem")

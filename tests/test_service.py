@@ -129,7 +129,7 @@ class MailServiceTests(SynchronousTestCase):
     def test_listenersTurnedOff(self) -> None:
         reactor = ThreadedMemoryReactor()
         service = MailService(
-            self.config(**{"listen.pop3": (), "listen.smtps": (), "listen.imaps": ()}), reactor, handleSignals=False
+            self.config(**{"listen.pop3": (), "listen.smtps": (), "listen.imaps": (), "listen.http": ()}), reactor, handleSignals=False
         )
         self.start(service)
         self.assertEqual(sorted(service.listeners), ["imap", "pop3s", "smtp", "submission"])

@@ -294,8 +294,77 @@ def userList(admin: Admin) -> None:
         domain = domain.lower().lstrip("@")
         if not store.isLocalDomain(domain):
             raise UnknownDomain(domain=domain)
+    # Users with a quota are shown with their usage (--usage: every user);
+    # the address stays the first word of each line.
+    hasQuota = _hasQuota(admin)
     for address in store.users(domain):
-        admin.say(address)
+        admin.say(_quotaLine(admin, address) if getattr(admin.args, "usage", False) or hasQuota(address) else address)
+
+
+# --- quotas (issue 16; mailnet.quota) ------------------------------------------
+
+
+class BadQuota(MailnetError):
+    """{value!r} is not a quota: {problem}."""
+
+
+def _parseQuota(text: str):
+    from mailnet.quota import parseSize
+
+    try:
+        return parseSize(text)
+    except ValueError as e:
+        raise BadQuota(value=text, problem=str(e))
+
+
+def _hasQuota(admin: Admin) -> Callable[[str], bool]:
+    from mailnet.quota import QuotaFile
+
+    data = QuotaFile(admin.dataDir).read()
+    return lambda address: address in data["users"] or address.rsplit("@", 1)[-1] in data["domains"]
+
+
+def _quotaLine(admin: Admin, address: str) -> str:
+    from mailnet.quota import QuotaFile, formatSize, mailboxUsage
+
+    data = QuotaFile(admin.dataDir).read()
+    entry = data["users"].get(address) or data["domains"].get(address.rsplit("@", 1)[-1]) or {}
+    octets, count = mailboxUsage(admin.maildirPath(address))
+    limit = entry.get("octets")
+    used = "%s" % (formatSize(octets),) + (" (%d%%)" % (100 * octets // limit,) if limit else "")
+    maxMessages = entry.get("messages")
+    messages = "%d message(s)" % (count,) + (" of %d" % (maxMessages,) if maxMessages else "")
+    origin = "" if not entry else " (user)" if address in data["users"] else " (domain default)"
+    return "%s  %s of %s%s, %s" % (address, used, formatSize(limit), origin, messages)
+
+
+def userQuota(admin: Admin) -> None:
+    from mailnet.quota import Limit, QuotaFile
+
+    address = normalizeAddress(admin.args.address, allowUTF8=True)
+    if address not in admin.store.users(address.rsplit("@", 1)[-1]):
+        raise UnknownUser(address=address)
+    octets = _parseQuota(admin.args.size)
+    QuotaFile(admin.dataDir).set("users", address, Limit(octets, admin.args.messages or None))
+    admin.say(_quotaLine(admin, address))
+
+
+def domainQuota(admin: Admin) -> None:
+    from mailnet.quota import Limit, QuotaFile, formatSize
+
+    domain = admin.args.name.lower().lstrip("@")
+    if not admin.store.isLocalDomain(domain):
+        raise UnknownDomain(domain=domain)
+    octets = _parseQuota(admin.args.size)
+    QuotaFile(admin.dataDir).set("domains", domain, Limit(octets, admin.args.messages or None))
+    admin.say("Default quota of %s's users: %s (a user's own quota wins)." % (domain, formatSize(octets)))
+
+
+def userShow(admin: Admin) -> None:
+    address = normalizeAddress(admin.args.address, allowUTF8=True)
+    if address not in admin.store.users(address.rsplit("@", 1)[-1]):
+        raise UnknownUser(address=address)
+    admin.say(_quotaLine(admin, address))
 
 
 # --- alias ----------------------------------------------------------------
@@ -738,6 +807,7 @@ def _checkDomains(config: Config, store: Optional[SQLiteAccountStore], report: R
         for owner, kind, value in rows:
             report.out.write("  %-*s  %-3s  %s\n" % (width, owner, kind, value))
         _checkDKIM(config, domain, report)
+        _clientRecords(config, domain, report)
     report.out.write(
         "  %s.  A/AAAA  <this server's public addresses>, with PTR records naming %s back\n" % (host, host)
     )
@@ -814,6 +884,34 @@ def _checkAliases(admin: Admin, store: Optional[SQLiteAccountStore], report: Rep
         report.ok("%d alias(es), every target deliverable" % (len(aliases),))
 
 
+def _clientRecords(config: Config, domain: str, report: Report) -> None:
+    """Autoconfig host names, RFC 6186 SRV and MTA-STS (RFC 8461) records (mailnet.autoconfig)."""
+    from mailnet.autoconfig import dnsRecords
+
+    rows = dnsRecords(config, domain)
+    width = max(len(r[0]) for r in rows)
+    report.out.write("  ; for mail clients (served by the http listener; see the admin guide)\n")
+    for owner, kind, value in rows:
+        report.out.write("  %-*s  %-5s  %s\n" % (width, owner, kind, value))
+
+
+def _checkFreeSpace(config: Config, report: Report) -> None:
+    """[limits] min_free_space: below it the server refuses new mail."""
+    from mailnet.diskspace import DiskSpace
+
+    space = DiskSpace(config.data_dir, config.limits.min_free_space)
+    free, total = space.usage()
+    if total == 0:
+        return
+    floor = space.threshold(total)
+    text = "%d MiB free of %d MiB; new mail is refused below %d MiB (min_free_space = %s)" % (
+        free // 2**20, total // 2**20, floor // 2**20, config.limits.min_free_space)
+    if free < floor:
+        report.warning(text + ": free some space")
+    else:
+        report.ok(text)
+
+
 def check(admin: Admin, now: Optional[datetime.datetime] = None) -> int:
     report = Report(admin.stdout)
     config = _checkConfig(admin, report)
@@ -821,6 +919,8 @@ def check(admin: Admin, now: Optional[datetime.datetime] = None) -> int:
         admin.say("Problems found: 1.")
         return EXIT_ERROR
     store = _checkDataDir(admin, report)
+    if os.path.isdir(config.data_dir):
+        _checkFreeSpace(config, report)
     _checkCertificate(config, report, now or datetime.datetime.now(datetime.timezone.utc))
     _checkListeners(config, report)
     _checkDomains(config, store, report)
@@ -888,6 +988,11 @@ def buildParser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", metavar="NAME", help="the domain to remove")
     _command(domains, "list", domainList, "list the local domains")
+    p = _command(domains, "quota", domainQuota, "set the default storage quota of a domain's users",
+                 "Set the quota of DOMAIN's users that have none of their own.  SIZE such as 1G; 0 removes it.")
+    p.add_argument("name", metavar="DOMAIN")
+    p.add_argument("size", metavar="SIZE")
+    p.add_argument("--messages", type=int, metavar="N", help="also at most N messages")
 
     users = _group(commands, "user", "add, remove or list users, or change a password")
     passwordHelp = "read the password from the first line of standard input instead of prompting twice"
@@ -916,6 +1021,14 @@ def buildParser() -> argparse.ArgumentParser:
     p.add_argument("--keep-mail", action="store_true", help="keep the mailbox on disk (and say where)")
     p = _command(users, "list", userList, "list the users")
     p.add_argument("domain", metavar="DOMAIN", nargs="?", help="only this domain's users")
+    p.add_argument("--usage", action="store_true", help="with each user's mailbox usage and quota")
+    p = _command(users, "show", userShow, "show a user's mailbox usage and quota")
+    p.add_argument("address", metavar="ADDRESS")
+    quotaHelp = "SIZE such as 2G or 500M; 0 removes it.  The running server applies it within seconds."
+    p = _command(users, "quota", userQuota, "set a user's storage quota", "Set ADDRESS's storage quota.  " + quotaHelp)
+    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("size", metavar="SIZE")
+    p.add_argument("--messages", type=int, metavar="N", help="also at most N messages")
 
     aliases = _group(commands, "alias", "add, remove or list aliases")
     p = _command(

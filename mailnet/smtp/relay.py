@@ -41,6 +41,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailnet import metrics
 from mailnet.address import splitAddress
 from mailnet.bounce import DELAYED, FAILED, RecipientResult, makeBounce, statusFromReply
 from mailnet.config import RelaySettings
@@ -467,6 +468,7 @@ class RelayService(Service):
             state = byAddress[outcome.address]
             state.attempts += 1
             state.remote_mta = outcome.host
+            metrics.recipients({DELIVERED: "relayed", PERMANENT: "failed"}.get(outcome.kind, "deferred"))
             if outcome.kind == DELIVERED:
                 state.status = q.DELIVERED
                 state.last_error = None
@@ -528,6 +530,7 @@ class RelayService(Service):
                 )
             pending = []
         failed = [r for r in entry.recipients if r.status == q.FAILED and not r.notified]
+        metrics.recipients("bounced", len(failed))
         if failed:
             yield self._notify(entry, failed, FAILED, now)
             for state in failed:

@@ -44,13 +44,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 import attr
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailnet import metrics
 from mailnet.address import MAX_PATH, isDomain, normalizeAddress
 from mailnet.config import Limits
 from mailnet.errors import BadAddress, LoginBusy, SMTPReply
@@ -680,6 +681,8 @@ class SMTPServer(Protocol):
         if self._closed:
             return
         self._writeReply(r)
+        if r.code >= 400:
+            metrics.refusal(r.code, r.text)
         if r.code >= 400 and countError:
             log.info("SMTP {peer}: {code} {text}", peer=self._peer, code=r.code, text=escape(r.text.split("\n")[0]))
             if r.code != codes.SERVICE_UNAVAILABLE:
@@ -830,6 +833,7 @@ class SMTPServer(Protocol):
         """
         checker, headers = transaction.checker, transaction.headers
         assert checker is not None and headers is not None
+        started = metrics.now()
         try:
             checker.finish()
             if transaction.receiver is not None and not checker.tooBig:
@@ -872,6 +876,7 @@ class SMTPServer(Protocol):
                 helo=escape(self._helo or ""),
                 tls=_tlsDescription(self.transport) if self._tls else "no TLS",
             )
+            metrics.messageReceived(self.factory.role, started)
             return reply(codes.OK, codes.S_OK, "Ok: queued as %s" % (messageId,))
 
         def notStored(failure: Failure) -> SMTPReply:
@@ -1246,6 +1251,8 @@ class SMTPServer(Protocol):
                 codes.P_NOT_AUTHORIZED,
                 "<%s> is not yours to send as (authenticated as %s)" % (returnPath, self._sender.address),
             )
+        if self.factory.storage is not None:
+            self.factory.storage.checkMail(size)  # 452 4.3.1 on a full disk
         self._transaction = _Transaction(returnPath=returnPath, smtputf8=smtputf8, declaredSize=size)
         return reply(codes.OK, codes.S_SENDER_OK, "Sender <%s> ok" % (returnPath,))
 
@@ -1287,7 +1294,9 @@ class SMTPServer(Protocol):
                 countError=transaction.overshoot > RECIPIENT_OVERSHOOT,
             )
             return None
-        d = maybeDeferred(self.factory.delivery.checkRecipient, recipient, self._sender)
+        storage = self.factory.storage  # full disk, full mailbox
+        d = maybeDeferred(storage.checkRecipient, recipient, transaction.declaredSize) if storage is not None else succeed(None)
+        d.addCallback(lambda _: self.factory.delivery.checkRecipient(recipient, self._sender))
 
         def accepted(_: object) -> SMTPReply:
             transaction.rcptCount += 1
@@ -1371,6 +1380,8 @@ class SMTPFactory(Factory):
     """
 
     protocol = SMTPServer  # type: ignore[assignment]
+    #: A L{mailnet.storage.StorageGuard} (free disk space, quotas), or L{None}.
+    storage: Any = None
 
     def __init__(
         self,

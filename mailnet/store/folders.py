@@ -647,6 +647,9 @@ class MaildirFolder:
     def expunge(self, uids=None) -> Deferred:
         def done(gone):
             if gone:
+                from mailnet import quota
+
+                quota.forget(self._account.path)  # the quota's usage is counted again
                 self._notify()
             return gone
 
@@ -792,6 +795,9 @@ class AppendReceiver:
             index = self._account._folderIndex(self._name)
             name = withFlags("%s,S=%d,W=%d" % (self._key, stored, wire), self._flags & SYSTEM_FLAGS)
             uid = index.add(self._tmp, self._key, name, self._flags, date, wire, parsed)
+            from mailnet import quota
+
+            quota.delivered(self._account.path, stored)  # the quota's usage
             return index.uidValidity, uid
 
         def failed(failure):

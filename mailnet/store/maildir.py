@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from mailnet import metrics, quota
 from mailnet.address import isSafeMailboxName, splitAddress
 from mailnet.errors import BadAddress, MessageGone
 from mailnet.interfaces import IMaildir, IMailStore, IMessageReceiver
@@ -60,7 +61,7 @@ def fsyncDirectory(path: str) -> None:
         return
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        metrics.timedFsync(os.fsync, fd)
     finally:
         os.close(fd)
 
@@ -297,6 +298,7 @@ class Maildir:
                 touched.add(os.path.dirname(path))
             except (MessageGone, FileNotFoundError):
                 pass
+        quota.forget(self.path)  # counted again when next asked
         for directory in touched:
             fsyncDirectory(directory)
 
@@ -429,10 +431,13 @@ class MaildirReceiver:
                     target.writelines(chunks)
                 try:
                     target.flush()
-                    os.fsync(target.fileno())
+                    metrics.timedFsync(os.fsync, target.fileno())
                 finally:
                     target.close()
                 self._publish("%s,S=%d,W=%d" % (self._name, self._size, self._wireSize))
+                metrics.recipients("delivered", len(self._maildirs))
+                for maildir in self._maildirs:
+                    quota.delivered(maildir, self._size)
             finally:
                 _unlinkQuietly(self._tmp)
             return self._name
