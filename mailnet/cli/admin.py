@@ -990,8 +990,8 @@ def buildParser() -> argparse.ArgumentParser:
     _command(domains, "list", domainList, "list the local domains")
     p = _command(domains, "quota", domainQuota, "set the default storage quota of a domain's users",
                  "Set the quota of DOMAIN's users that have none of their own.  SIZE such as 1G; 0 removes it.")
-    p.add_argument("name", metavar="DOMAIN")
-    p.add_argument("size", metavar="SIZE")
+    p.add_argument("name", metavar="DOMAIN", help="the local domain whose users get this quota unless they have their own")
+    p.add_argument("size", metavar="SIZE", help="storage per user, e.g. 2G or 500M; 0 = no quota")
     p.add_argument("--messages", type=int, metavar="N", help="also at most N messages")
 
     users = _group(commands, "user", "add, remove or list users, or change a password")
@@ -1023,11 +1023,11 @@ def buildParser() -> argparse.ArgumentParser:
     p.add_argument("domain", metavar="DOMAIN", nargs="?", help="only this domain's users")
     p.add_argument("--usage", action="store_true", help="with each user's mailbox usage and quota")
     p = _command(users, "show", userShow, "show a user's mailbox usage and quota")
-    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("address", metavar="ADDRESS", help="the user's address")
     quotaHelp = "SIZE such as 2G or 500M; 0 removes it.  The running server applies it within seconds."
     p = _command(users, "quota", userQuota, "set a user's storage quota", "Set ADDRESS's storage quota.  " + quotaHelp)
-    p.add_argument("address", metavar="ADDRESS")
-    p.add_argument("size", metavar="SIZE")
+    p.add_argument("address", metavar="ADDRESS", help="the user's address")
+    p.add_argument("size", metavar="SIZE", help="storage, e.g. 2G or 500M; 0 = no quota of the user's own")
     p.add_argument("--messages", type=int, metavar="N", help="also at most N messages")
 
     aliases = _group(commands, "alias", "add, remove or list aliases")
