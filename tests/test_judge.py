@@ -330,10 +330,10 @@ class ReceiverTests(unittest.TestCase):
         from mailnet import verdicts
 
         class Refusing(MessageJudge):
-            def process(self, message: bytes, envelope: Any) -> Any:
+            def process(self, spool: Any, envelope: Any) -> Any:
                 from mailnet.smtp._judge import Outcome
 
-                return Outcome(b"", verdicts.Refusal(550, "5.7.1 no"), "dmarc=fail")
+                return Outcome(refusal=verdicts.Refusal(550, "5.7.1 no"), summary="dmarc=fail")
 
         judge = self.judge()
         judge.__class__ = Refusing

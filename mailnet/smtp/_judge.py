@@ -20,9 +20,20 @@ L{JudgingReceiver.finish}, does in a worker thread what the message needs:
     the policy's refusal, if any, as the L{SMTPReply} that C{finish}
     fails with (the server sends it as the answer to the end of data).
 
-Then the new header fields and the message go into the inner receiver,
-which finishes as usual.  dkimpy and pyspf block; their DNS look-ups go
-through the reactor's resolver (L{mailnet.dns.BlockingDNS}).
+Only header fields change (removed, or added on top or at the end of the
+header section), and, when a message is signed, an 8-bit body may become
+7-bit.  So the worker reads the header section (at most
+L{MAX_HEADER_SECTION}) and hands back a new one and where the body starts
+in the spool; the new header section, then the body, read from the spool
+a piece at a time over many reactor turns (L{WRITE_CHUNK} each), go into
+the inner receiver, which finishes as usual.  Only DKIM needs the whole
+message in memory (dkimpy hashes it in one piece): it is read whole only
+when it is to be signed or has signatures to verify, and only up to
+L{DKIM_MAX_SIZE}; a larger message is not signed (a warning in the log)
+and its signatures are not verified (C{dkim=policy}, RFC 8601 §2.7.1),
+so DMARC rests on SPF alignment alone.  dkimpy and pyspf block; their
+DNS look-ups go through the reactor's resolver
+(L{mailnet.dns.BlockingDNS}).
 """
 
 import datetime
@@ -32,9 +43,10 @@ import os
 import secrets
 import tempfile
 import threading
-from typing import IO, Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import attr
+from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.application.service import Service
 from twisted.logger import Logger
@@ -52,8 +64,17 @@ log = Logger()
 
 #: Messages up to this size are spooled in memory, larger ones in a file.
 SPOOL_IN_MEMORY = 64 * 1024
-#: The inner receiver gets the message in pieces of this size.
+#: The inner receiver gets the message in pieces of this size (one read
+#: from the spool file each).
 WRITE_CHUNK = 64 * 1024
+#: Messages larger than this are neither DKIM-signed nor DKIM-verified:
+#: dkimpy needs the whole message in memory, and a few copies of it while
+#: canonicalizing (some five times this per busy worker thread at worst).
+DKIM_MAX_SIZE = 10 * 1024 * 1024
+#: A header section larger than this (our Received field included) is
+#: refused (552 5.3.4) when the message is larger than L{DKIM_MAX_SIZE}
+#: (below that the message is read whole anyway).
+MAX_HEADER_SECTION = 1024 * 1024
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -78,6 +99,18 @@ def isTrusted(peer: str, networks: Sequence[Network]) -> bool:
     if mapped is not None:
         address = mapped
     return any(address in network for network in networks)
+
+
+class HeaderSectionTooLarge(Exception):
+    """The header section is larger than L{MAX_HEADER_SECTION}."""
+
+
+def _headerEnd(message: bytes) -> int:
+    """Where the rest after the header section starts (as L{verdicts.splitMessage} splits)."""
+    if message.startswith(b"\r\n"):
+        return 0
+    end = message.find(b"\r\n\r\n")
+    return len(message) if end < 0 else end + 2
 
 
 class _Spool:
@@ -114,12 +147,59 @@ class _Spool:
     def inMemory(self) -> bool:
         return self._file is None
 
-    def read(self) -> bytes:
-        """The whole message (in the worker thread)."""
+    def read(self, start: int = 0) -> bytes:
+        """The message from C{start} on, in one piece (in the worker thread; see L{DKIM_MAX_SIZE})."""
         if self._file is None:
-            return b"".join(self._chunks)
-        self._file.seek(0)
+            return b"".join(self._chunks)[start:]
+        self._file.seek(start)
         return self._file.read()
+
+    def headerSection(self, limit: int) -> Tuple[bytes, int]:
+        """
+        The header section, with its last CRLF, read a piece at a time (in
+        the worker thread for a file).
+
+        @return: it, and where the rest (the blank line and the body)
+            starts; for a message without a blank line, all of it.
+        @raise HeaderSectionTooLarge: there are more than C{limit} octets
+            before the blank line.
+        """
+        if self._file is None:
+            head = b"".join(self._chunks)
+            self._chunks = [head]
+            end = _headerEnd(head)
+            return head[:end], end
+        self._file.seek(0)
+        head = b""
+        while True:
+            piece = self._file.read(WRITE_CHUNK)
+            searched = max(0, len(head) - 3)
+            head += piece
+            if head.startswith(b"\r\n"):
+                return b"", 0
+            found = head.find(b"\r\n\r\n", searched)
+            if found >= 0:
+                return head[: found + 2], found + 2
+            if not piece:
+                return head, len(head)
+            if len(head) > limit:
+                raise HeaderSectionTooLarge()
+
+    def pieces(self, start: int) -> Iterator[bytes]:
+        """The message from C{start} on, in pieces of at most L{WRITE_CHUNK}."""
+        if self._file is None:
+            data = b"".join(self._chunks)
+            for offset in range(start, len(data), WRITE_CHUNK):
+                yield data[offset : offset + WRITE_CHUNK]
+            return
+        self._file.seek(start)
+        while True:
+            # Each read after the last yield: the file is still ours.
+            assert self._file is not None
+            piece = self._file.read(WRITE_CHUNK)
+            if not piece:
+                return
+            yield piece
 
     def close(self) -> None:
         self._chunks = []
@@ -130,9 +210,15 @@ class _Spool:
 
 @attr.s(frozen=True, auto_attribs=True)
 class Outcome:
-    """What the worker thread decided: the message to deliver, or a refusal."""
+    """
+    What the worker thread decided: the new header section and where the
+    body is (C{body} from C{bodyStart} on: the spool, or a converted copy),
+    or a refusal.
+    """
 
-    message: bytes
+    header: bytes = b""
+    body: Optional[_Spool] = None
+    bodyStart: int = 0
     refusal: Optional[verdicts.Refusal] = None
     summary: str = ""
 
@@ -152,6 +238,9 @@ class MessageJudge:
     @param run: runs a blocking callable in a worker thread and returns a
         L{Deferred} (a L{mailnet.store.maildir.ThreadRunner}).
     @param now: the time, for the C{Date} field of submitted mail.
+    @param cooperator: runs the copying of large messages from the spool
+        into the inner receiver a piece at a time (Twisted's global one,
+        on the global reactor, if not given).
     """
 
     def __init__(
@@ -166,6 +255,7 @@ class MessageJudge:
         trustedNetworks: Sequence[Network] = (),
         rejectSPFFail: bool = False,
         now: Optional[Callable[[], float]] = None,
+        cooperator: Optional[task.Cooperator] = None,
     ) -> None:
         import time
 
@@ -178,6 +268,7 @@ class MessageJudge:
         self.trustedNetworks = tuple(trustedNetworks)
         self.rejectSPFFail = rejectSPFFail
         self._now = now or time.time
+        self.cooperate = cooperator.cooperate if cooperator is not None else task.cooperate
 
     def needsWorker(self, envelope: Envelope) -> bool:
         """Whether the message is signed or judged (blocking work), or only filtered."""
@@ -189,37 +280,70 @@ class MessageJudge:
 
     # --- in the worker thread ----------------------------------------------
 
-    def process(self, message: bytes, envelope: Envelope) -> Outcome:
-        headers, rest = verdicts.splitMessage(message)
-        headers, removed = verdicts.removeForgedResults(headers, self.hostname)
+    def process(self, spool: _Spool, envelope: Envelope) -> Outcome:
+        """
+        Decide on the message in C{spool}: read its header section, and the
+        whole of it only for DKIM (up to L{DKIM_MAX_SIZE}).
+        """
+        small = spool.size <= DKIM_MAX_SIZE
+        try:
+            original, bodyStart = spool.headerSection(spool.size if small else MAX_HEADER_SECTION)
+        except HeaderSectionTooLarge:
+            return Outcome(
+                refusal=verdicts.Refusal(552, "5.3.4 Header section too large"),
+                summary="header section larger than %d octets" % (MAX_HEADER_SECTION,),
+            )
+        headers, removed = verdicts.removeForgedResults(original, self.hostname)
         notes = []
         if removed:
             notes.append("removed %d forged Authentication-Results" % (removed,))
         if envelope.authenticated:
-            added = self._complete(headers)
-            message = headers + added + rest
+            headers += self._complete(headers)
             authors = verdicts.authorDomains(headers)
             keys = self.keys.signingKeys(authors[0]) if authors else []
-            if keys:
-                if not message.isascii():
-                    # RFC 6376 §5.3: a relay's later conversion to 7 bit
-                    # would break the signature; convert before signing.
-                    try:
-                        message = toSevenBit(message)
-                    except CannotConvert:
-                        pass  # 8-bit header fields (SMTPUTF8): signed as they are
-                message = dkim.sign(message, keys) + message
-                notes.append("signed for %s (%s)" % (authors[0], ", ".join("%s %s" % (k.type, k.selector) for k in keys)))
-            return Outcome(message, None, "; ".join(notes))
+            if not keys:
+                return Outcome(headers, spool, bodyStart, None, "; ".join(notes))
+            if not small:
+                log.warn(
+                    "not DKIM-signed: larger than {limit} octets (message from <{sender}>, {size} octets)",
+                    limit=DKIM_MAX_SIZE, sender=envelope.mailFrom, size=spool.size,
+                )
+                notes.append("not signed: larger than %d octets" % (DKIM_MAX_SIZE,))
+                return Outcome(headers, spool, bodyStart, None, "; ".join(notes))
+            message = headers + spool.read(bodyStart)
+            body: _Spool = spool
+            if not message.isascii():
+                # RFC 6376 §5.3: a relay's later conversion to 7 bit
+                # would break the signature; convert before signing.
+                try:
+                    message = toSevenBit(message)
+                except CannotConvert:
+                    pass  # 8-bit header fields (SMTPUTF8): signed as they are
+                else:
+                    # A new body: into a spool of its own (a file if large).
+                    bodyStart = _headerEnd(message)
+                    headers = message[:bodyStart]
+                    body = _Spool(self.spoolDir, len(message))
+                    body.write(message[bodyStart:])
+                    bodyStart = 0
+            signatures = dkim.sign(message, keys)
+            notes.append("signed for %s (%s)" % (authors[0], ", ".join("%s %s" % (k.type, k.selector) for k in keys)))
+            return Outcome(signatures + headers, body, bodyStart, None, "; ".join(notes))
         if envelope.role != "mta" or isTrusted(envelope.peer, self.trustedNetworks):
-            return Outcome(headers + rest, None, "; ".join(notes))
+            return Outcome(headers, spool, bodyStart, None, "; ".join(notes))
+        # The original header section: any forged field is judged as it came.
+        if small and _hasField(original, b"dkim-signature"):
+            message = spool.read(0)
+        else:
+            message = original + b"\r\n"
         verdict = verdicts.judge(
-            self.dns.blocking(), message, envelope.peer, envelope.helo, envelope.mailFrom, self.rejectSPFFail
+            self.dns.blocking(), message, envelope.peer, envelope.helo, envelope.mailFrom, self.rejectSPFFail, tooLarge=not small
         )
+        del message
         notes.insert(0, verdict.summary())
         if verdict.refusal is not None:
-            return Outcome(b"", verdict.refusal, "; ".join(notes))
-        return Outcome(verdict.header(self.hostname) + headers + rest, None, "; ".join(notes))
+            return Outcome(refusal=verdict.refusal, summary="; ".join(notes))
+        return Outcome(verdict.header(self.hostname) + headers, spool, bodyStart, None, "; ".join(notes))
 
     def _complete(self, headers: bytes) -> bytes:
         """RFC 6409 §8.2, §8.3: the Date and Message-ID a client left out."""
@@ -271,26 +395,55 @@ class JudgingReceiver:
         return d.addBoth(self._deliver)
 
     def _work(self, spool: _Spool, envelope: Envelope) -> Outcome:
-        try:
-            return self._judge.process(spool.read(), envelope)
-        finally:
-            spool.close()
+        return self._judge.process(spool, envelope)
 
     def _deliver(self, outcome: Any) -> Any:
         envelope = self._envelope
         if isinstance(outcome, Failure):
+            self._spool.close()
             log.failure("SMTP {peer}: could not sign or judge a message", outcome, peer=envelope.peer)
             self._inner.abort()
             raise SMTPReply(451, "4.3.0 Local error in processing, try again later")
         if outcome.summary:
             log.info("SMTP {peer}: from <{sender}>: {summary}", peer=envelope.peer, sender=envelope.mailFrom, summary=outcome.summary)
-        if outcome.refusal is not None:
+        body = outcome.body
+        if body is not self._spool:
+            self._spool.close()  # refused, or a converted body replaces it
+        if outcome.refusal is not None or body is None:
             self._inner.abort()
-            raise SMTPReply(outcome.refusal.code, outcome.refusal.text)
-        message = outcome.message
-        for start in range(0, len(message), WRITE_CHUNK):
-            self._inner.write(message[start : start + WRITE_CHUNK])
-        return self._inner.finish()
+            refusal = outcome.refusal or verdicts.Refusal(451, "4.3.0 Local error in processing, try again later")
+            raise SMTPReply(refusal.code, refusal.text)
+        try:
+            self._inner.write(outcome.header)
+            if body.inMemory:
+                # At most some 64 KiB: at once.
+                for piece in body.pieces(outcome.bodyStart):
+                    self._inner.write(piece)
+        except BaseException:
+            body.close()
+            self._inner.abort()
+            raise
+        if body.inMemory:
+            body.close()
+            return self._inner.finish()
+        # From the file a piece per iteration, other connections served in between.
+        copying = self._judge.cooperate(self._copy(body.pieces(outcome.bodyStart)))
+
+        def copied(_: object) -> Deferred:
+            body.close()
+            return self._inner.finish()
+
+        def failed(failure: Failure) -> Failure:
+            body.close()
+            self._inner.abort()
+            return failure
+
+        return copying.whenDone().addCallbacks(copied, failed)
+
+    def _copy(self, pieces: Iterator[bytes]) -> Iterator[None]:
+        for piece in pieces:
+            self._inner.write(piece)
+            yield None
 
 
 class WorkerPoolService(Service):
@@ -336,6 +489,9 @@ def judgeFromConfig(config: Any, reactor: Any, dns: DNSClient, run: Callable[...
         trustedNetworks=config.trusted_networks,
         rejectSPFFail=config.reject_spf_fail,
         now=reactor.seconds,
+        # Copying a large message: up to 10 ms of each reactor turn (the
+        # Cooperator's default), the next turn at once.
+        cooperator=task.Cooperator(scheduler=lambda work: reactor.callLater(0, work)),
     )
 
 
