@@ -625,3 +625,37 @@ class LargeMessageTests(unittest.SynchronousTestCase):
         self.assertEqual((failure.value.code, failure.value.text), (552, "5.3.4 Header section too large"))
         self.assertTrue(inner.aborted)
         self.assertEqual(inner.sizes, [])
+
+
+class SpoolTests(unittest.SynchronousTestCase):
+    """The spool finds the header section a piece at a time."""
+
+    def spool(self, data: bytes) -> Any:
+        from mailnet.smtp._judge import _Spool
+
+        spool = _Spool(self.mktemp(), len(data))
+        spool.write(data)
+        self.addCleanup(spool.close)
+        return spool
+
+    def test_blankLineAcrossPieces(self) -> None:
+        """The blank line is found wherever it falls, also across the 64 KiB reads; the rest comes out from there."""
+        from mailnet.smtp._judge import WRITE_CHUNK
+
+        for end in range(WRITE_CHUNK - 4, WRITE_CHUNK + 2):
+            headers = b"X: " + b"a" * (end - 3) + b"\r\n"
+            message = headers + b"\r\nbody\r\n" * 20000
+            spool = self.spool(message)
+            self.assertFalse(spool.inMemory)
+            self.assertEqual(spool.headerSection(10 * WRITE_CHUNK), (headers, len(headers)))
+            self.assertEqual(b"".join(spool.pieces(len(headers))), message[len(headers) :])
+
+    def test_oddShapes(self) -> None:
+        """No header section, no blank line (in memory and in a file), and too many octets before it."""
+        from mailnet.smtp._judge import HeaderSectionTooLarge
+
+        self.assertEqual(self.spool(b"\r\nbody\r\n").headerSection(100), (b"", 0))
+        self.assertEqual(self.spool(b"A: b\r\n").headerSection(100), (b"A: b\r\n", 6))
+        long = b"A: b\r\n" * 30000
+        self.assertEqual(self.spool(long).headerSection(len(long)), (long, len(long)))
+        self.assertRaises(HeaderSectionTooLarge, self.spool(long + b"\r\nbody").headerSection, 100000)

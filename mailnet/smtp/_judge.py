@@ -170,7 +170,7 @@ class _Spool:
             end = _headerEnd(head)
             return head[:end], end
         self._file.seek(0)
-        head = b""
+        head = bytearray()
         while True:
             piece = self._file.read(WRITE_CHUNK)
             searched = max(0, len(head) - 3)
@@ -179,9 +179,9 @@ class _Spool:
                 return b"", 0
             found = head.find(b"\r\n\r\n", searched)
             if found >= 0:
-                return head[: found + 2], found + 2
+                return bytes(head[: found + 2]), found + 2
             if not piece:
-                return head, len(head)
+                return bytes(head), len(head)
             if len(head) > limit:
                 raise HeaderSectionTooLarge()
 
@@ -326,7 +326,12 @@ class MessageJudge:
                     body = _Spool(self.spoolDir, len(message))
                     body.write(message[bodyStart:])
                     bodyStart = 0
-            signatures = dkim.sign(message, keys)
+            try:
+                signatures = dkim.sign(message, keys)
+            except BaseException:
+                if body is not spool:
+                    body.close()
+                raise
             notes.append("signed for %s (%s)" % (authors[0], ", ".join("%s %s" % (k.type, k.selector) for k in keys)))
             return Outcome(signatures + headers, body, bodyStart, None, "; ".join(notes))
         if envelope.role != "mta" or isTrusted(envelope.peer, self.trustedNetworks):
