@@ -659,3 +659,55 @@ class SpoolTests(unittest.SynchronousTestCase):
         long = b"A: b\r\n" * 30000
         self.assertEqual(self.spool(long).headerSection(len(long)), (long, len(long)))
         self.assertRaises(HeaderSectionTooLarge, self.spool(long + b"\r\nbody").headerSection, 100000)
+
+
+class WholeMessageTests(unittest.SynchronousTestCase):
+    """Messages above LARGE_DKIM are read whole by few threads at a time; others do not wait."""
+
+    def test_fewAtOnce(self) -> None:
+        from mailnet.smtp._judge import LARGE_DKIM, LARGE_DKIM_AT_ONCE
+        from mailnet.store.maildir import runSynchronously
+
+        class Counting:
+            entered = 0
+
+            def __enter__(self) -> None:
+                self.entered += 1
+
+            def __exit__(self, *exc: Any) -> None:
+                pass
+
+        keys = KeyStore(self.mktemp())
+        keys.generate("example.test", "s1", "ed25519")
+        clock = task.Clock()
+        judge = MessageJudge(
+            hostname="mx.example.test", dns=OneDNS({}), keys=keys, run=runSynchronously,
+            spoolDir=self.mktemp(), maxMessageSize=25 * 1024 * 1024,
+            cooperator=task.Cooperator(scheduler=lambda work: clock.callLater(0, work)),
+        )
+        self.assertEqual(judge._largeDKIM._value, LARGE_DKIM_AT_ONCE)  # type: ignore[attr-defined]
+        counting = judge._largeDKIM = Counting()  # type: ignore[assignment]
+        large = b"\r\n" + (b"z" * 998 + b"\r\n") * (LARGE_DKIM // 1000 + 1)
+        signature = b"DKIM-Signature: v=1; a=rsa-sha256; d=b.test; s=s1; h=from; bh=AAAA; b=AAAA\r\n"
+        cases = [
+            # (authenticated, header section, body, read whole?)
+            (True, b"From: a@example.test\r\n", large, True),
+            (True, b"From: a@example.test\r\n", b"\r\nhi\r\n", False),
+            (True, b"From: a@elsewhere.test\r\n", large, False),  # no key: not signed
+            (False, signature + b"From: a@b.test\r\n", large, True),
+            (False, b"From: a@b.test\r\n", large, False),  # unsigned: not verified
+        ]
+        for authenticated, headers, body, whole in cases:
+            before = counting.entered
+            inner = RecordingReceiver()
+            receiver = judge.wrap(
+                inner, peer="192.0.2.7", helo="c.test", mailFrom="a@b.test", authenticated=authenticated,
+                role="submission" if authenticated else "mta",
+            )
+            receiver.write(b"Received: from c.test\r\n" + headers + body)
+            d = receiver.finish()
+            clock.advance(0)
+            self.successResultOf(d)
+            self.assertTrue(inner.data.endswith(body))
+            self.assertIn(headers, inner.data)
+            self.assertEqual(counting.entered - before, 1 if whole else 0, (authenticated, headers))

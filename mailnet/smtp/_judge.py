@@ -36,6 +36,7 @@ DNS look-ups go through the reactor's resolver
 (L{mailnet.dns.BlockingDNS}).
 """
 
+import contextlib
 import datetime
 import email.utils
 import ipaddress
@@ -68,9 +69,15 @@ SPOOL_IN_MEMORY = 64 * 1024
 #: from the spool file each).
 WRITE_CHUNK = 64 * 1024
 #: Messages larger than this are neither DKIM-signed nor DKIM-verified:
-#: dkimpy needs the whole message in memory, and a few copies of it while
-#: canonicalizing (some five times this per busy worker thread at worst).
+#: dkimpy needs the whole message in memory, and copies of it while
+#: canonicalizing (see L{LARGE_DKIM}).
 DKIM_MAX_SIZE = 10 * 1024 * 1024
+#: Messages larger than this are read whole (to sign or verify) by at most
+#: L{LARGE_DKIM_AT_ONCE} worker threads at a time: dkimpy holds some seven
+#: copies of a message while it works (about 75 MB for 10 MiB, measured),
+#: so eight threads at once could take 600 MB.
+LARGE_DKIM = 1024 * 1024
+LARGE_DKIM_AT_ONCE = 2
 #: A header section larger than this (our Received field included) is
 #: refused (552 5.3.4) when the message is larger than L{DKIM_MAX_SIZE}
 #: (below that the message is read whole anyway).
@@ -269,6 +276,7 @@ class MessageJudge:
         self.rejectSPFFail = rejectSPFFail
         self._now = now or time.time
         self.cooperate = cooperator.cooperate if cooperator is not None else task.cooperate
+        self._largeDKIM = threading.BoundedSemaphore(LARGE_DKIM_AT_ONCE)
 
     def needsWorker(self, envelope: Envelope) -> bool:
         """Whether the message is signed or judged (blocking work), or only filtered."""
@@ -279,6 +287,15 @@ class MessageJudge:
         return JudgingReceiver(self, receiver, Envelope(peer, helo or "", mailFrom, authenticated, role))
 
     # --- in the worker thread ----------------------------------------------
+
+    @contextlib.contextmanager
+    def _wholeMessage(self, size: int) -> Iterator[None]:
+        """Around reading a message whole: one of few, if it is large (L{LARGE_DKIM})."""
+        if size <= LARGE_DKIM:
+            yield
+            return
+        with self._largeDKIM:
+            yield
 
     def process(self, spool: _Spool, envelope: Envelope) -> Outcome:
         """
@@ -310,45 +327,58 @@ class MessageJudge:
                 )
                 notes.append("not signed: larger than %d octets" % (DKIM_MAX_SIZE,))
                 return Outcome(headers, spool, bodyStart, None, "; ".join(notes))
-            message = headers + spool.read(bodyStart)
-            body: _Spool = spool
-            if not message.isascii():
-                # RFC 6376 §5.3: a relay's later conversion to 7 bit
-                # would break the signature; convert before signing.
-                try:
-                    message = toSevenBit(message)
-                except CannotConvert:
-                    pass  # 8-bit header fields (SMTPUTF8): signed as they are
-                else:
-                    # A new body: into a spool of its own (a file if large).
-                    bodyStart = _headerEnd(message)
-                    headers = message[:bodyStart]
-                    body = _Spool(self.spoolDir, len(message))
-                    body.write(message[bodyStart:])
-                    bodyStart = 0
-            try:
-                signatures = dkim.sign(message, keys)
-            except BaseException:
-                if body is not spool:
-                    body.close()
-                raise
+            with self._wholeMessage(spool.size):
+                header, body, bodyStart = self._sign(spool, headers, bodyStart, keys)
             notes.append("signed for %s (%s)" % (authors[0], ", ".join("%s %s" % (k.type, k.selector) for k in keys)))
-            return Outcome(signatures + headers, body, bodyStart, None, "; ".join(notes))
+            return Outcome(header, body, bodyStart, None, "; ".join(notes))
         if envelope.role != "mta" or isTrusted(envelope.peer, self.trustedNetworks):
             return Outcome(headers, spool, bodyStart, None, "; ".join(notes))
-        # The original header section: any forged field is judged as it came.
-        if small and _hasField(original, b"dkim-signature"):
-            message = spool.read(0)
-        else:
-            message = original + b"\r\n"
-        verdict = verdicts.judge(
-            self.dns.blocking(), message, envelope.peer, envelope.helo, envelope.mailFrom, self.rejectSPFFail, tooLarge=not small
-        )
-        del message
+        # Read whole only to verify signatures; the original header section:
+        # any forged field is judged as it came.
+        whole = small and _hasField(original, b"dkim-signature")
+        with self._wholeMessage(spool.size if whole else 0):
+            message = spool.read(0) if whole else original + b"\r\n"
+            verdict = verdicts.judge(
+                self.dns.blocking(), message, envelope.peer, envelope.helo, envelope.mailFrom, self.rejectSPFFail, tooLarge=not small
+            )
+            del message
         notes.insert(0, verdict.summary())
         if verdict.refusal is not None:
             return Outcome(refusal=verdict.refusal, summary="; ".join(notes))
         return Outcome(verdict.header(self.hostname) + headers, spool, bodyStart, None, "; ".join(notes))
+
+    def _sign(self, spool: _Spool, headers: bytes, bodyStart: int, keys: Sequence[dkim.DKIMKey]) -> Tuple[bytes, _Spool, int]:
+        """
+        DKIM-sign the message: C{headers}, then the spool from
+        C{bodyStart} on, read whole.
+
+        @return: the new header section (the signatures on top), and
+            where its body is: the spool, or a spool of its own when an
+            8-bit body was made 7-bit.
+        """
+        message = headers + spool.read(bodyStart)
+        body: _Spool = spool
+        if not message.isascii():
+            # RFC 6376 §5.3: a relay's later conversion to 7 bit
+            # would break the signature; convert before signing.
+            try:
+                message = toSevenBit(message)
+            except CannotConvert:
+                pass  # 8-bit header fields (SMTPUTF8): signed as they are
+            else:
+                # A new body: into a spool of its own (a file if large).
+                bodyStart = _headerEnd(message)
+                headers = message[:bodyStart]
+                body = _Spool(self.spoolDir, len(message))
+                body.write(message[bodyStart:])
+                bodyStart = 0
+        try:
+            signatures = dkim.sign(message, keys)
+        except BaseException:
+            if body is not spool:
+                body.close()
+            raise
+        return signatures + headers, body, bodyStart
 
     def _complete(self, headers: bytes) -> bytes:
         """RFC 6409 §8.2, §8.3: the Date and Message-ID a client left out."""
