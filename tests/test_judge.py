@@ -711,3 +711,30 @@ class WholeMessageTests(unittest.SynchronousTestCase):
             self.assertTrue(inner.data.endswith(body))
             self.assertIn(headers, inner.data)
             self.assertEqual(counting.entered - before, 1 if whole else 0, (authenticated, headers))
+
+
+class CopyingCooperatorTests(unittest.SynchronousTestCase):
+    def test_paced(self) -> None:
+        """
+        The service's copying: 8 pieces per reactor turn, then a 2 ms
+        pause, so the thread creating the Maildir file gets the CPU.
+        """
+        from mailnet.smtp._judge import COPY_PAUSE, COPY_PIECES_PER_TURN, copyingCooperator
+
+        clock = task.Clock()
+        done: List[int] = []
+
+        def pieces() -> Any:
+            for i in range(20):
+                done.append(i)
+                yield None
+
+        copyingCooperator(clock).cooperate(pieces())
+        self.assertEqual((COPY_PIECES_PER_TURN, COPY_PAUSE), (8, 0.002))
+        clock.advance(0.001)
+        self.assertEqual(len(done), 0)
+        counts = []
+        for _ in range(3):
+            clock.advance(COPY_PAUSE)
+            counts.append(len(done))
+        self.assertEqual(counts, [8, 16, 20])
