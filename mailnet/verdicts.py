@@ -316,6 +316,9 @@ def checkDKIM(message: bytes, dns: BlockingDNS, tooLarge: bool = False) -> List[
     import dkim
     from dkim.util import InvalidTagValueList, parse_tag_value
 
+    from mailnet.dkim import useLightCanonicalization
+
+    useLightCanonicalization()
     try:
         verifier = dkim.DKIM(message, logger=_quietLogger(), minkey=1024)
     except dkim.DKIMException:
