@@ -177,10 +177,10 @@ class _Spool:
             before the blank line.
         """
         if self._file is None:
-            head = b"".join(self._chunks)
-            self._chunks = [head]
-            end = _headerEnd(head)
-            return head[:end], end
+            whole = b"".join(self._chunks)
+            self._chunks = [whole]
+            end = _headerEnd(whole)
+            return whole[:end], end
         self._file.seek(0)
         head = bytearray()
         while True:
