@@ -22,11 +22,12 @@ L{JudgingReceiver.finish}, does in a worker thread what the message needs:
 
 Only header fields change (removed, or added on top or at the end of the
 header section), and, when a message is signed, an 8-bit body may become
-7-bit.  So the worker reads the header section (at most
-L{MAX_HEADER_SECTION}) and hands back a new one and where the body starts
-in the spool; the new header section, then the body, read from the spool
-a piece at a time over many reactor turns (L{WRITE_CHUNK} each), go into
-the inner receiver, which finishes as usual.  Only DKIM needs the whole
+7-bit.  So the worker reads the header section (of a message above
+L{DKIM_MAX_SIZE}, at most L{MAX_HEADER_SECTION}) and hands back a new one
+and where the body starts in the spool; the new header section, then the
+body, read from the spool a piece at a time over many reactor turns
+(L{WRITE_CHUNK} each, paced by L{copyingCooperator}), go into the inner
+receiver, which finishes as usual.  Only DKIM needs the whole
 message in memory (dkimpy hashes it in one piece): it is read whole only
 when it is to be signed or has signatures to verify, and only up to
 L{DKIM_MAX_SIZE}; a larger message is not signed (a warning in the log)
@@ -454,7 +455,8 @@ class JudgingReceiver:
             refusal = outcome.refusal or verdicts.Refusal(451, "4.3.0 Local error in processing, try again later")
             raise SMTPReply(refusal.code, refusal.text)
         try:
-            self._inner.write(outcome.header)
+            if outcome.header:
+                self._inner.write(outcome.header)
             if body.inMemory:
                 # At most some 64 KiB: at once.
                 for piece in body.pieces(outcome.bodyStart):
