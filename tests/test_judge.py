@@ -716,7 +716,7 @@ class WholeMessageTests(unittest.SynchronousTestCase):
 class CopyingCooperatorTests(unittest.SynchronousTestCase):
     def test_paced(self) -> None:
         """
-        The service's copying: 8 pieces per reactor turn, then a 2 ms
+        The service's copying: 16 pieces per reactor turn, then a 2 ms
         pause, so the thread creating the Maildir file gets the CPU.
         """
         from mailnet.smtp._judge import COPY_PAUSE, COPY_PIECES_PER_TURN, copyingCooperator
@@ -725,19 +725,19 @@ class CopyingCooperatorTests(unittest.SynchronousTestCase):
         done: List[int] = []
 
         def pieces() -> Any:
-            for i in range(20):
+            for i in range(40):
                 done.append(i)
                 yield None
 
         copyingCooperator(clock).cooperate(pieces())
-        self.assertEqual((COPY_PIECES_PER_TURN, COPY_PAUSE), (8, 0.002))
+        self.assertEqual((COPY_PIECES_PER_TURN, COPY_PAUSE), (16, 0.002))
         clock.advance(0.001)
         self.assertEqual(len(done), 0)
         counts = []
         for _ in range(3):
             clock.advance(COPY_PAUSE)
             counts.append(len(done))
-        self.assertEqual(counts, [8, 16, 20])
+        self.assertEqual(counts, [16, 32, 40])
 
 
 class LightCanonicalizationTests(unittest.SynchronousTestCase):
