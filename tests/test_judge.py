@@ -154,6 +154,27 @@ class InboundTests(unittest.TestCase):
         self.assertIn(b"dmarc=pass (p=reject) header.from=mail.parent.test", result)
 
     @defer.inlineCallbacks
+    def test_tooLargeToVerify(self) -> Any:
+        """
+        A signed message above DKIM_MAX_SIZE: its signature is
+        C{dkim=policy (message too large to verify)}, SPF still counts, and
+        it is stored whole.
+        """
+        from mailnet.dkim import sign
+        from mailnet.smtp._judge import DKIM_MAX_SIZE
+
+        line = b"The quick brown fox jumps over the lazy dog, again and again.\r\n"
+        original = body("From: bob@signer.test\nSubject: big\n\n") + line * (DKIM_MAX_SIZE // len(line) + 1000)
+        signed = sign(original[:200] + b"\r\n", [self.key]) + original
+        failures = yield deferToThread(sendAll, self.server.ports["smtp"], [("bob@pass.test", signed)])
+        self.assertEqual(failures, {})
+        [stored] = self.delivered()
+        [result] = fields(stored, b"Authentication-Results")
+        self.assertIn(b"spf=pass smtp.mailfrom=bob@pass.test;", result)
+        self.assertIn(b"dkim=policy (message too large to verify) header.d=signer.test header.s=s1", result)
+        self.assertTrue(stored.replace(b"\n", b"\r\n").endswith(original[original.index(b"\r\n\r\n") :]))
+
+    @defer.inlineCallbacks
     def test_forgedResultsRemoved(self) -> Any:
         """Authentication-Results claiming our host name go; another host's stay; ours is on top."""
         message = body(
