@@ -50,6 +50,9 @@ PASS, FAIL, SOFTFAIL, NEUTRAL, NONE, TEMPERROR, PERMERROR = (
     "temperror",
     "permerror",
 )
+#: RFC 8601 §2.7.1: signed, but the signature was not acceptable to us:
+#: here, not checked at all (a message too large to verify).
+POLICY = "policy"
 
 
 # --- helpers ---------------------------------------------------------------------
@@ -277,8 +280,9 @@ def checkSPF(dns: BlockingDNS, ip: str, mailFrom: str, helo: str) -> SPFResult:
 class DKIMResult:
     """
     One signature's result (RFC 8601 §2.7.1): C{pass}, C{fail},
-    C{temperror} or C{permerror}, with its C{d=}, C{s=}, C{a=} and the
-    start of C{b=}.
+    C{temperror}, C{permerror} or C{policy}, with its C{d=}, C{s=},
+    C{a=} and the start of C{b=}, and why (a comment in the header field),
+    if we say.
     """
 
     result: str
@@ -286,6 +290,7 @@ class DKIMResult:
     selector: str
     algorithm: str
     b: str
+    reason: str = ""
 
 
 def _quietLogger() -> Any:
@@ -298,15 +303,22 @@ def _quietLogger() -> Any:
     return logger
 
 
-def checkDKIM(message: bytes, dns: BlockingDNS) -> List[DKIMResult]:
+def checkDKIM(message: bytes, dns: BlockingDNS, tooLarge: bool = False) -> List[DKIMResult]:
     """
     Verify each DKIM-Signature (at most L{MAX_SIGNATURES}).
 
+    @param tooLarge: the message is too large to verify: C{message} may be
+        its header section alone, and each signature's result is
+        C{policy} (RFC 8601 §2.7.1: signed, but not acceptable to us) with
+        the reason, never C{none}, which would say it was not signed.
     @return: one result per signature; none for an unsigned message.
     """
     import dkim
     from dkim.util import InvalidTagValueList, parse_tag_value
 
+    from mailnet.dkim import useLightCanonicalization
+
+    useLightCanonicalization()
     try:
         verifier = dkim.DKIM(message, logger=_quietLogger(), minkey=1024)
     except dkim.DKIMException:
@@ -326,6 +338,9 @@ def checkDKIM(message: bytes, dns: BlockingDNS) -> List[DKIMResult]:
             return tags.get(name, b"").decode("ascii", "replace")
 
         b = re.sub(r"[^A-Za-z0-9+/]", "", tag(b"b"))[:8]
+        if tooLarge:
+            results.append(DKIMResult(POLICY, tag(b"d").lower(), tag(b"s"), tag(b"a"), b, "message too large to verify"))
+            continue
         noKey: List[bytes] = []
 
         def dnsfunc(name: bytes, timeout: Any = None, noKey: List[bytes] = noKey) -> Optional[bytes]:
@@ -504,6 +519,8 @@ class Verdict:
             parts.append("dkim=none")
         for d in self.dkim:
             part = "dkim=%s" % (d.result,)
+            if d.reason:
+                part += " (%s)" % (d.reason,)
             if d.domain:
                 part += " header.d=%s" % (_value(d.domain),)
             if d.selector:
@@ -531,10 +548,13 @@ class Verdict:
 
 
 def judge(
-    dns: BlockingDNS, message: bytes, ip: str, helo: str, mailFrom: str, rejectSPFFail: bool = False
+    dns: BlockingDNS, message: bytes, ip: str, helo: str, mailFrom: str, rejectSPFFail: bool = False, tooLarge: bool = False
 ) -> Verdict:
     """
-    SPF, DKIM and DMARC for one message, and the policy decision:
+    SPF, DKIM and DMARC for one message, and the policy decision.  With
+    C{tooLarge}, C{message} may be the header section alone: its DKIM
+    signatures are C{policy} (not verified), and DMARC rests on SPF
+    alignment alone.  The decision:
 
       - DMARC fail with C{p=reject}: C{550 5.7.1};
       - DMARC unknown for DNS trouble where a C{p=reject} would refuse:
@@ -546,7 +566,7 @@ def judge(
     """
     headers, _ = splitMessage(message)
     spf = checkSPF(dns, ip, mailFrom, helo)
-    dkims = checkDKIM(message, dns)
+    dkims = checkDKIM(message, dns, tooLarge)
     dmarc = worst([checkDMARC(dns, author, spf, dkims) for author in authorDomains(headers)])
     refusal = None
     if dmarc is not None and dmarc.result == FAIL and dmarc.policy == "reject":

@@ -154,6 +154,27 @@ class InboundTests(unittest.TestCase):
         self.assertIn(b"dmarc=pass (p=reject) header.from=mail.parent.test", result)
 
     @defer.inlineCallbacks
+    def test_tooLargeToVerify(self) -> Any:
+        """
+        A signed message above DKIM_MAX_SIZE: its signature is
+        C{dkim=policy (message too large to verify)}, SPF still counts, and
+        it is stored whole.
+        """
+        from mailnet.dkim import sign
+        from mailnet.smtp._judge import DKIM_MAX_SIZE
+
+        line = b"The quick brown fox jumps over the lazy dog, again and again.\r\n"
+        original = body("From: bob@signer.test\nSubject: big\n\n") + line * (DKIM_MAX_SIZE // len(line) + 1000)
+        signed = sign(original[:200] + b"\r\n", [self.key]) + original
+        failures = yield deferToThread(sendAll, self.server.ports["smtp"], [("bob@pass.test", signed)])
+        self.assertEqual(failures, {})
+        [stored] = self.delivered()
+        [result] = fields(stored, b"Authentication-Results")
+        self.assertIn(b"spf=pass smtp.mailfrom=bob@pass.test;", result)
+        self.assertIn(b"dkim=policy (message too large to verify) header.d=signer.test header.s=s1", result)
+        self.assertTrue(stored.replace(b"\n", b"\r\n").endswith(original[original.index(b"\r\n\r\n") :]))
+
+    @defer.inlineCallbacks
     def test_forgedResultsRemoved(self) -> Any:
         """Authentication-Results claiming our host name go; another host's stay; ours is on top."""
         message = body(
@@ -318,6 +339,32 @@ class ReceiverTests(unittest.TestCase):
         self.assertEqual(inner.data, message)
 
     @defer.inlineCallbacks
+    def test_largeEightBitConvertedAndSigned(self) -> Any:
+        """
+        Below DKIM_MAX_SIZE a submitted 8-bit message spooled to a file is
+        still made 7-bit (its new body from a spool of its own) and signed;
+        it reaches the inner receiver in pieces and verifies.
+        """
+        from mailnet.smtp._judge import WRITE_CHUNK
+
+        keys = KeyStore(self.mktemp())
+        key = keys.generate("example.test", "s1", "ed25519")
+        judge = self.judge(keys=keys)
+        inner = RecordingReceiver()
+        receiver = judge.wrap(inner, peer="127.0.0.1", helo="c.test", mailFrom="a@example.test", authenticated=True, role="submission")
+        message = (
+            b"From: a@example.test\r\nDate: x\r\nMessage-ID: <1@x>\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: 8bit\r\n\r\n" + b"caf\xc3\xa9 au lait\r\n" * 20000
+        )
+        receiver.write(message)
+        yield receiver.finish()
+        self.assertTrue(inner.data.isascii())
+        self.assertIn(b"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9 au lait\r\n", inner.data)
+        self.assertTrue(dkim.verify(inner.data, dnsfunc=lambda name, timeout=5: key.record().encode()))
+        self.assertGreater(len(inner.chunks), 5)
+        self.assertLessEqual(max(len(c) for c in inner.chunks[1:]), WRITE_CHUNK)
+
+    @defer.inlineCallbacks
     def test_trustedNetworkNotJudged(self) -> Any:
         """No verdict (and no DNS) for a trusted network; forged results still go."""
         import ipaddress
@@ -335,10 +382,10 @@ class ReceiverTests(unittest.TestCase):
         from mailnet import verdicts
 
         class Refusing(MessageJudge):
-            def process(self, message: bytes, envelope: Any) -> Any:
+            def process(self, spool: Any, envelope: Any) -> Any:
                 from mailnet.smtp._judge import Outcome
 
-                return Outcome(b"", verdicts.Refusal(550, "5.7.1 no"), "dmarc=fail")
+                return Outcome(refusal=verdicts.Refusal(550, "5.7.1 no"), summary="dmarc=fail")
 
         judge = self.judge()
         judge.__class__ = Refusing
@@ -415,3 +462,351 @@ class WorkerPoolTests(unittest.TestCase):
         yield deferToThread(started.wait, 5)
         yield service.stopService()
         self.assertEqual((yield d), [])
+
+
+class HashingReceiver:
+    """
+    An inner receiver that keeps only the first write (the header section),
+    a hash of the rest and the size of every write: a large message does
+    not sit in the test's memory.
+    """
+
+    def __init__(self) -> None:
+        import hashlib
+
+        self.first = b""
+        self.rest = hashlib.sha256()
+        self.sizes: List[int] = []
+        self.finished = self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        assert not (self.finished or self.aborted)
+        if not self.sizes:
+            self.first = data
+        else:
+            self.rest.update(data)
+        self.sizes.append(len(data))
+
+    def finish(self) -> defer.Deferred:
+        self.finished = True
+        return defer.succeed("test-id")
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class OneDNS:
+    """A L{mailnet.dns.DNSClient} stand-in whose blocking resolver answers from a dict."""
+
+    def __init__(self, records: Dict[str, List[Tuple[str, Any]]]) -> None:
+        from tests.test_verdicts import FakeDNS
+
+        self.fake = FakeDNS(records)
+
+    def blocking(self) -> Any:
+        return self.fake
+
+
+class LargeMessageTests(unittest.SynchronousTestCase):
+    """
+    A message larger than DKIM_MAX_SIZE is never read whole: the worker
+    reads its header section, and the body goes from the spool file into
+    the inner receiver a piece per cooperator iteration.
+    """
+
+    #: 12 MiB of body, in 64 KiB lines-of-text blocks.
+    BLOCK = (b"x" * 78 + b"\r\n") * (64 * 1024 // 80)
+    BLOCKS = 12 * 1024 * 1024 // len(BLOCK) + 1
+
+    def setUp(self) -> None:
+        from mailnet.smtp import _judge
+        from mailnet.store.maildir import runSynchronously
+
+        self.clock = task.Clock()
+        self.ticks = 0
+
+        def schedule(work: Any) -> Any:
+            self.ticks += 1
+            return self.clock.callLater(0, work)
+
+        # One iteration per turn of the (fake) reactor.
+        self.cooperator = task.Cooperator(scheduler=schedule, terminationPredicateFactory=lambda: lambda: True)
+        self.keys = KeyStore(self.mktemp())
+        self.judge = MessageJudge(
+            hostname="mx.example.test", dns=OneDNS({"pass.test": [("TXT", "v=spf1 ip4:192.0.2.7 -all")]}), keys=self.keys,
+            run=runSynchronously, spoolDir=self.mktemp(), maxMessageSize=25 * 1024 * 1024, now=lambda: 1796500000.0,
+            cooperator=self.cooperator,
+        )
+
+        def wholeRead(spool: Any, start: int = 0) -> bytes:
+            self.fail("the whole message was read")
+
+        self.patch(_judge._Spool, "read", wholeRead)
+        # Loaded once per process (the Public Suffix List, pyspf, dkimpy): not the message's memory.
+        import dkim  # noqa: F401
+        import spf  # noqa: F401
+
+        from mailnet import verdicts
+
+        verdicts.organizationalDomain("warm.test")
+        self.assertGreater(len(self.BLOCK) * self.BLOCKS, _judge.DKIM_MAX_SIZE)
+
+    def send(self, receiver: Any, headers: bytes) -> Tuple[Any, int]:
+        """Spool C{headers} and the body; the result of finish(), and the tracemalloc peak."""
+        import tracemalloc
+
+        tracemalloc.start()
+        try:
+            receiver.write(headers + b"\r\n")
+            for _ in range(self.BLOCKS):
+                receiver.write(self.BLOCK)
+            d = receiver.finish()
+            result: List[Any] = []
+            d.addBoth(result.append)
+            self.clock.advance(0)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        return result[0], peak
+
+    def expectedBody(self) -> bytes:
+        import hashlib
+
+        digest = hashlib.sha256()
+        digest.update(b"\r\n")
+        for _ in range(self.BLOCKS):
+            digest.update(self.BLOCK)
+        return digest.digest()
+
+    def test_judgedInPieces(self) -> None:
+        """
+        On the MTA port: delivered byte for byte with our
+        Authentication-Results on top and the forged one gone, in pieces of
+        at most 64 KiB, one per reactor turn; its DKIM signature is
+        C{policy} (not verified), DMARC rests on SPF; the process never
+        held more than a few MiB.
+        """
+        from mailnet.smtp._judge import WRITE_CHUNK
+
+        inner = HashingReceiver()
+        receiver = self.judge.wrap(inner, peer="192.0.2.7", helo="c.test", mailFrom="a@pass.test", authenticated=False, role="mta")
+        headers = (
+            b"Received: from c.test\r\n"
+            b"Authentication-Results: mx.example.test; dkim=pass header.d=bank.test\r\n"
+            b"DKIM-Signature: v=1; a=rsa-sha256; d=pass.test; s=s1; c=relaxed/relaxed;\r\n"
+            b"\th=from; bh=AAAA; b=QUJDREVGR0hJSg==\r\n"
+            b"From: a@pass.test\r\nSubject: big\r\n"
+        )
+        result, peak = self.send(receiver, headers)
+        self.assertEqual(result, "test-id")
+        self.assertTrue(inner.finished)
+        self.assertEqual(
+            inner.first,
+            b"Authentication-Results: mx.example.test;\r\n"
+            b"\tspf=pass smtp.mailfrom=a@pass.test;\r\n"
+            b"\tdkim=policy (message too large to verify) header.d=pass.test header.s=s1 header.a=rsa-sha256 header.b=QUJDREVG;\r\n"
+            b"\tdmarc=none header.from=pass.test\r\n"
+            + headers.replace(b"Authentication-Results: mx.example.test; dkim=pass header.d=bank.test\r\n", b""),
+        )
+        self.assertEqual(inner.rest.digest(), self.expectedBody())
+        self.assertLessEqual(max(inner.sizes[1:]), WRITE_CHUNK)
+        self.assertGreater(len(inner.sizes), 12 * 16)
+        self.assertGreater(self.ticks, 12 * 16)
+        self.assertLess(peak, 1024 * 1024)
+
+    def test_notSigned(self) -> None:
+        """
+        Submitted: Date and Message-ID are added, but it is not signed
+        (one warning in the log), and it is delivered in pieces.
+        """
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        self.keys.generate("example.test", "s1", "ed25519")
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        inner = HashingReceiver()
+        receiver = self.judge.wrap(inner, peer="192.0.2.7", helo="c.test", mailFrom="a@example.test", authenticated=True, role="submission")
+        headers = b"Received: from c.test\r\nFrom: a@example.test\r\nSubject: big\r\n"
+        result, peak = self.send(receiver, headers)
+        self.assertEqual(result, "test-id")
+        self.assertTrue(inner.first.startswith(headers + b"Date: Sat, 05 Dec 2026 19:46:40 +0000\r\n"), inner.first)
+        self.assertRegex(inner.first.split(b"\r\n")[-2], rb"^Message-ID: <[0-9a-f]{24}@mx.example.test>$")
+        self.assertNotIn(b"DKIM-Signature", inner.first)
+        self.assertEqual(inner.rest.digest(), self.expectedBody())
+        self.assertLess(peak, 1024 * 1024)
+        warnings = [e for e in events if e.get("log_level") == LogLevel.warn and "not DKIM-signed" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)
+
+    def test_headerSectionBounded(self) -> None:
+        """Above DKIM_MAX_SIZE, a header section of more than 1 MiB is refused (552 5.3.4), not read into memory."""
+        inner = HashingReceiver()
+        receiver = self.judge.wrap(inner, peer="192.0.2.7", helo="c.test", mailFrom="a@pass.test", authenticated=False, role="mta")
+        field = b"X-Filler: " + b"y" * 900 + b"\r\n"
+        receiver.write(b"From: a@pass.test\r\n")
+        for _ in range(11 * 1024 * 1024 // len(field) + 1):
+            receiver.write(field)
+        d = receiver.finish()
+        failure = self.failureResultOf(d, SMTPReply)
+        self.assertEqual((failure.value.code, failure.value.text), (552, "5.3.4 Header section too large"))
+        self.assertTrue(inner.aborted)
+        self.assertEqual(inner.sizes, [])
+
+
+class SpoolTests(unittest.SynchronousTestCase):
+    """The spool finds the header section a piece at a time."""
+
+    def spool(self, data: bytes) -> Any:
+        from mailnet.smtp._judge import _Spool
+
+        spool = _Spool(self.mktemp(), len(data))
+        spool.write(data)
+        self.addCleanup(spool.close)
+        return spool
+
+    def test_blankLineAcrossPieces(self) -> None:
+        """The blank line is found wherever it falls, also across the 64 KiB reads; the rest comes out from there."""
+        from mailnet.smtp._judge import WRITE_CHUNK
+
+        for end in range(WRITE_CHUNK - 4, WRITE_CHUNK + 2):
+            headers = b"X: " + b"a" * (end - 3) + b"\r\n"
+            message = headers + b"\r\nbody\r\n" * 20000
+            spool = self.spool(message)
+            self.assertFalse(spool.inMemory)
+            self.assertEqual(spool.headerSection(10 * WRITE_CHUNK), (headers, len(headers)))
+            self.assertEqual(b"".join(spool.pieces(len(headers))), message[len(headers) :])
+
+    def test_oddShapes(self) -> None:
+        """No header section, no blank line (in memory and in a file), and too many octets before it."""
+        from mailnet.smtp._judge import HeaderSectionTooLarge
+
+        self.assertEqual(self.spool(b"\r\nbody\r\n").headerSection(100), (b"", 0))
+        self.assertEqual(self.spool(b"A: b\r\n").headerSection(100), (b"A: b\r\n", 6))
+        long = b"A: b\r\n" * 30000
+        self.assertEqual(self.spool(long).headerSection(len(long)), (long, len(long)))
+        self.assertRaises(HeaderSectionTooLarge, self.spool(long + b"\r\nbody").headerSection, 100000)
+
+
+class WholeMessageTests(unittest.SynchronousTestCase):
+    """Messages above LARGE_DKIM are read whole by few threads at a time; others do not wait."""
+
+    def test_fewAtOnce(self) -> None:
+        from mailnet.smtp._judge import LARGE_DKIM, LARGE_DKIM_AT_ONCE
+        from mailnet.store.maildir import runSynchronously
+
+        class Counting:
+            entered = 0
+
+            def __enter__(self) -> None:
+                self.entered += 1
+
+            def __exit__(self, *exc: Any) -> None:
+                pass
+
+        keys = KeyStore(self.mktemp())
+        keys.generate("example.test", "s1", "ed25519")
+        clock = task.Clock()
+        judge = MessageJudge(
+            hostname="mx.example.test", dns=OneDNS({}), keys=keys, run=runSynchronously,
+            spoolDir=self.mktemp(), maxMessageSize=25 * 1024 * 1024,
+            cooperator=task.Cooperator(scheduler=lambda work: clock.callLater(0, work)),
+        )
+        self.assertEqual(judge._largeDKIM._value, LARGE_DKIM_AT_ONCE)  # type: ignore[attr-defined]
+        counting = judge._largeDKIM = Counting()  # type: ignore[assignment]
+        large = b"\r\n" + (b"z" * 998 + b"\r\n") * (LARGE_DKIM // 1000 + 1)
+        signature = b"DKIM-Signature: v=1; a=rsa-sha256; d=b.test; s=s1; h=from; bh=AAAA; b=AAAA\r\n"
+        cases = [
+            # (authenticated, header section, body, read whole?)
+            (True, b"From: a@example.test\r\n", large, True),
+            (True, b"From: a@example.test\r\n", b"\r\nhi\r\n", False),
+            (True, b"From: a@elsewhere.test\r\n", large, False),  # no key: not signed
+            (False, signature + b"From: a@b.test\r\n", large, True),
+            (False, b"From: a@b.test\r\n", large, False),  # unsigned: not verified
+        ]
+        for authenticated, headers, body, whole in cases:
+            before = counting.entered
+            inner = RecordingReceiver()
+            receiver = judge.wrap(
+                inner, peer="192.0.2.7", helo="c.test", mailFrom="a@b.test", authenticated=authenticated,
+                role="submission" if authenticated else "mta",
+            )
+            receiver.write(b"Received: from c.test\r\n" + headers + body)
+            d = receiver.finish()
+            clock.advance(0)
+            self.successResultOf(d)
+            self.assertTrue(inner.data.endswith(body))
+            self.assertIn(headers, inner.data)
+            self.assertEqual(counting.entered - before, 1 if whole else 0, (authenticated, headers))
+
+
+class CopyingCooperatorTests(unittest.SynchronousTestCase):
+    def test_paced(self) -> None:
+        """
+        The service's copying: 16 pieces per reactor turn, then a 2 ms
+        pause, so the thread creating the Maildir file gets the CPU.
+        """
+        from mailnet.smtp._judge import COPY_PAUSE, COPY_PIECES_PER_TURN, copyingCooperator
+
+        clock = task.Clock()
+        done: List[int] = []
+
+        def pieces() -> Any:
+            for i in range(40):
+                done.append(i)
+                yield None
+
+        copyingCooperator(clock).cooperate(pieces())
+        self.assertEqual((COPY_PIECES_PER_TURN, COPY_PAUSE), (16, 0.002))
+        clock.advance(0.001)
+        self.assertEqual(len(done), 0)
+        counts = []
+        for _ in range(3):
+            clock.advance(COPY_PAUSE)
+            counts.append(len(done))
+        self.assertEqual(counts, [16, 32, 40])
+
+
+class LightCanonicalizationTests(unittest.SynchronousTestCase):
+    """
+    dkimpy's parsing and whitespace canonicalization, made to hold little
+    memory (L{mailnet.dkim.useLightCanonicalization}), give what dkimpy's
+    own give, also where blocks split.
+    """
+
+    def test_sameResults(self) -> None:
+        import random
+
+        import dkim as dkimpy
+        import dkim.canonicalization as canonicalization
+
+        from mailnet.dkim import _CANONICAL_BLOCK, useLightCanonicalization
+
+        useLightCanonicalization()
+        randomness = random.Random(13)
+        pieces = [b" ", b"\t", b"  \t ", b"\r\n", b" \r\n", b"\t\r\n", b"word", b"x", b"\r\n\r\n", b"\r"]
+        for _ in range(30):
+            body = b"".join(randomness.choice(pieces) for _ in range(randomness.randrange(1, 3 * _CANONICAL_BLOCK // 3)))
+            for name in ("strip_trailing_whitespace", "compress_whitespace"):
+                light = getattr(canonicalization, name)
+                self.assertEqual(light(body), light.original(body))
+            for message in (b"From: a\r\nSubject:  x \r\n\r\n" + body, b"\r\n" + body, b"From: a\r\n", b"From: a\n\nbare LF\n" + body):
+                self.assertEqual(dkimpy.rfc822_parse(message), dkimpy.rfc822_parse.original(message))
+
+    def test_proseVerifiedInLittleMemory(self) -> None:
+        """2 MB of prose: dkimpy's own way took some 85 MB to verify; now under 20 MB."""
+        import tracemalloc
+
+        from mailnet.dkim import sign
+        from tests.test_verdicts import testKey
+
+        key = testKey("example.test", "ed25519")
+        line = b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n"
+        message = b"From: a@example.test\r\nSubject: prose\r\n\r\n" + line * (2 * 1024 * 1024 // len(line))
+        message = sign(message, [key]) + message
+        tracemalloc.start()
+        try:
+            self.assertTrue(dkim.verify(message, dnsfunc=lambda name, timeout=5: key.record().encode()))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertLess(peak, 20 * 1024 * 1024)
