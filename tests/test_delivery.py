@@ -172,6 +172,17 @@ class DeliveryAgentTests(SynchronousTestCase):
         FanOutReceiver(parts).abort()
         self.assertTrue(all(p.aborted for p in parts))
 
+    def test_fanOutFileInto(self) -> None:
+        """A folder choice reaches the parts that store locally; the queue's part has none."""
+        chosen = []
+
+        class Local(RecordingReceiver):
+            def fileInto(self, folder: str) -> None:
+                chosen.append(folder)
+
+        FanOutReceiver([Local(), RecordingReceiver()]).fileInto("Junk")
+        self.assertEqual(chosen, ["Junk"])
+
 
 class PostmasterTests(SynchronousTestCase):
     """RFC 5321 §4.5.1: postmaster is always accepted, never relayed."""

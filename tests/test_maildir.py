@@ -88,6 +88,24 @@ class MaildirStoreTests(SynchronousTestCase):
             self.assertEqual(len(self.newFiles(address)), 1)
         self.assertEqual(os.listdir(os.path.join(self.store.pathFor("alice@example.test"), "tmp")), [])
 
+    def test_fileIntoExistingFolder(self) -> None:
+        """
+        A message filed into a folder (DMARC quarantine into Junk) lands in
+        the Maildir++ folder of each mailbox that has it, and in the inbox
+        of one that has not (a POP3-only user would never see the folder).
+        """
+        alice = self.store.pathFor("alice@example.test")
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(alice, ".Junk", sub))
+        receiver = self.store.receive("bob@remote.test", ["alice@example.test", "carol@example.test"])
+        receiver.fileInto("Junk")
+        receiver.write(b"Subject: suspicious\r\n\r\nhello\r\n")
+        self.successResultOf(receiver.finish())
+        self.assertEqual(self.newFiles("alice@example.test"), [])
+        self.assertEqual(len(os.listdir(os.path.join(alice, ".Junk", "new"))), 1)
+        self.assertEqual(len(self.newFiles("carol@example.test")), 1)
+        self.assertFalse(os.path.exists(os.path.join(self.store.pathFor("carol@example.test"), ".Junk")))
+
     def test_abortPublishesNothing(self) -> None:
         receiver = self.store.receive("", ["alice@example.test"])
         receiver.write(b"partial")

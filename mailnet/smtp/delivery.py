@@ -295,3 +295,10 @@ class FanOutReceiver:
     def abort(self) -> None:
         for receiver in self._receivers:
             receiver.abort()
+
+    def fileInto(self, folder: str) -> None:
+        """Local copies go to C{folder} (see L{MaildirReceiver.fileInto}); queued ones are unchanged."""
+        for receiver in self._receivers:
+            fileInto = getattr(receiver, "fileInto", None)
+            if fileInto is not None:
+                fileInto(folder)

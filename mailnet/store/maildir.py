@@ -373,7 +373,21 @@ class MaildirReceiver:
         self._opening: Optional[Deferred] = None  # creating the tmp/ file
         self._done = False
         self._aborted = False
+        self._folder: Optional[str] = None  # a Maildir++ folder instead of the inbox
         self.write(header)
+
+    def fileInto(self, folder: str) -> None:
+        """
+        Publish into a folder of each mailbox instead of its inbox: the
+        Maildir++ folder C{.NAME} that IMAP shows as C{folder} (a message
+        that DMARC asks to quarantine goes to C{Junk}).  A mailbox without
+        that folder (a POP3-only user, who would never see it) gets the
+        message in its inbox.  Call it before L{finish}.
+        """
+        # Imported here: the folder store builds on this module.
+        from mailnet.store.folders import encodeName
+
+        self._folder = "." + encodeName(folder)
 
     def write(self, data: bytes) -> None:
         assert not self._done, "write after finish or abort"
@@ -446,23 +460,32 @@ class MaildirReceiver:
 
     def _publish(self, final: str) -> None:
         published = []
+        boxes = [self._box(maildir) for maildir in self._maildirs]
         try:
-            for maildir in self._maildirs:
-                target = os.path.join(maildir, "new", final)
+            for box in boxes:
+                target = os.path.join(box, "new", final)
                 try:
                     os.link(self._tmp, target)
                 except FileNotFoundError:
-                    ensureMaildir(maildir)
+                    ensureMaildir(box)
                     os.link(self._tmp, target)
                 except OSError:
-                    _copy(self._tmp, os.path.join(maildir, "tmp", final), target)
+                    _copy(self._tmp, os.path.join(box, "tmp", final), target)
                 published.append(target)
-            for maildir in self._maildirs:
-                self._syncDirectory(os.path.join(maildir, "new"))
+            for box in boxes:
+                self._syncDirectory(os.path.join(box, "new"))
         except BaseException:
             for target in published:
                 _unlinkQuietly(target)
             raise
+
+    def _box(self, maildir: str) -> str:
+        """Where the message goes in one mailbox: the chosen folder if it exists, else the inbox."""
+        if self._folder is not None:
+            folder = os.path.join(maildir, self._folder)
+            if os.path.isdir(os.path.join(folder, "new")):
+                return folder
+        return maildir
 
     def abort(self) -> None:
         self._done = self._aborted = True
