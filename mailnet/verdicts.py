@@ -537,6 +537,11 @@ class Verdict:
             parts.append("dmarc=%s%s header.from=%s" % (self.dmarc.result, comment, _value(self.dmarc.domain)))
         return ("Authentication-Results: %s;\r\n\t%s\r\n" % (authservId, ";\r\n\t".join(parts))).encode("ascii")
 
+    @property
+    def quarantine(self) -> bool:
+        """RFC 7489 §6.3: DMARC failed and the domain asks to treat the message as suspicious."""
+        return self.dmarc is not None and self.dmarc.result == FAIL and self.dmarc.policy == "quarantine"
+
     def summary(self) -> str:
         """A short line for the log."""
         text = "spf=%s dkim=%s" % (self.spf.result, ",".join(d.result for d in self.dkim) or "none")

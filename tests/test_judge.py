@@ -12,7 +12,7 @@ import io
 import re
 import smtplib
 import ssl
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import dkim
 from twisted.internet import defer, reactor, task
@@ -39,14 +39,16 @@ def body(text: str) -> bytes:
     return text.encode("ascii").replace(b"\n", b"\r\n")
 
 
-def sendAll(port: int, messages: List[Tuple[str, bytes]], helo: str = "client.remote.test") -> Dict[int, Any]:
-    """Send each (MAIL FROM, message) to alice on one connection; the failures by index."""
+def sendAll(
+    port: int, messages: List[Tuple[str, bytes]], recipients: Sequence[str] = ("alice@example.test",), helo: str = "client.remote.test"
+) -> Dict[int, Any]:
+    """Send each (MAIL FROM, message) to C{recipients} on one connection; the failures by index."""
     failures: Dict[int, Any] = {}
     client = smtplib.SMTP("127.0.0.1", port, local_hostname=helo, timeout=10)
     try:
         for index, (sender, message) in enumerate(messages):
             try:
-                client.sendmail(sender, ["alice@example.test"], message)
+                client.sendmail(sender, list(recipients), message)
             except smtplib.SMTPDataError as e:
                 failures[index] = (e.smtp_code, e.smtp_error.decode())
     finally:
@@ -79,6 +81,7 @@ class InboundTests(unittest.TestCase):
                 "s1._domainkey.signer.test": [txt(key.record())],
                 "_dmarc.parent.test": [txt("v=DMARC1; p=reject")],
                 "_dmarc.bank.test": [txt("v=DMARC1; p=reject")],
+                "_dmarc.shop.test": [txt("v=DMARC1; p=quarantine")],
                 "parent.test": [txt("v=spf1 ip4:127.0.0.1 -all")],
                 "mx.test": [txt("v=spf1 mx a:a.mx.test -all"), mx(10, "mail.mx.test")],
                 "mail.mx.test": [a("127.0.0.1")],
@@ -152,6 +155,31 @@ class InboundTests(unittest.TestCase):
         self.assertTrue(text.startswith("5.7.1 "), text)
         [result] = self.results()
         self.assertIn(b"dmarc=pass (p=reject) header.from=mail.parent.test", result)
+
+    @defer.inlineCallbacks
+    def test_quarantineFiledIntoJunk(self) -> Any:
+        """
+        A DMARC failure of a p=quarantine domain is delivered with its
+        verdict, into the Junk folder of a recipient who has one (an IMAP
+        user) and into the inbox of one who has not (POP3 only).
+        """
+        import os
+
+        self.server.addUser("bob@example.test", "bob-secret")
+        alice = self.server.service.mailStore.pathFor("alice@example.test")
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(alice, ".Junk", sub), exist_ok=True)
+        forged = body("From: offers@shop.test\nSubject: deal\n\nbuy now\n")
+        failures = yield deferToThread(
+            sendAll, self.server.ports["smtp"], [("x@pass.test", forged)], ["alice@example.test", "bob@example.test"]
+        )
+        self.assertEqual(failures, {})
+        self.assertEqual(self.server.newFiles("alice@example.test"), [])
+        junk = os.listdir(os.path.join(alice, ".Junk", "new"))
+        self.assertEqual(len(junk), 1)
+        with open(os.path.join(alice, ".Junk", "new", junk[0]), "rb") as f:
+            self.assertIn(b"dmarc=fail (p=quarantine) header.from=shop.test", f.read())
+        self.assertEqual(len(self.server.newFiles("bob@example.test")), 1)
 
     @defer.inlineCallbacks
     def test_tooLargeToVerify(self) -> Any:

@@ -194,6 +194,10 @@ class DMARCTests(SignedMixin, SynchronousTestCase):
         dns.add("_dmarc.bank.test", "TXT", "v=DMARC1; p=quarantine")
         verdict = verdicts.judge(dns, message("ceo@bank.test"), IP, "evil.test", "x@evil.test")
         self.assertEqual((verdict.dmarc.result, verdict.dmarc.policy, verdict.refusal), ("fail", "quarantine", None))
+        self.assertTrue(verdict.quarantine)
+        dns.add("evil.test", "TXT", "v=spf1 +all")
+        dns.add("_dmarc.evil.test", "TXT", "v=DMARC1; p=quarantine")
+        self.assertFalse(verdicts.judge(dns, message("ceo@evil.test"), IP, "evil.test", "x@evil.test").quarantine)
 
     def test_spfAlignedPass(self) -> None:
         dns = FakeDNS()

@@ -234,6 +234,8 @@ class Outcome:
     bodyStart: int = 0
     refusal: Optional[verdicts.Refusal] = None
     summary: str = ""
+    #: DMARC asks for quarantine: file it into the recipients' Junk folder.
+    quarantine: bool = False
 
 
 def _hasField(headerSection: bytes, name: bytes) -> bool:
@@ -351,7 +353,7 @@ class MessageJudge:
         notes.insert(0, verdict.summary())
         if verdict.refusal is not None:
             return Outcome(refusal=verdict.refusal, summary="; ".join(notes))
-        return Outcome(verdict.header(self.hostname) + headers, spool, bodyStart, None, "; ".join(notes))
+        return Outcome(verdict.header(self.hostname) + headers, spool, bodyStart, None, "; ".join(notes), verdict.quarantine)
 
     def _sign(self, spool: _Spool, headers: bytes, bodyStart: int, keys: Sequence[dkim.DKIMKey]) -> Tuple[bytes, _Spool, int]:
         """
@@ -454,6 +456,12 @@ class JudgingReceiver:
             self._inner.abort()
             refusal = outcome.refusal or verdicts.Refusal(451, "4.3.0 Local error in processing, try again later")
             raise SMTPReply(refusal.code, refusal.text)
+        if outcome.quarantine:
+            # RFC 7489 §6.3 "quarantine": delivered, but into Junk where the
+            # recipient has one (the verdict is in Authentication-Results).
+            fileInto = getattr(self._inner, "fileInto", None)
+            if fileInto is not None:
+                fileInto("Junk")
         try:
             if outcome.header:
                 self._inner.write(outcome.header)
