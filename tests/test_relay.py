@@ -62,6 +62,7 @@ class ScriptedServer(LineReceiver):
     def connectionMade(self) -> None:
         self.f = self.factory
         self.f.connections += 1
+        self.f.open += 1
         self.mailFrom: Optional[str] = None
         self.rcpts: List[str] = []
         self.inData = False
@@ -70,6 +71,9 @@ class ScriptedServer(LineReceiver):
         self.tls = False
         self.dead = False
         self.sendLine(b"220 fake.test ESMTP")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.f.open -= 1
 
     def reply(self, text: str) -> None:
         self.sendLine(text.encode("utf-8"))
@@ -153,6 +157,7 @@ class ScriptedFactory(Factory):
 
     def __init__(self) -> None:
         self.connections = 0
+        self.open = 0  # connections not yet closed
         self.transactions: List[Dict[str, Any]] = []
         self.commands: List[bytes] = []
         self.extensions: List[str] = ["PIPELINING", "8BITMIME", "SIZE 10000000"]
