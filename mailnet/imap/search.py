@@ -265,6 +265,22 @@ def normalisedAddresses(value: bytes) -> str:
     return ", ".join(out)
 
 
+def _foldedField(parsed: Any, attrName: str, value: bytes) -> str:
+    """
+    @return: C{_fold(decodeHeader(value))} for an envelope field of
+        C{parsed}, kept with it: the store keeps parsed messages in memory,
+        so the next search of the folder decodes nothing.
+    """
+    try:
+        memo = parsed.__dict__.setdefault("_searchFolded", {})
+    except AttributeError:
+        return _fold(decodeHeader(value))
+    text = memo.get(attrName)
+    if text is None:
+        text = memo[attrName] = _fold(decodeHeader(value))
+    return text
+
+
 def _fieldContains(name: bytes, needle: str) -> Test:
     attrName = _ENVELOPE_FIELD.get(name)
     if attrName is not None:
@@ -275,7 +291,7 @@ def _fieldContains(name: bytes, needle: str) -> Test:
             value = None if parsed is None else getattr(parsed.envelope, attrName)
             if value is None:
                 return False
-            if not needle or needle in _fold(decodeHeader(value)):
+            if not needle or needle in _foldedField(parsed, attrName, value):
                 return True
             # Written again, only a field with comments, quotes, routes or
             # the like can match where its text did not.

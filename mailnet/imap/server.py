@@ -1660,15 +1660,21 @@ class IMAPServer(Protocol):
                 )
                 files = {u: f for u, f in zip(batch, opened) if f is not None}
             contexts = []
+            getRecord, seqOf, recent = view.records.get, view.seqOf, view.recent
+            saved = self.savedSearch or []
+            # \\Recent is shown in the flags only where a key may look.
+            addRecent = ("flags" in needs or not needs) and not self.rev2
             for u in batch:
-                record = view.records[u]
-                if u in view.recent and not self.rev2:
+                record = getRecord(u)
+                if record is None:
+                    continue
+                if addRecent and u in recent:
                     record = attr.evolve(record, flags=record.flags | {"\\Recent"})
                 parsed = parsedMap.get(u)
                 if wantParsed and parsed is None:
                     continue
-                body = _bodyGetter(search, files.get(u), parsed)
-                contexts.append(_SearchContext(view.seqOf(u), record, parsed, body, maxSeq, maxUid, self.savedSearch or []))
+                body = _bodyGetter(search, files.get(u), parsed) if wantBody else _noBody
+                contexts.append(_SearchContext(seqOf(u), record, parsed, body, maxSeq, maxUid, saved))
 
             def matchAll(contexts: List[Any] = contexts) -> List[Any]:
                 return [c for c in contexts if criteria.matches(c)]
@@ -1769,6 +1775,10 @@ class _SearchContext:
 
 #: Decoded body text searched per message (BODY, TEXT).
 MAX_SEARCH_TEXT = 10 * 1024 * 1024
+
+
+def _noBody() -> str:
+    return ""
 
 
 def _bodyGetter(search: Any, f: Any, parsed: Any) -> Callable[[], str]:
