@@ -114,15 +114,16 @@ class IMAPEndToEndTests(TestCase):
             typ, appended = client.append("Work.Projects", "(\\Flagged)", None, MESSAGE)
             client.select("Work.Projects")
             _, found = client.search(None, "SUBJECT", "hello")
+            _, inBody = client.search(None, "BODY", "STARTS", "NOT", "BODY", "absent")
             typ, moved = client.uid("MOVE", "1", "INBOX")
             _, status = client.status("INBOX", "(MESSAGES UNSEEN)")
             client.logout()
-            return listing, appended, found, moved, status
+            return listing, appended, found + inBody, moved, status
 
         listing, appended, found, moved, status = yield deferToThread(session)
         self.assertIn(b'(\\HasNoChildren \\Sent) "." "Sent"', listing)
         self.assertRegex(appended[0], rb"^\[APPENDUID \d+ 1\]")
-        self.assertEqual(found, [b"1"])
+        self.assertEqual(found, [b"1", b"1"])
         self.assertEqual(status, [b'"INBOX" (MESSAGES 1 UNSEEN 1)'])
 
     @inlineCallbacks

@@ -511,3 +511,30 @@ class DecodedFieldMemoTests(SynchronousTestCase):
         self.assertEqual(box.search(b"SUBJECT GR\xc3\x9c\xc3\x9fE"), [1])
         self.assertEqual(box.search(b"SUBJECT invoice"), [2])
         self.assertEqual(len(calls), 2)
+
+
+class BodyFastPathTests(SynchronousTestCase):
+    """
+    BODY and TEXT look for a needle without white space in the case-folded
+    text, without folding white space: the same answers as on the folded
+    text.
+    """
+
+    def box(self, body: str) -> Mailbox:
+        return Mailbox([{"data": composed("s", body)}])
+
+    def test_ascii(self) -> None:
+        box = self.box("Hello   World\n\tagain FOO\n")
+        self.assertEqual(box.search(b"BODY world"), [1])
+        self.assertEqual(box.search(b"BODY WORLD"), [1])
+        self.assertEqual(box.search(b'BODY "hello world"'), [1])
+        self.assertEqual(box.search(b'BODY "world again foo"'), [1])
+        self.assertEqual(box.search(b"BODY helloworld"), [])
+        self.assertEqual(box.search(b'TEXT "again foo"'), [1])
+
+    def test_nonAscii(self) -> None:
+        box = self.box("Straße   in KÖLN\n")
+        self.assertEqual(box.search(b"BODY STRASSE"), [1])
+        self.assertEqual(box.search(b"BODY k\xc3\xb6ln"), [1])
+        self.assertEqual(box.search(b'BODY "strasse in"'), [1])
+        self.assertEqual(box.search(b"BODY strassein"), [])

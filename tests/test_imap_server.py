@@ -957,3 +957,45 @@ class BinaryTests(IMAPTestCase):
 
     def test_onlyPartNumbers(self) -> None:
         self.assertEqual(self.send(b"a FETCH 1 BINARY[1.MIME]\r\n"), b"a BAD BINARY takes part numbers only\r\n")
+
+
+class SearchBodyReaderTests(SynchronousTestCase):
+    """
+    SEARCH BODY on a store that opens files in the searching thread
+    (C{openMessageBlocking}): each file is opened when a key needs its
+    text, read and closed at once; a message gone meanwhile has no text.
+    """
+
+    def setUp(self) -> None:
+        from mailnet import mime
+
+        self.parsed = mime.parseBytes(b"Subject: x\n\nneedle in the body\n")
+
+    def test_readAndClosed(self) -> None:
+        import io
+
+        from mailnet.imap import search
+        from mailnet.imap.server import _bodyGetter
+
+        opened: List[io.BytesIO] = []
+
+        def opener() -> io.BytesIO:
+            opened.append(io.BytesIO(b"Subject: x\n\nneedle in the body\n"))
+            return opened[-1]
+
+        body = _bodyGetter(search, None, self.parsed, opener)
+        self.assertEqual(opened, [])
+        self.assertIn("needle in the body", body())
+        self.assertIn("needle in the body", body())
+        self.assertEqual(len(opened), 1)
+        self.assertTrue(opened[0].closed)
+
+    def test_gone(self) -> None:
+        from mailnet.errors import MessageGone
+        from mailnet.imap import search
+        from mailnet.imap.server import _bodyGetter
+
+        def opener():
+            raise MessageGone(uid="1")
+
+        self.assertEqual(_bodyGetter(search, None, self.parsed, opener)(), "")

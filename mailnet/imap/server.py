@@ -1643,8 +1643,11 @@ class IMAPServer(Protocol):
         maxUid = view.uids[-1] if view.uids else 0
         matched: List[int] = []
         highestModSeq = 0
-        # Fewer at once when files are opened (file descriptors).
-        batchSize = 64 if wantBody else BATCH
+        # A store that can open files in the thread that searches them (one
+        # at a time, when a key asks for the body) saves a thread round trip
+        # per message; otherwise fewer at once (file descriptors).
+        openBlocking = getattr(folder, "openMessageBlocking", None) if wantBody else None
+        batchSize = 64 if wantBody and openBlocking is None else BATCH // 4 if wantBody else BATCH
         for start in range(0, len(uids), batchSize):
             if self.view is not view:
                 return None
@@ -1653,7 +1656,7 @@ class IMAPServer(Protocol):
             batch = uids[start : start + batchSize]
             parsedMap = await folder.parsed(batch) if wantParsed else {}
             files: Dict[int, Any] = {}
-            if wantBody:
+            if wantBody and openBlocking is None:
                 # Opened together: one thread round trip each, not in turn.
                 opened = await gatherResults(
                     [folder.openMessage(u).addErrback(lambda f: f.trap(MessageGone) and None) for u in batch]
@@ -1673,7 +1676,12 @@ class IMAPServer(Protocol):
                 parsed = parsedMap.get(u)
                 if wantParsed and parsed is None:
                     continue
-                body = _bodyGetter(search, files.get(u), parsed) if wantBody else _noBody
+                if not wantBody:
+                    body = _noBody
+                elif openBlocking is not None:
+                    body = _bodyGetter(search, None, parsed, lambda u=u: openBlocking(u))
+                else:
+                    body = _bodyGetter(search, files.get(u), parsed)
                 contexts.append(_SearchContext(seqOf(u), record, parsed, body, maxSeq, maxUid, saved))
 
             def matchAll(contexts: List[Any] = contexts) -> List[Any]:
@@ -1781,19 +1789,31 @@ def _noBody() -> str:
     return ""
 
 
-def _bodyGetter(search: Any, f: Any, parsed: Any) -> Callable[[], str]:
+def _bodyGetter(search: Any, f: Any, parsed: Any, opener: Optional[Callable[[], Any]] = None) -> Callable[[], str]:
     """
-    @return: C{ctx.body} for one message: its decoded text, read from
-        C{f} once (called in a thread).
+    @return: C{ctx.body} for one message: its decoded text, read once (called
+        in a thread) from C{f}, or from the file C{opener} opens (blocking)
+        and closes again at once; a message gone meanwhile has no text.
     """
     cache: List[str] = []
 
     def body() -> str:
-        if f is None or parsed is None:
+        if parsed is None or (f is None and opener is None):
             return ""
         if not cache:
-            f.seek(0)
-            cache.append(search.bodyText(f, parsed, MAX_SEARCH_TEXT))
+            if f is not None:
+                f.seek(0)
+                cache.append(search.bodyText(f, parsed, MAX_SEARCH_TEXT))
+            else:
+                try:
+                    opened = opener()  # type: ignore[misc]
+                except MessageGone:
+                    opened = None
+                if opened is None:
+                    cache.append("")
+                else:
+                    with opened:
+                        cache.append(search.bodyText(opened, parsed, MAX_SEARCH_TEXT))
         return cache[0]
 
     return body

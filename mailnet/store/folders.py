@@ -683,6 +683,16 @@ class MaildirFolder:
     def openMessage(self, uid: int) -> Deferred:
         return self._account._run(self._index.openMessage, uid)
 
+    def openMessageBlocking(self, uid: int) -> IO[bytes]:
+        """
+        L{openMessage} for code already running in the thread pool (SEARCH
+        BODY reads each file there, in the same call that tests it, rather
+        than paying a thread round trip per message).  Blocking.
+
+        @raise MessageGone: the message is not there (any more).
+        """
+        return self._index.openMessage(uid)
+
     def close(self) -> None:
         self._refs -= 1
         if self._refs <= 0:
