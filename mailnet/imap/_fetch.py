@@ -417,6 +417,11 @@ def _readSmall(jobs: List[Tuple[Any, int, Optional[int], int, int]]) -> List[byt
     return [WireReader(f, start, end, skip, count).read(count) if count else b"" for f, start, end, skip, count in jobs]
 
 
+#: Responses are written in pieces of about this size (then the session
+#: waits until the transport wants more).
+WRITE_CHUNK = 64 * 1024
+
+
 def _literal(data: bytes) -> bytes:
     return b"{%d}\r\n%s" % (len(data), data)
 
@@ -459,7 +464,8 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                 session._write(b"".join(out))
                 out, outSize = [], 0
             await session.yieldToOthers()
-        batch = [u for u in uids[start : start + batchSize] if u in view.records]
+        getRecord = view.records.get
+        batch = [u for u in uids[start : start + batchSize] if getRecord(u) is not None]
         flagsChanged = set()
         if setsSeen:
             unseen = [u for u in batch if "\\Seen" not in view.records[u].flags]
@@ -474,9 +480,10 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                         flagsChanged.add(record.uid)
         parsedMap = await folder.parsed(batch) if needParsed else {}
         prepared: List[Tuple[int, int, List[Any]]] = []
+        streamed = False
         for uid in batch:
             seq = seqs.get(uid, 0) if seqs is not None else view.seqOf(uid)
-            record = view.records.get(uid)
+            record = getRecord(uid)
             if not seq or record is None:
                 continue
             parsed = parsedMap.get(uid)
@@ -498,7 +505,7 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                     pieces.append(b"MODSEQ (%d)" % (record.modSeq,))
                 elif name == "ENVELOPE":
                     assert parsed is not None
-                    pieces.append(b"ENVELOPE " + _render.envelope(parsed.envelope))
+                    pieces.append(b"ENVELOPE " + _render.messageEnvelope(parsed))
                 elif name in ("BODY", "BODYSTRUCTURE"):
                     assert parsed is not None
                     structure = _render.bodyStructure(parsed.root, name == "BODYSTRUCTURE", rev2=session.rev2)
@@ -509,6 +516,7 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                     if job is None:
                         raise UnknownEncoding()
                     pieces.append((item.label, job[0], job[1], -1 if name == "BINARY" else -2, job[2], item.section.partial))
+                    streamed = True
                 else:
                     assert item.section is not None
                     data = resolve(parsed, record, item.section)
@@ -519,6 +527,7 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                         storedStart, storedEnd, wireLength = data
                         skip, count = applyPartial(wireLength, item.section.partial)
                         pieces.append((item.label, storedStart, storedEnd, skip, count))
+                        streamed = True
             if uid in flagsChanged and not wantsFlags:
                 pieces.append(flagsOf(record))
             if uid in flagsChanged and session.condstore:
@@ -528,6 +537,19 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                 if not any(item.name == "MODSEQ" for item in items):
                     pieces.append(b"MODSEQ (%d)" % (record.modSeq,))
             prepared.append((uid, seq, pieces))
+        if not streamed:
+            # Everything is at hand (flags, dates, sizes, the index's
+            # parsed headers): the responses go out in large writes.
+            for uid, seq, pieces in prepared:
+                out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(pieces)))
+                outSize += len(out[-1])
+                if outSize >= WRITE_CHUNK:
+                    if session.view is not view or gate.stopped:
+                        return None
+                    session._write(b"".join(out))
+                    out, outSize = [], 0
+                    await gate.wait()
+            continue
         for first in range(0, len(prepared), 64):
             if session.view is not view or gate.stopped:
                 return None
