@@ -540,7 +540,7 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
         if not streamed:
             # Everything is at hand (flags, dates, sizes, the index's
             # parsed headers): the responses go out in large writes.
-            for uid, seq, pieces in prepared:
+            for _, seq, pieces in prepared:
                 out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(pieces)))
                 outSize += len(out[-1])
                 if outSize >= WRITE_CHUNK:
