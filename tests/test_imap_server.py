@@ -205,6 +205,26 @@ class GreetingTests(IMAPTestCase):
         server, transport = self.connect()
         self.assertEqual(transport.value(), b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n")
 
+    def test_refusalLine(self) -> None:
+        """
+        What mailnet.limits.LimitingFactory sends to a connection it
+        refuses: an untagged BYE with UNAVAILABLE, saying why.
+        """
+        self.assertEqual(self.factory.refusalLine(True), b"* BYE [UNAVAILABLE] Too many connections from your address\r\n")
+        self.assertEqual(self.factory.refusalLine(False), b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n")
+
+    def test_refusedByLimiter(self) -> None:
+        """Behind the connection limiter, a client over its limit gets the IMAP refusal line."""
+        from mailnet.limits import ConnectionLimiter, LimitingFactory
+
+        limiting = LimitingFactory(ConnectionLimiter(maxConnections=100, maxPerClient=1), self.factory)
+        peer = IPv4Address("TCP", "192.0.2.9", 40001)
+        first = limiting.buildProtocol(peer)
+        first.makeConnection(StringTransport(peerAddress=peer))
+        transport = StringTransport(peerAddress=peer)
+        limiting.buildProtocol(peer).makeConnection(transport)
+        self.assertEqual(transport.value(), b"* BYE [UNAVAILABLE] Too many connections from your address\r\n")
+
     def test_literalTooBig(self) -> None:
         out = self.send(b"a LOGIN {100000}\r\n")
         self.assertEqual(out, b"a BAD [TOOBIG] Literal too large\r\n")

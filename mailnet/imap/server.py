@@ -2086,6 +2086,16 @@ class IMAPFactory(Factory):
         self.connections = 0
         self.sessions: Set[IMAPServer] = set()
 
+    def refusalLine(self, perClient: bool) -> bytes:
+        """
+        The answer to a connection that the connection limits refuse (see
+        L{mailnet.limits.LimitingFactory}): an untagged BYE instead of the
+        greeting (RFC 9051 §7.1.5), C{[UNAVAILABLE]} (RFC 5530).
+        """
+        if perClient:
+            return b"* BYE [UNAVAILABLE] Too many connections from your address\r\n"
+        return b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
+
     def buildProtocol(self, addr: Any) -> IMAPServer:  # type: ignore[override]
         return self.protocol(self, overloaded=self.connections >= self.limits.max_connections)
 
