@@ -787,6 +787,27 @@ class UpdateTests(IMAPTestCase):
         # Messages 1 and 2 are still recent for this session.
         self.assertEqual(self.send(b"a NOOP\r\n"), b"* 3 EXISTS\r\n* 3 RECENT\r\na OK NOOP completed\r\n")
 
+    def test_selectedFolderDeleted(self) -> None:
+        """
+        Another session deletes the selected folder: the next command
+        learns it with a BYE (as from Dovecot) and the connection closes;
+        nothing is logged as a failure.
+        """
+        self.send(b"c CREATE Work\r\nd SELECT Work\r\n")
+        self.assertIn(b"OK", self.second(b"e DELETE Work\r\n"))
+        out = self.send(b"f NOOP\r\n")
+        self.assertEqual(out, b"* BYE Selected mailbox was deleted, have to disconnect\r\n")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_selectedFolderDeletedWhileIdle(self) -> None:
+        """The same in IDLE, as soon as the store tells of the change."""
+        self.send(b"c CREATE Work\r\nd SELECT Work\r\ne IDLE\r\n")
+        self.transport.clear()
+        self.second(b"e DELETE Work\r\n")
+        self.assertIn(b"* BYE Selected mailbox was deleted, have to disconnect\r\n", self.transport.value())
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_otherStore(self) -> None:
         self.second(b"a STORE 1 +FLAGS.SILENT (\\Flagged)\r\n")
         self.assertEqual(self.send(b"b NOOP\r\n"), b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent))\r\nb OK NOOP completed\r\n")

@@ -546,7 +546,7 @@ class IMAPServer(Protocol):
             # would renumber (§7.5.1), and only once per command.
             d = ensureDeferred(self._refresh(expunges=name not in _NO_EXPUNGES))
             d.addErrback(lambda f: log.failure("IMAP refresh for {peer} failed", f, peer=self.peer))
-            d.addCallback(lambda _: self._sendTagged(tag, b"OK", text))
+            d.addCallback(lambda _: None if self._closing else self._sendTagged(tag, b"OK", text))
             return d
         self._sendTagged(tag, b"OK", text)
         return None
@@ -919,7 +919,11 @@ class IMAPServer(Protocol):
         if view is None:
             return
         view.dirty = False
-        state = await view.folder.sync()
+        try:
+            state = await view.folder.sync()
+        except NoSuchFolder:
+            self._selectedFolderDeleted(view)
+            return
         if state is view.records.state and not view.records.extra and not view.gone:
             return  # the same state object: nothing changed
         recent: FrozenSet[int] = frozenset()
@@ -982,6 +986,18 @@ class IMAPServer(Protocol):
         view.uidNext = state.uidNext
         if lines:
             self._write(b"\r\n".join(lines) + b"\r\n")
+
+    def _selectedFolderDeleted(self, view: SelectedView) -> None:
+        """
+        Another session deleted (or renamed away) the selected folder: there
+        is nothing left to number, so say BYE and close, as Dovecot does
+        (RFC 9051 §7.1.5); the command under way gets no tagged reply.
+        """
+        if self.view is not view or self._closing:
+            return
+        log.info("IMAP session of {peer}: the selected folder was deleted; disconnecting", peer=self.peer)
+        self._send(b"* BYE Selected mailbox was deleted, have to disconnect")
+        self._close()
 
     def yieldToOthers(self) -> Deferred:
         """
