@@ -203,6 +203,27 @@ def applyPartial(wireLength: int, partial: Optional[Tuple[int, int]]) -> Tuple[i
     return origin, min(count, wireLength - origin)
 
 
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def toWire(data: bytes, afterCR: bool = False) -> bytes:
+    """
+    Stored octets as wire octets: each LF not preceded by a CR becomes
+    CRLF; a CRLF already stored (files other programs wrote) stays as it
+    is, as mime's wire offsets and the store's wire sizes count it.
+
+    @param afterCR: the octet before C{data} (the previous chunk's last)
+        was a CR, so a leading LF completes a CRLF.
+    """
+    if b"\r" in data:
+        wire = _BARE_LF.sub(b"\r\n", data)
+    else:
+        wire = data.replace(b"\n", b"\r\n")
+    if afterCR and data[:1] == b"\n":
+        wire = wire[1:]
+    return wire
+
+
 class WireReader:
     """
     Reads a stored range of a message (LF line endings) as wire octets
@@ -220,6 +241,7 @@ class WireReader:
         self._skip = skip
         self.remaining = count
         self._started = False
+        self._afterCR = False
 
     def read(self, size: int = CHUNK_SIZE) -> bytes:
         """
@@ -240,7 +262,8 @@ class WireReader:
                 break
             self._position += len(data)
             # RFC 9051 §4.3: no NUL in a literal (BINARY sends those).
-            wire = data.replace(b"\n", b"\r\n").replace(b"\0", b" ")
+            wire = toWire(data, self._afterCR).replace(b"\0", b" ")
+            self._afterCR = data[-1:] == b"\r"
             if self._skip:
                 if self._skip >= len(wire):
                     self._skip -= len(wire)
@@ -400,7 +423,7 @@ def _decodeParts(jobs: List[Tuple[Any, int, Optional[int], str]]) -> List[bytes]
         elif encoding == "binary":
             data = raw  # as stored: octets, not lines
         else:
-            data = raw.replace(b"\n", b"\r\n")
+            data = toWire(raw)
         out.append(data)
     return out
 
