@@ -911,6 +911,41 @@ class LargeFolderTests(IMAPTestCase):
         self.assertTrue(out.endswith(b"* 5000 FETCH (UID 5000)\r\na OK FETCH completed\r\n"), out[-100:])
 
 
+    def test_fetchFlagsFastPath(self) -> None:
+        """
+        FETCH of FLAGS (with or without UID, in either order) of many
+        messages: the same responses as the general FETCH gives, batches
+        with reactor turns between them included.
+        """
+        for i in range(5000):
+            self.account.deliver(b"Subject: x\n\nx\n")
+        self.select()
+        self.send(b"s STORE 2:4999 +FLAGS.SILENT (\\Seen $Work)\r\n")
+
+        def run(command: bytes) -> List[bytes]:
+            out = self.send(command)
+            self.transport.clear()
+            while b"a OK" not in out:
+                self.clock.advance(0)
+                out += self.transport.value()
+                self.transport.clear()
+            return out.split(b"\r\n")
+
+        general = run(b"a FETCH 1:* (FLAGS UID INTERNALDATE)\r\n")
+        flagsUid = run(b"a FETCH 1:* (FLAGS UID)\r\n")
+        uidFlags = run(b"a UID FETCH 1:* FLAGS\r\n")
+        flagsOnly = run(b"a FETCH 1:* FLAGS\r\n")
+        self.assertEqual(len(flagsOnly), 5002)
+        self.assertEqual(flagsOnly[1], b"* 2 FETCH (FLAGS (\\Seen $Work \\Recent))")
+        for i in (0, 1, 4998, 4999):
+            line = general[i]
+            self.assertTrue(line.startswith(b"* %d FETCH (FLAGS (" % (i + 1,)), line)
+            flags = line[line.index(b"FLAGS") : line.index(b")") + 1]
+            self.assertEqual(flagsUid[i], b"* %d FETCH (%s UID %d)" % (i + 1, flags, i + 1))
+            self.assertEqual(uidFlags[i], b"* %d FETCH (UID %d %s)" % (i + 1, i + 1, flags))
+            self.assertEqual(flagsOnly[i], b"* %d FETCH (%s)" % (i + 1, flags))
+
+
 class SearchTests(IMAPTestCase):
     def setUp(self) -> None:
         super().setUp()

@@ -8,7 +8,7 @@ streamed in wire form (CRLF).
 import calendar
 import re
 import time
-from typing import IO, Any, Dict, List, Optional, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
 import attr
 from twisted.internet.defer import gatherResults
@@ -477,6 +477,11 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
             item = flagCache[key] = session.flagsItem(record)
         return item
 
+    names = [item.name for item in items]
+    if names in (["UID", "FLAGS"], ["FLAGS", "UID"], ["FLAGS"]) and not setsSeen:
+        # A client's flag resync (UID FETCH 1:* (FLAGS)), the most
+        # frequent large FETCH: one formatting per message.
+        return await _fetchFlags(session, view, uids, names, flagsOf, gate)
     batchSize = 1024 if needParsed else 4096
     for start in range(0, len(uids), batchSize):
         if session.view is not view or gate.stopped:
@@ -657,4 +662,52 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
         session._write(b"".join(out))
     if gone:
         return "[EXPUNGEISSUED] Some messages were expunged meanwhile"
+    return None
+
+
+async def _fetchFlags(session: Any, view: Any, uids: List[int], names: List[str], flagsOf: Callable[[Any], bytes], gate: Any) -> Optional[str]:
+    """L{runFetch} of C{UID} and C{FLAGS} only."""
+    records = view.records
+    shared = view.uids is records.uids and not records.extra
+    messages = records.state.messages
+    seqs = {u: i for i, u in enumerate(view.uids, 1)} if len(uids) > 64 else None
+    if names == ["FLAGS"]:
+        template = b"* %d FETCH (%s)\r\n"
+    elif names[0] == "UID":
+        template = b"* %d FETCH (UID %d %s)\r\n"
+    else:
+        template = b"* %d FETCH (%s UID %d)\r\n"
+    out: List[bytes] = []
+    for start in range(0, len(uids), 4096):
+        if session.view is not view or gate.stopped:
+            return None
+        if start:
+            await session.yieldToOthers()
+            if session.view is not view or gate.stopped or records is not view.records:
+                # The view changed meanwhile: the general way, for the rest.
+                return await runFetch(session, view, uids[start:], [FetchItem(n) for n in names], gate)
+        for uid in uids[start : start + 4096]:
+            seq = seqs.get(uid, 0) if seqs is not None else view.seqOf(uid)
+            if not seq:
+                continue
+            record = messages[seq - 1] if shared else records.get(uid)
+            if record is None:
+                continue
+            if names == ["FLAGS"]:
+                out.append(template % (seq, flagsOf(record)))
+            elif names[0] == "UID":
+                out.append(template % (seq, uid, flagsOf(record)))
+            else:
+                out.append(template % (seq, flagsOf(record), uid))
+            if len(out) >= 1024:
+                session._write(b"".join(out))
+                out = []
+                await gate.wait()
+                if session.view is not view or gate.stopped:
+                    return None
+                if records is not view.records:
+                    session._write(b"".join(out))
+                    return await runFetch(session, view, [u for u in uids if u > uid], [FetchItem(n) for n in names], gate)
+    if out:
+        session._write(b"".join(out))
     return None
