@@ -917,7 +917,7 @@ class LargeFolderTests(IMAPTestCase):
         messages: the same responses as the general FETCH gives, batches
         with reactor turns between them included.
         """
-        for i in range(5000):
+        for _ in range(5000):
             self.account.deliver(b"Subject: x\n\nx\n")
         self.select()
         self.send(b"s STORE 2:4999 +FLAGS.SILENT (\\Seen $Work)\r\n")
