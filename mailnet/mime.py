@@ -146,6 +146,11 @@ class ParsedMessage:
         @return: whether L{header} is the whole header block (and not only
             the first L{MAX_HEADER} octets of a longer one).
         """
+        if 0 < len(self.header) < MAX_HEADER:
+            # A cut header is MAX_HEADER octets long (an enclosed message's,
+            # past the budget, empty): no need to load the root part (the
+            # index loads it lazily) to know.
+            return True
         return len(self.header) == self.root.wireBodyStart - self.root.wireHeaderStart
 
     def toBytes(self) -> bytes:

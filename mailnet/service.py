@@ -209,7 +209,7 @@ class MailService(service.MultiService):
         )
         # IMAP accounts, shared by a user's sessions; the directory watcher
         # (inotify, else polling) is added at start (see startService).
-        self.imapAccounts = AccountRegistry(self.mailStore, run, hostname=config.hostname)
+        self.imapAccounts = AccountRegistry(self.mailStore, run, hostname=config.hostname, clock=reactor)
         portal = makePortal(self.accounts, self.mailStore, ThreadRunner(reactor, self.hashPool), accounts=self.imapAccounts)
         limits = config.limits
         self.authenticator = Authenticator(
@@ -338,6 +338,7 @@ class MailService(service.MultiService):
 
     def stopService(self) -> Deferred:
         stopped = service.MultiService.stopService(self)
+        self.imapAccounts.closeIdle()
         watcher, self.imapAccounts.watcher = self.imapAccounts.watcher, None
         if watcher is not None and hasattr(watcher, "close"):
             watcher.close()

@@ -10,6 +10,7 @@ from zope.interface.verify import verifyObject
 
 from mailnet.errors import BadFolderName, CannotDeleteFolder, FolderExists, MessageGone, NoSuchFolder
 from mailnet.interfaces import IFolder, IMailAccount, IMessageReceiver
+from mailnet.store import folders
 from mailnet.store.folders import AccountRegistry, LineEndings, applyFlags, normalizeFlags, normalizeName
 from mailnet.store.maildir import MaildirStore, runSynchronously
 from mailnet.store.records import FolderInfo
@@ -519,3 +520,44 @@ class ModSeqTests(SynchronousTestCase):
         account = registry.open("alice@example.test")
         self.addCleanup(registry.release, account)
         return account
+
+
+class LingerTests(SynchronousTestCase):
+    """
+    An account whose last user is done stays open LINGER seconds (at most
+    MAX_LINGERING of them), so that a client connecting again soon finds
+    its folders in memory; closeIdle closes them at once (server stop).
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.registry = AccountRegistry(MaildirStore(self.mktemp(), runSynchronously, "mx.example.test"), runSynchronously, clock=self.clock)
+
+    def test_reusedWithinLinger(self) -> None:
+        account = self.registry.open("alice@example.test")
+        self.registry.release(account)
+        self.assertEqual(self.registry.active(), ["alice@example.test"])
+        self.clock.advance(folders.LINGER - 1)
+        self.assertIs(self.registry.open("alice@example.test"), account)
+        self.clock.advance(10 * folders.LINGER)
+        self.assertEqual(self.registry.active(), ["alice@example.test"])
+        self.registry.release(account)
+        self.clock.advance(folders.LINGER)
+        self.assertEqual(self.registry.active(), [])
+        self.assertIsNot(self.registry.open("alice@example.test"), account)
+
+    def test_bounded(self) -> None:
+        self.patch(folders, "MAX_LINGERING", 1)
+        for name in ("a", "b"):
+            self.registry.release(self.registry.open(name + "@example.test"))
+        self.assertEqual(self.registry.active(), ["a@example.test"])
+
+    def test_closeIdle(self) -> None:
+        self.registry.release(self.registry.open("a@example.test"))
+        self.registry.closeIdle()
+        self.assertEqual(self.registry.active(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.registry.release(self.registry.open("b@example.test"))
+        self.assertEqual(self.registry.active(), [])

@@ -115,6 +115,48 @@ class WireReaderTests(SynchronousTestCase):
         self.assertEqual(data, self.wire + b"     ")
 
 
+class StoredCRLFTests(WireReaderTests):
+    """
+    Files other programs wrote with CRLF line endings (imported Maildirs),
+    or with both kinds: a stored CRLF is sent as it is (not CR CR LF), as
+    mime's wire offsets and the store's wire sizes count it, whatever the
+    chunking (a CR at the end of one read, its LF at the start of the next).
+    """
+
+    stored = b"Subject: x\r\nX-Mixed: y\n\r\nline one\r\nline two\nbare\rCR\r\n"
+    wire = b"Subject: x\r\nX-Mixed: y\r\n\r\nline one\r\nline two\r\nbare\rCR\r\n"
+
+    def test_everyChunking(self) -> None:
+        for size in range(1, 12):
+            self.assertEqual(self.read(0, None, 0, len(self.wire), size=size), self.wire, size)
+
+    def test_range(self) -> None:
+        body = self.stored.index(b"\n\r\n") + 3
+        self.assertEqual(self.read(body, len(self.stored), 0, 29), b"line one\r\nline two\r\nbare\rCR\r\n")
+
+    def test_matchesParser(self) -> None:
+        """The wire length mime counts is what the reader gives."""
+        from mailnet import mime
+
+        parsed = mime.parseBytes(self.stored)
+        self.assertEqual(parsed.root.wireEnd - parsed.root.wireHeaderStart, len(self.wire))
+        self.assertEqual(self.read(parsed.root.storedBodyStart, parsed.root.storedEnd, 0, parsed.root.wireEnd - parsed.root.wireBodyStart, size=5),
+                         self.wire[self.wire.index(b"line one"):])
+
+    def test_toWire(self) -> None:
+        from mailnet.imap._fetch import toWire
+
+        self.assertEqual(toWire(b"a\r\nb\nc"), b"a\r\nb\r\nc")
+        self.assertEqual(toWire(b"\nb\n", afterCR=True), b"\nb\r\n")
+        self.assertEqual(toWire(b"\nb\n", afterCR=False), b"\r\nb\r\n")
+
+    def test_binarySection(self) -> None:
+        """BINARY of a 7bit part stored with CRLF: the same rule."""
+        from mailnet.imap._fetch import _decodeParts
+
+        self.assertEqual(_decodeParts([(io.BytesIO(b"a\r\nb\n"), 0, None, "7bit")]), [b"a\r\nb\r\n"])
+
+
 class NulTests(SynchronousTestCase):
     def test_nulAsSpace(self) -> None:
         """RFC 9051 §4.3: a literal holds no NUL; BODY sends it as a space."""

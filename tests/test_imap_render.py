@@ -524,3 +524,29 @@ class HostileHeaderTests(SynchronousTestCase):
             mime._parseLanguage(value)
         search.sentDay(b"1" + b" " * n + b"x")
         self.assertLess(time.perf_counter() - started, 10)
+
+
+class EnvelopeMemoTests(SynchronousTestCase):
+    def test_renderedOnce(self) -> None:
+        """
+        messageEnvelope renders a parsed message's ENVELOPE once and keeps
+        it with the message (the store keeps parsed messages in memory);
+        the message still serialises and compares as before.
+        """
+        parsed = mime.parseBytes(b"From: A <a@x.test>\nTo: b@x.test, C <c@y.test>\nSubject: hi\n\nbody\n")
+        calls: List[mime.Envelope] = []
+        real = _render.envelope
+        self.patch(_render, "envelope", lambda env: calls.append(env) or real(env))
+        first = _render.messageEnvelope(parsed)
+        self.assertEqual(first, real(parsed.envelope))
+        self.assertIs(_render.messageEnvelope(parsed), first)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(mime.ParsedMessage.fromBytes(parsed.toBytes()), parsed)
+
+    def test_addressListCacheIsPerValue(self) -> None:
+        """Short address fields are rendered through a cache: each value still gets its own rendering."""
+        self.assertEqual(_render.addressList(b"a@x.test"), b'((NIL NIL "a" "x.test"))')
+        self.assertEqual(_render.addressList(b"b@x.test"), b'((NIL NIL "b" "x.test"))')
+        self.assertEqual(_render.addressList(b"a@x.test"), b'((NIL NIL "a" "x.test"))')
+        long = b", ".join(b"u%d@x.test" % i for i in range(40))
+        self.assertEqual(_render.addressList(long).count(b"(NIL NIL"), 40)

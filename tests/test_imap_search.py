@@ -488,3 +488,53 @@ class DecodingTests(SynchronousTestCase):
         self.assertIsNone(search.sentDay(b"yesterday"))
         self.assertIsNone(search.sentDay(None))
 
+
+
+class DecodedFieldMemoTests(SynchronousTestCase):
+    def test_decodedOnce(self) -> None:
+        """
+        An envelope field a search decoded is kept with the parsed message
+        (which the store keeps in memory): the next search of the folder
+        decodes nothing, and still matches as the first did.
+        """
+        box = Mailbox([{"data": composed("Grüße aus Köln", "text\n")}, {"data": composed("Invoice 42", "text\n")}])
+        calls = []
+        real = search.decodeHeader
+
+        def counting(value: bytes) -> str:
+            calls.append(value)
+            return real(value)
+
+        self.patch(search, "decodeHeader", counting)
+        self.assertEqual(box.search(b"SUBJECT k\xc3\xb6ln"), [1])
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(box.search(b"SUBJECT GR\xc3\x9c\xc3\x9fE"), [1])
+        self.assertEqual(box.search(b"SUBJECT invoice"), [2])
+        self.assertEqual(len(calls), 2)
+
+
+class BodyFastPathTests(SynchronousTestCase):
+    """
+    BODY and TEXT look for a needle without white space in the case-folded
+    text, without folding white space: the same answers as on the folded
+    text.
+    """
+
+    def box(self, body: str) -> Mailbox:
+        return Mailbox([{"data": composed("s", body)}])
+
+    def test_ascii(self) -> None:
+        box = self.box("Hello   World\n\tagain FOO\n")
+        self.assertEqual(box.search(b"BODY world"), [1])
+        self.assertEqual(box.search(b"BODY WORLD"), [1])
+        self.assertEqual(box.search(b'BODY "hello world"'), [1])
+        self.assertEqual(box.search(b'BODY "world again foo"'), [1])
+        self.assertEqual(box.search(b"BODY helloworld"), [])
+        self.assertEqual(box.search(b'TEXT "again foo"'), [1])
+
+    def test_nonAscii(self) -> None:
+        box = self.box("Straße   in KÖLN\n")
+        self.assertEqual(box.search(b"BODY STRASSE"), [1])
+        self.assertEqual(box.search(b"BODY k\xc3\xb6ln"), [1])
+        self.assertEqual(box.search(b'BODY "strasse in"'), [1])
+        self.assertEqual(box.search(b"BODY strassein"), [])

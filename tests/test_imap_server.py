@@ -205,6 +205,26 @@ class GreetingTests(IMAPTestCase):
         server, transport = self.connect()
         self.assertEqual(transport.value(), b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n")
 
+    def test_refusalLine(self) -> None:
+        """
+        What mailnet.limits.LimitingFactory sends to a connection it
+        refuses: an untagged BYE with UNAVAILABLE, saying why.
+        """
+        self.assertEqual(self.factory.refusalLine(True), b"* BYE [UNAVAILABLE] Too many connections from your address\r\n")
+        self.assertEqual(self.factory.refusalLine(False), b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n")
+
+    def test_refusedByLimiter(self) -> None:
+        """Behind the connection limiter, a client over its limit gets the IMAP refusal line."""
+        from mailnet.limits import ConnectionLimiter, LimitingFactory
+
+        limiting = LimitingFactory(ConnectionLimiter(maxConnections=100, maxPerClient=1), self.factory)
+        peer = IPv4Address("TCP", "192.0.2.9", 40001)
+        first = limiting.buildProtocol(peer)
+        first.makeConnection(StringTransport(peerAddress=peer))
+        transport = StringTransport(peerAddress=peer)
+        limiting.buildProtocol(peer).makeConnection(transport)
+        self.assertEqual(transport.value(), b"* BYE [UNAVAILABLE] Too many connections from your address\r\n")
+
     def test_literalTooBig(self) -> None:
         out = self.send(b"a LOGIN {100000}\r\n")
         self.assertEqual(out, b"a BAD [TOOBIG] Literal too large\r\n")
@@ -767,6 +787,27 @@ class UpdateTests(IMAPTestCase):
         # Messages 1 and 2 are still recent for this session.
         self.assertEqual(self.send(b"a NOOP\r\n"), b"* 3 EXISTS\r\n* 3 RECENT\r\na OK NOOP completed\r\n")
 
+    def test_selectedFolderDeleted(self) -> None:
+        """
+        Another session deletes the selected folder: the next command
+        learns it with a BYE (as from Dovecot) and the connection closes;
+        nothing is logged as a failure.
+        """
+        self.send(b"c CREATE Work\r\nd SELECT Work\r\n")
+        self.assertIn(b"OK", self.second(b"e DELETE Work\r\n"))
+        out = self.send(b"f NOOP\r\n")
+        self.assertEqual(out, b"* BYE Selected mailbox was deleted, have to disconnect\r\n")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_selectedFolderDeletedWhileIdle(self) -> None:
+        """The same in IDLE, as soon as the store tells of the change."""
+        self.send(b"c CREATE Work\r\nd SELECT Work\r\ne IDLE\r\n")
+        self.transport.clear()
+        self.second(b"e DELETE Work\r\n")
+        self.assertIn(b"* BYE Selected mailbox was deleted, have to disconnect\r\n", self.transport.value())
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_otherStore(self) -> None:
         self.second(b"a STORE 1 +FLAGS.SILENT (\\Flagged)\r\n")
         self.assertEqual(self.send(b"b NOOP\r\n"), b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent))\r\nb OK NOOP completed\r\n")
@@ -870,6 +911,41 @@ class LargeFolderTests(IMAPTestCase):
         self.assertTrue(out.endswith(b"* 5000 FETCH (UID 5000)\r\na OK FETCH completed\r\n"), out[-100:])
 
 
+    def test_fetchFlagsFastPath(self) -> None:
+        """
+        FETCH of FLAGS (with or without UID, in either order) of many
+        messages: the same responses as the general FETCH gives, batches
+        with reactor turns between them included.
+        """
+        for _ in range(5000):
+            self.account.deliver(b"Subject: x\n\nx\n")
+        self.select()
+        self.send(b"s STORE 2:4999 +FLAGS.SILENT (\\Seen $Work)\r\n")
+
+        def run(command: bytes) -> List[bytes]:
+            out = self.send(command)
+            self.transport.clear()
+            while b"a OK" not in out:
+                self.clock.advance(0)
+                out += self.transport.value()
+                self.transport.clear()
+            return out.split(b"\r\n")
+
+        general = run(b"a FETCH 1:* (FLAGS UID INTERNALDATE)\r\n")
+        flagsUid = run(b"a FETCH 1:* (FLAGS UID)\r\n")
+        uidFlags = run(b"a UID FETCH 1:* FLAGS\r\n")
+        flagsOnly = run(b"a FETCH 1:* FLAGS\r\n")
+        self.assertEqual(len(flagsOnly), 5002)
+        self.assertEqual(flagsOnly[1], b"* 2 FETCH (FLAGS (\\Seen $Work \\Recent))")
+        for i in (0, 1, 4998, 4999):
+            line = general[i]
+            self.assertTrue(line.startswith(b"* %d FETCH (FLAGS (" % (i + 1,)), line)
+            flags = line[line.index(b"FLAGS") : line.index(b")") + 1]
+            self.assertEqual(flagsUid[i], b"* %d FETCH (%s UID %d)" % (i + 1, flags, i + 1))
+            self.assertEqual(uidFlags[i], b"* %d FETCH (UID %d %s)" % (i + 1, i + 1, flags))
+            self.assertEqual(flagsOnly[i], b"* %d FETCH (%s)" % (i + 1, flags))
+
+
 class SearchTests(IMAPTestCase):
     def setUp(self) -> None:
         super().setUp()
@@ -957,3 +1033,45 @@ class BinaryTests(IMAPTestCase):
 
     def test_onlyPartNumbers(self) -> None:
         self.assertEqual(self.send(b"a FETCH 1 BINARY[1.MIME]\r\n"), b"a BAD BINARY takes part numbers only\r\n")
+
+
+class SearchBodyReaderTests(SynchronousTestCase):
+    """
+    SEARCH BODY on a store that opens files in the searching thread
+    (C{openMessageBlocking}): each file is opened when a key needs its
+    text, read and closed at once; a message gone meanwhile has no text.
+    """
+
+    def setUp(self) -> None:
+        from mailnet import mime
+
+        self.parsed = mime.parseBytes(b"Subject: x\n\nneedle in the body\n")
+
+    def test_readAndClosed(self) -> None:
+        import io
+
+        from mailnet.imap import search
+        from mailnet.imap.server import _bodyGetter
+
+        opened: List[io.BytesIO] = []
+
+        def opener() -> io.BytesIO:
+            opened.append(io.BytesIO(b"Subject: x\n\nneedle in the body\n"))
+            return opened[-1]
+
+        body = _bodyGetter(search, None, self.parsed, opener)
+        self.assertEqual(opened, [])
+        self.assertIn("needle in the body", body())
+        self.assertIn("needle in the body", body())
+        self.assertEqual(len(opened), 1)
+        self.assertTrue(opened[0].closed)
+
+    def test_gone(self) -> None:
+        from mailnet.errors import MessageGone
+        from mailnet.imap import search
+        from mailnet.imap.server import _bodyGetter
+
+        def opener():
+            raise MessageGone(uid="1")
+
+        self.assertEqual(_bodyGetter(search, None, self.parsed, opener)(), "")

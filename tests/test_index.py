@@ -18,6 +18,7 @@ from zope.interface.verify import verifyObject
 from mailnet.cred import MailRealm, makePortal
 from mailnet.errors import MailboxInUse, NoSuchFolder
 from mailnet.interfaces import IMailAccount, IMailbox
+from mailnet.store import index
 from mailnet.store.folders import AccountRegistry, readSubscriptions
 from mailnet.store.index import INDEX_NAME, UIDLIST_IMPORTED, readUidList, wireSizeOfFile
 from mailnet.store.maildir import Maildir, MaildirStore, runSynchronously
@@ -404,6 +405,36 @@ class IndexTests(DiskTestsMixin, SynchronousTestCase):
         self.result(folder.copy([1], "Sent"))
         self.assertEqual(self.result(self.open("Sent").parsed([1]))[1].data, first.data)
         self.assertEqual(len(self.parses), 1)
+
+    def test_parsedInMemory(self) -> None:
+        """
+        Parsed messages read once are kept in memory (the same objects, no
+        database read, no load); at most PARSED_CACHE per folder, the
+        oldest leaving first; an expunged message's entry goes with it.
+        """
+        self.patch(index, "PARSED_CACHE", 2)
+        for _ in range(3):
+            self.deliver()
+        folder = self.open()
+        self.result(folder.sync())
+        loads = []
+        self.account._load = lambda data: loads.append(data) or Parsed.fromBytes(data)
+        first = self.result(folder.parsed([1, 2, 3]))
+        self.assertEqual(list(first), [1, 2, 3])
+        self.assertEqual(len(self.parses), 3)
+        again = self.result(folder.parsed([3, 2]))
+        self.assertEqual(list(again), [3, 2])
+        self.assertIs(again[2], first[2])
+        self.assertIs(again[3], first[3])
+        self.assertEqual(loads, [])
+        # Message 1 left the cache (the oldest): loaded from the database.
+        self.assertIsNot(self.result(folder.parsed([1]))[1], first[1])
+        self.assertEqual(len(loads), 1)
+        self.assertEqual(len(self.parses), 3)
+        self.result(folder.setFlags([1], {"\\Deleted"}, "+"))
+        self.result(folder.expunge())
+        self.assertEqual(self.result(folder.parsed([1])), {})
+        self.assertNotIn(1, folder._index._parsed)
 
     def test_appendParsedAtOnce(self) -> None:
         """An APPENDed message is parsed while it is stored: its first FETCH ENVELOPE reads the index only."""

@@ -8,7 +8,7 @@ streamed in wire form (CRLF).
 import calendar
 import re
 import time
-from typing import IO, Any, Dict, List, Optional, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
 import attr
 from twisted.internet.defer import gatherResults
@@ -203,6 +203,27 @@ def applyPartial(wireLength: int, partial: Optional[Tuple[int, int]]) -> Tuple[i
     return origin, min(count, wireLength - origin)
 
 
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def toWire(data: bytes, afterCR: bool = False) -> bytes:
+    """
+    Stored octets as wire octets: each LF not preceded by a CR becomes
+    CRLF; a CRLF already stored (files other programs wrote) stays as it
+    is, as mime's wire offsets and the store's wire sizes count it.
+
+    @param afterCR: the octet before C{data} (the previous chunk's last)
+        was a CR, so a leading LF completes a CRLF.
+    """
+    if b"\r" in data:
+        wire = _BARE_LF.sub(b"\r\n", data)
+    else:
+        wire = data.replace(b"\n", b"\r\n")
+    if afterCR and data[:1] == b"\n":
+        wire = wire[1:]
+    return wire
+
+
 class WireReader:
     """
     Reads a stored range of a message (LF line endings) as wire octets
@@ -220,6 +241,7 @@ class WireReader:
         self._skip = skip
         self.remaining = count
         self._started = False
+        self._afterCR = False
 
     def read(self, size: int = CHUNK_SIZE) -> bytes:
         """
@@ -240,7 +262,8 @@ class WireReader:
                 break
             self._position += len(data)
             # RFC 9051 §4.3: no NUL in a literal (BINARY sends those).
-            wire = data.replace(b"\n", b"\r\n").replace(b"\0", b" ")
+            wire = toWire(data, self._afterCR).replace(b"\0", b" ")
+            self._afterCR = data[-1:] == b"\r"
             if self._skip:
                 if self._skip >= len(wire):
                     self._skip -= len(wire)
@@ -400,7 +423,7 @@ def _decodeParts(jobs: List[Tuple[Any, int, Optional[int], str]]) -> List[bytes]
         elif encoding == "binary":
             data = raw  # as stored: octets, not lines
         else:
-            data = raw.replace(b"\n", b"\r\n")
+            data = toWire(raw)
         out.append(data)
     return out
 
@@ -415,6 +438,11 @@ def _readSmall(jobs: List[Tuple[Any, int, Optional[int], int, int]]) -> List[byt
     skip, count)} each, in wire form.
     """
     return [WireReader(f, start, end, skip, count).read(count) if count else b"" for f, start, end, skip, count in jobs]
+
+
+#: Responses are written in pieces of about this size (then the session
+#: waits until the transport wants more).
+WRITE_CHUNK = 64 * 1024
 
 
 def _literal(data: bytes) -> bytes:
@@ -449,6 +477,11 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
             item = flagCache[key] = session.flagsItem(record)
         return item
 
+    names = [item.name for item in items]
+    if names in (["UID", "FLAGS"], ["FLAGS", "UID"], ["FLAGS"]) and not setsSeen:
+        # A client's flag resync (UID FETCH 1:* (FLAGS)), the most
+        # frequent large FETCH: one formatting per message.
+        return await _fetchFlags(session, view, uids, names, flagsOf, gate)
     batchSize = 1024 if needParsed else 4096
     for start in range(0, len(uids), batchSize):
         if session.view is not view or gate.stopped:
@@ -459,7 +492,8 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                 session._write(b"".join(out))
                 out, outSize = [], 0
             await session.yieldToOthers()
-        batch = [u for u in uids[start : start + batchSize] if u in view.records]
+        getRecord = view.records.get
+        batch = [u for u in uids[start : start + batchSize] if getRecord(u) is not None]
         flagsChanged = set()
         if setsSeen:
             unseen = [u for u in batch if "\\Seen" not in view.records[u].flags]
@@ -474,9 +508,10 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                         flagsChanged.add(record.uid)
         parsedMap = await folder.parsed(batch) if needParsed else {}
         prepared: List[Tuple[int, int, List[Any]]] = []
+        streamed = False
         for uid in batch:
             seq = seqs.get(uid, 0) if seqs is not None else view.seqOf(uid)
-            record = view.records.get(uid)
+            record = getRecord(uid)
             if not seq or record is None:
                 continue
             parsed = parsedMap.get(uid)
@@ -498,7 +533,7 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                     pieces.append(b"MODSEQ (%d)" % (record.modSeq,))
                 elif name == "ENVELOPE":
                     assert parsed is not None
-                    pieces.append(b"ENVELOPE " + _render.envelope(parsed.envelope))
+                    pieces.append(b"ENVELOPE " + _render.messageEnvelope(parsed))
                 elif name in ("BODY", "BODYSTRUCTURE"):
                     assert parsed is not None
                     structure = _render.bodyStructure(parsed.root, name == "BODYSTRUCTURE", rev2=session.rev2)
@@ -509,6 +544,7 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                     if job is None:
                         raise UnknownEncoding()
                     pieces.append((item.label, job[0], job[1], -1 if name == "BINARY" else -2, job[2], item.section.partial))
+                    streamed = True
                 else:
                     assert item.section is not None
                     data = resolve(parsed, record, item.section)
@@ -519,6 +555,7 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                         storedStart, storedEnd, wireLength = data
                         skip, count = applyPartial(wireLength, item.section.partial)
                         pieces.append((item.label, storedStart, storedEnd, skip, count))
+                        streamed = True
             if uid in flagsChanged and not wantsFlags:
                 pieces.append(flagsOf(record))
             if uid in flagsChanged and session.condstore:
@@ -528,6 +565,19 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
                 if not any(item.name == "MODSEQ" for item in items):
                     pieces.append(b"MODSEQ (%d)" % (record.modSeq,))
             prepared.append((uid, seq, pieces))
+        if not streamed:
+            # Everything is at hand (flags, dates, sizes, the index's
+            # parsed headers): the responses go out in large writes.
+            for _, seq, pieces in prepared:
+                out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(pieces)))
+                outSize += len(out[-1])
+                if outSize >= WRITE_CHUNK:
+                    if session.view is not view or gate.stopped:
+                        return None
+                    session._write(b"".join(out))
+                    out, outSize = [], 0
+                    await gate.wait()
+            continue
         for first in range(0, len(prepared), 64):
             if session.view is not view or gate.stopped:
                 return None
@@ -612,4 +662,52 @@ async def runFetch(session: Any, view: Any, uids: List[int], items: List[FetchIt
         session._write(b"".join(out))
     if gone:
         return "[EXPUNGEISSUED] Some messages were expunged meanwhile"
+    return None
+
+
+async def _fetchFlags(session: Any, view: Any, uids: List[int], names: List[str], flagsOf: Callable[[Any], bytes], gate: Any) -> Optional[str]:
+    """L{runFetch} of C{UID} and C{FLAGS} only."""
+    records = view.records
+    shared = view.uids is records.uids and not records.extra
+    messages = records.state.messages
+    seqs = {u: i for i, u in enumerate(view.uids, 1)} if len(uids) > 64 else None
+    if names == ["FLAGS"]:
+        template = b"* %d FETCH (%s)\r\n"
+    elif names[0] == "UID":
+        template = b"* %d FETCH (UID %d %s)\r\n"
+    else:
+        template = b"* %d FETCH (%s UID %d)\r\n"
+    out: List[bytes] = []
+    for start in range(0, len(uids), 4096):
+        if session.view is not view or gate.stopped:
+            return None
+        if start:
+            await session.yieldToOthers()
+            if session.view is not view or gate.stopped or records is not view.records:
+                # The view changed meanwhile: the general way, for the rest.
+                return await runFetch(session, view, uids[start:], [FetchItem(n) for n in names], gate)
+        for uid in uids[start : start + 4096]:
+            seq = seqs.get(uid, 0) if seqs is not None else view.seqOf(uid)
+            if not seq:
+                continue
+            record = messages[seq - 1] if shared else records.get(uid)
+            if record is None:
+                continue
+            if names == ["FLAGS"]:
+                out.append(template % (seq, flagsOf(record)))
+            elif names[0] == "UID":
+                out.append(template % (seq, uid, flagsOf(record)))
+            else:
+                out.append(template % (seq, flagsOf(record), uid))
+            if len(out) >= 1024:
+                session._write(b"".join(out))
+                out = []
+                await gate.wait()
+                if session.view is not view or gate.stopped:
+                    return None
+                if records is not view.records:
+                    session._write(b"".join(out))
+                    return await runFetch(session, view, [u for u in uids if u > uid], [FetchItem(n) for n in names], gate)
+    if out:
+        session._write(b"".join(out))
     return None

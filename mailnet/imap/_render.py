@@ -14,6 +14,7 @@ becomes a space).  RFC 2047 encoded words in header fields
 are sent as they are (the client decodes them), as every server does.
 """
 
+import functools
 import re
 from typing import List, NamedTuple, Optional, Tuple, Union
 
@@ -300,6 +301,18 @@ def addressList(value: Optional[bytes]) -> bytes:
     """
     if value is None:
         return NIL
+    if len(value) <= 200:
+        # A folder's messages share a few senders and recipients.
+        return _shortAddressList(value)
+    return _addressList(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shortAddressList(value: bytes) -> bytes:
+    return _addressList(value)
+
+
+def _addressList(value: bytes) -> bytes:
     simple = _simpleAddressList(value)
     if simple is not None:
         return simple
@@ -307,6 +320,22 @@ def addressList(value: Optional[bytes]) -> bytes:
     if not addresses:
         return NIL
     return b"(" + b"".join(_renderAddress(a) for a in addresses) + b")"
+
+
+def messageEnvelope(parsed: mime.ParsedMessage) -> bytes:
+    """
+    @return: L{envelope} of a parsed message, kept with it: the store keeps
+        parsed messages in memory, so the next FETCH ENVELOPE of the
+        message (another session, a client's next sync) renders nothing.
+    """
+    try:
+        memo = parsed.__dict__
+    except AttributeError:
+        return envelope(parsed.envelope)
+    rendered = memo.get("_envelope")
+    if rendered is None:
+        rendered = memo["_envelope"] = envelope(parsed.envelope)
+    return rendered
 
 
 def envelope(env: mime.Envelope) -> bytes:

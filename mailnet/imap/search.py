@@ -37,6 +37,7 @@ string.
 import binascii
 import bisect
 import codecs
+import functools
 import html
 import quopri
 import re
@@ -81,8 +82,10 @@ _BETWEEN_WORDS = re.compile(rb"(\?=)\s+(=\?)")
 _REFUSED_CODECS = frozenset(["punycode", "idna", "undefined"])
 
 
-def _charsetDecode(data: bytes, charset: str) -> str:
-    charset = charset.split("*", 1)[0].strip().strip('"') or "us-ascii"
+@functools.lru_cache(maxsize=256)
+def _codecFor(label: str) -> str:
+    """@return: the codec a charset label is decoded with."""
+    charset = label.split("*", 1)[0].strip().strip('"') or "us-ascii"
     try:
         if codecs.lookup(charset).name in _REFUSED_CODECS:
             charset = "utf-8"
@@ -90,6 +93,11 @@ def _charsetDecode(data: bytes, charset: str) -> str:
         charset = "utf-8"
     if charset.lower().replace("-", "").replace("_", "") in ("usascii", "ascii"):
         charset = "utf-8"  # 8-bit octets labelled US-ASCII are most often UTF-8
+    return charset
+
+
+def _charsetDecode(data: bytes, charset: str) -> str:
+    charset = _codecFor(charset[:100])
     try:
         return data.decode(charset, "replace")
     except Exception:  # a codec that refuses "replace" or fails oddly
@@ -199,14 +207,16 @@ def bodyText(stored: BinaryIO, parsed: mime.ParsedMessage, limit: int) -> str:
 class _Message:
     """One message being tested, with what was decoded from it kept."""
 
-    __slots__ = ("ctx", "_fields", "_body", "_header", "_partHeaders")
+    __slots__ = ("ctx", "_fields", "_raw", "_body", "_header", "_partHeaders", "_lowered")
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self._fields: Optional[Dict[bytes, List[bytes]]] = None
+        self._raw: Optional[Tuple[str, str]] = None
         self._body: Optional[str] = None
-        self._partHeaders = ""
+        self._partHeaders: Optional[str] = None
         self._header: Optional[str] = None
+        self._lowered: Optional[str] = None
 
     def fields(self, name: bytes) -> List[bytes]:
         """The unfolded values of the top-level header fields C{name} (lower case)."""
@@ -226,18 +236,43 @@ class _Message:
             self._header = _fold(decodeHeader(parsed.header)) if parsed is not None else ""
         return self._header
 
+    def raw(self) -> Tuple[str, str]:
+        """The decoded text parts and the part headers, not folded."""
+        if self._raw is None:
+            body, _, headers = self.ctx.body().partition(HEADERS_FOLLOW)
+            self._raw = (body, headers)
+        return self._raw
+
     def body(self) -> str:
         """The decoded text parts, folded."""
         if self._body is None:
-            body, _, headers = self.ctx.body().partition(HEADERS_FOLLOW)
-            self._body = _fold(body)
-            self._partHeaders = _fold(headers)
+            self._body = _fold(self.raw()[0])
         return self._body
+
+    def bodyContains(self, needle: str) -> bool:
+        """
+        Whether the folded body text contains C{needle} (itself folded).  A
+        needle without white space is in the folded text exactly when it
+        is in the case-folded text (folding white space joins no word
+        with another), which skips splitting and joining the whole text;
+        ASCII text needs only C{lower()}.
+        """
+        if self._body is not None or _hasSpace(needle):
+            return needle in self.body()
+        if self._lowered is None:
+            text = self.raw()[0]
+            self._lowered = text.lower() if text.isascii() else text.casefold()
+        return needle in self._lowered
 
     def partHeaders(self) -> str:
         """The headers of parts and enclosed messages, decoded and folded."""
-        self.body()
+        if self._partHeaders is None:
+            self._partHeaders = _fold(self.raw()[1])
         return self._partHeaders
+
+
+def _hasSpace(text: str) -> bool:
+    return len(text.split(None, 1)) != 1 or text.strip() != text
 
 
 Test = Callable[[_Message], bool]
@@ -265,6 +300,22 @@ def normalisedAddresses(value: bytes) -> str:
     return ", ".join(out)
 
 
+def _foldedField(parsed: Any, attrName: str, value: bytes) -> str:
+    """
+    @return: C{_fold(decodeHeader(value))} for an envelope field of
+        C{parsed}, kept with it: the store keeps parsed messages in memory,
+        so the next search of the folder decodes nothing.
+    """
+    try:
+        memo = parsed.__dict__.setdefault("_searchFolded", {})
+    except AttributeError:
+        return _fold(decodeHeader(value))
+    text = memo.get(attrName)
+    if text is None:
+        text = memo[attrName] = _fold(decodeHeader(value))
+    return text
+
+
 def _fieldContains(name: bytes, needle: str) -> Test:
     attrName = _ENVELOPE_FIELD.get(name)
     if attrName is not None:
@@ -275,7 +326,7 @@ def _fieldContains(name: bytes, needle: str) -> Test:
             value = None if parsed is None else getattr(parsed.envelope, attrName)
             if value is None:
                 return False
-            if not needle or needle in _fold(decodeHeader(value)):
+            if not needle or needle in _foldedField(parsed, attrName, value):
                 return True
             # Written again, only a field with comments, quotes, routes or
             # the like can match where its text did not.
@@ -507,11 +558,11 @@ class _Compiler:
         if name == b"BODY":
             needle = self.text(arg())
             self.needs.add("body")
-            return (lambda m: needle in m.body()), i
+            return (lambda m: m.bodyContains(needle)), i
         if name == b"TEXT":
             needle = self.text(arg())
             self.needs.update(("headers", "body"))
-            return (lambda m: needle in m.header() or needle in m.body() or needle in m.partHeaders()), i
+            return (lambda m: needle in m.header() or m.bodyContains(needle) or needle in m.partHeaders()), i
         if name in _DAY_COMPARISONS:
             ref = _parseDate(arg())
             compare = _DAY_COMPARISONS[name]

@@ -546,7 +546,7 @@ class IMAPServer(Protocol):
             # would renumber (§7.5.1), and only once per command.
             d = ensureDeferred(self._refresh(expunges=name not in _NO_EXPUNGES))
             d.addErrback(lambda f: log.failure("IMAP refresh for {peer} failed", f, peer=self.peer))
-            d.addCallback(lambda _: self._sendTagged(tag, b"OK", text))
+            d.addCallback(lambda _: None if self._closing else self._sendTagged(tag, b"OK", text))
             return d
         self._sendTagged(tag, b"OK", text)
         return None
@@ -919,7 +919,11 @@ class IMAPServer(Protocol):
         if view is None:
             return
         view.dirty = False
-        state = await view.folder.sync()
+        try:
+            state = await view.folder.sync()
+        except NoSuchFolder:
+            self._selectedFolderDeleted(view)
+            return
         if state is view.records.state and not view.records.extra and not view.gone:
             return  # the same state object: nothing changed
         recent: FrozenSet[int] = frozenset()
@@ -982,6 +986,18 @@ class IMAPServer(Protocol):
         view.uidNext = state.uidNext
         if lines:
             self._write(b"\r\n".join(lines) + b"\r\n")
+
+    def _selectedFolderDeleted(self, view: SelectedView) -> None:
+        """
+        Another session deleted (or renamed away) the selected folder: there
+        is nothing left to number, so say BYE and close, as Dovecot does
+        (RFC 9051 §7.1.5); the command under way gets no tagged reply.
+        """
+        if self.view is not view or self._closing:
+            return
+        log.info("IMAP session of {peer}: the selected folder was deleted; disconnecting", peer=self.peer)
+        self._send(b"* BYE Selected mailbox was deleted, have to disconnect")
+        self._close()
 
     def yieldToOthers(self) -> Deferred:
         """
@@ -1643,8 +1659,11 @@ class IMAPServer(Protocol):
         maxUid = view.uids[-1] if view.uids else 0
         matched: List[int] = []
         highestModSeq = 0
-        # Fewer at once when files are opened (file descriptors).
-        batchSize = 64 if wantBody else BATCH
+        # A store that can open files in the thread that searches them (one
+        # at a time, when a key asks for the body) saves a thread round trip
+        # per message; otherwise fewer at once (file descriptors).
+        openBlocking = getattr(folder, "openMessageBlocking", None) if wantBody else None
+        batchSize = 64 if wantBody and openBlocking is None else BATCH // 4 if wantBody else BATCH
         for start in range(0, len(uids), batchSize):
             if self.view is not view:
                 return None
@@ -1653,22 +1672,33 @@ class IMAPServer(Protocol):
             batch = uids[start : start + batchSize]
             parsedMap = await folder.parsed(batch) if wantParsed else {}
             files: Dict[int, Any] = {}
-            if wantBody:
+            if wantBody and openBlocking is None:
                 # Opened together: one thread round trip each, not in turn.
                 opened = await gatherResults(
                     [folder.openMessage(u).addErrback(lambda f: f.trap(MessageGone) and None) for u in batch]
                 )
                 files = {u: f for u, f in zip(batch, opened) if f is not None}
             contexts = []
+            getRecord, seqOf, recent = view.records.get, view.seqOf, view.recent
+            saved = self.savedSearch or []
+            # \\Recent is shown in the flags only where a key may look.
+            addRecent = ("flags" in needs or not needs) and not self.rev2
             for u in batch:
-                record = view.records[u]
-                if u in view.recent and not self.rev2:
+                record = getRecord(u)
+                if record is None:
+                    continue
+                if addRecent and u in recent:
                     record = attr.evolve(record, flags=record.flags | {"\\Recent"})
                 parsed = parsedMap.get(u)
                 if wantParsed and parsed is None:
                     continue
-                body = _bodyGetter(search, files.get(u), parsed)
-                contexts.append(_SearchContext(view.seqOf(u), record, parsed, body, maxSeq, maxUid, self.savedSearch or []))
+                if not wantBody:
+                    body = _noBody
+                elif openBlocking is not None:
+                    body = _bodyGetter(search, None, parsed, lambda u=u: openBlocking(u))
+                else:
+                    body = _bodyGetter(search, files.get(u), parsed)
+                contexts.append(_SearchContext(seqOf(u), record, parsed, body, maxSeq, maxUid, saved))
 
             def matchAll(contexts: List[Any] = contexts) -> List[Any]:
                 return [c for c in contexts if criteria.matches(c)]
@@ -1771,19 +1801,35 @@ class _SearchContext:
 MAX_SEARCH_TEXT = 10 * 1024 * 1024
 
 
-def _bodyGetter(search: Any, f: Any, parsed: Any) -> Callable[[], str]:
+def _noBody() -> str:
+    return ""
+
+
+def _bodyGetter(search: Any, f: Any, parsed: Any, opener: Optional[Callable[[], Any]] = None) -> Callable[[], str]:
     """
-    @return: C{ctx.body} for one message: its decoded text, read from
-        C{f} once (called in a thread).
+    @return: C{ctx.body} for one message: its decoded text, read once (called
+        in a thread) from C{f}, or from the file C{opener} opens (blocking)
+        and closes again at once; a message gone meanwhile has no text.
     """
     cache: List[str] = []
 
     def body() -> str:
-        if f is None or parsed is None:
+        if parsed is None or (f is None and opener is None):
             return ""
         if not cache:
-            f.seek(0)
-            cache.append(search.bodyText(f, parsed, MAX_SEARCH_TEXT))
+            if f is not None:
+                f.seek(0)
+                cache.append(search.bodyText(f, parsed, MAX_SEARCH_TEXT))
+            else:
+                try:
+                    opened = opener()  # type: ignore[misc]
+                except MessageGone:
+                    opened = None
+                if opened is None:
+                    cache.append("")
+                else:
+                    with opened:
+                        cache.append(search.bodyText(opened, parsed, MAX_SEARCH_TEXT))
         return cache[0]
 
     return body
@@ -2055,6 +2101,16 @@ class IMAPFactory(Factory):
         self.run = run if run is not None else (lambda f, *a, **kw: maybeDeferred(f, *a, **kw))
         self.connections = 0
         self.sessions: Set[IMAPServer] = set()
+
+    def refusalLine(self, perClient: bool) -> bytes:
+        """
+        The answer to a connection that the connection limits refuse (see
+        L{mailnet.limits.LimitingFactory}): an untagged BYE instead of the
+        greeting (RFC 9051 §7.1.5), C{[UNAVAILABLE]} (RFC 5530).
+        """
+        if perClient:
+            return b"* BYE [UNAVAILABLE] Too many connections from your address\r\n"
+        return b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
 
     def buildProtocol(self, addr: Any) -> IMAPServer:  # type: ignore[override]
         return self.protocol(self, overloaded=self.connections >= self.limits.max_connections)

@@ -17,7 +17,7 @@ how flags combine, how APPENDed messages are normalised.
 import os
 import shutil
 import time
-from typing import IO, TYPE_CHECKING, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 import twisted.mail.imap4  # noqa: F401 -- registers the "imap4-utf-7" codec
 from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
@@ -686,6 +686,16 @@ class MaildirFolder:
     def openMessage(self, uid: int) -> Deferred:
         return self._account._run(self._index.openMessage, uid)
 
+    def openMessageBlocking(self, uid: int) -> IO[bytes]:
+        """
+        L{openMessage} for code already running in the thread pool (SEARCH
+        BODY reads each file there, in the same call that tests it, rather
+        than paying a thread round trip per message).  Blocking.
+
+        @raise MessageGone: the message is not there (any more).
+        """
+        return self._index.openMessage(uid)
+
     def close(self) -> None:
         self._refs -= 1
         if self._refs <= 0:
@@ -853,6 +863,12 @@ def _unlinkQuietly(path: str) -> None:
         pass
 
 
+#: Seconds an account nobody uses stays open (see L{AccountRegistry.release}).
+LINGER = 60.0
+#: Accounts kept open that way at most.
+MAX_LINGERING = 64
+
+
 class AccountRegistry:
     """
     The process's L{MaildirAccount}s: sessions of one user (IMAP, and
@@ -870,7 +886,9 @@ class AccountRegistry:
         (L{mailnet.mime.ParsedMessage.fromBytes} by default).
     """
 
-    def __init__(self, mailStore, run: Callable[..., Deferred], watcher=None, parse=None, load=None, hostname: str = "") -> None:
+    def __init__(
+        self, mailStore, run: Callable[..., Deferred], watcher=None, parse=None, load=None, hostname: str = "", clock=None
+    ) -> None:
         self._mailStore = mailStore
         self._run = run
         self.watcher = watcher
@@ -878,6 +896,8 @@ class AccountRegistry:
         self._load = load
         self._hostname = hostname or getattr(mailStore, "_hostname", "")
         self._accounts: Dict[str, MaildirAccount] = {}
+        self._clock = clock
+        self._lingering: Dict[str, Any] = {}
 
     def open(self, address: str) -> MaildirAccount:
         """
@@ -887,6 +907,9 @@ class AccountRegistry:
         """
         address = address.lower()
         account = self._accounts.get(address)
+        call = self._lingering.pop(address, None)
+        if call is not None and call.active():
+            call.cancel()
         if account is None:
             path = self._mailStore.pathFor(address)
             account = MaildirAccount(address, path, self._run, self.watcher, self._parse, self._load, self._hostname)
@@ -895,10 +918,40 @@ class AccountRegistry:
         return account
 
     def release(self, account: MaildirAccount) -> None:
+        """
+        A user of C{account} is done with it.  The last one's account stays
+        open for L{LINGER} seconds (with a clock; at most L{MAX_LINGERING}
+        accounts): a client that connects again soon (a poll, a new
+        session) finds its folders' messages and parsed headers in memory.
+        """
         account._refs -= 1
-        if account._refs <= 0 and self._accounts.get(account.address) is account:
-            del self._accounts[account.address]
-            account.shutdown().addErrback(lambda f: log.failure("Closing the index of {address} failed", f, address=account.address))
+        if account._refs > 0 or self._accounts.get(account.address) is not account:
+            return
+        if self._clock is not None and LINGER > 0 and len(self._lingering) < MAX_LINGERING:
+            self._lingering[account.address] = self._clock.callLater(LINGER, self._close, account)
+            return
+        self._close(account)
+
+    def _close(self, account: MaildirAccount) -> None:
+        self._lingering.pop(account.address, None)
+        if account._refs > 0 or self._accounts.get(account.address) is not account:
+            return
+        del self._accounts[account.address]
+        account.shutdown().addErrback(lambda f: log.failure("Closing the index of {address} failed", f, address=account.address))
+
+    def closeIdle(self) -> None:
+        """
+        Close the accounts nobody uses now, at once, and from now on each
+        account when its last user is done (the server is stopping).
+        """
+        self._clock = None
+        for address, call in list(self._lingering.items()):
+            if call.active():
+                call.cancel()
+            account = self._accounts.get(address)
+            if account is not None:
+                self._close(account)
+        self._lingering.clear()
 
     def active(self) -> List[str]:
         """The addresses with an account in use."""
