@@ -342,7 +342,8 @@ class MailService(service.MultiService):
         if self.handleSignals:
             self._installSignalHandler()
         self._openJSONLog()
-        self._logStartup()
+        if self.inherited is None:  # the parent has said it all
+            self._logStartup()
 
     def stopService(self) -> Deferred:
         stopped = service.MultiService.stopService(self)
