@@ -38,6 +38,7 @@ from mailnetbench.peer import (  # noqa: E402
     MailnetPeer,
     Postfix,
     best,
+    crashRound,
     pop3Round,
     smtpRound,
 )
@@ -113,10 +114,31 @@ async def pop3Cases(reactor, root: str, workers: List[int], short: bool, rounds:
             await server.stop()
 
 
+async def crashCase(reactor, root: str, workers: int) -> Dict[str, Any]:
+    """kill -9 of the workers under SMTP load: nothing acknowledged is lost."""
+    server = MailnetPeer(reactor, root, workers, ["smtp"], SMTP_USERS)
+    server.dataDir += "-crash"
+    await server.start()
+    try:
+        result = await crashRound(reactor, server)
+    finally:
+        await server.stop()
+    log("  crash %s: %r" % (server.name, result))
+    result["server"] = server.name
+    return result
+
+
 def table(results: Dict[str, Any], workers: List[int]) -> str:
     """One line per case and server: the best rate, the rounds, p99, CPU, the ratio to the peer and the goal."""
     lines = ["%-12s %-11s %9s %-24s %8s %8s %8s  %s" % ("case", "server", "msg/s", "rounds", "p99 ms", "cpu ms", "/peer", "goal")]
     for case, byServer in results.items():
+        if case == "crash":
+            for name, r in byServer.items():
+                lines.append(
+                    "kill -9 of the workers under load (%s): %d acknowledged, %d lost, %d duplicated, %d stored but not acknowledged"
+                    % (name, r["accepted"], r["lost"], r["duplicated"], r["stored_not_acknowledged"])
+                )
+            continue
         peer = byServer.get("postfix") or byServer.get("dovecot") or {}
         for name, r in byServer.items():
             ratio = (r["msgs_per_s"] / peer["msgs_per_s"]) if name.startswith("mailnet") and peer.get("msgs_per_s") and r.get("msgs_per_s") else None
@@ -148,7 +170,7 @@ async def main(reactor, argv: List[str]) -> int:
     parser.add_argument("--short", action="store_true", help="smoke run: tiny counts, one round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per server, alternating (default 3)")
     parser.add_argument("--workers", default="1,2", help="mailnet's [server] workers values to measure (default 1,2)")
-    parser.add_argument("--only", choices=("smtp", "pop3"), help="one protocol")
+    parser.add_argument("--only", choices=("smtp", "pop3", "crash"), help="one protocol, or the crash test")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--tmp", metavar="DIR", help="where the servers' data go (default: the system's temporary directory)")
     args = parser.parse_args(argv)
@@ -166,6 +188,9 @@ async def main(reactor, argv: List[str]) -> int:
             await smtpCases(reactor, root, workers, args.short, rounds, results, problems)
         if args.only in (None, "pop3"):
             await pop3Cases(reactor, root, workers, args.short, rounds, results, problems)
+        if args.only in (None, "crash"):
+            crashed = await crashCase(reactor, root, max(max(workers), 2))
+            results["crash"] = {crashed.pop("server"): crashed}
     finally:
         shutil.rmtree(root, ignore_errors=True)
     load1 = os.getloadavg()

@@ -29,9 +29,10 @@ reads (L{WorkerPool.queued}); the parent also rescans the queue when a
 worker dies and every L{RESCAN_INTERVAL} seconds, so nothing acknowledged
 waits for a restart.
 
-The workers log through the parent: each writes its events as JSON lines
-to its standard output and the parent publishes them again under the
-namespace C{worker-I/...}.  SIGHUP (certificate and log reload) and
+The workers log through the parent: each formats its events and writes
+them as short JSON lines to its standard output, and the parent publishes
+the text again under the namespace C{worker-I/...} (in the C{log_json}
+file too, as text).  SIGHUP (certificate and log reload) and
 SIGTERM (graceful stop) given to the parent reach every worker; a worker
 that dies is started again after a pause that doubles from one second up
 to a minute.  A worker whose parent is gone stops.
@@ -42,6 +43,7 @@ gets C{max_connections} divided by the number of processes (rounded up),
 while C{max_connections_per_client} applies in each process.
 """
 
+import json
 import os
 import pickle
 import socket
@@ -56,7 +58,7 @@ from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
+from twisted.logger import ILogObserver, InvalidLogLevelError, Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
@@ -164,6 +166,26 @@ class Inherited:
         return tell
 
 
+def acceptOneAtATime(port: Any) -> None:
+    """
+    Make C{port} accept one connection per readiness event, instead of
+    Twisted's adaptive batch (up to hundreds): when several processes share
+    a listening socket, a burst of connections (a client opening ten at
+    once) is then spread over them rather than taken by whichever woke
+    first.  Under a flood, the busiest process accepts least, as it comes
+    back to the socket last.
+    """
+    doRead = getattr(port, "doRead", None)
+    if doRead is None or not hasattr(port, "numberAccepts"):
+        return
+
+    def acceptOne() -> Any:
+        port.numberAccepts = 1
+        return doRead()
+
+    port.doRead = acceptOne
+
+
 @implementer(IStreamServerEndpoint)
 class AdoptedEndpoint:
     """
@@ -189,6 +211,7 @@ class AdoptedEndpoint:
             port = self.reactor.adoptStreamPort(self.fd, family, factory)
         except Exception:
             return fail()
+        acceptOneAtATime(port)
         # The reactor has its own duplicate.
         os.close(self.fd)
         return succeed(port)
@@ -232,17 +255,24 @@ class _WorkerProcess(ProcessProtocol):
                 self._relog(line)
 
     def _relog(self, line: bytes) -> None:
+        # [time, level name, namespace, text] (see WorkerLogObserver)
         try:
-            event = eventFromJSON(line.decode("utf-8", "replace"))
-        except ValueError:
-            event = {"log_format": "{line}", "line": line.decode("utf-8", "replace")}
-        if not isinstance(event, dict):
-            return
-        event.setdefault("log_time", time.time())
-        event.setdefault("log_level", LogLevel.info)
-        event["log_namespace"] = "worker-%d/%s" % (self.index, event.get("log_namespace", "?"))
-        event["mailnet_worker"] = self.index
-        globalLogPublisher(event)
+            when, level, namespace, text = json.loads(line)
+            logLevel = LogLevel.levelWithName(level)
+            when = float(when)
+        except (ValueError, TypeError, InvalidLogLevelError):
+            when, logLevel, namespace, text = time.time(), LogLevel.info, "?", line.decode("utf-8", "replace")
+        globalLogPublisher(
+            {
+                "log_format": "{log_text}",
+                "log_text": text,
+                "log_time": when,
+                "log_level": logLevel,
+                "log_namespace": "worker-%d/%s" % (self.index, namespace),
+                "log_system": "worker-%d" % (self.index,),
+                "mailnet_worker": self.index,
+            }
+        )
 
     def processEnded(self, reason: Any) -> None:
         self.pool.ended(self, reason)
@@ -285,6 +315,9 @@ class WorkerPool(service.Service):
     def _startAll(self) -> None:
         if self._stopping:
             return
+        for services in self.mail.listeners.values():
+            for listener in services:
+                acceptOneAtATime(listener.port)
         for index in range(1, self.count):
             self.spawn(index)
         self._rescanner = LoopingCall(self.rescan)
@@ -406,6 +439,33 @@ class WorkerPool(service.Service):
 # --- a worker -----------------------------------------------------------------
 
 
+@implementer(ILogObserver)
+class WorkerLogObserver:
+    """
+    A worker's log: each event formatted here, sent to the parent as one
+    JSON line C{[time, level, namespace, text]} (cheap to write and to read,
+    unlike a whole event as JSON).
+    """
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+
+    def __call__(self, event: Dict[str, Any]) -> None:
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if failure is not None:
+            try:
+                text += "\n" + failure.getTraceback()
+            except Exception:
+                text += "\n(unformattable traceback)"
+        level = event.get("log_level") or LogLevel.info
+        line = json.dumps([event.get("log_time", time.time()), level.name, event.get("log_namespace", "?"), text.rstrip("\n")])
+        try:
+            self.out.write(line + "\n")
+        except (OSError, ValueError):
+            pass  # the parent is gone: nothing to tell
+
+
 def _readBoot(fd: int = 0) -> Dict[str, Any]:
     chunks = []
     while True:
@@ -421,10 +481,10 @@ def _readBoot(fd: int = 0) -> Dict[str, Any]:
 def main(reactor: Any = None) -> None:
     """The worker process: C{python -m mailnet.workers}, run by L{WorkerPool}."""
     boot = _readBoot()
-    from twisted.logger import globalLogBeginner, jsonFileLogObserver
+    from twisted.logger import globalLogBeginner
 
     out = os.fdopen(LOG_FD, "w", encoding="utf-8", buffering=1)
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(out, recordSeparator="")], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([WorkerLogObserver(out)], redirectStandardIO=False)
     if reactor is None:
         from twisted.internet import reactor
     from mailnet.service import MailService

@@ -4,6 +4,7 @@ Tests for L{mailnet.workers}: C{[server] workers}, several processes
 sharing the listeners, one of them owning the relay queue.
 """
 
+import io
 import os
 import poplib
 import signal
@@ -13,7 +14,7 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -23,7 +24,9 @@ from mailnet.workers import (
     RESTART_FIRST,
     RESTART_MAX,
     Inherited,
+    WorkerLogObserver,
     WorkerPool,
+    acceptOneAtATime,
     checkPlatform,
     connectionShare,
     resolveWorkers,
@@ -68,6 +71,42 @@ class SettingTests(SynchronousTestCase):
         inherited = Inherited(1, 2, (("smtp", "tcp:25", 4), ("pop3", "tcp:110", 5)))
         self.assertEqual(inherited.descriptor("pop3", "tcp:110"), 5)
         self.assertRaises(ConfigError, inherited.descriptor, "imap", "tcp:143")
+
+
+class AcceptTests(TestCase):
+    @inlineCallbacks
+    def test_oneAtATime(self):
+        """
+        A shared port takes one connection per readiness event, so that a
+        burst is spread over the processes (Twisted would take them all).
+        """
+        from twisted.internet.protocol import ClientFactory, Factory, Protocol
+
+        accepted: list = []
+
+        class Count(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Count), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        port.stopReading()
+        acceptOneAtATime(port)
+        clients = []
+        for _ in range(5):
+            clients.append(reactor.connectTCP("127.0.0.1", port.getHost().port, ClientFactory.forProtocol(Protocol)))
+        self.addCleanup(lambda: [c.disconnect() for c in clients])
+        for _ in range(100):
+            yield task.deferLater(reactor, 0.01, lambda: None)
+            if all(c.state == "connected" for c in clients):
+                break
+        port.numberAccepts = 100
+        port.doRead()
+        self.assertEqual(len(accepted), 1)
+        port.doRead()
+        self.assertEqual(len(accepted), 2)
+        for p in accepted:
+            p.transport.loseConnection()
 
 
 class FakeTransport:
@@ -182,14 +221,24 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual([e.id for e in self.mail.queue.heard], ["Q2"])
 
     def test_workerLogs(self) -> None:
-        """A worker's JSON log lines are published again, under its namespace."""
+        """A worker's log lines are published again, under its namespace."""
+        out = io.StringIO()
+        WorkerLogObserver(out)({"log_format": "hello {who}", "who": "you", "log_namespace": "mailnet.x",
+                                "log_level": LogLevel.warn, "log_time": 1234.5})
+        try:
+            raise ZeroDivisionError("example")
+        except ZeroDivisionError:
+            WorkerLogObserver(out)({"log_format": "oops", "log_failure": Failure(), "log_time": 1.0})
         self.pool.startService()
         worker = self.pool.processes[1]
-        worker.childDataReceived(1, b'{"log_format": "hello {who}", "who": "you", "log_namespace": "mailnet.x"}\nnot json\n')
+        worker.childDataReceived(1, out.getvalue().encode("utf-8") + b"not json\n")
         mine = [e for e in self.events if e.get("mailnet_worker") == 1]
         self.assertEqual(mine[0]["log_namespace"], "worker-1/mailnet.x")
-        self.assertEqual(mine[0]["who"], "you")
-        self.assertEqual(mine[1]["line"], "not json")
+        self.assertEqual(mine[0]["log_level"], LogLevel.warn)
+        self.assertEqual(mine[0]["log_time"], 1234.5)
+        self.assertEqual(formatEvent(mine[0]), "hello you")
+        self.assertIn("ZeroDivisionError", formatEvent(mine[1]))
+        self.assertEqual(formatEvent(mine[2]), "not json")
 
     def test_signals(self) -> None:
         """SIGHUP is passed on; stopping sends SIGTERM and waits for the workers."""
@@ -221,7 +270,7 @@ class TwoProcessTests(TestCase):
         listening: list = []
 
         def observe(event) -> None:
-            if event.get("mailnet_worker") == 1 and "listening" in event.get("log_format", ""):
+            if event.get("mailnet_worker") == 1 and " listening on " in formatEvent(event):
                 listening.append(event)
                 if len(listening) == 3 and not ready.called:
                     ready.callback(None)

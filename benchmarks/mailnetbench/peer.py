@@ -471,3 +471,29 @@ def best(rounds: List[Dict[str, Any]]) -> Dict[str, Any]:
     result["lost"] = sum(r.get("lost", 0) for r in rounds)
     result["errors"] = [e for r in rounds for e in r.get("errors", [])][:5]
     return result
+
+
+async def crashRound(reactor, server: MailnetPeer, connections: int = 20, seconds: float = 6, killAfter: float = 2) -> Dict[str, Any]:
+    """
+    SMTP load on a mailnet with workers; after C{killAfter} seconds every
+    worker gets SIGKILL.  Nothing acknowledged may be missing from disk.
+    """
+    run = SMTPRun("crash", SMTP_USERS, makeBody(2048), Workload(10**7, time.perf_counter() + seconds))
+    killed: List[int] = []
+
+    def kill() -> None:
+        for pid in treePids(server.pid)[1:]:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    reactor.callLater(killAfter, kill)
+    await runSMTP(reactor, server.port, run, connections, timeout=seconds + 60)
+    onDisk = await deferToThread(idsOnDisk, server.maildirs.values())
+    return {
+        "accepted": len(run.accepted),
+        "killed": killed,
+        "connection_errors": len(run.errors),
+        "lost": sum(1 for i in run.accepted if i not in onDisk),
+        "duplicated": sum(1 for i in run.accepted if onDisk.get(i, 0) > 1),
+        "stored_not_acknowledged": sum(1 for i in onDisk if i.startswith("crash-") and i not in run.accepted),
+    }
