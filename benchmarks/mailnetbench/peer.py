@@ -130,9 +130,10 @@ class Postfix:
 
     name = "postfix"
 
-    def __init__(self, root: str, users: Sequence[str] = SMTP_USERS) -> None:
+    def __init__(self, root: str, users: Sequence[str] = SMTP_USERS, masterCf: str = "/etc/postfix/master.cf") -> None:
         self.root = os.path.join(root, "postfix")
         self.users = list(users)
+        self.masterCf = masterCf
         self.process: Optional[subprocess.Popen] = None
         self.port = 0
         self.why = ""
@@ -141,8 +142,8 @@ class Postfix:
             self.why = "postfix is not installed (Debian: apt-get install postfix)"
         elif os.getuid() != 0:
             self.why = "a private Postfix must be started as root (its master drops to the postfix user)"
-        elif not os.path.exists("/etc/postfix/master.cf"):
-            self.why = "no /etc/postfix/master.cf to start from"
+        elif not os.path.exists(masterCf):
+            self.why = "no %s to start from" % (masterCf,)
         else:
             try:
                 pwd.getpwnam("postfix")
@@ -157,7 +158,8 @@ class Postfix:
         conf = os.path.join(self.root, "conf")
         for sub in ("conf", "queue", "data", "mail"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
-        shutil.chown(os.path.join(self.root, "data"), "postfix")
+        if os.getuid() == 0:
+            shutil.chown(os.path.join(self.root, "data"), "postfix")
         owner = _mailOwner()
         _chownTree(os.path.join(self.root, "mail"), owner)
         with open(os.path.join(conf, "vmailbox"), "w") as f:
@@ -169,7 +171,7 @@ class Postfix:
         with open(os.path.join(conf, "main.cf"), "w") as f:
             f.write(POSTFIX_MAIN.format(root=self.root, uid=uid, gid=gid))
         # Debian's master.cf, with our port for smtpd and no chroot.
-        with open("/etc/postfix/master.cf") as f, open(os.path.join(conf, "master.cf"), "w") as out:
+        with open(self.masterCf) as f, open(os.path.join(conf, "master.cf"), "w") as out:
             for line in f:
                 fields = line.split()
                 if line[:1] in ("#", " ", "\t") or len(fields) < 8:
