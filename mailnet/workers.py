@@ -69,6 +69,7 @@ log = Logger()
 #: The file descriptors of a worker: its log (JSON lines, to the parent),
 #: the ids of messages it queued (to the parent), then the listeners.
 LOG_FD = 1
+STDERR_FD = 2
 QUEUED_FD = 3
 FIRST_LISTENER_FD = 4
 
@@ -237,7 +238,7 @@ class _WorkerProcess(ProcessProtocol):
         self.pool = pool
         self.index = index
         self.started = pool.reactor.seconds()
-        self._buffers: Dict[int, bytes] = {LOG_FD: b"", QUEUED_FD: b""}
+        self._buffers: Dict[int, bytes] = {LOG_FD: b"", STDERR_FD: b"", QUEUED_FD: b""}
         self.ended: Deferred = Deferred()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -251,6 +252,9 @@ class _WorkerProcess(ProcessProtocol):
         for line in lines:
             if childFD == QUEUED_FD:
                 self.pool.queued(line.decode("ascii", "replace").strip())
+            elif childFD == STDERR_FD:
+                # What Python itself writes (a traceback at start-up).
+                self._publish(time.time(), LogLevel.warn, "stderr", line.decode("utf-8", "replace"))
             else:
                 self._relog(line)
 
@@ -262,6 +266,9 @@ class _WorkerProcess(ProcessProtocol):
             when = float(when)
         except (ValueError, TypeError, InvalidLogLevelError):
             when, logLevel, namespace, text = time.time(), LogLevel.info, "?", line.decode("utf-8", "replace")
+        self._publish(when, logLevel, namespace, text)
+
+    def _publish(self, when: float, logLevel: LogLevel, namespace: str, text: str) -> None:
         globalLogPublisher(
             {
                 "log_format": "{log_text}",
@@ -327,7 +334,7 @@ class WorkerPool(service.Service):
     def spawn(self, index: int) -> _WorkerProcess:
         """Start worker C{index} (from 1)."""
         self._restarts.pop(index, None)
-        childFDs: Dict[int, Any] = {0: "w", LOG_FD: "r", 2: 2, QUEUED_FD: "r"}
+        childFDs: Dict[int, Any] = {0: "w", LOG_FD: "r", STDERR_FD: "r", QUEUED_FD: "r"}
         listeners: List[Tuple[str, str, int]] = []
         fd = FIRST_LISTENER_FD
         for role, services in self.mail.listeners.items():

@@ -232,6 +232,7 @@ class PoolTests(SynchronousTestCase):
         self.pool.startService()
         worker = self.pool.processes[1]
         worker.childDataReceived(1, out.getvalue().encode("utf-8") + b"not json\n")
+        worker.childDataReceived(2, b"Traceback (most recent call last):\n")
         mine = [e for e in self.events if e.get("mailnet_worker") == 1]
         self.assertEqual(mine[0]["log_namespace"], "worker-1/mailnet.x")
         self.assertEqual(mine[0]["log_level"], LogLevel.warn)
@@ -239,6 +240,7 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(formatEvent(mine[0]), "hello you")
         self.assertIn("ZeroDivisionError", formatEvent(mine[1]))
         self.assertEqual(formatEvent(mine[2]), "not json")
+        self.assertEqual((formatEvent(mine[3]), mine[3]["log_level"]), ("Traceback (most recent call last):", LogLevel.warn))
 
     def test_signals(self) -> None:
         """SIGHUP is passed on; stopping sends SIGTERM and waits for the workers."""
