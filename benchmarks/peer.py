@@ -136,8 +136,9 @@ def table(results: Dict[str, Any], workers: List[int]) -> str:
         if case == "crash":
             for name, r in byServer.items():
                 lines.append(
-                    "kill -9 of the workers under load (%s): %d acknowledged, %d lost, %d duplicated, %d stored but not acknowledged"
-                    % (name, r["accepted"], r["lost"], r["duplicated"], r["stored_not_acknowledged"])
+                    "kill -9 of the workers under load (%s): %d connections cut, %d messages acknowledged, %d lost, "
+                    "%d duplicated, %d stored but not acknowledged"
+                    % (name, r["connection_errors"], r["accepted"], r["lost"], r["duplicated"], r["stored_not_acknowledged"])
                 )
             continue
         peer = byServer.get("postfix") or byServer.get("dovecot") or {}

@@ -403,11 +403,18 @@ class MailnetPeer:
             spec["preload"] = {u: [preload, size] for u in self.users}
         self.server = await startServer(self.reactor, spec)
         self.port = self.server.ports[self.listeners[0]]
-        # The workers start once the parent is up: wait for them.
-        deadline = time.time() + 30
-        while len(treePids(self.server.pid)) < self.workers and time.time() < deadline:
+        # The workers start once the parent is up: wait until each listens
+        # (the parent's log has a line per process and listener).
+        deadline = time.time() + 60
+        while self._listening() < self.workers * len(self.listeners) and time.time() < deadline:
             await deferLater(self.reactor, 0.1, lambda: None)
-        await deferLater(self.reactor, 0.5 if self.workers > 1 else 0, lambda: None)
+
+    def _listening(self) -> int:
+        try:
+            with open(os.path.join(self.dataDir, "server.log"), encoding="utf-8", errors="replace") as f:
+                return sum(1 for line in f if " listening on 127.0.0.1:" in line)
+        except OSError:
+            return 0
 
     async def stop(self) -> None:
         if self.server is not None:
