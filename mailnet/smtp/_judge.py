@@ -27,6 +27,7 @@ through the reactor's resolver (L{mailnet.dns.BlockingDNS}).
 
 import datetime
 import email.utils
+import functools
 import ipaddress
 import os
 import secrets
@@ -69,7 +70,9 @@ class Envelope:
     role: str
 
 
+@functools.lru_cache(maxsize=4096)
 def isTrusted(peer: str, networks: Sequence[Network]) -> bool:
+    # Cached: asked twice per message, and parsing an address is not cheap (issue 14).
     try:
         address = ipaddress.ip_address(peer)
     except ValueError:
