@@ -28,8 +28,12 @@ _DOT_ATOM = re.compile(r"[%s]+(\.[%s]+)*\Z" % (_ATEXT, _ATEXT))
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _hasControl(text: str) -> bool:
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+    # A regular expression: on every address of every message (issue 14).
+    return _CONTROL.search(text) is not None
 
 
 def isDomain(domain: str, allowUTF8: bool = False) -> bool:
@@ -41,7 +45,7 @@ def isDomain(domain: str, allowUTF8: bool = False) -> bool:
     if domain.endswith("."):
         return False
     for label in domain.split("."):
-        if allowUTF8 and any(ord(c) > 0x7F for c in label):
+        if allowUTF8 and not label.isascii():
             try:
                 ascii = label.encode("idna").decode("ascii")
             except UnicodeError:
@@ -87,7 +91,7 @@ def normalizeAddress(address: str, allowUTF8: bool = False) -> str:
         raise BadAddress(address=address, reason="it contains spaces or control characters")
     if len(address.encode("utf-8")) > MAX_PATH - 2:
         raise BadAddress(address=address, reason="it is longer than 254 octets")
-    if not allowUTF8 and any(ord(c) > 0x7F for c in address):
+    if not allowUTF8 and not address.isascii():
         raise BadAddress(address=address, reason="non-ASCII addresses need SMTPUTF8")
     local, domain = splitAddress(address)
     if not local:
@@ -95,7 +99,7 @@ def normalizeAddress(address: str, allowUTF8: bool = False) -> str:
     if len(local.encode("utf-8")) > MAX_LOCAL_PART:
         raise BadAddress(address=address, reason="the local part is longer than 64 octets")
     asciiLocal = local
-    if allowUTF8:
+    if allowUTF8 and not local.isascii():
         # RFC 6531 §3.3: UTF-8 characters are atext too.
         asciiLocal = "".join("a" if ord(c) > 0x7F else c for c in local)
     if not _DOT_ATOM.match(asciiLocal):

@@ -97,6 +97,8 @@ class Config:
     dns_resolvers: Tuple[Tuple[str, int], ...] = ()
     trusted_networks: Tuple[Any, ...] = ()
     reject_spf_fail: bool = False
+    # [server] workers: reactor processes sharing the listeners (mailnet.workers).
+    workers: int = 1
 
 
 def defaultHostname() -> str:
@@ -197,13 +199,20 @@ def _networks(text: str) -> Tuple[Any, ...]:
     return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in text.split(",") if n.strip())
 
 
+def _workers(text: str) -> int:
+    """A number of processes, or C{auto}: one per CPU."""
+    from mailnet.workers import resolveWorkers
+
+    return resolveWorkers(text)
+
+
 def _optionalHostPort(text: str) -> Optional[Tuple[str, int]]:
     return hostPort(text) if text.strip() else None
 
 
 # section -> key -> (parser, where it goes)
 SCHEMA: Dict[str, Dict[str, Callable[[str], Any]]] = {
-    "server": {"hostname": _text, "domain": _domains, "data_dir": _text, "log_json": _text},
+    "server": {"hostname": _text, "domain": _domains, "data_dir": _text, "log_json": _text, "workers": _workers},
     "listen": {name: _endpoints for name in LISTENERS},
     "tls": {"cert": _text, "key": _text, "allow_plaintext_auth": _bool},
     "limits": {
@@ -368,6 +377,7 @@ def buildConfig(settings: Mapping[str, Any], overrides: Mapping[str, Any] = {}) 
         dns_resolvers=tuple(merged.get("dns.resolvers", ())),
         trusted_networks=tuple(merged.get("auth.trusted_networks", ())),
         reject_spf_fail=bool(merged.get("auth.reject_spf_fail", False)),
+        workers=server.get("workers") or 1,
     )
 
 

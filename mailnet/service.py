@@ -43,6 +43,7 @@ from mailnet.store.queue import DiskQueue
 from mailnet.store.watch import makeWatcher
 from mailnet.tls import ReloadableContextFactory, certificatePaths, ensureCertificate, fingerprint
 from mailnet.web import makeSite
+from mailnet.workers import Inherited, WorkerPool, adoptedEndpoint, checkPlatform, connectionShare
 
 log = Logger()
 
@@ -180,9 +181,14 @@ class MailService(service.MultiService):
     C{listeners} (role -> list of L{ListenerService}).
     """
 
-    def __init__(self, config: Config, reactor, handleSignals: bool = True) -> None:
+    def __init__(self, config: Config, reactor, handleSignals: bool = True, inherited: Optional[Inherited] = None) -> None:
         service.MultiService.__init__(self)
         self.handleSignals = handleSignals
+        # In a worker process (mailnet.workers): the parent's listening
+        # sockets; the parent keeps the lock, the relay queue and the sweeper.
+        self.inherited = inherited
+        checkPlatform(config.workers)
+        processes = inherited.processes if inherited is not None else config.workers
         self.config = config
         self.reactor = reactor
         dataDir = config.data_dir
@@ -203,7 +209,8 @@ class MailService(service.MultiService):
         self.accounts = openAccountStore(dataDir, openNow=False)
         self.mailStore = MaildirStore(os.path.join(dataDir, "mail"), run, config.hostname)
         self.queue = DiskQueue(os.path.join(dataDir, "queue"), run, reactor, config.hostname)
-        TmpSweeperService(self.mailStore, reactor).setServiceParent(self)
+        if inherited is None:
+            TmpSweeperService(self.mailStore, reactor).setServiceParent(self)
         self.delivery = DeliveryAgent(
             self.accounts, self.mailStore, self.queue, clock=reactor, primaryDomain=config.domains[0] if config.domains else None
         )
@@ -234,9 +241,12 @@ class MailService(service.MultiService):
         WorkerPoolService(judgePool, reactor).setServiceParent(self)
         self.judge = judgeFromConfig(config, reactor, self.dns, ThreadRunner(reactor, judgePool))
 
-        relay = RelayService(self.queue, config.relay, config.hostname, reactor, self.delivery.receive, resolver=self.dns)
-        relay.setServiceParent(self)
-        self.relay = relay
+        self.relay: Optional[RelayService] = None
+        if inherited is None:
+            relay = self.relay = RelayService(self.queue, config.relay, config.hostname, reactor, self.delivery.receive, resolver=self.dns)
+            relay.setServiceParent(self)
+        else:
+            self.queue.listener = inherited.notifier()
         # Free space in the data dir ([limits] min_free_space), read by SMTP and /healthz.
         self.diskSpace = DiskSpace(dataDir, limits.min_free_space)
         self.quotas = Quotas(dataDir, self.accounts, self.mailStore.pathFor, run=run)
@@ -257,7 +267,8 @@ class MailService(service.MultiService):
             "http": lambda: makeSite(self),
         }
         # One connection budget for every listener, and each client's share.
-        self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_client)
+        # With several processes, each gets its part of the budget.
+        self.limiter = ConnectionLimiter(connectionShare(limits.max_connections, processes), limits.max_connections_per_client)
         self.dataLock = DataDirLock(dataDir)
         self.listeners: Dict[str, List[ListenerService]] = {}
         for role in LISTENERS:
@@ -274,12 +285,20 @@ class MailService(service.MultiService):
                 factory = LimitingFactory(self.limiter, factory)
                 factory.role = role
                 try:
-                    endpoint = serverFromString(reactor, description)
+                    if inherited is not None:
+                        endpoint = adoptedEndpoint(reactor, inherited, role, description)
+                    else:
+                        endpoint = serverFromString(reactor, description)
                 except (ValueError, KeyError, TypeError) as e:
                     raise ConfigError(where="listener %s" % (role,), problem="bad endpoint %r: %s" % (description, e))
                 listener = ListenerService(role, description, endpoint, factory)
                 listener.setServiceParent(self)
                 self.listeners.setdefault(role, []).append(listener)
+        # After the listeners: it starts once they are bound.
+        self.workers: Optional[WorkerPool] = None
+        if inherited is None and processes > 1:
+            self.workers = WorkerPool(self, processes, reactor)
+            self.workers.setServiceParent(self)
 
     def prepareDataDir(self) -> None:
         """
@@ -294,7 +313,9 @@ class MailService(service.MultiService):
         except OSError as e:
             raise ConfigError(where="data_dir %s" % (config.data_dir,), problem="cannot create it: %s" % (e.strerror,))
         # One daemon per data dir: a second would run the same queue.
-        self.dataLock.acquire()
+        # (Its workers run under the parent's lock.)
+        if self.inherited is None:
+            self.dataLock.acquire()
         if not (config.tls_cert and config.tls_key):
             try:
                 _, _, self.certificateGenerated = ensureCertificate(config.data_dir, config.hostname, None, None)
@@ -334,7 +355,8 @@ class MailService(service.MultiService):
         if self.handleSignals:
             self._installSignalHandler()
         self._openJSONLog()
-        self._logStartup()
+        if self.inherited is None:  # the parent has said it all
+            self._logStartup()
 
     def stopService(self) -> Deferred:
         stopped = service.MultiService.stopService(self)
@@ -356,7 +378,8 @@ class MailService(service.MultiService):
 
     def _openJSONLog(self) -> None:
         """C{log_json}: every log event as a JSON line, for log shippers."""
-        if not self.config.log_json:
+        # A worker's events reach the parent's log, this file included.
+        if not self.config.log_json or self.inherited is not None:
             return
         self._jsonLog = open(self.config.log_json, "a", encoding="utf-8")
         self._jsonObserver = jsonFileLogObserver(self._jsonLog)
@@ -409,6 +432,8 @@ class MailService(service.MultiService):
     def _hangUp(self) -> None:
         self.reopenLogs()
         self.reloadCertificate()
+        if self.workers is not None:
+            self.workers.hangUp()
 
     def _installSignalHandler(self) -> None:
         sighup = getattr(signal, "SIGHUP", None)

@@ -96,7 +96,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 1)
         self.assertEqual(result.stdout, "")
         self.assertEqual(result.stderr.splitlines(), ["mailnet: error: %s:2: unknown key 'hostnme' in [server]; "
-                                                      "known keys: hostname, domain, data_dir, log_json" % (path,)])
+                                                      "known keys: hostname, domain, data_dir, log_json, workers" % (path,)])
 
     def test_version(self) -> None:
         """twistd mailnet --version (issue 15 item 9)."""

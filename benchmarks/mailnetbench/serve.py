@@ -13,7 +13,8 @@ start), C{profile} (optional path: profile the reactor thread and write a
 text report there on exit) and C{profiler} (C{"pyinstrument"} or
 C{"cprofile"}, see L{startProfiler}) and C{cheapHash} (store the users'
 password hashed with the cheapest Argon2 parameters, for smoke runs) and
-C{hashThreads} (optional: the size of the password-hashing pool).
+C{hashThreads} (optional: the size of the password-hashing pool) and
+C{workers} (optional: C{[server] workers}).
 
 Once listening it prints one JSON line: C{pid}, C{ports} (role -> port),
 C{nofile}, C{cert}, C{key}, C{maildirs} (address -> path).  It stops on
@@ -80,6 +81,9 @@ def buildMailnet(reactor, spec: dict):
         # whose DNS look-ups would leave the loopback interface.
         "auth.trusted_networks": (ipaddress.ip_network("127.0.0.0/8"),),
     }
+    if spec.get("workers"):
+        # [server] workers: the parent's pid is the one reported.
+        settings["server.workers"] = int(spec["workers"])
     if spec.get("cert"):
         settings["tls.cert"] = spec["cert"]
         settings["tls.key"] = spec["key"]

@@ -40,6 +40,7 @@ DNS look-ups go through the reactor's resolver
 import contextlib
 import datetime
 import email.utils
+import functools
 import ipaddress
 import os
 import secrets
@@ -103,7 +104,9 @@ class Envelope:
     role: str
 
 
+@functools.lru_cache(maxsize=4096)
 def isTrusted(peer: str, networks: Sequence[Network]) -> bool:
+    # Cached: asked twice per message, and parsing an address is not cheap (issue 14).
     try:
         address = ipaddress.ip_address(peer)
     except ValueError:

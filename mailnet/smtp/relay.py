@@ -350,7 +350,8 @@ class RelayService(Service):
     # --- the schedule ------------------------------------------------------------
 
     def _added(self, entry: QueueEntry) -> None:
-        if not self._stopping:
+        # Known already: another process's entry found twice (mailnet.workers).
+        if not self._stopping and entry.id not in self._entries:
             self._track(entry)
 
     def _track(self, entry: QueueEntry) -> None:

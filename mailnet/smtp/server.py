@@ -36,6 +36,7 @@ fields never are.
 import binascii
 import datetime
 import email.utils
+import functools
 import ipaddress
 import re
 import secrets
@@ -128,6 +129,7 @@ def _isAddressLiteral(text: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1024)
 def _tcpInfo(host: str) -> str:
     """
     The peer's address as an RFC 5321 §4.1.3 address literal for the

@@ -16,6 +16,7 @@ which is what POP3 LIST reports.
 """
 
 import itertools
+import functools
 import os
 import socket
 import threading
@@ -40,6 +41,12 @@ _counter = itertools.count()
 _SUBDIRS = ("tmp", "new", "cur")
 
 
+@functools.lru_cache(maxsize=64)
+def _safeHost(host: str) -> str:
+    # Cached: the same host name for every delivery (issue 14).
+    return "".join(c if 0x21 <= ord(c) <= 0x7E and c not in "/:," else "_" for c in host)[:30]
+
+
 def uniqueName(hostname: Optional[str] = None) -> str:
     """
     A Maildir unique name (the modern form: C{secs.MusecPpidQn.host}).
@@ -48,7 +55,7 @@ def uniqueName(hostname: Optional[str] = None) -> str:
     """
     now = time.time()
     host = hostname or socket.gethostname()
-    host = "".join(c if 0x21 <= ord(c) <= 0x7E and c not in "/:," else "_" for c in host)[:30]
+    host = _safeHost(host)
     return "%d.M%dP%dQ%d.%s" % (int(now), int((now % 1) * 1e6), os.getpid(), next(_counter), host)
 
 

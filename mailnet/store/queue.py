@@ -505,6 +505,37 @@ class DiskQueue:
             return b""
         return head
 
+    def readEntry(self, entryId: str) -> Deferred:
+        """
+        Read one entry, queued by this or another process.
+
+        @return: L{Deferred} firing with the L{QueueEntry}, or L{None} if it
+            is gone (or C{entryId} is no queue id).
+        """
+        return self._run(self._readEntry, entryId)
+
+    def _readEntry(self, entryId: str) -> Optional[QueueEntry]:
+        if not _ID.match(entryId) or not os.path.exists(self._paths.message(entryId)):
+            return None
+        try:
+            with open(self._paths.envelope(entryId), "rb") as f:
+                return QueueEntry.fromJSON(json.loads(f.read()))
+        except FileNotFoundError:
+            return None
+
+    def readEntries(self) -> Deferred:
+        """
+        Read every entry with its message, like L{load} but leaving
+        C{tmp/} alone (other processes may be writing there).
+
+        @return: L{Deferred} firing with the L{QueueEntry}s, oldest first.
+        """
+
+        def read() -> List[QueueEntry]:
+            return [e for e in _readEnvelopes(self._paths) if os.path.exists(self._paths.message(e.id))]
+
+        return self._run(read)
+
     def takeFlushRequest(self) -> Deferred:
         """
         @return: L{Deferred} firing with whether a flush was requested
