@@ -1663,7 +1663,9 @@ class IMAPServer(Protocol):
         # at a time, when a key asks for the body) saves a thread round trip
         # per message; otherwise fewer at once (file descriptors).
         openBlocking = getattr(folder, "openMessageBlocking", None) if wantBody else None
-        batchSize = 64 if wantBody and openBlocking is None else BATCH // 4 if wantBody else BATCH
+        # Otherwise header and body tests run in the thread pool, a batch per
+        # call: large batches, few round trips.
+        batchSize = 64 if wantBody and openBlocking is None else BATCH * 4 if wantParsed and not wantBody else BATCH
         for start in range(0, len(uids), batchSize):
             if self.view is not view:
                 return None
