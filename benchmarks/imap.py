@@ -203,6 +203,13 @@ state_dir = {root}/state
 log_path = {root}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
+# Room for the IDLE sessions of the memory figure (the defaults allow 10
+# per user and address, 100 processes per service).
+default_process_limit = 1000
+default_client_limit = 10000
+protocol imap {{
+  mail_max_userip_connections = 10000
+}}
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain

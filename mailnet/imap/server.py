@@ -1654,7 +1654,12 @@ class IMAPServer(Protocol):
         wantBody = "body" in needs or "text" in needs
         folder = view.folder
         run = self.factory.run
-        uids = [u for u in view.uids if u not in view.gone]
+        gone = view.gone
+        numbered = [(seq, u) for seq, u in enumerate(view.uids, 1) if u not in gone]
+        uids = [u for _, u in numbered]
+        # The records straight from the folder state when the view shows it as is.
+        shared = view.uids is view.records.uids and not view.records.extra
+        messages = view.records.state.messages
         maxSeq = len(view.uids)
         maxUid = view.uids[-1] if view.uids else 0
         matched: List[int] = []
@@ -1663,13 +1668,16 @@ class IMAPServer(Protocol):
         # at a time, when a key asks for the body) saves a thread round trip
         # per message; otherwise fewer at once (file descriptors).
         openBlocking = getattr(folder, "openMessageBlocking", None) if wantBody else None
-        batchSize = 64 if wantBody and openBlocking is None else BATCH // 4 if wantBody else BATCH
+        # Otherwise header and body tests run in the thread pool, a batch per
+        # call: large batches, few round trips.
+        batchSize = 64 if wantBody and openBlocking is None else BATCH * 4 if wantParsed and not wantBody else BATCH
         for start in range(0, len(uids), batchSize):
             if self.view is not view:
                 return None
             if start:
                 await self.yieldToOthers()
             batch = uids[start : start + batchSize]
+            batchNumbered = numbered[start : start + batchSize]
             parsedMap = await folder.parsed(batch) if wantParsed else {}
             files: Dict[int, Any] = {}
             if wantBody and openBlocking is None:
@@ -1679,12 +1687,13 @@ class IMAPServer(Protocol):
                 )
                 files = {u: f for u, f in zip(batch, opened) if f is not None}
             contexts = []
-            getRecord, seqOf, recent = view.records.get, view.seqOf, view.recent
+            getRecord, recent = view.records.get, view.recent
             saved = self.savedSearch or []
             # \\Recent is shown in the flags only where a key may look.
             addRecent = ("flags" in needs or not needs) and not self.rev2
-            for u in batch:
-                record = getRecord(u)
+            sharedNow = shared and view.records.state.messages is messages and not view.records.extra
+            for seq, u in batchNumbered:
+                record = messages[seq - 1] if sharedNow else getRecord(u)
                 if record is None:
                     continue
                 if addRecent and u in recent:
@@ -1698,7 +1707,7 @@ class IMAPServer(Protocol):
                     body = _bodyGetter(search, None, parsed, lambda u=u: openBlocking(u))
                 else:
                     body = _bodyGetter(search, files.get(u), parsed)
-                contexts.append(_SearchContext(seqOf(u), record, parsed, body, maxSeq, maxUid, saved))
+                contexts.append(_SearchContext(seq, record, parsed, body, maxSeq, maxUid, saved))
 
             def matchAll(contexts: List[Any] = contexts) -> List[Any]:
                 return [c for c in contexts if criteria.matches(c)]
