@@ -262,8 +262,8 @@ class MailService(service.MultiService):
             "smtps": lambda: SMTPFactory(role="smtps", delivery=self.delivery, tlsOptions=None, **smtpCommon),
             "pop3": lambda: POP3Factory(tlsOptions=self.tls, implicitTLS=False, **common),
             "pop3s": lambda: POP3Factory(tlsOptions=None, implicitTLS=True, **common),
-            "imap": lambda: IMAPFactory(tlsOptions=self.tls, implicitTLS=False, run=run, **common),
-            "imaps": lambda: IMAPFactory(tlsOptions=None, implicitTLS=True, run=run, **common),
+            "imap": lambda: IMAPFactory(tlsOptions=self.tls, implicitTLS=False, run=run, quotas=self.quotas, **common),
+            "imaps": lambda: IMAPFactory(tlsOptions=None, implicitTLS=True, run=run, quotas=self.quotas, **common),
             "http": lambda: makeSite(self),
         }
         # One connection budget for every listener, and each client's share.

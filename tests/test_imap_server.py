@@ -1075,3 +1075,56 @@ class SearchBodyReaderTests(SynchronousTestCase):
             raise MessageGone(uid="1")
 
         self.assertEqual(_bodyGetter(search, None, self.parsed, opener)(), "")
+
+
+class FakeQuotas:
+    """What the IMAP server asks of L{mailnet.quota.Quotas}: one user's limit and usage."""
+
+    def __init__(self, octets: int, used: int) -> None:
+        from mailnet.quota import Limit
+
+        self.limit = Limit(octets=octets, messages=None)
+        self.used = used
+
+    def limitFor(self, address: str):
+        return self.limit if address == "alice@example.test" else None
+
+    def usage(self, address: str):
+        return self.used, 3
+
+
+class QuotaTests(IMAPTestCase):
+    """RFC 9208: QUOTA with one root, "", and APPEND refused past the quota."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.factory.quotas = FakeQuotas(octets=10 * 1024, used=9 * 1024)
+
+    def test_capability(self) -> None:
+        self.login()
+        self.assertIn(b" QUOTA ", self.send(b"C CAPABILITY\r\n"))
+
+    def test_getQuotaRoot(self) -> None:
+        self.login()
+        out = self.lines(b"Q GETQUOTAROOT INBOX\r\n")
+        self.assertEqual(out, [b'* QUOTAROOT "INBOX" ""', b'* QUOTA "" (STORAGE 9 10)', b"Q OK GETQUOTAROOT completed"])
+
+    def test_getQuotaUnknownRoot(self) -> None:
+        self.login()
+        self.assertIn(b"Q NO [NONEXISTENT]", self.send(b'Q GETQUOTA "other"\r\n'))
+        self.assertIn(b"S NO [NOPERM]", self.send(b'S SETQUOTA "" (STORAGE 1)\r\n'))
+
+    def test_appendOverQuota(self) -> None:
+        """Refused before the literal is read: no continuation, nothing stored."""
+        self.login()
+        out = self.send(b"A APPEND INBOX {2048}\r\n")
+        self.assertTrue(out.startswith(b"A NO [OVERQUOTA]"), out)
+        self.assertNotIn(b"+ ", out)
+        out = self.send(b"B APPEND INBOX {100}\r\n")
+        self.assertTrue(out.startswith(b"+ "), out)
+
+    def test_noQuotaNotOffered(self) -> None:
+        self.factory.quotas = None
+        self.login()
+        self.assertNotIn(b"QUOTA", self.send(b"C CAPABILITY\r\n"))
+        self.assertIn(b"Q BAD", self.send(b"Q GETQUOTAROOT INBOX\r\n"))

@@ -4,13 +4,10 @@ IMAP QUOTA (RFC 9208) over L{mailnet.quota.Quotas}, ready for the IMAP
 server to use: one quota root per user, named C{""}, holding every folder
 of the account.  Pure: no protocol state.
 
-Not wired yet (mailnet/imap/server.py was changing when this was written);
-the server would use it in four places:
- - C{capabilities()}: add L{capabilities}C{(quotas)};
- - C{GETQUOTAROOT mailbox} answers L{quotaRootResponses}, C{GETQUOTA root}
-   L{quotaResponses} (C{NO} for any root but C{""}), C{SETQUOTA} C{NO};
- - C{APPEND} (and COPY/MOVE into the account): before storing, L{refusal}
-   gives the C{NO [OVERQUOTA]} text when the message does not fit.
+The server (L{mailnet.imap.server}) uses it in three places: the
+capabilities, the C{GETQUOTAROOT}/C{GETQUOTA}/C{SETQUOTA} commands, and
+APPEND, which is refused with C{NO [OVERQUOTA]} before its literal is read
+when the message does not fit.
 """
 
 from typing import Any, List, Optional

@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 
 from mailnet.config import Limits
 from mailnet.errors import BadFolderName, CannotDeleteFolder, FolderExists, MessageGone, NoSuchFolder
-from mailnet.imap import _fetch, search
+from mailnet.imap import _fetch, _quota, search
 from mailnet.imap._parser import (
     Atom,
     Command,
@@ -107,6 +107,7 @@ TOOBIG = "TOOBIG"
 SERVERBUG = "SERVERBUG"
 CLIENTBUG = "CLIENTBUG"
 LIMIT = "LIMIT"
+NOPERM = "NOPERM"
 
 #: The mailbox-data FLAGS every folder lists (keywords are added).
 _FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -632,6 +633,7 @@ class IMAPServer(Protocol):
             b"CONDSTORE",
             b"APPENDLIMIT=%d" % (self.factory.limits.max_message_size,),
         ]
+        caps += _quota.capabilities(self.factory.quotas)
         return b" ".join(caps)
 
     def do_CAPABILITY(self, tag: bytes, args: List[Any]) -> None:
@@ -1143,6 +1145,35 @@ class IMAPServer(Protocol):
     def do_UNSUBSCRIBE(self, tag: bytes, args: List[Any]) -> Any:
         return self.do_SUBSCRIBE(tag, args, subscribe=False)
 
+    # --- QUOTA (RFC 9208): one root, "", for the whole account ----------------------
+
+    def _requireQuotas(self) -> Any:
+        if self.factory.quotas is None:
+            raise Bad("QUOTA is not offered")
+        return self.factory.quotas
+
+    def do_GETQUOTAROOT(self, tag: bytes, args: List[Any]) -> None:
+        if len(args) != 1:
+            raise Bad("Syntax: GETQUOTAROOT mailbox")
+        quotas = self._requireQuotas()
+        name = self._folderName(args[0])
+        for line in _quota.quotaRootResponses(quotas, self.account.address, self._encodeName(name)):
+            self._send(line)
+
+    def do_GETQUOTA(self, tag: bytes, args: List[Any]) -> None:
+        if len(args) != 1 or astring(args[0]) is None:
+            raise Bad("Syntax: GETQUOTA root")
+        quotas = self._requireQuotas()
+        if astring(args[0]) != _quota.ROOT.encode() or not quotas.limitFor(self.account.address):
+            raise No("No such quota root", NONEXISTENT)
+        for line in _quota.quotaResponses(quotas, self.account.address):
+            self._send(line)
+
+    def do_SETQUOTA(self, tag: bytes, args: List[Any]) -> None:
+        self._requireQuotas()
+        # Quotas are the administrator's (mailnet-admin user quota).
+        raise No("Quotas are set by the administrator", NOPERM)
+
     def do_NAMESPACE(self, tag: bytes, args: List[Any]) -> None:
         _noArguments(args)
         self._send(b'* NAMESPACE (("" "' + DELIMITER.encode() + b'")) NIL NIL')
@@ -1333,6 +1364,10 @@ class IMAPServer(Protocol):
             name, flags, date = self._appendArguments(command.args)
             if event.size > self.factory.limits.max_message_size:
                 raise No("Message too large (the limit is %d octets)" % (self.factory.limits.max_message_size,), TOOBIG)
+            overQuota = _quota.refusal(self.factory.quotas, self.account.address, event.size)
+            if overQuota is not None:
+                # RFC 9208 §4.3: refused before the literal is read.
+                raise No(overQuota.split("] ", 1)[-1], _quota.OVERQUOTA)
             receiver = self.account.append(name, flags, date)
         except IMAPError as e:
             self.reader.refuseLiteral()
@@ -2034,6 +2069,9 @@ _COMMANDS: Dict[bytes, Tuple[FrozenSet[State], Callable[..., Any]]] = {
     b"LIST": (_AUTH, IMAPServer.do_LIST),
     b"LSUB": (_AUTH, IMAPServer.do_LSUB),
     b"NAMESPACE": (_AUTH, IMAPServer.do_NAMESPACE),
+    b"GETQUOTAROOT": (_AUTH, IMAPServer.do_GETQUOTAROOT),
+    b"GETQUOTA": (_AUTH, IMAPServer.do_GETQUOTA),
+    b"SETQUOTA": (_AUTH, IMAPServer.do_SETQUOTA),
     b"STATUS": (_AUTH, IMAPServer.do_STATUS),
     b"APPEND": (_AUTH, IMAPServer.do_APPEND),
     b"IDLE": (_AUTH, IMAPServer.do_IDLE),
@@ -2079,6 +2117,8 @@ class IMAPFactory(Factory):
     @param clock: an L{IReactorTime}; the global reactor if L{None}.
     @param run: runs a blocking callable off the reactor thread, returning
         a L{Deferred} (reading message files); at once if L{None}.
+    @param quotas: the L{mailnet.quota.Quotas}: QUOTA is offered and
+        APPEND refused with C{OVERQUOTA} past a user's quota; L{None}: not.
 
     @ivar connections: sessions open now.
     @ivar sessions: the open L{IMAPServer}s (for L{shutdown}).
@@ -2097,6 +2137,7 @@ class IMAPFactory(Factory):
         allowPlaintextAuth: bool = False,
         clock: Any = None,
         run: Optional[Callable[..., Deferred]] = None,
+        quotas: Any = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -2110,6 +2151,8 @@ class IMAPFactory(Factory):
         self.run = run if run is not None else (lambda f, *a, **kw: maybeDeferred(f, *a, **kw))
         self.connections = 0
         self.sessions: Set[IMAPServer] = set()
+        # mailnet.quota.Quotas: QUOTA (RFC 9208) and APPEND's OVERQUOTA; None: not offered.
+        self.quotas = quotas
 
     def refusalLine(self, perClient: bool) -> bytes:
         """
