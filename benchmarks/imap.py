@@ -238,10 +238,6 @@ service imap-login {{
 service anvil {{
   chroot =
 }}
-protocol imap {{
-  # The IDLE figure opens hundreds of sessions for one user from one address.
-  mail_max_userip_connections = 100000
-}}
 """
 
 

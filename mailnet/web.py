@@ -47,6 +47,7 @@ class _Request(server.Request):
             # Answered now, rather than after reading (or waiting for) it all.
             self.tooLarge = True
             transport = self.channel.transport
+            assert transport is not None
             transport.write(b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             transport.loseConnection()
         server.Request.gotLength(self, 0 if self.tooLarge else length)

@@ -313,9 +313,16 @@ class WorkerPool(service.Service):
         relay = getattr(self.mail, "relay", None)
         loaded = getattr(relay, "_loaded", None)
         if isinstance(loaded, Deferred):
+            # Started from a chain of its own: a failure to start a worker
+            # must not end up in the relay queue's loading Deferred.
             done: Deferred = Deferred()
-            loaded.addBoth(lambda result: (done.callback(None), result)[1])
             done.addCallback(lambda _: self._startAll())
+
+            def loadedNow(result: Any) -> Any:
+                done.callback(None)
+                return result
+
+            loaded.addBoth(loadedNow)
         else:
             self._startAll()
 
@@ -411,6 +418,8 @@ class WorkerPool(service.Service):
     def signal(self, name: str) -> None:
         """Send signal C{name} (C{"HUP"}, C{"TERM"}) to every worker."""
         for worker in list(self.processes.values()):
+            if worker.transport is None:
+                continue
             try:
                 worker.transport.signalProcess(name)
             except ierror.ProcessExitedAlready:

@@ -32,6 +32,7 @@ import base64
 import binascii
 import bisect
 import enum
+import functools
 import weakref
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -1739,7 +1740,7 @@ class IMAPServer(Protocol):
                 if not wantBody:
                     body = _noBody
                 elif openBlocking is not None:
-                    body = _bodyGetter(search, None, parsed, lambda u=u: openBlocking(u))
+                    body = _bodyGetter(search, None, parsed, functools.partial(openBlocking, u))
                 else:
                     body = _bodyGetter(search, files.get(u), parsed)
                 contexts.append(_SearchContext(seq, record, parsed, body, maxSeq, maxUid, saved))
