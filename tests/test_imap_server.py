@@ -787,6 +787,31 @@ class UpdateTests(IMAPTestCase):
         # Messages 1 and 2 are still recent for this session.
         self.assertEqual(self.send(b"a NOOP\r\n"), b"* 3 EXISTS\r\n* 3 RECENT\r\na OK NOOP completed\r\n")
 
+    def test_slowRefreshThenPipelinedLogout(self) -> None:
+        """
+        NOOP's announcements come from a folder sync that takes time; a
+        LOGOUT pipelined behind it waits, so NOOP's tagged OK is not lost.
+        """
+        folder = self.server.view.folder
+        pending: List[Deferred] = []
+        realSync = folder.sync
+
+        def slowSync():
+            d: Deferred = Deferred()
+            pending.append(d)
+            return d
+
+        folder.sync = slowSync
+        self.account.deliver(MESSAGE)
+        out = self.send(b"a NOOP\r\nb LOGOUT\r\n")
+        self.assertNotIn(b"BYE", out)
+        folder.sync = realSync
+        self.transport.clear()
+        realSync().chainDeferred(pending[0])
+        out = self.transport.value()
+        self.assertIn(b"a OK NOOP completed\r\n* BYE", out)
+        self.assertTrue(out.endswith(b"b OK LOGOUT completed\r\n"), out)
+
     def test_selectedFolderDeleted(self) -> None:
         """
         Another session deletes the selected folder: the next command

@@ -536,7 +536,12 @@ class IMAPServer(Protocol):
             result.addCallbacks(self._commandSucceeded, self._commandFailed, callbackArgs=(tag, name), errbackArgs=(tag, name))
             result.addBoth(self._commandDone)
             return
-        self._commandSucceeded(result, tag, name)
+        refreshing = self._commandSucceeded(result, tag, name)
+        if refreshing is not None and not refreshing.called:
+            # The changes are being announced before the tagged OK: the next
+            # pipelined command waits for it (LOGOUT would cut it off).
+            self._busy = True
+            refreshing.addBoth(self._commandDone)
 
     def _commandSucceeded(self, result: Any, tag: bytes, name: bytes) -> Optional[Deferred]:
         if self._disconnected or result is _NO_REPLY:
