@@ -192,6 +192,18 @@ class DiskQueueTests(QueueTestCase):
         self.failureResultOf(self.queue.update(entry), q.EntryGone)
         self.assertEqual(self.files("env"), [])
 
+    def test_updateDuringDelete(self) -> None:
+        """
+        An update that lands while C{queue delete} is half done (envelope
+        checked before it went, message already gone) removes the envelope
+        it wrote again and fails with L{q.EntryGone}.
+        """
+        entryId = self.enqueue()
+        [entry] = self.successResultOf(self.queue.load())
+        os.unlink(os.path.join(self.queueDir, "msg", entryId))
+        self.failureResultOf(self.queue.update(entry), q.EntryGone)
+        self.assertEqual(self.files("env"), [])
+
     def test_loadCollectsDebris(self) -> None:
         """
         At start, files left in C{tmp/}, messages without envelopes and

@@ -449,6 +449,13 @@ class DiskQueue:
             raise EntryGone(entryId)
         tmp = os.path.join(self._paths.tmp, "%s.%s.json" % (entryId, secrets.token_hex(4)))
         _writeDurably(tmp, final, json.dumps(data, sort_keys=True).encode("utf-8"))
+        if mustExist and not os.path.exists(self._paths.message(entryId)):
+            # 'queue delete' ran between the check above and the rename (it
+            # removes the envelope, then the message): do not bring the
+            # envelope back.
+            if _unlinkQuietly(final):
+                fsyncDirectory(self._paths.env)
+            raise EntryGone(entryId)
 
     def remove(self, entryId: str) -> Deferred:
         """
