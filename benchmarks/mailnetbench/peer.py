@@ -198,7 +198,7 @@ class Postfix:
     def start(self) -> None:
         if self.why:
             raise RuntimeError(self.why)
-        conf = self._configure()
+        conf = self._conf = self._configure()
         self.process = subprocess.Popen(
             [self.binary, "-c", conf, "start-fg"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -218,7 +218,11 @@ class Postfix:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
+            # "postfix start-fg" is a script whose master(8) outlives a signal
+            # to the script: ask the master itself, by its pid file.
+            subprocess.run(
+                [self.binary, "-c", self._conf, "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60
+            )
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
