@@ -50,6 +50,7 @@ from mailnet.store.maildir import (
     _sortKey,
     _uidOf,
     _wireSize,
+    copyMessage,
     flagsOf,
     fsyncDirectory,
     splitInfo,
@@ -933,19 +934,4 @@ def _link(source: str, target: str, tmp: str) -> None:
     except FileNotFoundError:
         raise
     except OSError:
-        _copyFile(source, tmp, target)
-
-
-def _copyFile(source: str, tmp: str, target: str) -> None:
-    """Copy a message where a hard link is impossible (keeping its mtime, the internal date)."""
-    with open(source, "rb") as src, open(tmp, "xb") as dst:
-        while True:
-            chunk = src.read(1 << 20)
-            if not chunk:
-                break
-            dst.write(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
-        stat = os.fstat(src.fileno())
-    os.utime(tmp, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    os.rename(tmp, target)
+        copyMessage(source, tmp, target)

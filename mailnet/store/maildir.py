@@ -477,7 +477,7 @@ class MaildirReceiver:
                     ensureMaildir(box)
                     os.link(self._tmp, target)
                 except OSError:
-                    _copy(self._tmp, os.path.join(box, "tmp", final), target)
+                    copyMessage(self._tmp, os.path.join(box, "tmp", final), target)
                 published.append(target)
             for box in boxes:
                 self._syncDirectory(os.path.join(box, "new"))
@@ -512,7 +512,12 @@ class MaildirReceiver:
                 _unlinkQuietly(self._tmp)
 
 
-def _copy(source: str, tmp: str, target: str) -> None:
+def copyMessage(source: str, tmp: str, target: str) -> None:
+    """
+    Copy a message file where a hard link is impossible (another file
+    system, no permission): through C{tmp}, synced, then renamed to
+    C{target}.  The mtime is kept: IMAP's internal date.
+    """
     with open(source, "rb") as src, open(tmp, "xb") as dst:
         while True:
             chunk = src.read(1 << 20)
@@ -521,6 +526,8 @@ def _copy(source: str, tmp: str, target: str) -> None:
             dst.write(chunk)
         dst.flush()
         os.fsync(dst.fileno())
+        stat = os.fstat(src.fileno())
+    os.utime(tmp, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     os.rename(tmp, target)
 
 
