@@ -33,6 +33,7 @@ sys.path[:0] = [os.path.dirname(_HERE), _HERE]
 
 from mailnetbench import imapload, procstat  # noqa: E402
 from mailnetbench.messages import makeBody  # noqa: E402
+from mailnetbench.peer import dovecotConfig, freePort  # noqa: E402
 
 USER = "user@bench.test"
 PASSWORD = "bench-password-0"
@@ -48,12 +49,6 @@ FIGURES = [
     ("search_subject", "UID SEARCH SUBJECT", "s"),
     ("search_body", "UID SEARCH BODY", "s"),
 ]
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Mailnet:
@@ -134,7 +129,7 @@ class Dovecot:
         config = os.path.join(self.root, "dovecot.conf")
         with open(config, "w") as f:
             f.write(
-                DOVECOT_CONF.format(root=self.root, port=self.port, uid=uid, gid=gid, user=_userName())
+                dovecotConfig("imap", self.root, self.port, uid, gid, _userName(), DOVECOT_IDLE_ROOM)
             )
         return config
 
@@ -197,48 +192,14 @@ class Dovecot:
             self.process = None
 
 
-DOVECOT_CONF = """\
-base_dir = {root}/run
-state_dir = {root}/state
-log_path = {root}/dovecot.log
-protocols = imap
-listen = 127.0.0.1
 # Room for the IDLE sessions of the memory figure (the defaults allow 10
 # per user and address, 100 processes per service).
+DOVECOT_IDLE_ROOM = """\
 default_process_limit = 1000
 default_client_limit = 10000
-protocol imap {{
+protocol imap {
   mail_max_userip_connections = 10000
-}}
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-first_valid_uid = 0
-mail_location = maildir:{root}/home/%n/Maildir
-default_internal_user = {user}
-default_login_user = {user}
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {root}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid} home={root}/home/%n
-}}
-service imap-login {{
-  chroot =
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service anvil {{
-  chroot =
-}}
-"""
+}"""
 
 
 def _userName() -> str:

@@ -264,11 +264,21 @@ smtputf8_enable = no
 """
 
 
-DOVECOT_POP3_CONF = """\
+def dovecotConfig(protocol: str, root: str, port: int, uid: int, gid: int, user: str, extra: str = "") -> str:
+    """
+    A private Dovecot serving C{protocol} (C{"imap"} or C{"pop3"}) on
+    127.0.0.1:C{port}: passwd-file users, Maildirs under C{root}, plaintext
+    logins (loopback only, so TLS is not part of the figures); C{extra} is
+    added to the main section.
+    """
+    return DOVECOT_TEMPLATE.format(protocol=protocol, root=root, port=port, uid=uid, gid=gid, user=user, extra=extra)
+
+
+DOVECOT_TEMPLATE = """\
 base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
-protocols = pop3
+protocols = {protocol}
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
@@ -278,6 +288,7 @@ mail_location = maildir:{root}/home/%n/Maildir
 default_internal_user = {user}
 default_login_user = {user}
 pop3_uidl_format = %f
+{extra}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {root}/passwd
@@ -286,13 +297,13 @@ userdb {{
   driver = static
   args = uid={uid} gid={gid} home={root}/home/%n
 }}
-service pop3-login {{
+service {protocol}-login {{
   chroot =
-  inet_listener pop3 {{
+  inet_listener {protocol} {{
     address = 127.0.0.1
     port = {port}
   }}
-  inet_listener pop3s {{
+  inet_listener {protocol}s {{
     port = 0
   }}
 }}
@@ -341,12 +352,13 @@ class DovecotPOP3:
         user = "dovecot" if os.getuid() == 0 else pwd.getpwuid(os.getuid()).pw_name
         with open(config, "w") as f:
             f.write(
-                DOVECOT_POP3_CONF.format(
-                    root=self.root,
-                    port=self.port,
-                    uid=owner.pw_uid if owner else os.getuid(),
-                    gid=owner.pw_gid if owner else os.getgid(),
-                    user=user,
+                dovecotConfig(
+                    "pop3",
+                    self.root,
+                    self.port,
+                    owner.pw_uid if owner else os.getuid(),
+                    owner.pw_gid if owner else os.getgid(),
+                    user,
                 )
             )
         self.process = subprocess.Popen([self.binary, "-F", "-c", config], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
