@@ -13,8 +13,10 @@ however it ends, so a crash leaves nothing stale to clean up.
 C{mailnet-admin} takes no lock; it works beside a running daemon.
 """
 
+import contextlib
 import os
-from typing import Optional
+import time
+from typing import Iterator, Optional
 
 try:
     import fcntl
@@ -38,6 +40,39 @@ def _tryLock(fd: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _lock(fd: int) -> None:
+    """Take the lock, waiting for it as long as it takes."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    os.lseek(fd, 0, os.SEEK_SET)  # pragma: no cover (Windows)
+    while True:  # pragma: no cover (Windows)
+        try:
+            # LK_LOCK itself tries once a second, ten times, then raises.
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def exclusively(path: str) -> Iterator[None]:
+    """
+    Hold an exclusive lock on the file at C{path} (created if need be)
+    for the duration of the C{with} block, waiting for it if another
+    process (or thread, with its own open) holds it.  A read-modify-write
+    of a shared file done inside is not lost to a concurrent one.  The
+    lock file is left in place: removing it would let a waiter lock a
+    file that is no longer the one others open.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _lock(fd)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 class DataDirLock:

@@ -28,10 +28,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import attr
 from prometheus_client.core import GaugeMetricFamily
 
-from mailnet import metrics
+from mailnet import datalock, metrics
 from mailnet.smtp import codes
 
 QUOTA_FILE = "quotas.json"
+
+#: Beside the quota file: held while it is read, changed and written.
+QUOTA_LOCK = QUOTA_FILE + ".lock"
 
 #: Seconds a counted usage is trusted without a delivery or removal by us.
 USAGE_TTL = 60.0
@@ -145,11 +148,20 @@ def forget(path: str) -> None:
 class QuotaFile:
     """
     C{DATA_DIR/quotas.json}: C{{"users": {ADDRESS: {"octets": N,
-    "messages": M}}, "domains": {DOMAIN: {...}}}}, written atomically.
+    "messages": M}}, "domains": {DOMAIN: {...}}}}.
+
+    A change is a read-modify-write under an exclusive lock on
+    C{quotas.json.lock} (L{mailnet.datalock.exclusively}), so two
+    C{mailnet-admin} at the same moment both take effect; the file is
+    replaced atomically (temporary file, fsync, rename, directory fsync),
+    so a reader (the daemon) sees the old or the new whole, and a crash
+    leaves one of them.
     """
 
     def __init__(self, dataDir: str) -> None:
+        self.dataDir = dataDir
         self.path = os.path.join(dataDir, QUOTA_FILE)
+        self.lockPath = os.path.join(dataDir, QUOTA_LOCK)
 
     def read(self) -> Dict[str, Dict[str, Dict[str, Optional[int]]]]:
         try:
@@ -162,21 +174,37 @@ class QuotaFile:
         return {"users": dict(data.get("users", {})), "domains": dict(data.get("domains", {}))}
 
     def _write(self, data: Dict[str, Any]) -> None:
+        """Replace the file atomically and durably (called with the lock held)."""
+        from mailnet.store.maildir import fsyncDirectory
+
         tmp = "%s.%d.tmp" % (self.path, os.getpid())
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        fsyncDirectory(self.dataDir)
 
     def set(self, kind: str, name: str, limit: Limit) -> None:
-        """Set (or with an empty L{Limit}, remove) a C{"users"} or C{"domains"} quota."""
-        data = self.read()
-        if limit:
-            data[kind][name] = {"octets": limit.octets, "messages": limit.messages}
-        else:
-            data[kind].pop(name, None)
-        self._write(data)
+        """
+        Set (or with an empty L{Limit}, remove) a C{"users"} or
+        C{"domains"} quota, keeping every other entry, including those
+        another process changes at the same moment.
+        """
+        with datalock.exclusively(self.lockPath):
+            data = self.read()
+            if limit:
+                data[kind][name] = {"octets": limit.octets, "messages": limit.messages}
+            else:
+                data[kind].pop(name, None)
+            self._write(data)
 
 
 def _limit(entry: Any) -> Limit:

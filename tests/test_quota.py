@@ -330,3 +330,67 @@ class IMAPQuotaTests(SynchronousTestCase):
         self.assertIsNone(_quota.refusal(self.quotas, "alice@example.test", 8000))
         self.assertEqual(_quota.refusal(self.quotas, "alice@example.test", 9000), "[OVERQUOTA] The mailbox is full")
 
+
+
+_RACER = """
+import sys
+from mailnet.quota import Limit, QuotaFile
+dataDir, who, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+sys.stdin.readline()
+for i in range(count):
+    QuotaFile(dataDir).set("users", "%s%d@example.test" % (who, i), Limit(1024 * (i + 1)))
+"""
+
+
+class QuotaFileRaceTests(SynchronousTestCase):
+    """Two C{mailnet-admin user quota} at the same moment: no change is lost."""
+
+    def test_processesRacing(self) -> None:
+        import subprocess
+        import sys
+
+        dataDir = os.path.abspath(self.mktemp())
+        os.makedirs(dataDir)
+        count = 60
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))
+        racers = [
+            subprocess.Popen([sys.executable, "-c", _RACER, dataDir, who, str(count)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=os.getcwd())
+            for who in ("a", "b")
+        ]
+        for racer in racers:
+            self.assertEqual(racer.stdout.readline(), b"ready\n")
+        for racer in racers:  # both start together
+            racer.stdin.write(b"go\n")
+            racer.stdin.flush()
+        for racer in racers:
+            racer.stdin.close()
+            racer.stdout.close()
+            self.assertEqual(racer.wait(timeout=60), 0)
+        users = QuotaFile(dataDir).read()["users"]
+        self.assertEqual(len(users), 2 * count)
+        self.assertEqual(users["b%d@example.test" % (count - 1,)], {"octets": 1024 * count, "messages": None})
+        # Nothing left behind but the file and its lock.
+        self.assertEqual(sorted(os.listdir(dataDir)), [quota.QUOTA_FILE, quota.QUOTA_FILE + ".lock"])
+
+    def test_threadsRacing(self) -> None:
+        import threading
+
+        dataDir = self.mktemp()
+        os.makedirs(dataDir)
+        start = threading.Event()
+
+        def race(who: str) -> None:
+            start.wait()
+            for i in range(40):
+                QuotaFile(dataDir).set("domains", "%s%d.test" % (who, i), Limit(None, i + 1))
+
+        threads = [threading.Thread(target=race, args=(who,)) for who in "abc"]
+        for thread in threads:
+            thread.start()
+        start.set()
+        for thread in threads:
+            thread.join(60)
+        self.assertEqual(len(QuotaFile(dataDir).read()["domains"]), 120)
