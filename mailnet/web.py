@@ -14,12 +14,19 @@ metrics, health and client autoconfiguration, with twisted.web.
 Every request is bounded: its body (L{MAX_BODY}), the time it may take
 (L{TIMEOUT}), and the size of its query.  Nothing a client sends is
 logged.
+
+C{/healthz} finds out whether the data dir takes writes by writing
+(L{WriteProbe}): C{os.access} says yes to root whatever the disk, and
+knows nothing of a read-only remount or a full file system.
 """
 
+import errno
 import os
 from typing import Any, Callable, Dict, List, Optional
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from mailnet import autoconfig
@@ -35,6 +42,106 @@ TIMEOUT = 30
 
 _XML = b"application/xml; charset=utf-8"
 _TEXT = b"text/plain; charset=utf-8"
+
+#: Seconds a write probe's answer is reused: a monitor polling /healthz
+#: often costs one small file and one fsync per period, not per request.
+PROBE_EVERY = 5.0
+
+#: The probe's file in the data dir (with the process id: several worker
+#: processes may probe at once).  Removed straight away.
+PROBE_NAME = ".mailnet-healthz-probe"
+
+log = Logger()
+
+
+def _describe(error: OSError) -> str:
+    """C{Read-only file system (EROFS)}: the errno's meaning and name."""
+    if not error.errno:
+        return str(error)
+    name = errno.errorcode.get(error.errno)
+    return os.strerror(error.errno) + (" (%s)" % (name,) if name else "")
+
+
+class WriteProbe:
+    """
+    Whether the data dir takes writes, found out the only sure way: create
+    a small file, write it, fsync it and remove it.  Done on C{run}'s
+    thread pool, never on the reactor (an fsync can take long on a busy
+    disk), at most once every L{PROBE_EVERY} seconds: meanwhile the last
+    answer is given, and requests that arrive while a probe runs wait for
+    that one.
+
+    @param dataDir: the directory to probe.
+    @param run: runs a blocking callable off the reactor, returning a
+        L{Deferred} (L{mailnet.store.maildir.ThreadRunner}).
+    @param clock: C{seconds()}, the reactor in the server.
+    @param opener: C{os.open}'s signature; tests pass one that fails.
+    """
+
+    def __init__(
+        self,
+        dataDir: str,
+        run: Callable[..., Deferred],
+        clock: Any,
+        every: float = PROBE_EVERY,
+        opener: Callable[..., int] = os.open,
+    ) -> None:
+        self.dataDir = dataDir
+        self.run = run
+        self.clock = clock
+        self.every = every
+        self.opener = opener
+        self._answer: Optional[str] = None
+        self._when: Optional[float] = None
+        self._waiting: Optional[List[Deferred]] = None
+
+    def probe(self) -> Optional[str]:
+        """
+        Probe now (blocking).
+
+        @return: L{None} when the data dir took the write, else the problem.
+        """
+        path = os.path.join(self.dataDir, "%s.%d" % (PROBE_NAME, os.getpid()))
+        try:
+            fd = self.opener(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
+            try:
+                try:
+                    os.write(fd, b"mailnet /healthz write probe\n")
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            finally:
+                os.unlink(path)
+        except OSError as e:
+            return "the data dir %s is not writable: %s" % (self.dataDir, _describe(e))
+        return None
+
+    def check(self) -> Deferred:
+        """
+        @return: a L{Deferred} firing with L{None} (writable) or the
+            problem, probing only if the last answer is older than C{every}.
+        """
+        now = self.clock.seconds()
+        if self._when is not None and 0 <= now - self._when < self.every:
+            return succeed(self._answer)
+        d: Deferred = Deferred()
+        if self._waiting is not None:
+            self._waiting.append(d)
+            return d
+        self._waiting = [d]
+
+        def done(answer: Optional[str]) -> None:
+            self._answer, self._when = answer, self.clock.seconds()
+            waiting, self._waiting = self._waiting or [], None
+            for each in waiting:
+                each.callback(answer)
+
+        def failed(failure: Any) -> None:
+            log.failure("the /healthz write probe failed", failure)
+            done("the data dir %s could not be probed" % (self.dataDir,))
+
+        maybeDeferred(self.run, self.probe).addCallbacks(done, failed)
+        return d
 
 
 class _Request(server.Request):
@@ -82,10 +189,17 @@ class MailnetResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: Any, probe: Optional[WriteProbe] = None) -> None:
         resource.Resource.__init__(self)
         self.service = service
         self.registry = registryFor(service)
+        if probe is None:
+            from mailnet.store.maildir import runSynchronously
+
+            # The service's disk thread pool (runSynchronously for a bare
+            # service object, as some tests build).
+            probe = WriteProbe(service.config.data_dir, getattr(service, "_run", None) or runSynchronously, service.reactor)
+        self.probe = probe
         self._get: Dict[bytes, Callable[[Any], bytes]] = {
             b"/metrics": self.metrics,
             b"/healthz": self.healthz,
@@ -116,16 +230,19 @@ class MailnetResource(resource.Resource):
     def metrics(self, request: Any) -> bytes:
         return _finish(request, http.OK, generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4.encode("ascii"))
 
-    def problems(self) -> List[str]:
-        """What keeps the server from being healthy; empty when it is."""
+    def problems(self, writable: Optional[str] = None) -> List[str]:
+        """
+        What keeps the server from being healthy; empty when it is.
+
+        @param writable: the L{WriteProbe}'s problem, if it found one.
+        """
         found = []
         for role, listeners in sorted(getattr(self.service, "listeners", {}).items()):
             for listener in listeners:
                 if listener.port is None:
                     found.append("listener %s (%s) is not listening" % (role, listener.description))
-        dataDir = self.service.config.data_dir
-        if not os.access(dataDir, os.W_OK):
-            found.append("the data dir %s is not writable" % (dataDir,))
+        if writable is not None:
+            found.append(writable)
         disk = getattr(self.service, "diskSpace", None)
         if disk is not None and disk.low():
             free, total = disk.usage()
@@ -135,11 +252,25 @@ class MailnetResource(resource.Resource):
             )
         return found
 
-    def healthz(self, request: Any) -> bytes:
-        found = self.problems()
-        if found:
-            return _finish(request, http.SERVICE_UNAVAILABLE, "".join(p + "\n" for p in found).encode("utf-8"))
-        return _finish(request, http.OK, b"ok\n")
+    def healthz(self, request: Any) -> Any:
+        gone: List[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(writable: Optional[str]) -> None:
+            if gone:
+                return  # the client left (or the request timed out)
+            found = self.problems(writable)
+            if found:
+                body = _finish(request, http.SERVICE_UNAVAILABLE, "".join(p + "\n" for p in found).encode("utf-8"))
+            else:
+                body = _finish(request, http.OK, b"ok\n")
+            request.write(body)
+            request.finish()
+
+        self.probe.check().addCallback(answer).addErrback(
+            lambda f: log.failure("answering /healthz failed", f)
+        )
+        return server.NOT_DONE_YET
 
     # --- autoconfiguration --------------------------------------------------
 

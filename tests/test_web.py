@@ -177,12 +177,35 @@ class HealthTests(HTTPTestCase):
 
     @inlineCallbacks
     def test_dataDirNotWritable(self):
-        from mailnet import web
+        """
+        The running server's /healthz writes a file to find out, and says
+        why it could not (a read-only remount here, simulated: chmod does
+        not stop root).
+        """
+        import errno
 
-        self.patch(web.os, "access", lambda path, mode: False)
+        (listener,) = self.server.service.listeners["http"]
+        probe = listener.factory.wrappedFactory.resource.probe
+
+        def readOnly(path, flags, mode=0o777):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+
+        probe.opener = readOnly
+        probe.every = 0
         status, _, body = yield self.request("GET", "/healthz")
         self.assertEqual(status, 503)
-        self.assertIn(b"the data dir %s is not writable" % (self.server.dataDir.encode(),), body)
+        self.assertIn(
+            b"the data dir %s is not writable: Read-only file system (EROFS)\n" % (self.server.dataDir.encode(),), body
+        )
+        probe.opener = os.open
+        status, _, body = yield self.request("GET", "/healthz")
+        self.assertEqual((status, body), (200, b"ok\n"))
+        self.assertEqual([n for n in os.listdir(self.server.dataDir) if "probe" in n], [])
+
+    @inlineCallbacks
+    def test_head(self):
+        status, headers, body = yield self.request("HEAD", "/healthz")
+        self.assertEqual((status, headers["content-type"], body), (200, "text/plain; charset=utf-8", b""))
 
     @inlineCallbacks
     def test_diskLow(self):
@@ -200,6 +223,122 @@ class HealthTests(HTTPTestCase):
         status, headers, _ = yield self.request("POST", "/metrics", b"x")
         self.assertEqual((status, headers["allow"]), (405, "GET, HEAD"))
 
+
+class WriteProbeTests(SynchronousTestCase):
+    """L{mailnet.web.WriteProbe}: a real write, off the reactor, at most once every few seconds."""
+
+    def setUp(self) -> None:
+        from mailnet.web import WriteProbe
+
+        self.dataDir = self.mktemp()
+        os.makedirs(self.dataDir)
+        self.clock = task.Clock()
+        self.runs = []
+        self.opened = []
+        self.probe = WriteProbe(self.dataDir, self.pool, self.clock, every=5.0, opener=self.opener)
+        self.failWith = None
+
+    def pool(self, f, *args):
+        """A thread pool that runs when told (C{self.runs}: what waits)."""
+        from twisted.internet.defer import Deferred
+
+        d = Deferred()
+        self.runs.append((d, f, args))
+        return d
+
+    def runNext(self) -> None:
+        d, f, args = self.runs.pop(0)
+        d.callback(f(*args))
+
+    def opener(self, path, flags, mode=0o777):
+        self.opened.append(path)
+        if self.failWith is not None:
+            raise OSError(self.failWith, os.strerror(self.failWith), path)
+        return os.open(path, flags, mode)
+
+    def test_passes(self) -> None:
+        """A file is created, written and removed, in C{run}'s thread; the answer is kept for C{every} seconds."""
+        d = self.probe.check()
+        self.assertNoResult(d)  # nothing done on the calling (reactor) thread
+        self.assertEqual(self.opened, [])
+        self.runNext()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(len(self.opened), 1)
+        self.assertEqual(os.listdir(self.dataDir), [])
+        self.clock.advance(4.9)
+        self.assertIsNone(self.successResultOf(self.probe.check()))
+        self.assertEqual((self.runs, len(self.opened)), ([], 1))
+        self.clock.advance(0.1)
+        d = self.probe.check()
+        self.runNext()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(len(self.opened), 2)
+
+    def test_readOnly(self) -> None:
+        """
+        A directory that refuses the file: the errno's meaning.  (Simulated
+        by the opener: chmod does not stop root, and a test must run
+        everywhere.)
+        """
+        import errno
+
+        self.failWith = errno.EROFS
+        d = self.probe.check()
+        self.runNext()
+        self.assertEqual(
+            self.successResultOf(d), "the data dir %s is not writable: Read-only file system (EROFS)" % (self.dataDir,)
+        )
+        # The answer is kept, then the next probe finds the disk back.
+        self.failWith = None
+        self.assertIn("EROFS", self.successResultOf(self.probe.check()))
+        self.clock.advance(5)
+        d = self.probe.check()
+        self.runNext()
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_writeFails(self) -> None:
+        """A full disk fails the write after the create: reported, and the file is removed."""
+        import errno
+
+        from mailnet import web
+
+        def full(fd, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        self.patch(web.os, "write", full)
+        d = self.probe.check()
+        self.runNext()
+        self.assertEqual(
+            self.successResultOf(d), "the data dir %s is not writable: No space left on device (ENOSPC)" % (self.dataDir,)
+        )
+        self.assertEqual(os.listdir(self.dataDir), [])
+
+    def test_realDirectory(self) -> None:
+        """Without a fake opener: a missing data dir is reported (ENOENT)."""
+        from mailnet.store.maildir import runSynchronously
+        from mailnet.web import WriteProbe
+
+        probe = WriteProbe(os.path.join(self.dataDir, "missing"), runSynchronously, self.clock)
+        self.assertIn("No such file or directory (ENOENT)", self.successResultOf(probe.check()))
+        probe = WriteProbe(self.dataDir, runSynchronously, self.clock)
+        self.assertIsNone(self.successResultOf(probe.check()))
+
+    def test_oneProbeAtATime(self) -> None:
+        """Requests while a probe runs wait for it rather than starting their own."""
+        first, second = self.probe.check(), self.probe.check()
+        self.assertEqual(len(self.runs), 1)
+        self.runNext()
+        self.assertEqual((self.successResultOf(first), self.successResultOf(second)), (None, None))
+
+    def test_runnerFails(self) -> None:
+        """A probe that could not run (pool stopped) is a problem, logged, not a hang."""
+        from twisted.internet.defer import fail
+
+        from mailnet.web import WriteProbe
+
+        probe = WriteProbe(self.dataDir, lambda f: fail(RuntimeError("pool stopped")), self.clock)
+        self.assertEqual(self.successResultOf(probe.check()), "the data dir %s could not be probed" % (self.dataDir,))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 class AutoconfigTests(HTTPTestCase):
     @inlineCallbacks
