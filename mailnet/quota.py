@@ -12,6 +12,10 @@ counted on first use, brought up to date on each delivery, and counted
 again after a removal (POP3 C{DELE}, IMAP expunge: L{forget}) or when it
 is older than L{USAGE_TTL} seconds (changes made by other programs).
 
+An IMAP C{COPY} adds to the figure at once (a C{MOVE} within the
+account changes nothing), and one that does not fit is refused
+(L{mailnet.imap._quota}).
+
 Checked at C{RCPT}: C{452 4.2.2} when the mailbox is full (or would be
 with MAIL's C{SIZE}), C{552 5.2.2} when C{SIZE} alone is more than the
 quota.  The relay queue retries a C{4.2.2} like any temporary failure and
@@ -128,12 +132,15 @@ _usage: Dict[str, Tuple[int, int, float]] = {}
 _lock = threading.Lock()
 
 
-def delivered(path: str, octets: int) -> None:
-    """A message of C{octets} was added to the Maildir at C{path}."""
+def delivered(path: str, octets: int, messages: int = 1) -> None:
+    """
+    C{messages} messages (one by default) of C{octets} in all were added
+    to the Maildir at C{path}: a delivery, an IMAP APPEND or COPY.
+    """
     with _lock:
         known = _usage.get(path)
         if known is not None:
-            _usage[path] = (known[0] + octets, known[1] + 1, known[2])
+            _usage[path] = (known[0] + octets, known[1] + messages, known[2])
 
 
 def forget(path: str) -> None:
@@ -297,6 +304,19 @@ class Quotas:
         with _lock:
             _usage[path] = (octets, count, now)
         return octets, count
+
+    def count(self, address: str) -> Optional[Any]:
+        """
+        Have C{address}'s usage counted off the reactor, if it must be
+        counted at all, so that a following L{usage} answers at once.
+
+        @return: L{None} when the figure is known (or there is no thread
+            pool to count in: L{usage} counts then), else a L{Deferred}
+            that fires once it is counted.
+        """
+        if self.run is None or self._known(address) is not None:
+            return None
+        return self.run(self._countAll, [address])
 
     def _countAll(self, addresses: List[str]) -> None:
         for address in addresses:

@@ -1105,14 +1105,18 @@ class SearchBodyReaderTests(SynchronousTestCase):
 class FakeQuotas:
     """What the IMAP server asks of L{mailnet.quota.Quotas}: one user's limit and usage."""
 
-    def __init__(self, octets: int, used: int) -> None:
+    def __init__(self, octets: int, used: int, messages=None) -> None:
         from mailnet.quota import Limit
 
-        self.limit = Limit(octets=octets, messages=None)
+        self.limit = Limit(octets=octets, messages=messages)
         self.used = used
+        self.counting = None
 
     def limitFor(self, address: str):
         return self.limit if address == "alice@example.test" else None
+
+    def count(self, address: str):
+        return self.counting
 
     def usage(self, address: str):
         return self.used, 3
@@ -1147,6 +1151,43 @@ class QuotaTests(IMAPTestCase):
         self.assertNotIn(b"+ ", out)
         out = self.send(b"B APPEND INBOX {100}\r\n")
         self.assertTrue(out.startswith(b"+ "), out)
+
+    def copyInto(self, command: bytes, sizes=(600, 500)) -> bytes:
+        for size in sizes:
+            self.account.deliver(b"Subject: x\r\n\r\n" + b"x" * (size - 15) + b"\r\n")
+        self.select()
+        return self.send(command)
+
+    def test_copyOverQuota(self) -> None:
+        """RFC 9208 §4.3: a COPY past the quota is NO [OVERQUOTA], and nothing is copied."""
+        out = self.copyInto(b"a COPY 1:2 Trash\r\n")
+        self.assertEqual(out, b"a NO [OVERQUOTA] The mailbox is full\r\n")
+        self.assertEqual(self.account.status("Trash").result.messages, 0)
+        out = self.send(b"b UID COPY 2 Trash\r\n")
+        self.assertRegex(out, rb"^b OK \[COPYUID \d+ 2 1\] COPY completed\r\n$")
+
+    def test_copyMessageLimit(self) -> None:
+        self.factory.quotas = FakeQuotas(octets=10**6, used=0, messages=4)
+        self.assertTrue(self.copyInto(b"a COPY 1:2 Trash\r\n").startswith(b"a NO [OVERQUOTA]"))
+        self.assertIn(b"b OK [COPYUID", self.send(b"b COPY 1 Trash\r\n"))
+
+    def test_moveAtQuota(self) -> None:
+        """A MOVE stays within the account's quota root: allowed however full it is."""
+        self.factory.quotas = FakeQuotas(octets=10 * 1024, used=10 * 1024)
+        out = self.copyInto(b"a MOVE 1:2 Trash\r\n")
+        self.assertTrue(out.endswith(b"a OK MOVE completed\r\n"), out)
+        self.assertEqual(self.account.status("Trash").result.messages, 2)
+
+    def test_copyWaitsForCount(self) -> None:
+        """A Maildir not counted yet is counted (in a thread) before the check; the COPY waits."""
+        from twisted.internet.defer import Deferred
+
+        self.factory.quotas.counting = Deferred()
+        out = self.copyInto(b"a COPY 1:2 Trash\r\n")
+        self.assertEqual(out, b"")
+        self.transport.clear()
+        self.factory.quotas.counting.callback(None)
+        self.assertEqual(self.transport.value(), b"a NO [OVERQUOTA] The mailbox is full\r\n")
 
     def test_noQuotaNotOffered(self) -> None:
         self.factory.quotas = None

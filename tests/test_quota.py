@@ -305,6 +305,65 @@ class IMAPExpungeTests(SynchronousTestCase):
         self.assertEqual(quotas.usage("alice@example.test")[1], 2)
 
 
+class IMAPCopyTests(SynchronousTestCase):
+    """
+    An IMAP COPY adds to the mailbox's usage at once (not at the next
+    recount, USAGE_TTL later); a MOVE within the account leaves it as it was.
+    """
+
+    def setUp(self) -> None:
+        from mailnet.store.folders import AccountRegistry
+        from mailnet.store.maildir import MaildirStore, runSynchronously
+        from tests.test_folders import _noLoad, stubParse
+
+        self.now = [1000.0]
+        store = MaildirStore(self.mktemp(), runSynchronously, "mx.example.test")
+        self.path = store.pathFor("alice@example.test")
+        self.quotas = Quotas(self.mktemp(), FakeAccounts(), store.pathFor, clock=lambda: self.now[0])
+        registry = AccountRegistry(store, runSynchronously, parse=stubParse, load=_noLoad)
+        account = registry.open("alice@example.test")
+        self.addCleanup(registry.release, account)
+        self.addCleanup(quota.forget, self.path)
+        for body in (b"hello\n", b"a longer message\nof two lines\n"):
+            receiver = store.receive("bob@example.test", ["alice@example.test"])
+            receiver.write(b"Subject: x\r\n\r\n" + body)
+            self.successResultOf(receiver.finish())
+        self.folder = self.successResultOf(account.openFolder("INBOX"))
+        self.addCleanup(self.folder.close)
+        self.successResultOf(self.folder.sync())
+        self.before = self.quotas.usage("alice@example.test")
+        self.assertEqual(self.before, mailboxUsage(self.path))
+
+    def test_copy(self) -> None:
+        self.successResultOf(self.folder.copy([1, 2], "Trash"))
+        counted = mailboxUsage(self.path)
+        self.assertEqual(counted, (2 * self.before[0], 4))
+        # At once: the cached figure is not USAGE_TTL old.
+        self.assertEqual(self.quotas.usage("alice@example.test"), counted)
+
+    def test_move(self) -> None:
+        self.successResultOf(self.folder.move([2], "Trash"))
+        self.assertEqual(mailboxUsage(self.path), self.before)
+        self.assertEqual(self.quotas.usage("alice@example.test"), self.before)
+
+    def test_count(self) -> None:
+        """Quotas.count: an uncounted Maildir is counted in the runner's thread, once."""
+        runs = []
+
+        def run(f, *args):
+            runs.append(f)
+            f(*args)
+            return "counting"
+
+        quota.forget(self.path)
+        self.assertIsNone(self.quotas.count("alice@example.test"))  # no thread pool: usage counts
+        self.quotas.run = run
+        self.assertEqual(self.quotas.count("alice@example.test"), "counting")
+        self.assertIsNone(self.quotas.count("alice@example.test"))
+        self.assertEqual(len(runs), 1)
+        self.assertEqual(self.quotas.usage("alice@example.test"), self.before)
+
+
 class IMAPQuotaTests(SynchronousTestCase):
     """mailnet.imap._quota: the RFC 9208 responses, ready for the IMAP server."""
 
@@ -329,6 +388,9 @@ class IMAPQuotaTests(SynchronousTestCase):
         )
         self.assertIsNone(_quota.refusal(self.quotas, "alice@example.test", 8000))
         self.assertEqual(_quota.refusal(self.quotas, "alice@example.test", 9000), "[OVERQUOTA] The mailbox is full")
+        # A COPY of several messages: each counts against MESSAGE.
+        self.assertIsNone(_quota.refusal(self.quotas, "alice@example.test", 10, 4))
+        self.assertEqual(_quota.refusal(self.quotas, "alice@example.test", 10, 5), "[OVERQUOTA] The mailbox is full")
 
 
 

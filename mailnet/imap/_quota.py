@@ -4,10 +4,16 @@ IMAP QUOTA (RFC 9208) over L{mailnet.quota.Quotas}, ready for the IMAP
 server to use: one quota root per user, named C{""}, holding every folder
 of the account.  Pure: no protocol state.
 
-The server (L{mailnet.imap.server}) uses it in three places: the
-capabilities, the C{GETQUOTAROOT}/C{GETQUOTA}/C{SETQUOTA} commands, and
+The server (L{mailnet.imap.server}) uses it in four places: the
+capabilities, the C{GETQUOTAROOT}/C{GETQUOTA}/C{SETQUOTA} commands,
 APPEND, which is refused with C{NO [OVERQUOTA]} before its literal is read
-when the message does not fit.
+when the message does not fit, and COPY, refused the same way before
+anything is copied when the messages do not fit.  A MOVE stays within
+the one root: it changes no usage and is never refused for the quota.
+
+Sizes are checked as the client sees them (the APPEND literal, the
+messages' C{RFC822.SIZE}), with CRLF line ends, against the usage as
+stored (LF): a little stricter than the figure, never looser.
 """
 
 from typing import Any, List, Optional
@@ -59,11 +65,13 @@ def quotaRootResponses(quotas: Any, address: str, mailbox: bytes) -> List[bytes]
     return [b"* QUOTAROOT " + mailbox + b" " + _quoted(ROOT)] + quotaResponses(quotas, address)
 
 
-def refusal(quotas: Any, address: str, size: int) -> Optional[str]:
+def refusal(quotas: Any, address: str, size: int, messages: int = 1) -> Optional[str]:
     """
-    @return: the C{NO} text for an APPEND of C{size} octets that does not
-        fit the user's quota (RFC 9208 §4.3, response code OVERQUOTA), or
-        L{None} when it fits.
+    @param size: the octets to be added.
+    @param messages: how many messages they are (APPEND one, COPY several).
+    @return: the C{NO} text for an APPEND or COPY that does not fit the
+        user's quota (RFC 9208 §4.3, response code OVERQUOTA), or L{None}
+        when it fits.
     """
     if quotas is None:
         return None
@@ -72,7 +80,7 @@ def refusal(quotas: Any, address: str, size: int) -> Optional[str]:
         return None
     octets, count = quotas.usage(address)
     if (limit.octets is not None and octets + size > limit.octets) or (
-        limit.messages is not None and count >= limit.messages
+        limit.messages is not None and count + messages > limit.messages
     ):
         return "[OVERQUOTA] The mailbox is full"
     return None

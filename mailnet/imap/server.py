@@ -1496,6 +1496,8 @@ class IMAPServer(Protocol):
             if uid:
                 return "%s completed (nothing to do)" % (verb,)
             raise No("Messages were expunged", "EXPUNGEISSUED")
+        if not move:
+            await self._checkCopyQuota(view, uids)
         try:
             if move:
                 uidValidity, pairs = await view.folder.move(uids, target)
@@ -1519,6 +1521,26 @@ class IMAPServer(Protocol):
                 await self._refresh(expunges=True)
             return "MOVE completed"
         return code + "COPY completed"
+
+    async def _checkCopyQuota(self, view: SelectedView, uids: List[int]) -> None:
+        """
+        RFC 9208 §4.3: a COPY that would take the account past its quota
+        is refused with C{OVERQUOTA}, before anything is copied.  (A MOVE
+        stays within the account's one quota root: never refused.)
+        """
+        quotas = self.factory.quotas
+        if quotas is None or not quotas.limitFor(self.account.address):
+            return
+        counting = quotas.count(self.account.address)
+        if counting is not None:
+            await counting  # a Maildir not counted yet: counted in a thread
+        size = 0
+        for u in uids:
+            record = view.records.get(u)
+            size += record.size if record is not None else 0
+        overQuota = _quota.refusal(quotas, self.account.address, size, len(uids))
+        if overQuota is not None:
+            raise No(overQuota.split("] ", 1)[-1], _quota.OVERQUOTA)
 
     def do_MOVE(self, tag: bytes, args: List[Any]) -> Any:
         return self.do_COPY(tag, args, move=True)
@@ -2124,7 +2146,8 @@ class IMAPFactory(Factory):
     @param run: runs a blocking callable off the reactor thread, returning
         a L{Deferred} (reading message files); at once if L{None}.
     @param quotas: the L{mailnet.quota.Quotas}: QUOTA is offered and
-        APPEND refused with C{OVERQUOTA} past a user's quota; L{None}: not.
+        APPEND and COPY refused with C{OVERQUOTA} past a user's quota;
+        L{None}: not.
 
     @ivar connections: sessions open now.
     @ivar sessions: the open L{IMAPServer}s (for L{shutdown}).
@@ -2157,7 +2180,7 @@ class IMAPFactory(Factory):
         self.run = run if run is not None else (lambda f, *a, **kw: maybeDeferred(f, *a, **kw))
         self.connections = 0
         self.sessions: Set[IMAPServer] = set()
-        # mailnet.quota.Quotas: QUOTA (RFC 9208) and APPEND's OVERQUOTA; None: not offered.
+        # mailnet.quota.Quotas: QUOTA (RFC 9208), APPEND's and COPY's OVERQUOTA; None: not offered.
         self.quotas = quotas
 
     def refusalLine(self, perClient: bool) -> bytes:

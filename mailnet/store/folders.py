@@ -15,6 +15,7 @@ how flags combine, how APPENDed messages are normalised.
 """
 
 import os
+import re
 import shutil
 import time
 from typing import IO, TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
@@ -575,6 +576,22 @@ class MaildirAccount:
         return index
 
 
+_STORED_SIZE = re.compile(r",S=(\d+)")
+
+
+def _storedSize(folderPath: str, file: Optional[str]) -> int:
+    """A message file's size as stored: its name's C{S=}, else a C{stat}."""
+    if file is None:
+        return 0
+    match = _STORED_SIZE.search(file)
+    if match:
+        return int(match.group(1))
+    try:
+        return os.stat(os.path.join(folderPath, file)).st_size
+    except OSError:
+        return 0
+
+
 @implementer(IFolder)
 class MaildirFolder:
     """
@@ -664,7 +681,15 @@ class MaildirFolder:
     def _copy(self, uids, target: str, move: bool) -> Deferred:
         def copy():
             into = self._account._folderIndex(target)
-            return into.name, self._index.copy(list(uids), into, move)
+            answer = self._index.copy(list(uids), into, move)
+            if not move and answer[1]:
+                # The quota's usage grows at once (a MOVE leaves the
+                # account's total as it was): the copies' stored sizes.
+                from mailnet import quota
+
+                octets = sum(_storedSize(into.path, into.files.get(new)) for _, new in answer[1])
+                quota.delivered(self._account.path, octets, len(answer[1]))
+            return into.name, answer
 
         def done(result):
             name, answer = result
