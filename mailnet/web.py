@@ -264,6 +264,8 @@ class MailnetResource(resource.Resource):
                 body = _finish(request, http.SERVICE_UNAVAILABLE, "".join(p + "\n" for p in found).encode("utf-8"))
             else:
                 body = _finish(request, http.OK, b"ok\n")
+            # Answered later (the probe): a Content-Length, not chunks, as before.
+            request.setHeader(b"content-length", b"%d" % (len(body),))
             request.write(body)
             request.finish()
 

@@ -206,6 +206,9 @@ class HealthTests(HTTPTestCase):
     def test_head(self):
         status, headers, body = yield self.request("HEAD", "/healthz")
         self.assertEqual((status, headers["content-type"], body), (200, "text/plain; charset=utf-8", b""))
+        status, headers, body = yield self.request("GET", "/healthz")
+        self.assertEqual((status, headers["content-length"], body), (200, "3", b"ok\n"))
+        self.assertNotIn("transfer-encoding", headers)
 
     @inlineCallbacks
     def test_diskLow(self):
