@@ -11,6 +11,9 @@ The lock is the operating system's (C{flock} on POSIX, C{msvcrt.locking}
 on Windows), not the existence of the file: it goes away with the process
 however it ends, so a crash leaves nothing stale to clean up.
 C{mailnet-admin} takes no lock; it works beside a running daemon.
+
+L{exclusively} is the same kind of lock, waited for and held around one
+short read-modify-write of a shared file (C{quotas.json}).
 """
 
 import contextlib

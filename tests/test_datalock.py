@@ -31,6 +31,18 @@ class DataDirLockTests(SynchronousTestCase):
         self.assertIn("another mailnet (pid %d) is already running on it" % (os.getpid(),), str(error))
         self.assertIn("--data-dir", str(error))
 
+    def test_exclusively(self) -> None:
+        """Held for the with block (another open cannot take it), free after it, the file left in place."""
+        from mailnet.datalock import _tryLock, exclusively
+
+        path = os.path.join(self.dataDir, "some.lock")
+        with exclusively(path):
+            fd = os.open(path, os.O_RDWR)
+            self.addCleanup(os.close, fd)
+            self.assertFalse(_tryLock(fd))
+        self.assertTrue(_tryLock(fd))
+        self.assertTrue(os.path.exists(path))
+
     def test_releasedThenFree(self) -> None:
         first = DataDirLock(self.dataDir)
         first.acquire()
