@@ -229,6 +229,57 @@ class QuotaEndToEndTests(TestCase):
         yield deferToThread(deleteOne)
         self.assertEqual((yield deferToThread(send))[0], 250)
 
+    @inlineCallbacks
+    def test_imapCopy(self):
+        """
+        Python's imaplib against a running server: a COPY past the quota is
+        NO [OVERQUOTA]; one that fits shows in GETQUOTA at once; a MOVE
+        changes nothing and is allowed at the quota.
+        """
+        import imaplib
+
+        server = yield startServer(self)
+        server.addUser("alice@example.test", "alice-secret")
+        message = b"From: bob@remote.test\r\nSubject: fill\r\n\r\n" + (b"x" * 98 + b"\r\n") * 10
+
+        def session():
+            client = smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10)
+            client.ehlo("client.remote.test")
+            for _ in range(2):
+                client.sendmail("bob@remote.test", ["alice@example.test"], message)
+            client.quit()
+            usage = mailboxUsage(server.mailStore.pathFor("alice@example.test"))[0]
+            # Room for one more copy, not for two.
+            QuotaFile(server.dataDir).set("users", "alice@example.test", Limit(usage + usage * 3 // 4))
+            server.service.quotas._lookedAt = None  # seen now, not within the second
+            context = ssl.create_default_context(cafile=server.certPath)
+            imap = imaplib.IMAP4_SSL("localhost", server.ports["imaps"], ssl_context=context, timeout=10)
+            try:
+                imap.login("alice@example.test", "alice-secret")
+                imap.select("INBOX")
+                before = imap.getquota('""')[1]
+                results = [imap.copy("1:2", "Trash"), imap.copy("1", "Trash"), imap.getquota('""')[1]]
+                results.append(mailboxUsage(server.mailStore.pathFor("alice@example.test")))
+                results.append(imap.copy("2", "Trash"))
+                results.append(imap._simple_command("MOVE", "1:2", "Trash"))
+                results.append(imap.getquota('""')[1])
+                return usage, before, results
+            finally:
+                imap.logout()
+
+        usage, before, (refused, copied, after, counted, full, moved, afterMove) = yield deferToThread(session)
+        self.assertEqual(refused, ("NO", [b"[OVERQUOTA] The mailbox is full"]))
+        self.assertEqual(copied[0], "OK")
+        self.assertEqual(full, ("NO", [b"[OVERQUOTA] The mailbox is full"]))
+        self.assertEqual(moved[0], "OK")
+        limit = (usage + usage * 3 // 4) // 1024
+        self.assertEqual(before, [b'"" (STORAGE %d %d)' % (-(-usage // 1024), limit)])
+        # At once, the figure a recount gives (not 60 s later).
+        self.assertEqual(counted[1], 3)
+        self.assertEqual(after, [b'"" (STORAGE %d %d)' % (-(-counted[0] // 1024), limit)])
+        self.assertEqual(afterMove, after)
+        self.assertEqual(mailboxUsage(server.mailStore.pathFor("alice@example.test")), counted)
+
 
 class AdminQuotaTests(AdminTestCase):
     """mailnet-admin user quota, domain quota, user show, user list --usage."""
