@@ -12,7 +12,10 @@ an alias has no password.  Checking a password costs one Argon2
 verification in a thread of the hashing pool (its own, not the pool that
 syncs Maildirs: see L{mailnet.service}), also for unknown users (against a
 dummy hash), and a failure is reported the same way, after the same
-throttling delay, whether or not the user exists.
+throttling delay, whether or not the user exists.  A successful check is
+remembered for a few minutes (L{mailnet.passwords.LoginCache}): the same
+password for the same stored hash then succeeds without a thread or a
+hash; failures are never remembered.
 """
 
 import ipaddress
@@ -27,7 +30,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -46,7 +49,7 @@ from mailnet.interfaces import (
     IMailStore,
     ISender,
 )
-from mailnet.passwords import dummyHash, hashPassword, needsRehash, verifyPassword
+from mailnet.passwords import LOGIN_CACHE_SIZE, LOGIN_CACHE_TTL, LoginCache, dummyHash, hashPassword, needsRehash, verifyPassword
 
 log = Logger()
 
@@ -93,14 +96,33 @@ class AccountChecker:
         unknown users is made with them, and a user's hash made with other
         parameters is replaced after a successful login.  The defaults of
         L{mailnet.passwords} if not given.
+    @param clock: an L{IReactorTime}; with it, successful verifications are
+        remembered for C{cacheTTL} seconds (see L{cache}).  Without it,
+        every login is verified.
+    @param cacheTTL: seconds a successful verification is remembered
+        (C{[limits] login_cache_ttl}); 0 remembers none.
+
+    @ivar cache: the L{LoginCache} of successful verifications, or L{None}.
+        It is looked up only after the stored hash is read, with that hash:
+        a changed password or a removed user never hits.
     """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, store: IAccountStore, run: Callable[..., Deferred], hasher: Optional[PasswordHasher] = None) -> None:
+    def __init__(
+        self,
+        store: IAccountStore,
+        run: Callable[..., Deferred],
+        hasher: Optional[PasswordHasher] = None,
+        clock: Optional[IReactorTime] = None,
+        cacheTTL: float = LOGIN_CACHE_TTL,
+    ) -> None:
         self._store = store
         self._run = run
         self._hasher = hasher
+        self.cache: Optional[LoginCache] = None
+        if clock is not None and cacheTTL > 0:
+            self.cache = LoginCache(clock, cacheTTL, LOGIN_CACHE_SIZE)
 
     def requestAvatarId(self, credentials) -> Deferred:
         """
@@ -120,10 +142,16 @@ class AccountChecker:
             d = self._run(verifyPassword, dummyHash(self._hasher), password, self._hasher)
             d.addCallback(lambda _: Failure(UnauthorizedLogin(FAILED)))
             return d
+        cache = self.cache
+        if cache is not None and cache.hit(address, stored, password):
+            # Verified recently against this very hash: no thread, no hash.
+            return succeed(address)
 
         def checked(ok: bool):
             if not ok:
                 return Failure(UnauthorizedLogin(FAILED))
+            if cache is not None:
+                cache.add(address, stored, password)
             if needsRehash(stored, self._hasher):
                 self._rehash(address, stored, password)
             return address
@@ -140,6 +168,9 @@ class AccountChecker:
             # Only if no one changed the password meanwhile.
             if self._store.passwordHash(address) == old:
                 self._store.setPasswordHash(address, new)
+                if self.cache is not None:
+                    # The next login finds the new hash: let it hit too.
+                    self.cache.add(address, new, password)
                 log.info("Rehashed the password of {address} with current parameters", address=address)
 
         d = self._run(hashPassword, password, self._hasher)
@@ -715,6 +746,8 @@ def makePortal(
     extraCheckers: Iterable[ICredentialsChecker] = (),
     hasher: Optional[PasswordHasher] = None,
     accounts=None,
+    clock: Optional[IReactorTime] = None,
+    cacheTTL: float = LOGIN_CACHE_TTL,
 ) -> Portal:
     """
     The portal every listener shares: L{MailRealm} with L{AccountChecker}.
@@ -730,6 +763,8 @@ def makePortal(
         avatars (one on C{mailStore} and C{run}, watching no directories,
         if not given; set C{portal.realm.accounts.watcher} to a
         L{mailnet.store.watch} watcher to hear of other processes' changes).
+    @param clock: with it, the account checker remembers successful
+        verifications for C{cacheTTL} seconds (see L{AccountChecker}).
     """
     if accounts is None:
         from mailnet.store.folders import AccountRegistry
@@ -737,7 +772,7 @@ def makePortal(
         accounts = AccountRegistry(mailStore, run)
     portal = Portal(MailRealm(store, mailStore, accounts))
     checkers: Dict = {}
-    for checker in [AccountChecker(store, run, hasher), *extraCheckers]:
+    for checker in [AccountChecker(store, run, hasher, clock, cacheTTL), *extraCheckers]:
         for interface in checker.credentialInterfaces:
             checkers.setdefault(interface, []).append(checker)
     for interface, chain in checkers.items():
