@@ -142,7 +142,7 @@ def dummyHash(hasher: Optional[PasswordHasher] = None) -> str:
 LOGIN_CACHE_TTL = 600.0
 
 #: Verifications remembered at most (the oldest are forgotten first):
-#: about 150 bytes each, so at most a few MiB.
+#: about 160 bytes each, so at most 2 MiB.
 LOGIN_CACHE_SIZE = 10000
 
 
