@@ -158,6 +158,21 @@ class AccountChecker:
 
         return self._run(verifyPassword, stored, password, self._hasher).addCallback(checked)
 
+    def remembered(self, credentials) -> bool:
+        """
+        @return: whether these credentials would succeed from the cache now:
+            without a thread or a hash (one account-store read and one
+            HMAC).  L{Authenticator} admits such logins even when the
+            hashing pool is full.
+        """
+        if self.cache is None:
+            return False
+        address = loginAddress(getattr(credentials, "username", None))
+        if address is None:
+            return False
+        stored = self._store.passwordHash(address)
+        return stored is not None and self.cache.hit(address, stored, credentials.password)
+
     def _rehash(self, address: str, old: str, password) -> None:
         """
         Replace a hash made with outdated parameters (in the background: the
@@ -426,7 +441,9 @@ class Authenticator:
     without, at most C{maxChecking}.  An attempt beyond any of these
     bounds fails with L{mailnet.errors.LoginBusy} after C{busyDelay}
     seconds (so that a client retrying at once costs little); that is not
-    a failed login, and the client may retry.  At most C{maxPeers}
+    a failed login, and the client may retry.  The pool bounds do not apply
+    to a password the account checker remembers (see
+    L{AccountChecker.remembered}): it needs no hashing.  At most C{maxPeers}
     clients, C{maxPeers} accounts and C{maxPeers} pairs are remembered;
     the ones whose last failure is oldest are forgotten first.
 
@@ -633,9 +650,32 @@ class Authenticator:
             return waiter.addCallback(lambda _: self._attempt(client, account, credentials, interface))
         return self._check(client, account, credentials, interface)
 
+    def _remembered(self, credentials) -> bool:
+        """
+        @return: whether the portal's account checker would accept these
+            credentials from its login cache, with no work for the hashing
+            pool (see L{AccountChecker.remembered}).
+        """
+        if not IUsernamePassword.providedBy(credentials):
+            return False
+        checker = self.portal.checkers.get(IUsernamePassword)
+        if isinstance(checker, FirstSuccessChecker):
+            # Only the first is asked first.
+            checker = checker.checkers[0]
+        if not isinstance(checker, AccountChecker):
+            return False
+        try:
+            return checker.remembered(credentials)
+        except Exception:
+            # The store is unreadable: the check would fail too; refuse.
+            log.failure("Could not look up a remembered login")
+            return False
+
     def _check(self, client: str, account: str, credentials, interface) -> Deferred:
         suspect = self._suspect(client) or self._targeted(account)
-        if (suspect and self._suspectChecking >= self.maxSuspectChecking) or self._checking >= self.maxChecking:
+        full = (suspect and self._suspectChecking >= self.maxSuspectChecking) or self._checking >= self.maxChecking
+        # A remembered password costs the pool nothing: admit it even then.
+        if full and not self._remembered(credentials):
             log.debug("Login from {peer} refused: {count} logins already being checked", peer=client, count=self._checking)
             return fail(LoginBusy())
         self._checking += 1

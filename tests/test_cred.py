@@ -320,6 +320,22 @@ class LoginCacheCheckerTests(SynchronousTestCase):
         self.assertEqual(len(self.run.calls), 2)
         self.assertEqual(self.store.passwordHash("alice@example.test"), new)
 
+    def test_remembered(self) -> None:
+        """
+        L{AccountChecker.remembered} tells, without a verification, whether
+        credentials would succeed from the cache.
+        """
+        self.assertFalse(self.checker.remembered(creds("alice@example.test", "alice-pw")))
+        self.successResultOf(self.check())
+        self.assertTrue(self.checker.remembered(creds("ALICE@example.test", "alice-pw")))
+        self.assertTrue(self.checker.remembered(UsernamePassword("alice@example.test", "alice-pw")))
+        for username, password in [("alice@example.test", "wrong"), ("bob@example.test", "alice-pw"), ("nobody@example.test", "alice-pw"), ("alice", "alice-pw")]:
+            self.assertFalse(self.checker.remembered(creds(username, password)), username)
+        self.store.setPasswordHash("alice@example.test", hashPassword("new-pw", CHEAP))
+        self.assertFalse(self.checker.remembered(creds("alice@example.test", "alice-pw")))
+        self.assertFalse(AccountChecker(self.store, self.run, CHEAP).remembered(creds("alice@example.test", "alice-pw")))
+        self.assertEqual(self.verifications(), 1)
+
     def test_rehashRacesPasswordChange(self) -> None:
         """
         A rehash that finds the password changed meanwhile stores nothing
@@ -1123,6 +1139,70 @@ class CachedLoginThrottlingTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(self.runner.started, 2)
         self.assertEqual(self.auth.failures("192.0.2.1", b"alice@example.test"), 0)
+
+    def test_admittedWhenThePoolIsFull(self) -> None:
+        """
+        A remembered password needs no hashing, so it is admitted even when
+        the pool has all the checks it may have; other logins are still
+        refused.
+        """
+        self.remember()
+        auth = Authenticator(self.portal, self.clock, maxChecking=2, busyDelay=0)
+        for i in range(2):
+            auth.login(creds("bob@example.test", "wrong"), "198.51.100.%d" % (i,), ISender)
+        self.assertEqual(self.runner.started, 3)
+        self.failureResultOf(auth.login(creds("bob@example.test", "bob-pw"), "203.0.113.1", ISender), LoginBusy)
+        self.failureResultOf(auth.login(creds("alice@example.test", "wrong"), "203.0.113.1", ISender), LoginBusy)
+        _, avatar, _ = self.successResultOf(auth.login(creds("alice@example.test", "alice-pw"), "203.0.113.1", ISender))
+        self.assertEqual(avatar.address, "alice@example.test")
+        self.assertEqual(self.runner.started, 3)
+        self.assertEqual(auth.inProgress(), 2)
+
+    def test_admittedWhenSuspectsAreFull(self) -> None:
+        """
+        Also when the account is being guessed at and the suspects' share
+        of the pool is taken.
+        """
+        self.remember()
+        auth = Authenticator(self.portal, self.clock, maxSuspectChecking=1, busyDelay=0)
+        auth.login(creds("alice@example.test", "wrong"), "198.51.100.1", ISender)
+        auth.login(creds("alice@example.test", "wrong"), "198.51.100.2", ISender)
+        self.assertEqual(self.runner.started, 3)
+        self.failureResultOf(auth.login(creds("alice@example.test", "other"), "203.0.113.1", ISender), LoginBusy)
+        self.successResultOf(auth.login(creds("alice@example.test", "alice-pw"), "203.0.113.1", ISender))
+        self.assertEqual(self.runner.started, 3)
+
+    def test_rememberedWithExtraCheckers(self) -> None:
+        """
+        With more checkers after the account checker, its cache still
+        admits remembered logins; other checkers' logins are not.
+        """
+        memory = InMemoryUsernamePasswordDatabaseDontUse(**{"robot@example.test": b"robot-pw"})
+        portal = makePortal(self.store, self.mailStore, self.runner, extraCheckers=[memory], hasher=CHEAP, clock=self.clock)
+        d = portal.login(creds("alice@example.test", "alice-pw"), None, ISender)
+        self.runner.finish()
+        self.successResultOf(d)
+        auth = Authenticator(portal, self.clock, maxChecking=1, busyDelay=0)
+        auth.login(creds("bob@example.test", "wrong"), "198.51.100.1", ISender)
+        self.successResultOf(auth.login(creds("alice@example.test", "alice-pw"), "203.0.113.1", ISender))
+        self.failureResultOf(auth.login(creds("robot@example.test", "robot-pw"), "203.0.113.1", ISender), LoginBusy)
+
+    def test_storeFailsWhenFull(self) -> None:
+        """
+        If the account store cannot be read while the pool is full, the
+        login is refused as busy (and the fault logged), not raised into
+        the protocol.
+        """
+        self.remember()
+        auth = Authenticator(self.portal, self.clock, maxChecking=1, busyDelay=0)
+        auth.login(creds("bob@example.test", "wrong"), "198.51.100.1", ISender)
+
+        def broken(address):
+            raise OSError("disk on fire")
+
+        self.patch(self.store, "passwordHash", broken)
+        self.failureResultOf(auth.login(creds("alice@example.test", "alice-pw"), "203.0.113.1", ISender), LoginBusy)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
 
 class MakePortalTests(SynchronousTestCase):
