@@ -49,6 +49,9 @@ class Limits:
     max_connections_per_client: int = 50
     auth_failure_delay: float = 2.0
     max_auth_failure_delay: float = 30.0
+    #: Seconds a successful login is remembered (0: never; see
+    #: mailnet.passwords.LoginCache).
+    login_cache_ttl: float = 600.0
     max_command_line: int = 2048
     max_errors: int = 20
     command_timeout: int = 300
@@ -224,6 +227,7 @@ SCHEMA: Dict[str, Dict[str, Callable[[str], Any]]] = {
         "max_connections_per_client": _positiveInt,
         "auth_failure_delay": _nonNegativeFloat,
         "max_auth_failure_delay": _nonNegativeFloat,
+        "login_cache_ttl": _nonNegativeFloat,
         "max_command_line": _positiveInt,
         "max_errors": _positiveInt,
         "command_timeout": _positiveInt,

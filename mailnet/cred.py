@@ -12,7 +12,10 @@ an alias has no password.  Checking a password costs one Argon2
 verification in a thread of the hashing pool (its own, not the pool that
 syncs Maildirs: see L{mailnet.service}), also for unknown users (against a
 dummy hash), and a failure is reported the same way, after the same
-throttling delay, whether or not the user exists.
+throttling delay, whether or not the user exists.  A successful check is
+remembered for a few minutes (L{mailnet.passwords.LoginCache}): the same
+password for the same stored hash then succeeds without a thread or a
+hash; failures are never remembered.
 """
 
 import ipaddress
@@ -27,7 +30,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -46,7 +49,7 @@ from mailnet.interfaces import (
     IMailStore,
     ISender,
 )
-from mailnet.passwords import dummyHash, hashPassword, needsRehash, verifyPassword
+from mailnet.passwords import LOGIN_CACHE_SIZE, LOGIN_CACHE_TTL, LoginCache, dummyHash, hashPassword, needsRehash, verifyPassword
 
 log = Logger()
 
@@ -93,14 +96,33 @@ class AccountChecker:
         unknown users is made with them, and a user's hash made with other
         parameters is replaced after a successful login.  The defaults of
         L{mailnet.passwords} if not given.
+    @param clock: an L{IReactorTime}; with it, successful verifications are
+        remembered for C{cacheTTL} seconds (see L{cache}).  Without it,
+        every login is verified.
+    @param cacheTTL: seconds a successful verification is remembered
+        (C{[limits] login_cache_ttl}); 0 remembers none.
+
+    @ivar cache: the L{LoginCache} of successful verifications, or L{None}.
+        It is looked up only after the stored hash is read, with that hash:
+        a changed password or a removed user never hits.
     """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, store: IAccountStore, run: Callable[..., Deferred], hasher: Optional[PasswordHasher] = None) -> None:
+    def __init__(
+        self,
+        store: IAccountStore,
+        run: Callable[..., Deferred],
+        hasher: Optional[PasswordHasher] = None,
+        clock: Optional[IReactorTime] = None,
+        cacheTTL: float = LOGIN_CACHE_TTL,
+    ) -> None:
         self._store = store
         self._run = run
         self._hasher = hasher
+        self.cache: Optional[LoginCache] = None
+        if clock is not None and cacheTTL > 0:
+            self.cache = LoginCache(clock, cacheTTL, LOGIN_CACHE_SIZE)
 
     def requestAvatarId(self, credentials) -> Deferred:
         """
@@ -120,15 +142,36 @@ class AccountChecker:
             d = self._run(verifyPassword, dummyHash(self._hasher), password, self._hasher)
             d.addCallback(lambda _: Failure(UnauthorizedLogin(FAILED)))
             return d
+        cache = self.cache
+        if cache is not None and cache.hit(address, stored, password):
+            # Verified recently against this very hash: no thread, no hash.
+            return succeed(address)
 
         def checked(ok: bool):
             if not ok:
                 return Failure(UnauthorizedLogin(FAILED))
+            if cache is not None:
+                cache.add(address, stored, password)
             if needsRehash(stored, self._hasher):
                 self._rehash(address, stored, password)
             return address
 
         return self._run(verifyPassword, stored, password, self._hasher).addCallback(checked)
+
+    def remembered(self, credentials) -> bool:
+        """
+        @return: whether these credentials would succeed from the cache now:
+            without a thread or a hash (one account-store read and one
+            HMAC).  L{Authenticator} admits such logins even when the
+            hashing pool is full.
+        """
+        if self.cache is None:
+            return False
+        address = loginAddress(getattr(credentials, "username", None))
+        if address is None:
+            return False
+        stored = self._store.passwordHash(address)
+        return stored is not None and self.cache.hit(address, stored, credentials.password)
 
     def _rehash(self, address: str, old: str, password) -> None:
         """
@@ -140,6 +183,9 @@ class AccountChecker:
             # Only if no one changed the password meanwhile.
             if self._store.passwordHash(address) == old:
                 self._store.setPasswordHash(address, new)
+                if self.cache is not None:
+                    # The next login finds the new hash: let it hit too.
+                    self.cache.add(address, new, password)
                 log.info("Rehashed the password of {address} with current parameters", address=address)
 
         d = self._run(hashPassword, password, self._hasher)
@@ -395,7 +441,9 @@ class Authenticator:
     without, at most C{maxChecking}.  An attempt beyond any of these
     bounds fails with L{mailnet.errors.LoginBusy} after C{busyDelay}
     seconds (so that a client retrying at once costs little); that is not
-    a failed login, and the client may retry.  At most C{maxPeers}
+    a failed login, and the client may retry.  The pool bounds do not apply
+    to a password the account checker remembers (see
+    L{AccountChecker.remembered}): it needs no hashing.  At most C{maxPeers}
     clients, C{maxPeers} accounts and C{maxPeers} pairs are remembered;
     the ones whose last failure is oldest are forgotten first.
 
@@ -602,9 +650,32 @@ class Authenticator:
             return waiter.addCallback(lambda _: self._attempt(client, account, credentials, interface))
         return self._check(client, account, credentials, interface)
 
+    def _remembered(self, credentials) -> bool:
+        """
+        @return: whether the portal's account checker would accept these
+            credentials from its login cache, with no work for the hashing
+            pool (see L{AccountChecker.remembered}).
+        """
+        if not IUsernamePassword.providedBy(credentials):
+            return False
+        checker = self.portal.checkers.get(IUsernamePassword)
+        if isinstance(checker, FirstSuccessChecker):
+            # Only the first is asked first.
+            checker = checker.checkers[0]
+        if not isinstance(checker, AccountChecker):
+            return False
+        try:
+            return checker.remembered(credentials)
+        except Exception:
+            # The store is unreadable: the check would fail too; refuse.
+            log.failure("Could not look up a remembered login")
+            return False
+
     def _check(self, client: str, account: str, credentials, interface) -> Deferred:
         suspect = self._suspect(client) or self._targeted(account)
-        if (suspect and self._suspectChecking >= self.maxSuspectChecking) or self._checking >= self.maxChecking:
+        full = (suspect and self._suspectChecking >= self.maxSuspectChecking) or self._checking >= self.maxChecking
+        # A remembered password costs the pool nothing: admit it even then.
+        if full and not self._remembered(credentials):
             log.debug("Login from {peer} refused: {count} logins already being checked", peer=client, count=self._checking)
             return fail(LoginBusy())
         self._checking += 1
@@ -715,6 +786,8 @@ def makePortal(
     extraCheckers: Iterable[ICredentialsChecker] = (),
     hasher: Optional[PasswordHasher] = None,
     accounts=None,
+    clock: Optional[IReactorTime] = None,
+    cacheTTL: float = LOGIN_CACHE_TTL,
 ) -> Portal:
     """
     The portal every listener shares: L{MailRealm} with L{AccountChecker}.
@@ -730,6 +803,8 @@ def makePortal(
         avatars (one on C{mailStore} and C{run}, watching no directories,
         if not given; set C{portal.realm.accounts.watcher} to a
         L{mailnet.store.watch} watcher to hear of other processes' changes).
+    @param clock: with it, the account checker remembers successful
+        verifications for C{cacheTTL} seconds (see L{AccountChecker}).
     """
     if accounts is None:
         from mailnet.store.folders import AccountRegistry
@@ -737,7 +812,7 @@ def makePortal(
         accounts = AccountRegistry(mailStore, run)
     portal = Portal(MailRealm(store, mailStore, accounts))
     checkers: Dict = {}
-    for checker in [AccountChecker(store, run, hasher), *extraCheckers]:
+    for checker in [AccountChecker(store, run, hasher, clock, cacheTTL), *extraCheckers]:
         for interface in checker.credentialInterfaces:
             checkers.setdefault(interface, []).append(checker)
     for interface, chain in checkers.items():

@@ -217,7 +217,15 @@ class MailService(service.MultiService):
         # IMAP accounts, shared by a user's sessions; the directory watcher
         # (inotify, else polling) is added at start (see startService).
         self.imapAccounts = AccountRegistry(self.mailStore, run, hostname=config.hostname, clock=reactor)
-        portal = makePortal(self.accounts, self.mailStore, ThreadRunner(reactor, self.hashPool), accounts=self.imapAccounts)
+        portal = makePortal(
+            self.accounts,
+            self.mailStore,
+            ThreadRunner(reactor, self.hashPool),
+            accounts=self.imapAccounts,
+            # Successful logins remembered per process ([limits] login_cache_ttl).
+            clock=reactor,
+            cacheTTL=config.limits.login_cache_ttl,
+        )
         limits = config.limits
         self.authenticator = Authenticator(
             portal,

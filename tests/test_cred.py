@@ -35,6 +35,7 @@ from mailnet.cred import (
 from mailnet.errors import LoginBusy, MailboxInUse
 from mailnet.interfaces import IAuthenticator, IMailbox, ISender
 from mailnet.passwords import (
+    LOGIN_CACHE_TTL,
     dummyHash,
     hashPassword,
     lowCostHasher,
@@ -173,6 +174,187 @@ class AccountCheckerTests(SynchronousTestCase):
         old = self.store.passwordHash("alice@example.test")
         self.successResultOf(self.check("alice@example.test", "alice-pw"))
         self.assertEqual(self.store.passwordHash("alice@example.test"), old)
+
+
+class LoginCacheCheckerTests(SynchronousTestCase):
+    """
+    Issue 14, "Logins": with a clock, the account checker remembers
+    successful verifications (L{mailnet.passwords.LoginCache}).
+    """
+
+    def setUp(self) -> None:
+        self.store = makeStore()
+        self.run = RecordingRunner()
+        self.clock = Clock()
+        self.checker = AccountChecker(self.store, self.run, CHEAP, self.clock)
+
+    def check(self, username="alice@example.test", password="alice-pw"):
+        return self.checker.requestAvatarId(creds(username, password))
+
+    def verifications(self) -> int:
+        return len(self.run.calls)
+
+    def test_secondLoginHits(self) -> None:
+        """
+        The same password again succeeds without a verification; other
+        spellings of the login hit as well.
+        """
+        self.assertEqual(self.successResultOf(self.check()), "alice@example.test")
+        self.assertEqual(self.verifications(), 1)
+        self.assertEqual(self.successResultOf(self.check()), "alice@example.test")
+        self.assertEqual(self.successResultOf(self.check("Alice@EXAMPLE.test")), "alice@example.test")
+        self.assertEqual(self.verifications(), 1)
+
+    def test_hitNeedsNoThread(self) -> None:
+        """
+        A hit answers at once, without handing anything to the hashing
+        pool.
+        """
+        runner = ManualRunner()
+        checker = AccountChecker(self.store, runner, CHEAP, self.clock)
+        first = checker.requestAvatarId(creds("alice@example.test", "alice-pw"))
+        self.assertNoResult(first)
+        runner.finish()
+        self.assertEqual(self.successResultOf(first), "alice@example.test")
+        second = checker.requestAvatarId(creds("alice@example.test", "alice-pw"))
+        self.assertEqual(self.successResultOf(second), "alice@example.test")
+        self.assertEqual(runner.started, 1)
+
+    def test_failuresNotRemembered(self) -> None:
+        """
+        A wrong password is verified (and fails) every time, also after the
+        right one was remembered; nothing is added for it.
+        """
+        for _ in range(3):
+            self.failureResultOf(self.check(password="wrong"), UnauthorizedLogin)
+        self.assertEqual(len(self.checker.cache), 0)
+        self.successResultOf(self.check())
+        for _ in range(3):
+            f = self.failureResultOf(self.check(password="wrong"), UnauthorizedLogin)
+            self.assertEqual(str(f.value), FAILED)
+        self.assertEqual(self.verifications(), 7)
+        self.assertEqual(len(self.checker.cache), 1)
+
+    def test_otherUser(self) -> None:
+        """Alice's remembered password is not Bob's."""
+        self.successResultOf(self.check())
+        self.failureResultOf(self.check("bob@example.test", "alice-pw"), UnauthorizedLogin)
+        self.assertEqual(self.verifications(), 2)
+
+    def test_passwordChange(self) -> None:
+        """
+        After a password change the old password fails at once, and the new
+        one is verified.
+        """
+        self.successResultOf(self.check())
+        self.store.setPasswordHash("alice@example.test", hashPassword("new-pw", CHEAP))
+        self.failureResultOf(self.check(), UnauthorizedLogin)
+        self.assertEqual(self.successResultOf(self.check(password="new-pw")), "alice@example.test")
+        self.assertEqual(self.verifications(), 3)
+
+    def test_userRemoved(self) -> None:
+        """
+        A removed user fails at once (against the dummy hash, as an
+        unknown user).
+        """
+        self.successResultOf(self.check())
+        self.store.removeUser("alice@example.test")
+        self.failureResultOf(self.check(), UnauthorizedLogin)
+        self.assertEqual(self.run.calls[-1], (verifyPassword, (dummyHash(CHEAP), b"alice-pw", CHEAP)))
+
+    def test_userLocked(self) -> None:
+        """
+        The account store has no "disabled" flag; an administrator locks an
+        account by replacing its hash with one nothing verifies against
+        (e.g. with a C{!} in front).  That fails at once too.
+        """
+        self.successResultOf(self.check())
+        stored = self.store.passwordHash("alice@example.test")
+        self.store.setPasswordHash("alice@example.test", "!" + stored)
+        self.failureResultOf(self.check(), UnauthorizedLogin)
+        self.assertEqual(len(self.checker.cache), 1)
+
+    def test_expires(self) -> None:
+        """
+        After C{cacheTTL} seconds the password is verified again (and
+        remembered again).
+        """
+        self.successResultOf(self.check())
+        self.clock.advance(LOGIN_CACHE_TTL - 1)
+        self.successResultOf(self.check())
+        self.assertEqual(self.verifications(), 1)
+        self.clock.advance(1)
+        self.successResultOf(self.check())
+        self.successResultOf(self.check())
+        self.assertEqual(self.verifications(), 2)
+
+    def test_ttl(self) -> None:
+        checker = AccountChecker(self.store, self.run, CHEAP, self.clock, cacheTTL=5)
+        checker.requestAvatarId(creds("alice@example.test", "alice-pw"))
+        self.clock.advance(5)
+        checker.requestAvatarId(creds("alice@example.test", "alice-pw"))
+        self.assertEqual(self.verifications(), 2)
+
+    def test_off(self) -> None:
+        """
+        Without a clock, or with a TTL of 0, every login is verified.
+        """
+        for checker in [AccountChecker(self.store, self.run, CHEAP), AccountChecker(self.store, self.run, CHEAP, self.clock, cacheTTL=0)]:
+            self.assertIsNone(checker.cache)
+            for _ in range(2):
+                self.successResultOf(checker.requestAvatarId(creds("alice@example.test", "alice-pw")))
+        self.assertEqual(self.verifications(), 4)
+
+    def test_rehash(self) -> None:
+        """
+        A hash with outdated parameters is still replaced at the first
+        successful login, and the next login hits with the new hash.
+        """
+        stronger = PasswordHasher(time_cost=2, memory_cost=8, parallelism=1)
+        checker = AccountChecker(self.store, self.run, stronger, self.clock)
+        self.successResultOf(checker.requestAvatarId(creds("alice@example.test", "alice-pw")))
+        new = self.store.passwordHash("alice@example.test")
+        self.assertFalse(needsRehash(new, stronger))
+        self.assertEqual([f for f, _ in self.run.calls], [verifyPassword, hashPassword])
+        self.successResultOf(checker.requestAvatarId(creds("alice@example.test", "alice-pw")))
+        self.assertEqual(len(self.run.calls), 2)
+        self.assertEqual(self.store.passwordHash("alice@example.test"), new)
+
+    def test_remembered(self) -> None:
+        """
+        L{AccountChecker.remembered} tells, without a verification, whether
+        credentials would succeed from the cache.
+        """
+        self.assertFalse(self.checker.remembered(creds("alice@example.test", "alice-pw")))
+        self.successResultOf(self.check())
+        self.assertTrue(self.checker.remembered(creds("ALICE@example.test", "alice-pw")))
+        self.assertTrue(self.checker.remembered(UsernamePassword("alice@example.test", "alice-pw")))
+        for username, password in [("alice@example.test", "wrong"), ("bob@example.test", "alice-pw"), ("nobody@example.test", "alice-pw"), ("alice", "alice-pw")]:
+            self.assertFalse(self.checker.remembered(creds(username, password)), username)
+        self.store.setPasswordHash("alice@example.test", hashPassword("new-pw", CHEAP))
+        self.assertFalse(self.checker.remembered(creds("alice@example.test", "alice-pw")))
+        self.assertFalse(AccountChecker(self.store, self.run, CHEAP).remembered(creds("alice@example.test", "alice-pw")))
+        self.assertEqual(self.verifications(), 1)
+
+    def test_rehashRacesPasswordChange(self) -> None:
+        """
+        A rehash that finds the password changed meanwhile stores nothing
+        and remembers nothing for the old password.
+        """
+        runner = ManualRunner()
+        stronger = PasswordHasher(time_cost=2, memory_cost=8, parallelism=1)
+        checker = AccountChecker(self.store, runner, stronger, self.clock)
+        d = checker.requestAvatarId(creds("alice@example.test", "alice-pw"))
+        runner.finish()  # the verification; the rehash is now pending
+        self.successResultOf(d)
+        changed = hashPassword("new-pw", stronger)
+        self.store.setPasswordHash("alice@example.test", changed)
+        runner.finish()  # the rehash
+        self.assertEqual(self.store.passwordHash("alice@example.test"), changed)
+        d = checker.requestAvatarId(creds("alice@example.test", "alice-pw"))
+        self.assertEqual(runner.started, 3)
+        runner.finish()
+        self.failureResultOf(d, UnauthorizedLogin)
 
 
 class ThreadedCheckerTests(TestCase):
@@ -894,6 +1076,135 @@ class LoginLoadTests(SynchronousTestCase):
         self.assertFalse(self.portal.realm.isHeld("alice@example.test"))
 
 
+class CachedLoginThrottlingTests(SynchronousTestCase):
+    """
+    Issue 14, "Logins": the login cache changes nothing in the throttling
+    of failed logins (they are never remembered), and a remembered
+    password does not skip the delay a client owes.
+    """
+
+    def setUp(self) -> None:
+        self.store = makeStore()
+        self.clock = Clock()
+        self.runner = ManualRunner()
+        self.mailStore = MaildirStore(self.mktemp(), runSynchronously, "test.host")
+        self.portal = makePortal(self.store, self.mailStore, self.runner, hasher=CHEAP, clock=self.clock)
+        self.auth = Authenticator(self.portal, self.clock, baseDelay=2.0, maxDelay=30.0, busyDelay=0)
+
+    def login(self, password="alice-pw", peer="192.0.2.1"):
+        return self.auth.login(creds("alice@example.test", password), peer, ISender)
+
+    def remember(self) -> None:
+        d = self.login()
+        self.runner.finish()
+        self.successResultOf(d)
+
+    def test_hit(self) -> None:
+        self.remember()
+        _, avatar, _ = self.successResultOf(self.login())
+        self.assertEqual(avatar.address, "alice@example.test")
+        self.assertEqual(self.runner.started, 1)
+
+    def test_failuresCounted(self) -> None:
+        """
+        After the right password was remembered, each wrong one is still
+        checked, counted and answered after its growing delay.
+        """
+        self.remember()
+        for n, delay in [(1, 2.0), (2, 4.0), (3, 8.0)]:
+            d = self.login("wrong")
+            self.assertEqual(self.runner.started, 1 + n)
+            self.runner.finish()
+            self.assertNoResult(d)
+            self.clock.advance(delay - 0.5)
+            self.assertNoResult(d)
+            self.clock.advance(0.5)
+            self.failureResultOf(d, UnauthorizedLogin)
+            self.assertEqual(self.auth.failures("192.0.2.1", b"alice@example.test"), n)
+
+    def test_hitWaitsForTheDelayOwed(self) -> None:
+        """
+        A client that just failed waits out its delay before even a
+        remembered password is accepted; then it is, without a check.
+        """
+        self.remember()
+        failed = self.login("wrong")
+        self.runner.finish()
+        d = self.login()
+        self.assertNoResult(d)
+        self.clock.advance(1.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.failureResultOf(failed, UnauthorizedLogin)
+        self.successResultOf(d)
+        self.assertEqual(self.runner.started, 2)
+        self.assertEqual(self.auth.failures("192.0.2.1", b"alice@example.test"), 0)
+
+    def test_admittedWhenThePoolIsFull(self) -> None:
+        """
+        A remembered password needs no hashing, so it is admitted even when
+        the pool has all the checks it may have; other logins are still
+        refused.
+        """
+        self.remember()
+        auth = Authenticator(self.portal, self.clock, maxChecking=2, busyDelay=0)
+        for i in range(2):
+            auth.login(creds("bob@example.test", "wrong"), "198.51.100.%d" % (i,), ISender)
+        self.assertEqual(self.runner.started, 3)
+        self.failureResultOf(auth.login(creds("bob@example.test", "bob-pw"), "203.0.113.1", ISender), LoginBusy)
+        self.failureResultOf(auth.login(creds("alice@example.test", "wrong"), "203.0.113.1", ISender), LoginBusy)
+        _, avatar, _ = self.successResultOf(auth.login(creds("alice@example.test", "alice-pw"), "203.0.113.1", ISender))
+        self.assertEqual(avatar.address, "alice@example.test")
+        self.assertEqual(self.runner.started, 3)
+        self.assertEqual(auth.inProgress(), 2)
+
+    def test_admittedWhenSuspectsAreFull(self) -> None:
+        """
+        Also when the account is being guessed at and the suspects' share
+        of the pool is taken.
+        """
+        self.remember()
+        auth = Authenticator(self.portal, self.clock, maxSuspectChecking=1, busyDelay=0)
+        auth.login(creds("alice@example.test", "wrong"), "198.51.100.1", ISender)
+        auth.login(creds("alice@example.test", "wrong"), "198.51.100.2", ISender)
+        self.assertEqual(self.runner.started, 3)
+        self.failureResultOf(auth.login(creds("alice@example.test", "other"), "203.0.113.1", ISender), LoginBusy)
+        self.successResultOf(auth.login(creds("alice@example.test", "alice-pw"), "203.0.113.1", ISender))
+        self.assertEqual(self.runner.started, 3)
+
+    def test_rememberedWithExtraCheckers(self) -> None:
+        """
+        With more checkers after the account checker, its cache still
+        admits remembered logins; other checkers' logins are not.
+        """
+        memory = InMemoryUsernamePasswordDatabaseDontUse(**{"robot@example.test": b"robot-pw"})
+        portal = makePortal(self.store, self.mailStore, self.runner, extraCheckers=[memory], hasher=CHEAP, clock=self.clock)
+        d = portal.login(creds("alice@example.test", "alice-pw"), None, ISender)
+        self.runner.finish()
+        self.successResultOf(d)
+        auth = Authenticator(portal, self.clock, maxChecking=1, busyDelay=0)
+        auth.login(creds("bob@example.test", "wrong"), "198.51.100.1", ISender)
+        self.successResultOf(auth.login(creds("alice@example.test", "alice-pw"), "203.0.113.1", ISender))
+        self.failureResultOf(auth.login(creds("robot@example.test", "robot-pw"), "203.0.113.1", ISender), LoginBusy)
+
+    def test_storeFailsWhenFull(self) -> None:
+        """
+        If the account store cannot be read while the pool is full, the
+        login is refused as busy (and the fault logged), not raised into
+        the protocol.
+        """
+        self.remember()
+        auth = Authenticator(self.portal, self.clock, maxChecking=1, busyDelay=0)
+        auth.login(creds("bob@example.test", "wrong"), "198.51.100.1", ISender)
+
+        def broken(address):
+            raise OSError("disk on fire")
+
+        self.patch(self.store, "passwordHash", broken)
+        self.failureResultOf(auth.login(creds("alice@example.test", "alice-pw"), "203.0.113.1", ISender), LoginBusy)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
 class MakePortalTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.store = makeStore()
@@ -905,6 +1216,15 @@ class MakePortalTests(SynchronousTestCase):
         self.assertIsInstance(portal.realm, MailRealm)
         _, avatar, _ = self.successResultOf(portal.login(creds("alice@example.test", "alice-pw"), None, ISender))
         self.assertIsInstance(avatar, Sender)
+        self.assertIsNone(portal.checkers[IUsernamePassword].cache)
+
+    def test_cache(self) -> None:
+        """
+        With a clock the account checker remembers successful logins for
+        C{cacheTTL} seconds.
+        """
+        portal = makePortal(self.store, self.mailStore, runSynchronously, hasher=CHEAP, clock=Clock(), cacheTTL=42)
+        self.assertEqual(portal.checkers[IUsernamePassword].cache.ttl, 42)
 
     def test_extraChecker(self) -> None:
         """

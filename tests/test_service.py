@@ -9,7 +9,7 @@ import os
 import threading
 
 from twisted.internet.defer import fail, succeed
-from twisted.cred.credentials import UsernamePassword
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -93,6 +93,19 @@ class MailServiceTests(SynchronousTestCase):
         self.assertTrue(checked.wait(10))
         self.assertEqual(len(names), 1)
         self.assertEqual(names, ["PoolThread-mailnet-hash-0"])
+
+    def test_loginCache(self) -> None:
+        """
+        Issue 14: successful logins are remembered on the reactor's clock
+        for C{[limits] login_cache_ttl} seconds; 0 turns that off.
+        """
+        reactor = ThreadedMemoryReactor()
+        service = MailService(self.config(), reactor, handleSignals=False)
+        cache = service.authenticator.portal.checkers[IUsernamePassword].cache
+        self.assertEqual(cache.ttl, 600)
+        self.assertIs(cache._clock, reactor)
+        service = MailService(self.config(**{"limits.login_cache_ttl": 0}), reactor, handleSignals=False)
+        self.assertIsNone(service.authenticator.portal.checkers[IUsernamePassword].cache)
 
     def test_hashingThreads(self) -> None:
         """One thread per CPU, four at most."""
