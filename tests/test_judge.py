@@ -461,6 +461,28 @@ class ReceiverTests(unittest.TestCase):
             self.assertEqual(inner.data, message.replace(b"Authentication-Results: mx.example.test; x\r\n", b""))
 
     @defer.inlineCallbacks
+    def test_passThroughLargeWrite(self) -> Any:
+        """A header section that comes with more than the memory spool's worth of body in one write is passed on at once."""
+        receiver, inner = self.passThrough()
+        receiver.write(b"Received: x\r\n")
+        body = b"0123456789abcde\r\n" * 10000
+        receiver.write(b"Authentication-Results: mx.example.test; x\r\nSubject: s\r\n\r\n" + body)
+        self.assertEqual(inner.data, b"Received: x\r\nSubject: s\r\n\r\n" + body)
+        yield receiver.finish()
+        self.assertEqual(inner.data, b"Received: x\r\nSubject: s\r\n\r\n" + body)
+
+    @defer.inlineCallbacks
+    def test_passThroughEveryPieceSize(self) -> Any:
+        """Whatever the pieces, the same bytes come out."""
+        message = b"Received: x\r\nAuthentication-Results: mx.example.test; x\r\nA: b\r\n\r\n\r\nbody\r\n.\r\n"
+        for size in range(1, len(message) + 1):
+            receiver, inner = self.passThrough()
+            for start in range(0, len(message), size):
+                receiver.write(message[start : start + size])
+            yield receiver.finish()
+            self.assertEqual(inner.data, message.replace(b"Authentication-Results: mx.example.test; x\r\n", b""))
+
+    @defer.inlineCallbacks
     def test_passThroughAbort(self) -> Any:
         """A message passed on and then refused by the server is aborted in the inner receiver."""
         receiver, inner = self.passThrough()

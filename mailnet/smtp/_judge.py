@@ -433,30 +433,30 @@ class JudgingReceiver:
         if self._streaming:
             self._inner.write(data)
             return
-        self._spool.write(data)
-        if self._passThrough and self._spool.inMemory and not self._spool.overflow:
+        spool = self._spool
+        if self._passThrough and spool.inMemory and not spool.overflow:
             scan = self._tail + data
             self._tail = scan[-3:]
-            if b"\r\n\r\n" in scan or self._spool.size == len(data) and data.startswith(b"\r\n"):
-                self._filterHeader()
+            if b"\r\n\r\n" in scan or (spool.size == 0 and data.startswith(b"\r\n")):
+                self._filterHeader(spool.read(0) + data)
+                return
+        spool.write(data)
 
-    def _filterHeader(self) -> None:
+    def _filterHeader(self, message: bytes) -> None:
         """
-        The header section is complete, in memory: filter it as
-        L{MessageJudge.process} does for such a message, and pass it on
-        with what came after it.
+        The header section is complete (C{message} holds it and what has
+        come after it): filter it as L{MessageJudge.process} does for such
+        a message, and pass it on with the rest.
         """
-        spool = self._spool
-        original, bodyStart = spool.headerSection(SPOOL_IN_MEMORY)
-        headers, removed = verdicts.removeForgedResults(original, self._judge.hostname)
+        self._spool.close()
+        self._streaming = True
+        bodyStart = _headerEnd(message)
+        headers, removed = verdicts.removeForgedResults(message[:bodyStart], self._judge.hostname)
         if removed:
             self._summary = "removed %d forged Authentication-Results" % (removed,)
-        rest = spool.read(bodyStart)
-        spool.close()
-        self._streaming = True
         self._inner.write(headers)
-        if rest:
-            self._inner.write(rest)
+        if bodyStart < len(message):
+            self._inner.write(message[bodyStart:])
 
     def abort(self) -> None:
         self._spool.close()
