@@ -7,8 +7,8 @@ L{MessageJudge.wrap} puts a L{JudgingReceiver} in front of the delivery
 agent's receiver.  It spools the message (in memory up to
 L{SPOOL_IN_MEMORY}, then in a temporary file in the data dir) and, at
 L{JudgingReceiver.finish}, does in a worker thread what the message needs
-(a message that needs only the first step below, on a port or from a
-client where nothing is looked up or signed, is not spooled: once its
+(a message that needs only the first step below, from a client in
+C{[auth] trusted_networks} on the MTA port, is not spooled: once its
 header section is in and filtered, it goes on to the delivery agent's
 receiver as it comes):
 
