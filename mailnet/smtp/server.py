@@ -38,8 +38,8 @@ import datetime
 import email.utils
 import functools
 import ipaddress
+import os
 import re
-import secrets
 from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import attr
@@ -196,6 +196,21 @@ def _splitPath(argument: str, keyword: str, badSyntax: str) -> Tuple[str, str]:
     return address, params.strip()
 
 
+# Random octets for transaction ids, read from the system a few kilobytes
+# at a time rather than with a system call per message.
+_random = [b"", 0]
+_RANDOM_READ = 4096
+
+
+def _transactionId() -> str:
+    """Twelve random hexadecimal digits (upper case), as C{secrets.token_hex(6).upper()}."""
+    pool, offset = _random
+    if offset + 6 > len(pool):
+        pool, offset = os.urandom(_RANDOM_READ), 0
+    _random[0], _random[1] = pool, offset + 6
+    return pool[offset : offset + 6].hex().upper()
+
+
 @attr.s(auto_attribs=True)
 class _Transaction:
     """
@@ -208,7 +223,7 @@ class _Transaction:
     recipients: List[str] = attr.ib(factory=list)
     # Accepted RCPT commands, duplicates included, for the limit.
     rcptCount: int = 0
-    id: str = attr.ib(factory=lambda: secrets.token_hex(6).upper())
+    id: str = attr.ib(factory=lambda: _transactionId())
     receiver: Optional[IMessageReceiver] = None
     checker: Optional[MessageChecker] = None
     headers: Optional[HeaderSection] = None
