@@ -66,6 +66,13 @@ class FormatTests(SynchronousTestCase):
         for event in _events():
             self.assertSameAsTwisted(event)
 
+    def test_messageAlone(self) -> None:
+        """L{logtext.formatEvent} is L{twisted.logger.formatEvent}, for every shape of event."""
+        from twisted.logger import formatEvent
+
+        for event in _events():
+            self.assertEqual(logtext.formatEvent(dict(event)), formatEvent(dict(event)))
+
     def test_timeWithinASecond(self) -> None:
         """The cached time stamp is right for each second, in any order."""
         for when in (1765000000.0, 1765000000.999, 1765000001.0, 1765000000.5, 1000.2, 1765000001.75):
