@@ -198,17 +198,19 @@ def _splitPath(argument: str, keyword: str, badSyntax: str) -> Tuple[str, str]:
 
 # Random octets for transaction ids, read from the system a few kilobytes
 # at a time rather than with a system call per message.
-_random = [b"", 0]
 _RANDOM_READ = 4096
+_randomPool = b""
+_randomOffset = 0
 
 
 def _transactionId() -> str:
     """Twelve random hexadecimal digits (upper case), as C{secrets.token_hex(6).upper()}."""
-    pool, offset = _random
-    if offset + 6 > len(pool):
-        pool, offset = os.urandom(_RANDOM_READ), 0
-    _random[0], _random[1] = pool, offset + 6
-    return pool[offset : offset + 6].hex().upper()
+    global _randomPool, _randomOffset
+    offset = _randomOffset
+    if offset + 6 > len(_randomPool):
+        _randomPool, offset = os.urandom(_RANDOM_READ), 0
+    _randomOffset = offset + 6
+    return _randomPool[offset : offset + 6].hex().upper()
 
 
 @attr.s(auto_attribs=True)
