@@ -12,6 +12,7 @@ Normalised form: the whole address lower-cased (mailnet treats local parts
 case-insensitively, as Postfix and Dovecot do by default).
 """
 
+import functools
 import re
 import unicodedata
 from typing import Iterable, Optional, Tuple
@@ -87,6 +88,18 @@ def normalizeAddress(address: str, allowUTF8: bool = False) -> str:
         used the SMTPUTF8 extension).
     @raise BadAddress: with the reason in words.
     """
+    # Every MAIL and RCPT asks, mostly for the same few addresses: the
+    # valid ones are remembered (a bad one raises, and is not).
+    return _normalizeAddress(address, allowUTF8)
+
+
+#: How many valid addresses L{normalizeAddress} and L{isSafeMailboxName}
+#: remember (some 300 octets each at most).
+ADDRESS_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
+def _normalizeAddress(address: str, allowUTF8: bool) -> str:
     if _hasControl(address) or " " in address:
         raise BadAddress(address=address, reason="it contains spaces or control characters")
     if len(address.encode("utf-8")) > MAX_PATH - 2:
@@ -175,6 +188,13 @@ def isSafeMailboxName(address: str) -> bool:
         data dir without escaping it (no separators, no C{..}, nothing
         hidden, no control characters).
     """
+    if len(address) > MAX_PATH:
+        # Not an address at all (a login name can be long): not remembered.
+        return _isSafeMailboxName(address)
+    return _cachedIsSafeMailboxName(address)
+
+
+def _isSafeMailboxName(address: str) -> bool:
     local, _, domain = address.rpartition("@")
     for part in (local, domain):
         if not part or part.startswith(".") or ".." in part:
@@ -182,3 +202,6 @@ def isSafeMailboxName(address: str) -> bool:
         if "/" in part or "\\" in part or "\0" in part or ":" in part or _hasControl(part):
             return False
     return True
+
+
+_cachedIsSafeMailboxName = functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)(_isSafeMailboxName)

@@ -86,6 +86,11 @@ class SMTPReply(MailnetError):
         self.text = text
         super().__init__(code=code, text=text)
 
+    def _message(self) -> str:
+        # The docstring's template, without str.format: a reply is made
+        # for every command.
+        return "%s %s" % (self.code, self.text)
+
 
 class UnknownQueueEntry(MailnetError):
     """There is no queued message {id}; 'mailnet-admin queue list' shows the queue."""

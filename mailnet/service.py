@@ -21,6 +21,7 @@ from twisted.logger import Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
+from mailnet import logtext
 from mailnet.config import LISTENERS, Config
 from mailnet.cred import CHECKS_PER_HASHING_THREAD, Authenticator, hashingThreads, makePortal
 from mailnet.datalock import DataDirLock
@@ -362,6 +363,9 @@ class MailService(service.MultiService):
         service.MultiService.startService(self)
         if self.handleSignals:
             self._installSignalHandler()
+        # twistd's text log (--logfile, stdout): the same lines, cheaper
+        # for the reactor thread (a line per message, issue 14).
+        logtext.speedUp(globalLogPublisher)
         self._openJSONLog()
         if self.inherited is None:  # the parent has said it all
             self._logStartup()

@@ -169,6 +169,9 @@ def removeForgedResults(headerSection: bytes, hostname: str) -> Tuple[bytes, int
 
     @return: the header section without them, and how many there were.
     """
+    if (not headerSection or headerSection.endswith(b"\r\n")) and b"authentication-results" not in headerSection.lower():
+        # Nothing to remove (most messages): the fields as they came.
+        return headerSection, 0
     ours = hostname.lower().rstrip(".")
     out: List[bytes] = []
     removed = 0

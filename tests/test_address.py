@@ -50,3 +50,29 @@ class AddressTests(SynchronousTestCase):
         self.assertTrue(isSafeMailboxName("alice@example.test"))
         for bad in ["../x@example.test", "a/b@example.test", "a@..", "a\\b@example.test", ".x@example.test", "a@b\x01.test"]:
             self.assertFalse(isSafeMailboxName(bad), bad)
+
+
+class AddressCacheTests(SynchronousTestCase):
+    """Valid addresses are remembered (MAIL and RCPT ask for the same ones); the answers are the same."""
+
+    def test_repeatedAnswers(self) -> None:
+        for _ in range(3):
+            self.assertEqual(normalizeAddress("Alice@Example.TEST"), "alice@example.test")
+            self.assertRaises(BadAddress, normalizeAddress, "bad address@example.test")
+            self.assertRaises(BadAddress, normalizeAddress, "j\u00f6rg@example.test")
+            self.assertEqual(normalizeAddress("j\u00f6rg@example.test", allowUTF8=True), "j\u00f6rg@example.test")
+            self.assertFalse(isSafeMailboxName("../x@example.test"))
+            self.assertTrue(isSafeMailboxName("alice@example.test"))
+
+    def test_bounded(self) -> None:
+        """Many different addresses, or long login names, do not grow memory without end."""
+        from mailnet import address
+
+        for i in range(address.ADDRESS_CACHE_SIZE + 10):
+            normalizeAddress("user%d@example.test" % (i,))
+            isSafeMailboxName("user%d@example.test" % (i,))
+        self.assertLessEqual(address._normalizeAddress.cache_info().currsize, address.ADDRESS_CACHE_SIZE)
+        self.assertLessEqual(address._cachedIsSafeMailboxName.cache_info().currsize, address.ADDRESS_CACHE_SIZE)
+        before = address._cachedIsSafeMailboxName.cache_info().misses
+        self.assertFalse(isSafeMailboxName("x" * 5000 + "/@example.test"))
+        self.assertEqual(address._cachedIsSafeMailboxName.cache_info().misses, before)

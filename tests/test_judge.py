@@ -406,6 +406,102 @@ class ReceiverTests(unittest.TestCase):
         yield receiver.finish()
         self.assertEqual(inner.data, b"From: a@b.test\r\n\r\nhi\r\n")
 
+    def passThrough(self) -> Tuple[Any, RecordingReceiver]:
+        """A receiver for a message that needs only the header filter: plain MTA mail from 127.0.0.1."""
+        import ipaddress
+
+        judge = self.judge(trustedNetworks=[ipaddress.ip_network("127.0.0.0/8")])
+        inner = RecordingReceiver()
+        return judge.wrap(inner, peer="127.0.0.1", helo="c.test", mailFrom="a@b.test", authenticated=False, role="mta"), inner
+
+    @defer.inlineCallbacks
+    def test_passedOnAsItComes(self) -> Any:
+        """
+        Issue 14: a message that needs only the header filter reaches the
+        inner receiver as it comes once its header section is in (the
+        blank line split across writes), not spooled and copied at the end;
+        forged results still go, and are logged.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        receiver, inner = self.passThrough()
+        receiver.write(b"Received: x\r\n")
+        self.assertEqual(inner.data, b"")
+        receiver.write(b"Authentication-Results: mx.example.test; spf=pass\r\nFrom: a@b.test\r\n\r")
+        self.assertEqual(inner.data, b"")
+        receiver.write(b"\nhi\r\n")
+        self.assertEqual(inner.data, b"Received: x\r\nFrom: a@b.test\r\n\r\nhi\r\n")
+        body = b"0123456789abcde\r\n" * 10000
+        receiver.write(body)
+        self.assertTrue(inner.data.endswith(body))
+        self.assertFalse(inner.finished)
+        yield receiver.finish()
+        self.assertTrue(inner.finished)
+        self.assertEqual(inner.data, b"Received: x\r\nFrom: a@b.test\r\n\r\nhi\r\n" + body)
+        self.assertEqual([e["summary"] for e in events if "summary" in e], ["removed 1 forged Authentication-Results"])
+
+    @defer.inlineCallbacks
+    def test_passThroughShapes(self) -> Any:
+        """
+        No blank line at all, an empty header section, and a header section
+        larger than the memory spool: delivered as the spooling path does.
+        """
+        for message in (
+            b"Subject: no body\r\nX: y\r\n",
+            b"\r\nbody only\r\n",
+            b"X-Big: " + b"y" * (SPOOL_IN_MEMORY + 10) + b"\r\nAuthentication-Results: mx.example.test; x\r\n\r\nbody\r\n",
+        ):
+            receiver, inner = self.passThrough()
+            for start in range(0, len(message), 1000):
+                receiver.write(message[start : start + 1000])
+            yield receiver.finish()
+            self.assertEqual(inner.data, message.replace(b"Authentication-Results: mx.example.test; x\r\n", b""))
+
+    @defer.inlineCallbacks
+    def test_passThroughLargeWrite(self) -> Any:
+        """A header section that comes with more than the memory spool's worth of body in one write is passed on at once."""
+        receiver, inner = self.passThrough()
+        receiver.write(b"Received: x\r\n")
+        body = b"0123456789abcde\r\n" * 10000
+        receiver.write(b"Authentication-Results: mx.example.test; x\r\nSubject: s\r\n\r\n" + body)
+        self.assertEqual(inner.data, b"Received: x\r\nSubject: s\r\n\r\n" + body)
+        yield receiver.finish()
+        self.assertEqual(inner.data, b"Received: x\r\nSubject: s\r\n\r\n" + body)
+
+    @defer.inlineCallbacks
+    def test_passThroughEveryPieceSize(self) -> Any:
+        """Whatever the pieces, the same bytes come out."""
+        message = b"Received: x\r\nAuthentication-Results: mx.example.test; x\r\nA: b\r\n\r\n\r\nbody\r\n.\r\n"
+        for size in range(1, len(message) + 1):
+            receiver, inner = self.passThrough()
+            for start in range(0, len(message), size):
+                receiver.write(message[start : start + size])
+            yield receiver.finish()
+            self.assertEqual(inner.data, message.replace(b"Authentication-Results: mx.example.test; x\r\n", b""))
+
+    @defer.inlineCallbacks
+    def test_passThroughAbort(self) -> Any:
+        """A message passed on and then refused by the server is aborted in the inner receiver."""
+        receiver, inner = self.passThrough()
+        receiver.write(b"From: a@b.test\r\n\r\nhi\r\n")
+        receiver.abort()
+        self.assertTrue(inner.aborted)
+        yield None
+
+    @defer.inlineCallbacks
+    def test_judgedNotPassedOn(self) -> Any:
+        """Mail to be judged (an MTA client outside the trusted networks) waits for its verdict."""
+        judge = self.judge()
+        inner = RecordingReceiver()
+        receiver = judge.wrap(inner, peer="192.0.2.7", helo="c.test", mailFrom="", authenticated=False, role="mta")
+        receiver.write(b"From: a@b.test\r\n\r\nhi\r\n")
+        self.assertEqual(inner.data, b"")
+        receiver.abort()
+        yield None
+
     @defer.inlineCallbacks
     def test_refusalAbortsInner(self) -> Any:
         """A refusal is the SMTPReply finish() fails with; nothing is stored."""

@@ -1363,3 +1363,13 @@ class RealConnectionTests(TestCase):
         startTLS = yield deferToThread(client)
         self.assertFalse(startTLS)
         self.assertTrue(self.delivery.messages[0].data.endswith(b"\r\nSubject: t\r\n\r\n.dot\r\n"))
+
+
+class TransactionIdTests(SynchronousTestCase):
+    def test_shapeAndUniqueness(self) -> None:
+        """Twelve upper-case hex digits, different each time, across refills of the random pool."""
+        from mailnet.smtp import server
+
+        ids = [server._transactionId() for _ in range(3 * server._RANDOM_READ // 6)]
+        self.assertTrue(all(re.fullmatch(r"[0-9A-F]{12}", i) for i in ids))
+        self.assertEqual(len(set(ids)), len(ids))

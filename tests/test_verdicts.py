@@ -322,3 +322,16 @@ class HeaderTests(SynchronousTestCase):
         cleaned, removed = verdicts.removeForgedResults(section, "mx.example.test")
         self.assertEqual(removed, 2)
         self.assertEqual(cleaned, b"Received: x\r\nAuthentication-Results: other.test; spf=fail\r\nSubject: hi\r\n")
+
+    def test_removeForgedNone(self) -> None:
+        """
+        Without any such field the section comes back as it is, and a
+        section without its last CRLF (a BDAT message with no body) gets
+        it, as before.  The field name is found in any case.
+        """
+        section = b"Received: x\r\nSubject: hi\r\n continued\r\n"
+        self.assertEqual(verdicts.removeForgedResults(section, "mx.example.test"), (section, 0))
+        self.assertEqual(verdicts.removeForgedResults(b"", "mx.example.test"), (b"", 0))
+        self.assertEqual(verdicts.removeForgedResults(b"Subject: hi", "mx.example.test"), (b"Subject: hi\r\n", 0))
+        forged = b"AUTHENTICATION-RESULTS: mx.example.test; spf=pass\r\nSubject: hi\r\n"
+        self.assertEqual(verdicts.removeForgedResults(forged, "mx.example.test"), (b"Subject: hi\r\n", 1))

@@ -6,7 +6,11 @@ and judges incoming mail.
 L{MessageJudge.wrap} puts a L{JudgingReceiver} in front of the delivery
 agent's receiver.  It spools the message (in memory up to
 L{SPOOL_IN_MEMORY}, then in a temporary file in the data dir) and, at
-L{JudgingReceiver.finish}, does in a worker thread what the message needs:
+L{JudgingReceiver.finish}, does in a worker thread what the message needs
+(a message that needs only the first step below, from a client in
+C{[auth] trusted_networks} on the MTA port, is not spooled: once its
+header section is in and filtered, it goes on to the delivery agent's
+receiver as it comes):
 
   - every message: C{Authentication-Results} fields claiming our host name
     as authserv-id are removed (RFC 8601 §5);
@@ -415,9 +419,44 @@ class JudgingReceiver:
         self._envelope = envelope
         # Our own Received field and some header growth come on top of the message.
         self._spool = _Spool(judge.spoolDir, judge.maxMessageSize + SPOOL_IN_MEMORY)
+        # A message that needs only the header filter (nothing to look up
+        # or sign) goes on to the inner receiver as it comes, once its
+        # header section is in (in memory) and filtered: no spool file and
+        # no second pass through the reactor for a large one (issue 14).
+        self._passThrough = not judge.needsWorker(envelope)
+        self._streaming = False
+        self._summary = ""
+        # The last octets looked at for the end of the header section.
+        self._tail = b""
 
     def write(self, data: bytes) -> None:
-        self._spool.write(data)
+        if self._streaming:
+            self._inner.write(data)
+            return
+        spool = self._spool
+        if self._passThrough and spool.inMemory and not spool.overflow:
+            scan = self._tail + data
+            self._tail = scan[-3:]
+            if b"\r\n\r\n" in scan or (spool.size == 0 and data.startswith(b"\r\n")):
+                self._filterHeader(spool.read(0) + data)
+                return
+        spool.write(data)
+
+    def _filterHeader(self, message: bytes) -> None:
+        """
+        The header section is complete (C{message} holds it and what has
+        come after it): filter it as L{MessageJudge.process} does for such
+        a message, and pass it on with the rest.
+        """
+        self._spool.close()
+        self._streaming = True
+        bodyStart = _headerEnd(message)
+        headers, removed = verdicts.removeForgedResults(message[:bodyStart], self._judge.hostname)
+        if removed:
+            self._summary = "removed %d forged Authentication-Results" % (removed,)
+        self._inner.write(headers)
+        if bodyStart < len(message):
+            self._inner.write(message[bodyStart:])
 
     def abort(self) -> None:
         self._spool.close()
@@ -425,6 +464,10 @@ class JudgingReceiver:
 
     def finish(self) -> Deferred:
         spool, envelope = self._spool, self._envelope
+        if self._streaming:
+            if self._summary:
+                log.info("SMTP {peer}: from <{sender}>: {summary}", peer=envelope.peer, sender=envelope.mailFrom, summary=self._summary)
+            return maybeDeferred(self._inner.finish)
         if spool.overflow:
             # The server's own size check normally refuses it before this.
             self.abort()

@@ -81,5 +81,8 @@ def reply(code: int, status: str, text: str) -> SMTPReply:
         multi-line reply.
     """
     if status:
-        text = "\n".join("%s %s" % (status, line) for line in text.split("\n"))
+        if "\n" in text:
+            text = "\n".join("%s %s" % (status, line) for line in text.split("\n"))
+        else:
+            text = status + " " + text
     return SMTPReply(code, text)

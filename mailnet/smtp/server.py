@@ -38,14 +38,14 @@ import datetime
 import email.utils
 import functools
 import ipaddress
+import os
 import re
-import secrets
 from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import attr
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -196,6 +196,23 @@ def _splitPath(argument: str, keyword: str, badSyntax: str) -> Tuple[str, str]:
     return address, params.strip()
 
 
+# Random octets for transaction ids, read from the system a few kilobytes
+# at a time rather than with a system call per message.
+_RANDOM_READ = 4096
+_randomPool = b""
+_randomOffset = 0
+
+
+def _transactionId() -> str:
+    """Twelve random hexadecimal digits (upper case), as C{secrets.token_hex(6).upper()}."""
+    global _randomPool, _randomOffset
+    offset = _randomOffset
+    if offset + 6 > len(_randomPool):
+        _randomPool, offset = os.urandom(_RANDOM_READ), 0
+    _randomOffset = offset + 6
+    return _randomPool[offset : offset + 6].hex().upper()
+
+
 @attr.s(auto_attribs=True)
 class _Transaction:
     """
@@ -208,7 +225,7 @@ class _Transaction:
     recipients: List[str] = attr.ib(factory=list)
     # Accepted RCPT commands, duplicates included, for the limit.
     rcptCount: int = 0
-    id: str = attr.ib(factory=lambda: secrets.token_hex(6).upper())
+    id: str = attr.ib(factory=lambda: _transactionId())
     receiver: Optional[IMessageReceiver] = None
     checker: Optional[MessageChecker] = None
     headers: Optional[HeaderSection] = None
@@ -675,7 +692,13 @@ class SMTPServer(Protocol):
     def _writeReply(self, r: SMTPReply) -> None:
         # A reply's text may come from elsewhere (the delivery agent):
         # never let CR or LF in it split the reply.
-        text = "\n".join(line.replace("\r", " ") for line in str(r.text).split("\n"))
+        text = str(r.text)
+        if "\r" in text:
+            text = text.replace("\r", " ")
+        if "\n" not in text:
+            # The usual one-line reply: one write.
+            self.transport.write(b"%d %s\r\n" % (r.code, text.encode("utf-8")))
+            return
         self._write(r.code, text)
 
     def _reply(self, r: SMTPReply, countError: bool = True) -> None:
@@ -1297,16 +1320,25 @@ class SMTPServer(Protocol):
             )
             return None
         storage = self.factory.storage  # full disk, full mailbox
-        d = maybeDeferred(storage.checkRecipient, recipient, transaction.declaredSize) if storage is not None else succeed(None)
-        d.addCallback(lambda _: self.factory.delivery.checkRecipient(recipient, self._sender))
+        checked = storage.checkRecipient(recipient, transaction.declaredSize) if storage is not None else None
 
-        def accepted(_: object) -> SMTPReply:
+        def accepted(_: object = None) -> SMTPReply:
             transaction.rcptCount += 1
             if recipient not in transaction.recipients:
                 transaction.recipients.append(recipient)
             return reply(codes.OK, codes.S_RECIPIENT_OK, "Recipient <%s> ok" % (recipient,))
 
-        return d.addCallback(accepted)
+        def deliverable(_: object = None) -> object:
+            answer = self.factory.delivery.checkRecipient(recipient, self._sender)
+            if isinstance(answer, Deferred):
+                return answer.addCallback(accepted)
+            return accepted()
+
+        # Both checks usually answer at once: then no Deferred is made.
+        if isinstance(checked, Deferred):
+            # The quota check counts a Maildir first.
+            return checked.addCallback(deliverable)
+        return deliverable()
 
     def do_DATA(self, argument: str) -> SMTPReply:
         """RFC 5321 §4.1.1.4."""
