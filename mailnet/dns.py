@@ -13,9 +13,9 @@ their own.
 """
 
 import socket
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import blockingCallFromThread
 from twisted.names import client, dns
 from twisted.names import error as dnserror
@@ -26,6 +26,13 @@ RESOLV_CONF = "/etc/resolv.conf"
 QUERY_TIMEOUTS = (1, 3)
 #: A look-up that has no answer after this many seconds is a DNS failure.
 LOOKUP_TIMEOUT = 8.0
+
+#: Answers are remembered for their records' TTL, at most this long; "no
+#: such name or record" for NEGATIVE_TTL.  Failures are never remembered.
+MAX_CACHE_TTL = 3600
+NEGATIVE_TTL = 60
+#: Remembered answers; the table is emptied when it is full.
+CACHE_ENTRIES = 10000
 
 #: Record types by the names pyspf and the verdict code use.
 TYPES = {
@@ -101,6 +108,9 @@ class DNSClient:
         self._reactor = reactor
         self.servers = tuple(servers)
         self.resolver = resolver if resolver is not None else makeResolver(reactor, servers)
+        # (name, kind) -> (expiry, answer): mail from one domain asks the
+        # same SPF, DMARC and key records again and again.
+        self._cache: Dict[Tuple[str, str], Tuple[float, List[Any]]] = {}
 
     def lookupMailExchange(self, name: str, timeout: Any = None) -> Deferred:
         """L{twisted.internet.interfaces.IResolver.lookupMailExchange}, for the relay."""
@@ -113,8 +123,14 @@ class DNSClient:
         @return: a L{Deferred} firing with a list of C{((name, kind),
             value)} pairs (CNAME records included, as pyspf expects;
             empty for no such name or record), or failing with
-            L{DNSFailure}.
+            L{DNSFailure}.  An answer is remembered for its TTL (at most
+            L{MAX_CACHE_TTL} seconds; an empty one for L{NEGATIVE_TTL}).
         """
+        key = (name.rstrip(".").lower(), kind)
+        now = self._reactor.seconds()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            return succeed(list(cached[1]))
         d = self.resolver.query(dns.Query(name.rstrip("."), TYPES[kind], dns.IN))
         d.addTimeout(LOOKUP_TIMEOUT, self._reactor)
 
@@ -126,15 +142,25 @@ class DNSClient:
                 if typeName is None:
                     continue
                 out.append(((record.name.name.decode("ascii", "replace").rstrip("."), typeName), _value(record)))
+            ttl = min((record.ttl for record in answers), default=NEGATIVE_TTL)
+            self._remember(key, min(ttl, MAX_CACHE_TTL) if out else NEGATIVE_TTL, out)
             return out
 
         def failed(failure: Any) -> List[Any]:
             if failure.check(dnserror.DNSNameError, dnserror.AuthoritativeDomainError):
+                self._remember(key, NEGATIVE_TTL, [])
                 return []  # NXDOMAIN: no records
             # Time-outs, SERVFAIL, REFUSED, FORMERR, an unreachable server.
             raise DNSFailure("%s %s: %s" % (name[:255], kind, failure.type.__name__))
 
         return d.addCallbacks(answered, failed)
+
+    def _remember(self, key: Tuple[str, str], ttl: float, answer: List[Any]) -> None:
+        if ttl <= 0:
+            return
+        if len(self._cache) >= CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache[key] = (self._reactor.seconds() + ttl, list(answer))
 
     def blocking(self) -> "BlockingDNS":
         """Look-up functions for a worker thread."""

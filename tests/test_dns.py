@@ -5,13 +5,14 @@ from the reactor and from a worker thread.
 
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
+from twisted.names import dns
 from twisted.names import error as dnserror
 from twisted.trial import unittest
 
 from mailnet.config import loadConfig
-from mailnet.dns import DNSClient, DNSFailure, makeResolver, systemServers
+from mailnet.dns import NEGATIVE_TTL, DNSClient, DNSFailure, makeResolver, systemServers
 from tests.dnszone import ZoneServer, a, mx, txt
 
 
@@ -57,6 +58,22 @@ class LookupTests(unittest.TestCase):
         self.assertEqual([r.payload.name.name for r in answers], [b"mx.example.test"])
 
 
+class CountingResolver:
+    """A resolver that answers one TXT record and counts the questions."""
+
+    def __init__(self, ttl: int = 60, fail: bool = False, nxdomain: bool = False) -> None:
+        self.ttl, self.fail, self.nxdomain, self.asked = ttl, fail, nxdomain, 0
+
+    def query(self, q: Any) -> defer.Deferred:
+        self.asked += 1
+        if self.fail:
+            return defer.fail(dnserror.DNSServerError("SERVFAIL"))
+        if self.nxdomain:
+            return defer.fail(dnserror.DNSNameError("NXDOMAIN"))
+        record = dns.RRHeader(name=q.name.name, type=dns.TXT, ttl=self.ttl, payload=dns.Record_TXT(b"v=spf1 -all", ttl=self.ttl))
+        return defer.succeed(([record], [], []))
+
+
 class FailureTests(unittest.SynchronousTestCase):
     def test_serverFailureIsDNSFailure(self) -> None:
         """SERVFAIL and time-outs are L{DNSFailure} (temperror), not an empty answer."""
@@ -67,6 +84,45 @@ class FailureTests(unittest.SynchronousTestCase):
 
         client = DNSClient(reactor, resolver=Failing())
         self.failureResultOf(client.query("example.test", "TXT"), DNSFailure)
+
+    def test_serverFailureIsNotRemembered(self) -> None:
+        """After a failure, the next look-up asks again."""
+        resolver = CountingResolver(fail=True)
+        client = DNSClient(task.Clock(), resolver=resolver)
+        self.failureResultOf(client.query("example.test", "TXT"), DNSFailure)
+        resolver.fail = False
+        self.assertEqual(len(self.successResultOf(client.query("example.test", "TXT"))), 1)
+        self.assertEqual(resolver.asked, 2)
+
+    def test_answersRememberedForTheirTTL(self) -> None:
+        """The same question within the records' TTL is answered without asking; after it, asked again."""
+        clock = task.Clock()
+        resolver = CountingResolver(ttl=300)
+        client = DNSClient(clock, resolver=resolver)
+        first = self.successResultOf(client.query("Example.test.", "TXT"))
+        clock.advance(299)
+        self.assertEqual(self.successResultOf(client.query("example.test", "TXT")), first)
+        self.assertEqual(resolver.asked, 1)
+        clock.advance(2)
+        self.successResultOf(client.query("example.test", "TXT"))
+        self.assertEqual(resolver.asked, 2)
+
+    def test_noSuchNameRememberedBriefly(self) -> None:
+        """NXDOMAIN is remembered for NEGATIVE_TTL seconds; a zero TTL is never remembered."""
+        clock = task.Clock()
+        resolver = CountingResolver(nxdomain=True)
+        client = DNSClient(clock, resolver=resolver)
+        self.assertEqual(self.successResultOf(client.query("nowhere.test", "TXT")), [])
+        self.assertEqual(self.successResultOf(client.query("nowhere.test", "TXT")), [])
+        self.assertEqual(resolver.asked, 1)
+        clock.advance(NEGATIVE_TTL + 1)
+        self.successResultOf(client.query("nowhere.test", "TXT"))
+        self.assertEqual(resolver.asked, 2)
+        zero = CountingResolver(ttl=0)
+        client = DNSClient(clock, resolver=zero)
+        self.successResultOf(client.query("example.test", "TXT"))
+        self.successResultOf(client.query("example.test", "TXT"))
+        self.assertEqual(zero.asked, 2)
 
     def test_systemServers(self) -> None:
         """Without [dns] resolvers, the nameserver lines of resolv.conf; 127.0.0.1 if none."""
