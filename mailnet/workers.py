@@ -58,10 +58,11 @@ from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import ILogObserver, InvalidLogLevelError, Logger, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, InvalidLogLevelError, Logger, LogLevel, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from mailnet import logtext
 from mailnet.errors import ConfigError
 
 log = Logger()
@@ -467,7 +468,7 @@ class WorkerLogObserver:
         self.out = out
 
     def __call__(self, event: Dict[str, Any]) -> None:
-        text = formatEvent(event)
+        text = logtext.formatEvent(event)
         failure = event.get("log_failure")
         if failure is not None:
             try:
