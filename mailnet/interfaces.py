@@ -195,6 +195,33 @@ class IMailStore(Interface):
         """
 
 
+class IDeliveryJournal(Interface):
+    """
+    Makes small messages durable with one cheap sync per batch (see
+    L{mailnet.store.journal}): a message is acknowledged once its journal
+    record is synced, then published into its Maildirs without syncs, and
+    made durable in the Maildirs by a checkpoint within about a second.
+    """
+
+    def deliver(record):
+        """
+        Journal a message (on the reactor thread), then publish it.
+
+        @type record: L{mailnet.store.journal.JournalRecord}
+        @return: a L{Deferred} firing (with L{None}) once the record is
+            durable, failing if it could not be written; or L{None} if
+            the journal does not take it (stopped, unusable, full, too
+            big): the caller then makes the message durable itself.
+        """
+
+    def stop():
+        """
+        Take no more messages; make those taken durable in the Maildirs.
+
+        @rtype: L{Deferred}
+        """
+
+
 class IMaildir(Interface):
     """
     One user's Maildir (C{cur/ new/ tmp/}).
