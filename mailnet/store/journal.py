@@ -420,7 +420,8 @@ class _Half:
         self.used = start + HEADER_SIZE
         self.state = FREE
         self.inFlight = 0  # records written or being published
-        self.failed: List[JournalRecord] = []  # publish failed: retried
+        self.failed: List[JournalRecord] = []  # publish failed at stop: kept for the next start
+        self.retries: Dict[JournalRecord, Any] = {}  # publish failed: tried again later
         self.paths: List[str] = []  # published (fsync'd at checkpoint without syncfs)
         self.timer: Any = None
         self.syncing = False  # its checkpoint runs
@@ -602,6 +603,12 @@ class DeliveryJournal:
             if half.timer is not None and half.timer.active():
                 half.timer.cancel()
             half.timer = None
+            # Failed publishes are not tried again: the next start delivers them.
+            for record, call in half.retries.items():
+                call.cancel()
+                half.failed.append(record)
+                half.inFlight -= 1
+            half.retries.clear()
         if not self._halves:
             return succeed(None)
         if not self._threaded:
@@ -780,9 +787,13 @@ class DeliveryJournal:
                 half.inFlight -= 1
                 self._settle(half)
                 return
-            self._clock.callLater(RETRY_DELAY, self._publish, half, record, True)
+            half.retries[record] = self._clock.callLater(RETRY_DELAY, self._retry, half, record)
 
         d.addCallbacks(published, failed)
+
+    def _retry(self, half: _Half, record: JournalRecord) -> None:
+        del half.retries[record]
+        self._publish(half, record, retry=True)
 
     def _due(self, half: _Half) -> None:
         """A half's checkpoint is due (its timer, or it is half full)."""
