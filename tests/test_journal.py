@@ -25,7 +25,7 @@ from mailnet.store.journal import (
     readRecords,
     recoverJournal,
 )
-from mailnet.store.maildir import SPOOL_IN_MEMORY, MaildirStore, runSynchronously, uniqueName
+from mailnet.store.maildir import SPOOL_IN_MEMORY, chooseBox, MaildirStore, runSynchronously, uniqueName
 
 
 class ThreadClock(Clock):
@@ -53,6 +53,19 @@ class HeldRunner:
                 d.errback()
             else:
                 d.callback(result)
+
+
+def crash(case, journal, records, root: str, lose: bool = True) -> None:
+    acks = [journal.deliver(r) for r in records]
+    journal.flush()
+    for ack in acks:
+        case.successResultOf(ack)
+    os.close(journal._fd)  # kill -9
+    journal._fd = None
+    if lose:
+        for r in records:
+            for box in r.boxes:
+                os.unlink(os.path.join(chooseBox(os.path.join(root, box), r.folder), "new", r.name))
 
 
 def record(name: str = "", box: str = "example.test/alice", data: bytes = b"Return-Path: <>\nhello\n", folder=None) -> JournalRecord:
@@ -110,14 +123,14 @@ class DeliveryJournalTests(JournalTestsMixin, SynchronousTestCase):
     def test_groupCommit(self) -> None:
         """
         Records pending together are written with one sync, and only then
-        acknowledged and published.
+        acknowledged; the messages are published meanwhile.
         """
         journal = self.makeJournal()
         records = [record() for _ in range(5)]
         acks = [journal.deliver(r) for r in records]
         for ack in acks:
             self.assertNoResult(ack)
-        self.assertEqual(self.delivered(), [])
+        self.assertEqual(self.syncs, [])
         journal.flush()
         self.assertEqual(len(self.syncs), 1)
         for ack in acks:
@@ -156,11 +169,13 @@ class DeliveryJournalTests(JournalTestsMixin, SynchronousTestCase):
         run = HeldRunner()
         journal = self.makeJournal(run=run, checkpointRun=runSynchronously)
         r = record()
-        self.successResultOf(self._deliverAndFlush(journal, r))
+        ack = self._deliverAndFlush(journal, r)
+        self.assertNoResult(ack)  # the 250 waits for the publish too
         self.clock.advance(1)
         self.assertEqual(self.checkpoints, [])
         self.assertEqual(self.onDisk(), [r])
         run.runAll()
+        self.successResultOf(ack)
         self.assertEqual(len(self.checkpoints), 1)
         self.assertEqual(self.onDisk(), [])
 
@@ -272,15 +287,13 @@ class DeliveryJournalTests(JournalTestsMixin, SynchronousTestCase):
 
 
 class RecoveryTests(JournalTestsMixin, SynchronousTestCase):
-    def crashAfterAck(self, records) -> None:
-        """Journal C{records}, acknowledge them, publish nothing ("kill -9")."""
-        run = HeldRunner()
-        journal = self.makeJournal(run=run, checkpointRun=run)
-        acks = [journal.deliver(r) for r in records]
-        journal.flush()
-        for ack in acks:
-            self.successResultOf(ack)
-        os.close(journal._fd)  # the process is gone
+    def crashAfterAck(self, records, lose: bool = True) -> None:
+        """
+        Journal C{records} and acknowledge them; then a power loss before
+        the checkpoint: the process is gone and (C{lose}) the unsynced
+        Maildir files with it.
+        """
+        crash(self, self.makeJournal(), records, self.root, lose)
 
     def test_replay(self) -> None:
         """Acknowledged, unpublished messages are delivered at recovery, once."""
@@ -298,8 +311,7 @@ class RecoveryTests(JournalTestsMixin, SynchronousTestCase):
         is not delivered a second time.
         """
         r = record()
-        self.crashAfterAck([r])
-        publishRecord(self.root, r, durable=False)
+        self.crashAfterAck([r], lose=False)
         box = os.path.join(self.root, "example.test/alice")
         os.rename(os.path.join(box, "new", r.name), os.path.join(box, "cur", r.name + ":2,FS"))
         self.assertEqual(recoverJournal(self.path, self.root), (0, 1))
@@ -311,6 +323,7 @@ class RecoveryTests(JournalTestsMixin, SynchronousTestCase):
         r = JournalRecord("%s,S=%d,W=%d" % (uniqueName("h"), len(data), len(data) + 2), ("example.test/alice", "example.test/bob"), None, len(data), len(data) + 2, data)
         self.crashAfterAck([r])
         publishRecord(self.root, JournalRecord(r.name, ("example.test/alice",), None, r.size, r.wireSize, data), durable=False)
+        self.assertEqual(self.delivered(), [r.name])
         self.assertEqual(recoverJournal(self.path, self.root), (1, 0))
         self.assertEqual(self.delivered(), [r.name])
         self.assertEqual(self.delivered("example.test/bob"), [r.name])
@@ -477,14 +490,9 @@ class MailServiceJournalTests(SynchronousTestCase):
 
     def crashed(self, index: int, records) -> None:
         """Journal file C{index} holds acknowledged, unpublished C{records}."""
-        run = HeldRunner()
-        journal = DeliveryJournal(journalModule.journalPath(self.dataDir, index), self.root, ThreadClock(), run, size=64 * 1024, checkpointRun=run, threaded=False)
+        journal = DeliveryJournal(journalModule.journalPath(self.dataDir, index), self.root, ThreadClock(), runSynchronously, size=64 * 1024, threaded=False)
         journal.start()
-        acks = [journal.deliver(r) for r in records]
-        journal.flush()
-        for ack in acks:
-            self.successResultOf(ack)
-        os.close(journal._fd)
+        crash(self, journal, records, self.root)
 
     def service(self, inherited=None):
         from mailnet.service import MailService
@@ -529,5 +537,5 @@ class MailServiceJournalTests(SynchronousTestCase):
         mail.startService()
         self.addCleanup(mail.stopService)
         self.assertEqual(os.listdir(os.path.join(self.root, "example.test/bob/new")), [mine.name])
-        self.assertFalse(os.path.exists(os.path.join(self.root, "example.test/alice")))
+        self.assertEqual(os.listdir(os.path.join(self.root, "example.test/alice/new")), [])
         self.assertEqual(mail.journal.path, journalModule.journalPath(self.dataDir, 2))

@@ -239,7 +239,7 @@ def publishRecord(root: str, record: JournalRecord, durable: bool, seen: Optiona
                 metrics.timedFsync(os.fsync, f.fileno())
         finally:
             f.close()
-        for maildir, box in targets:
+        for _, box in targets:
             target = os.path.join(box, "new", record.name)
             try:
                 os.link(tmp, target)
@@ -273,6 +273,14 @@ def publishRecord(root: str, record: JournalRecord, durable: bool, seen: Optiona
     for maildir, _ in targets:
         quota.delivered(maildir, record.size)
     return published
+
+
+def _unlinkAll(paths: Sequence[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def _findSyncfs() -> Optional[Callable[[int], int]]:
@@ -690,22 +698,41 @@ class DeliveryJournal:
             self._due(half)
         written: Deferred = Deferred()
         acknowledged: Deferred = Deferred()
+        # The message is published while its record is written (no syncs):
+        # by the 250, it is in the Maildir as well, so a client that reads
+        # its mail right after sending sees it.  The 250 waits for both.
+        outcome: Dict[str, Any] = {}
 
-        def synced(_: Any) -> None:
-            self._publish(half, record)
-            acknowledged.callback(None)
+        def settled(result: Any, step: str) -> None:
+            outcome[step] = result
+            if len(outcome) == 2:
+                self._acknowledge(half, record, outcome["written"], outcome["published"], acknowledged)
 
-        def failed(failure: Failure) -> None:
-            half.inFlight -= 1
-            self._settle(half)
-            acknowledged.errback(failure)
-
-        written.addCallbacks(synced, failed)
+        written.addBoth(settled, "written")
         if self._threaded:
             self._writer.add(offset, data, written)
         else:
             self._writer._pending.append((offset, data, written))
+        self._run(publishRecord, self.root, record, False).addBoth(settled, "published")
         return acknowledged
+
+    def _acknowledge(self, half: _Half, record: JournalRecord, written: Any, published: Any, acknowledged: Deferred) -> None:
+        """Both the journal write and the publish of a message are done."""
+        if isinstance(written, Failure):
+            # No 250: the client sends it again, so it must not stay.
+            if not isinstance(published, Failure):
+                self._run(_unlinkAll, published).addErrback(lambda f: None)
+            half.inFlight -= 1
+            self._settle(half)
+            acknowledged.errback(written)
+            return
+        if isinstance(published, Failure):
+            self._publishFailed(half, record, published)
+        else:
+            half.paths.extend(published)
+            half.inFlight -= 1
+            self._settle(half)
+        acknowledged.callback(None)
 
     def flush(self) -> None:
         """Write and sync what is pending now, in this thread (tests)."""
@@ -767,33 +794,35 @@ class DeliveryJournal:
 
     # --- publishing and checkpoints --------------------------------------
 
-    def _publish(self, half: _Half, record: JournalRecord, retry: bool = False) -> None:
-        d = self._run(publishRecord, self.root, record, False, {} if retry else None)
+    def _publish(self, half: _Half, record: JournalRecord) -> None:
+        """Try again to publish a journaled message."""
+        d = self._run(publishRecord, self.root, record, False, {})
 
         def published(paths: List[str]) -> None:
             half.paths.extend(paths)
             half.inFlight -= 1
             self._settle(half)
 
-        def failed(failure: Failure) -> None:
-            log.error(
-                "publishing journaled message {name} failed ({error}); trying again in {delay:.0f} s",
-                name=record.name,
-                error=failure.getErrorMessage(),
-                delay=RETRY_DELAY,
-            )
-            if self._stopping:
-                half.failed.append(record)  # the next start delivers it
-                half.inFlight -= 1
-                self._settle(half)
-                return
-            half.retries[record] = self._clock.callLater(RETRY_DELAY, self._retry, half, record)
+        d.addCallbacks(published, lambda failure: self._publishFailed(half, record, failure))
 
-        d.addCallbacks(published, failed)
+    def _publishFailed(self, half: _Half, record: JournalRecord, failure: Failure) -> None:
+        """Keep the record; try again in a while (the next start, if stopping)."""
+        log.error(
+            "publishing journaled message {name} failed ({error}); trying again in {delay:.0f} s",
+            name=record.name,
+            error=failure.getErrorMessage(),
+            delay=RETRY_DELAY,
+        )
+        if self._stopping:
+            half.failed.append(record)
+            half.inFlight -= 1
+            self._settle(half)
+            return
+        half.retries[record] = self._clock.callLater(RETRY_DELAY, self._retry, half, record)
 
     def _retry(self, half: _Half, record: JournalRecord) -> None:
         del half.retries[record]
-        self._publish(half, record, retry=True)
+        self._publish(half, record)
 
     def _due(self, half: _Half) -> None:
         """A half's checkpoint is due (its timer, or it is half full)."""

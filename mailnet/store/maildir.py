@@ -5,7 +5,9 @@ Maildir storage (the format of qmail, Dovecot and mutt: C{tmp/ new/ cur/}).
 Delivery is durable before it is acknowledged: the message is written into
 C{tmp/}, flushed and fsync'd, linked into C{new/} of each mailbox, and the
 directories are fsync'd.  All of that runs in a thread pool; only buffered
-writes happen on the reactor thread.
+writes happen on the reactor thread.  With a delivery journal
+(L{mailnet.store.journal}), a message held in memory is made durable by a
+journal record instead, shared sync and all, and published without syncs.
 
 Files use the local line ending (LF), as Postfix and Dovecot write them
 and as mutt expects.  mailnet accepts no message with a bare CR or LF, so
@@ -358,6 +360,10 @@ class MaildirReceiver:
     writes and fsyncs the file, hard-links it into every mailbox's C{new/}
     (a copy where links are impossible) and fsyncs those directories.
     Maildirs are created on first delivery.
+
+    With a C{journal}, a message still in memory at L{finish} is handed to
+    it instead: L{finish} fires once its record is synced, and the journal
+    publishes it (L{mailnet.store.journal.DeliveryJournal.deliver}).
     """
 
     def __init__(
