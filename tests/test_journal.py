@@ -224,6 +224,33 @@ class DeliveryJournalTests(JournalTestsMixin, SynchronousTestCase):
         self.failureResultOf(ack, OSError)
         self.assertIsNone(journal.deliver(record()))
 
+    def test_writeFailureUnpublishes(self) -> None:
+        """
+        A message whose record could not be written gets no 250: its
+        published copy is removed, or the client's retry would make two.
+        """
+
+        def sync(fd):
+            raise OSError(errno.EIO, "Input/output error")
+
+        journal = self.makeJournal(sync=sync)
+        ack = journal.deliver(record())
+        self.assertEqual(len(self.delivered()), 1)
+        journal.flush()
+        self.failureResultOf(ack, OSError)
+        self.assertEqual(self.delivered(), [])
+
+    def test_manyRecordsInOneWrite(self) -> None:
+        """A batch of more records than one pwritev takes (IOV_MAX) is written whole."""
+        journal = self.makeJournal(size=1024 * 1024)
+        records = [record(data=b"%d\n" % i) for i in range(1100)]
+        acks = [journal.deliver(r) for r in records]
+        journal.flush()
+        self.assertEqual(len(self.syncs), 1)
+        for ack in acks:
+            self.successResultOf(ack)
+        self.assertEqual(self.onDisk(), records)
+
     def test_tooBigForTheJournal(self) -> None:
         """A record larger than a half is not taken."""
         journal = self.makeJournal(size=MIN_SIZE)

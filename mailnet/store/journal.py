@@ -75,12 +75,10 @@ _HEADER = struct.Struct(">8sIQ")  # magic, version, generation (then CRC-32 of t
 RECORD_MAGIC = b"MNJR"
 _RECORD = struct.Struct(">4sQII")  # magic, generation, payload length, CRC-32 of payload
 _META = struct.Struct(">I")  # length of the JSON description
+#: The most buffers one C{pwritev} takes (Linux's C{IOV_MAX}).
+_IOV_MAX = 1024
 #: The smallest journal file: two halves, each a header and some records.
 MIN_SIZE = 4 * HEADER_SIZE
-
-
-class JournalError(Exception):
-    """The delivery journal cannot be used."""
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -553,6 +551,8 @@ class DeliveryJournal:
         @return: messages replayed, and found already delivered.
         """
         try:
+            if not hasattr(os, "pwrite"):
+                raise OSError(0, "positioned writes (pwrite) are missing on this system")
             counts = recoverJournal(self.path, self.root)
             self._open()
         except OSError as e:
@@ -762,19 +762,18 @@ class DeliveryJournal:
         return [d for _, _, d in batch], None
 
     def _pwritev(self, buffers: List[bytes], offset: int) -> None:
+        """Write C{buffers} at C{offset}, whole (short writes continued)."""
         pwritev = getattr(os, "pwritev", None)
-        if pwritev is None:
-            data = b"".join(buffers)
-            written = os.pwrite(self._fd, data, offset)
-            buffers = [data[written:]] if written < len(data) else []
-            offset += written
         while buffers:
-            written = pwritev(self._fd, buffers, offset) if pwritev else os.pwrite(self._fd, buffers[0], offset)
+            if pwritev is not None:
+                written = pwritev(self._fd, buffers[:_IOV_MAX], offset)
+            else:
+                written = os.pwrite(self._fd, buffers[0], offset)
             offset += written
             while buffers and written >= len(buffers[0]):
                 written -= len(buffers[0])
                 buffers = buffers[1:]
-            if buffers and written:
+            if written:
                 buffers = [buffers[0][written:]] + buffers[1:]
 
     def _fire(self, deferreds: List[Deferred], failure: Optional[Failure]) -> None:
