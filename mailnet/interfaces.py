@@ -156,8 +156,9 @@ class IMessageReceiver(Interface):
         """
         Make the message durable: flush, fsync the file, publish it (rename
         or link into place) and fsync the directories, off the reactor
-        thread.  Only when the returned Deferred fires may the server answer
-        250.
+        thread; or, with a delivery journal (L{IDeliveryJournal}), sync its
+        journal record and publish it without syncs.  Only when the
+        returned Deferred fires may the server answer 250.
 
         @return: a L{Deferred} firing with a short message id (L{str}) for
             logs, or failing if the message could not be stored (the caller
