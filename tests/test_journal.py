@@ -410,6 +410,27 @@ class RecoveryTests(JournalTestsMixin, SynchronousTestCase):
         self.assertEqual(self.delivered(), [r.name])
         self.assertTrue(journal.available)
 
+    def test_journalState(self) -> None:
+        """mailnet-admin check counts the records no checkpoint has retired."""
+        dataDir = os.path.dirname(os.path.dirname(self.path))
+        self.crashAfterAck([record(), record()])
+        self.assertEqual(journalModule.journalState(dataDir), [(self.path, 2)])
+        recoverJournal(self.path, self.root)
+        self.assertEqual(journalModule.journalState(dataDir), [(self.path, 0)])
+
+    def test_adminCheck(self) -> None:
+        """The check's line for the journal."""
+        import io
+
+        from mailnet.cli.admin import Report, _checkJournal
+        from mailnet.config import loadConfig
+
+        dataDir = os.path.dirname(os.path.dirname(self.path))
+        self.crashAfterAck([record()])
+        out = io.StringIO()
+        _checkJournal(loadConfig(None, {"server.data_dir": dataDir}), Report(out))
+        self.assertEqual(out.getvalue(), "  ok: delivery journal: 1 file(s), 1 message(s) not yet checkpointed (replayed at start after a crash)\n")
+
     def test_unsafeRecord(self) -> None:
         """A record naming a path outside the mail root is refused."""
         for bad in (JournalRecord("../x", ("a/b",), None, 1, 1, b"x"), JournalRecord("x", ("../../etc",), None, 1, 1, b"x")):
