@@ -558,7 +558,6 @@ class DeliveryJournal:
         self._nextGeneration = 0
         self._stopping = False
         self._broken = False
-        self._idle: List[Deferred] = []
         self.available = False
 
     # --- start and stop ---------------------------------------------------
