@@ -61,7 +61,7 @@ def crash(case, journal, records, root: str, lose: bool = True) -> None:
     for ack in acks:
         case.successResultOf(ack)
     os.close(journal._fd)  # kill -9
-    journal._fd = None
+    journal._fd = -1
     if lose:
         for r in records:
             for box in r.boxes:

@@ -550,8 +550,8 @@ class DeliveryJournal:
         self._checkpointPool: Optional[ThreadPool] = None
         self._threaded = threaded
         self._delay = delay
-        self._callFromThread = callFromThread or getattr(clock, "callFromThread", None)
-        self._fd: Optional[int] = None
+        self._callFromThread: Callable[..., Any] = callFromThread if callFromThread is not None else clock.callFromThread
+        self._fd = -1  # the open journal file
         self._writer = _Writer(self)
         self._halves: List[_Half] = []
         self._active = 0
@@ -642,7 +642,7 @@ class DeliveryJournal:
         if not self._threaded:
             self.flush()
         waiting = [self._whenIdle(half) for half in self._halves]
-        d = Deferred()
+        d: Deferred = Deferred()
         count = [len(waiting)]
 
         def one(_: Any) -> None:
@@ -664,7 +664,7 @@ class DeliveryJournal:
     def _close(self) -> Deferred:
         # The last checkpoint, in the journal's own threads: the Maildir
         # pool stops at the same time as this.
-        done = Deferred()
+        done: Deferred = Deferred()
         halves = [h for h in self._halves if not h.empty() and not h.failed]
         paths = [p for h in halves for p in h.paths]
 
@@ -683,9 +683,9 @@ class DeliveryJournal:
                 self._writer.stop()
             if self._checkpointPool is not None:
                 self._checkpointPool.stop()
-            if self._fd is not None:
+            if self._fd >= 0:
                 os.close(self._fd)
-                self._fd = None
+                self._fd = -1
             done.callback(None)
 
         if not halves:
