@@ -6,9 +6,10 @@ Without it, every message costs an fsync of its file and one of the
 C{new/} directory before the 250 (see L{mailnet.store.maildir}).  With it,
 a small message is appended to a pre-written journal file and the 250 is
 sent once an C{fdatasync} of that file covers it; all the messages that
-arrive meanwhile share that sync (group commit).  The message is then
-published into the Maildir(s) at once, without syncs, and at most about a
-second later a I{checkpoint} makes every published file durable in one go
+arrive meanwhile share that sync (group commit).  Meanwhile the message is
+published into the Maildir(s) without syncs (the 250 waits for that too, so
+a client sees its message as soon as it is acknowledged), and at most about
+a second later a I{checkpoint} makes every published file durable in one go
 (C{syncfs(2)} of the mail file system on Linux, an fsync of each file and
 directory elsewhere) and lets the journal space be reused.
 
