@@ -206,11 +206,13 @@ class IDeliveryJournal(Interface):
 
     def deliver(record):
         """
-        Journal a message (on the reactor thread), then publish it.
+        Journal a message and publish it (called on the reactor thread).
 
         @type record: L{mailnet.store.journal.JournalRecord}
         @return: a L{Deferred} firing (with L{None}) once the record is
-            durable, failing if it could not be written; or L{None} if
+            durable and the message published (a failed publish is tried
+            again later: the record keeps the message), failing if the
+            record could not be written; or L{None} if
             the journal does not take it (stopped, unusable, full, too
             big): the caller then makes the message durable itself.
         """
