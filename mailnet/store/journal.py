@@ -40,7 +40,6 @@ second before the crash may come back once (at least once, never lost).
 """
 
 import ctypes
-import json
 import os
 import struct
 import sys
@@ -105,12 +104,12 @@ class JournalRecord:
 
     def encode(self, generation: int) -> bytes:
         """The record as written in a half of generation C{generation}."""
-        meta = json.dumps(
-            {"name": self.name, "boxes": list(self.boxes), "folder": self.folder, "size": self.size, "wire": self.wireSize},
-            separators=(",", ":"),
-        ).encode("utf-8")
-        payload = b"".join((_META.pack(len(meta)), meta, self.data))
-        return _RECORD.pack(RECORD_MAGIC, generation, len(payload), zlib.crc32(payload)) + payload
+        # The description: NUL-separated fields (no path holds a NUL);
+        # cheaper than JSON on the reactor thread.
+        meta = "\0".join((self.name, self.folder or "", "%d" % self.size, "%d" % self.wireSize) + self.boxes).encode("utf-8")
+        head = _META.pack(len(meta)) + meta
+        crc = zlib.crc32(self.data, zlib.crc32(head))
+        return b"".join((_RECORD.pack(RECORD_MAGIC, generation, len(head) + len(self.data), crc), head, self.data))
 
     @classmethod
     def decode(cls, payload: bytes) -> "JournalRecord":
@@ -118,18 +117,18 @@ class JournalRecord:
         @raise ValueError: not a record this version wrote.
         """
         (length,) = _META.unpack_from(payload)
-        meta = json.loads(payload[_META.size : _META.size + length].decode("utf-8"))
-        data = payload[_META.size + length :]
-        boxes = tuple(meta["boxes"])
-        name, folder = meta["name"], meta["folder"]
-        if not isinstance(name, str) or not all(isinstance(b, str) for b in boxes) or not (folder is None or isinstance(folder, str)):
+        fields = payload[_META.size : _META.size + length].decode("utf-8").split("\0")
+        if len(fields) < 5:
             raise ValueError("bad record description")
+        name, folder, size, wire = fields[:4]
+        boxes = tuple(fields[4:])
+        data = payload[_META.size + length :]
         if "/" in name or os.sep in name:
             raise ValueError("unsafe name in a record")
         for part in (name, folder or "x") + boxes:
-            if os.path.isabs(part) or ".." in part.replace(os.sep, "/").split("/") or "\0" in part:
+            if not part or os.path.isabs(part) or ".." in part.replace(os.sep, "/").split("/"):
                 raise ValueError("unsafe path in a record")
-        return cls(name, boxes, folder, int(meta["size"]), int(meta["wire"]), data)
+        return cls(name, boxes, folder or None, int(size), int(wire), data)
 
 
 def _header(generation: int) -> bytes:

@@ -487,9 +487,11 @@ class MaildirReceiver:
 
         journal = self._journal
         root = journal.root  # type: ignore[union-attr]
+        prefix = len(root) + 1
         record = JournalRecord(
             name="%s,S=%d,W=%d" % (self._name, self._size, self._wireSize),
-            boxes=tuple(os.path.relpath(m, root) for m in self._maildirs),
+            # The mailboxes are under the root (MaildirStore.pathFor); cheaper than relpath.
+            boxes=tuple(m[prefix:] if m.startswith(root + os.sep) else os.path.relpath(m, root) for m in self._maildirs),
             folder=self._folder,
             size=self._size,
             wireSize=self._wireSize,
