@@ -67,6 +67,8 @@ DEFAULT_SIZE = 32 * 1024 * 1024
 CHECKPOINT_DELAY = 1.0
 #: Seconds before a failed publish or checkpoint is tried again.
 RETRY_DELAY = 1.0
+#: The longest pause between tries of a publish that keeps failing.
+RETRY_MAX = 60.0
 
 HEADER_SIZE = 4096
 HEADER_MAGIC = b"MAILNETJ"
@@ -449,6 +451,7 @@ class _Half:
         self.inFlight = 0  # records written or being published
         self.failed: List[JournalRecord] = []  # publish failed at stop: kept for the next start
         self.retries: Dict[JournalRecord, Any] = {}  # publish failed: tried again later
+        self.tries: Dict[JournalRecord, int] = {}  # failed publishes of each record
         self.paths: List[str] = []  # published (fsync'd at checkpoint without syncfs)
         self.timer: Any = None
         self.syncing = False  # its checkpoint runs
@@ -818,6 +821,7 @@ class DeliveryJournal:
         d = self._run(publishRecord, self.root, record, False, {})
 
         def published(paths: List[str]) -> None:
+            half.tries.pop(record, None)
             half.paths.extend(paths)
             half.inFlight -= 1
             self._settle(half)
@@ -825,19 +829,24 @@ class DeliveryJournal:
         d.addCallbacks(published, lambda failure: self._publishFailed(half, record, failure))
 
     def _publishFailed(self, half: _Half, record: JournalRecord, failure: Failure) -> None:
-        """Keep the record; try again in a while (the next start, if stopping)."""
+        """
+        Keep the record; try again after a pause that doubles up to
+        L{RETRY_MAX} (at the next start, if stopping).
+        """
+        tries = half.tries[record] = half.tries.get(record, 0) + 1
+        delay = min(RETRY_MAX, RETRY_DELAY * 2 ** (tries - 1))
         log.error(
-            "publishing journaled message {name} failed ({error}); trying again in {delay:.0f} s",
+            "publishing journaled message {name} failed ({error}); it stays in the journal, trying again in {delay:.0f} s",
             name=record.name,
             error=failure.getErrorMessage(),
-            delay=RETRY_DELAY,
+            delay=delay,
         )
         if self._stopping:
             half.failed.append(record)
             half.inFlight -= 1
             self._settle(half)
             return
-        half.retries[record] = self._clock.callLater(RETRY_DELAY, self._retry, half, record)
+        half.retries[record] = self._clock.callLater(delay, self._retry, half, record)
 
     def _retry(self, half: _Half, record: JournalRecord) -> None:
         del half.retries[record]
