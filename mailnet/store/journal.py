@@ -979,10 +979,9 @@ def _journalName(path: str) -> str:
 
 def _logRecovery(path: str, counts: Tuple[int, int]) -> None:
     replayed, already = counts
-    if replayed or already:
-        log.info(
-            "journal {name}: {replayed} messages replayed, {already} already delivered",
-            name=_journalName(path),
-            replayed=replayed,
-            already=already,
-        )
+    log.info(
+        "journal {name}: {replayed} messages replayed, {already} already delivered",
+        name=_journalName(path),
+        replayed=replayed,
+        already=already,
+    )
