@@ -11,6 +11,7 @@ import threading
 from twisted.internet import reactor as globalReactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -587,10 +588,13 @@ class MailServiceJournalTests(SynchronousTestCase):
         calls = []
         original = journalModule.recoverJournal
         self.patch(journalModule, "recoverJournal", lambda *a: calls.append(a[0]) or original(*a))
-        mail.privilegedStartService()
-        mail.startService()
+        with capturedLogs() as events:
+            mail.privilegedStartService()
+            mail.startService()
         self.addCleanup(mail.stopService)
         self.assertEqual(sorted(os.path.basename(p) for p in calls), ["0.journal", "3.journal"])
+        lines = sorted(formatEvent(e) for e in events if "messages replayed" in formatEvent(e))
+        self.assertEqual(lines, ["journal 0: 1 messages replayed, 0 already delivered", "journal 3: 2 messages replayed, 0 already delivered"])
         alice = os.listdir(os.path.join(self.root, "example.test/alice/new"))
         self.assertEqual(sorted(alice), sorted([mine.name, workers[1].name]))
         self.assertEqual(os.listdir(os.path.join(self.root, "example.test/bob/new")), [workers[0].name])
