@@ -156,8 +156,9 @@ class IMessageReceiver(Interface):
         """
         Make the message durable: flush, fsync the file, publish it (rename
         or link into place) and fsync the directories, off the reactor
-        thread.  Only when the returned Deferred fires may the server answer
-        250.
+        thread; or, with a delivery journal (L{IDeliveryJournal}), sync its
+        journal record and publish it without syncs.  Only when the
+        returned Deferred fires may the server answer 250.
 
         @return: a L{Deferred} firing with a short message id (L{str}) for
             logs, or failing if the message could not be stored (the caller
@@ -192,6 +193,35 @@ class IMailStore(Interface):
         @param mailboxes: the user addresses to deliver to (each gets its
             own copy, atomically per mailbox).
         @rtype: L{IMessageReceiver}
+        """
+
+
+class IDeliveryJournal(Interface):
+    """
+    Makes small messages durable with one cheap sync per batch (see
+    L{mailnet.store.journal}): a message is acknowledged once its journal
+    record is synced, then published into its Maildirs without syncs, and
+    made durable in the Maildirs by a checkpoint within about a second.
+    """
+
+    def deliver(record):
+        """
+        Journal a message and publish it (called on the reactor thread).
+
+        @type record: L{mailnet.store.journal.JournalRecord}
+        @return: a L{Deferred} firing (with L{None}) once the record is
+            durable and the message published (a failed publish is tried
+            again later: the record keeps the message), failing if the
+            record could not be written; or L{None} if
+            the journal does not take it (stopped, unusable, full, too
+            big): the caller then makes the message durable itself.
+        """
+
+    def stop():
+        """
+        Take no more messages; make those taken durable in the Maildirs.
+
+        @rtype: L{Deferred}
         """
 
 

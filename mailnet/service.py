@@ -39,6 +39,7 @@ from mailnet.smtp.relay import RelayService
 from mailnet.smtp.server import SMTPFactory
 from mailnet.store.accounts import openAccountStore
 from mailnet.store.folders import AccountRegistry
+from mailnet.store import journal as _journal
 from mailnet.store.maildir import MaildirStore, ThreadRunner
 from mailnet.store.queue import DiskQueue
 from mailnet.store.watch import makeWatcher
@@ -208,7 +209,16 @@ class MailService(service.MultiService):
         ThreadPoolService(self.hashPool).setServiceParent(self)
 
         self.accounts = openAccountStore(dataDir, openNow=False)
-        self.mailStore = MaildirStore(os.path.join(dataDir, "mail"), run, config.hostname)
+        # Small messages are acknowledged once journaled (one sync per
+        # batch) and made durable in the Maildirs within a second; the
+        # parent replays every journal before serving (mailnet.store.journal).
+        mailRoot = os.path.join(dataDir, "mail")
+        self.journal = _journal.DeliveryJournal(
+            _journal.journalPath(dataDir, inherited.index if inherited is not None else 0),
+            mailRoot, reactor, run, size=_journal.DEFAULT_SIZE,
+        )
+        _journal.JournalService(self.journal, dataDir, recoverAll=inherited is None).setServiceParent(self)
+        self.mailStore = MaildirStore(mailRoot, run, config.hostname, journal=self.journal)
         self.queue = DiskQueue(os.path.join(dataDir, "queue"), run, reactor, config.hostname)
         if inherited is None:
             TmpSweeperService(self.mailStore, reactor).setServiceParent(self)

@@ -437,6 +437,27 @@ class MailnetPeer:
             await self.server.stop()
             self.server = None
 
+    async def restart(self) -> None:
+        """
+        Start again on the same data dir once the server is gone (killed):
+        the log of the run before is kept as C{server.log.1}.
+        """
+        if self.server is not None:
+            await self.server.process.ended
+            self.server = None
+        log = os.path.join(self.dataDir, "server.log")
+        if os.path.exists(log):
+            os.replace(log, log + ".1")
+        await self.start()
+
+    def replayed(self) -> List[str]:
+        """The delivery journal's recovery lines in the server's log."""
+        try:
+            with open(os.path.join(self.dataDir, "server.log"), encoding="utf-8", errors="replace") as f:
+                return [line.split("journal ", 1)[1].strip() for line in f if "messages replayed" in line]
+        except OSError:
+            return []
+
 
 async def smtpRound(reactor, server: Any, name: str, connections: int, count: int, seconds: float, size: int, drain: float = 120) -> Dict[str, Any]:
     """
@@ -513,22 +534,33 @@ def best(rounds: List[Dict[str, Any]]) -> Dict[str, Any]:
 async def crashRound(reactor, server: MailnetPeer, connections: int = 20, seconds: float = 6, killAfter: float = 2) -> Dict[str, Any]:
     """
     SMTP load on a mailnet with workers; after C{killAfter} seconds every
-    worker gets SIGKILL.  Nothing acknowledged may be missing from disk.
+    process of the server (the parent included) gets SIGKILL, as in a
+    power loss of the service.  The server is then started again on the
+    same data dir (it replays its delivery journals before it listens):
+    nothing acknowledged may be missing from disk.
     """
     run = SMTPRun("crash", SMTP_USERS, makeBody(2048), Workload(10**7, time.perf_counter() + seconds))
     killed: List[int] = []
 
     def kill() -> None:
-        for pid in treePids(server.pid)[1:]:
-            os.kill(pid, signal.SIGKILL)
+        for pid in treePids(server.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
             killed.append(pid)
 
     reactor.callLater(killAfter, kill)
     await runSMTP(reactor, server.port, run, connections, timeout=seconds + 60)
+    restarted = time.perf_counter()
+    await server.restart()
+    restartSeconds = time.perf_counter() - restarted
     onDisk = await deferToThread(idsOnDisk, server.maildirs.values())
     return {
         "accepted": len(run.accepted),
         "killed": killed,
+        "restart_s": round(restartSeconds, 2),
+        "replayed": server.replayed(),
         "connection_errors": len(run.errors),
         "lost": sum(1 for i in run.accepted if i not in onDisk),
         "duplicated": sum(1 for i in run.accepted if onDisk.get(i, 0) > 1),

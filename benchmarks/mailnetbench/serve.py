@@ -110,8 +110,10 @@ def buildMailnet(reactor, spec: dict):
     # ask for the cheapest parameters (logins are not what they measure).
     passwordHash = hashPassword(spec["password"], lowCostHasher() if spec.get("cheapHash") else None)
     maildirs = {}
+    existing = set(service.accounts.users())  # a restart on the same data dir (the crash test)
     for address in spec["users"]:
-        service.accounts.addUser(address, passwordHash)
+        if address not in existing:
+            service.accounts.addUser(address, passwordHash)
         maildirs[address] = service.mailStore.pathFor(address)
     for address, (count, size) in spec.get("preload", {}).items():
         preload(maildirs[address], address, count, size, spec["hostname"])

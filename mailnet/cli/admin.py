@@ -912,6 +912,18 @@ def _checkFreeSpace(config: Config, report: Report) -> None:
         report.ok(text)
 
 
+def _checkJournal(config: Config, report: Report) -> None:
+    """The delivery journals: messages a crash would replay at the next start."""
+    from mailnet.store.journal import journalState
+
+    states = journalState(config.data_dir)
+    if states:
+        report.ok(
+            "delivery journal: %d file(s), %d message(s) not yet checkpointed (replayed at start after a crash)"
+            % (len(states), sum(count for _, count in states))
+        )
+
+
 def check(admin: Admin, now: Optional[datetime.datetime] = None) -> int:
     report = Report(admin.stdout)
     config = _checkConfig(admin, report)
@@ -921,6 +933,7 @@ def check(admin: Admin, now: Optional[datetime.datetime] = None) -> int:
     store = _checkDataDir(admin, report)
     if os.path.isdir(config.data_dir):
         _checkFreeSpace(config, report)
+        _checkJournal(config, report)
     _checkCertificate(config, report, now or datetime.datetime.now(datetime.timezone.utc))
     _checkListeners(config, report)
     _checkDomains(config, store, report)

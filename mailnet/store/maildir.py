@@ -5,7 +5,9 @@ Maildir storage (the format of qmail, Dovecot and mutt: C{tmp/ new/ cur/}).
 Delivery is durable before it is acknowledged: the message is written into
 C{tmp/}, flushed and fsync'd, linked into C{new/} of each mailbox, and the
 directories are fsync'd.  All of that runs in a thread pool; only buffered
-writes happen on the reactor thread.
+writes happen on the reactor thread.  With a delivery journal
+(L{mailnet.store.journal}), a message held in memory is made durable by a
+journal record instead, shared sync and all, and published without syncs.
 
 Files use the local line ending (LF), as Postfix and Dovecot write them
 and as mutt expects.  mailnet accepts no message with a bare CR or LF, so
@@ -33,7 +35,7 @@ from zope.interface import implementer
 from mailnet import metrics, quota
 from mailnet.address import isSafeMailboxName, splitAddress
 from mailnet.errors import BadAddress, MessageGone
-from mailnet.interfaces import IMaildir, IMailStore, IMessageReceiver
+from mailnet.interfaces import IDeliveryJournal, IMaildir, IMailStore, IMessageReceiver
 
 log = Logger()
 
@@ -358,6 +360,10 @@ class MaildirReceiver:
     writes and fsyncs the file, hard-links it into every mailbox's C{new/}
     (a copy where links are impossible) and fsyncs those directories.
     Maildirs are created on first delivery.
+
+    With a C{journal}, a message still in memory at L{finish} is handed to
+    it instead: L{finish} fires once its record is synced, and the journal
+    publishes it (L{mailnet.store.journal.DeliveryJournal.deliver}).
     """
 
     def __init__(
@@ -367,8 +373,10 @@ class MaildirReceiver:
         run: Callable[..., Deferred],
         hostname: str,
         syncer: Optional[DirectorySyncer] = None,
+        journal: Optional[IDeliveryJournal] = None,
     ) -> None:
         self._maildirs = list(maildirs)
+        self._journal = journal
         self._run = run
         self._syncDirectory = (syncer or DirectorySyncer()).sync
         self._name = uniqueName(hostname)
@@ -443,6 +451,10 @@ class MaildirReceiver:
 
     def _finish(self) -> Deferred:
         f, chunks, self._file, self._chunks = self._file, self._chunks, None, []
+        if f is None and self._journal is not None:
+            journaled = self._journalize(chunks)
+            if journaled is not None:
+                return journaled
 
         def publish() -> str:
             try:
@@ -464,6 +476,32 @@ class MaildirReceiver:
             return self._name
 
         return self._run(publish)
+
+    def _journalize(self, chunks: List[bytes]) -> Optional[Deferred]:
+        """
+        Hand a message held in memory to the journal: acknowledged once its
+        record is synced, published right after.  L{None} if the journal
+        does not take it (then the message is synced here, as without one).
+        """
+        from mailnet.store.journal import JournalRecord
+
+        journal = self._journal
+        root = journal.root  # type: ignore[union-attr]
+        prefix = len(root) + 1
+        record = JournalRecord(
+            name="%s,S=%d,W=%d" % (self._name, self._size, self._wireSize),
+            # The mailboxes are under the root (MaildirStore.pathFor); cheaper than relpath.
+            boxes=tuple(m[prefix:] if m.startswith(root + os.sep) else os.path.relpath(m, root) for m in self._maildirs),
+            folder=self._folder,
+            size=self._size,
+            wireSize=self._wireSize,
+            data=b"".join(chunks),
+        )
+        d = journal.deliver(record)  # type: ignore[union-attr]
+        if d is None:
+            return None
+        name = self._name
+        return d.addCallback(lambda _: name)
 
     def _publish(self, final: str) -> None:
         published = []
@@ -488,11 +526,7 @@ class MaildirReceiver:
 
     def _box(self, maildir: str) -> str:
         """Where the message goes in one mailbox: the chosen folder if it exists, else the inbox."""
-        if self._folder is not None:
-            folder = os.path.join(maildir, self._folder)
-            if os.path.isdir(os.path.join(folder, "new")):
-                return folder
-        return maildir
+        return chooseBox(maildir, self._folder)
 
     def abort(self) -> None:
         self._done = self._aborted = True
@@ -510,6 +544,18 @@ class MaildirReceiver:
                 log.warn("closing an aborted message in tmp/ failed: {error}", error=e.strerror)
             finally:
                 _unlinkQuietly(self._tmp)
+
+
+def chooseBox(maildir: str, folder: Optional[str]) -> str:
+    """
+    Where a message goes in one mailbox: the Maildir++ C{folder} (C{.Junk})
+    if the mailbox has it, else the inbox.
+    """
+    if folder is not None:
+        path = os.path.join(maildir, folder)
+        if os.path.isdir(os.path.join(path, "new")):
+            return path
+    return maildir
 
 
 def copyMessage(source: str, tmp: str, target: str) -> None:
@@ -595,8 +641,10 @@ class MaildirStore:
     Maildirs under C{root}, one per user: C{root/domain/localpart/}.
     """
 
-    def __init__(self, root: str, run: Callable[..., Deferred], hostname: str = "") -> None:
+    def __init__(self, root: str, run: Callable[..., Deferred], hostname: str = "", journal: Optional[IDeliveryJournal] = None) -> None:
         self._syncer = DirectorySyncer()
+        #: Where small messages are made durable first (L{mailnet.store.journal}), or L{None}.
+        self.journal = journal
         self.root = root
         self._run = run
         self._hostname = hostname or socket.gethostname()
@@ -625,4 +673,4 @@ class MaildirStore:
     def receive(self, returnPath: str, mailboxes: Sequence[str]) -> MaildirReceiver:
         # Missing Maildirs are created off the reactor thread, on delivery.
         paths = [self.pathFor(a) for a in mailboxes]
-        return MaildirReceiver(paths, returnPathHeader(returnPath), self._run, self._hostname, self._syncer)
+        return MaildirReceiver(paths, returnPathHeader(returnPath), self._run, self._hostname, self._syncer, self.journal)
