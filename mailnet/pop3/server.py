@@ -342,7 +342,9 @@ class POP3Server(Protocol):
                 self._pos = end + 1
                 if line.endswith(b"\r"):
                     line = line[:-1]
-                if len(line) > self._lineLimit(line):
+                # Most lines are short: the limit that depends on them is
+                # worked out only for the others.
+                if len(line) > MAX_COMMAND_LINE and len(line) > self._lineLimit(line):
                     self._lineTooLong()
                     continue
                 self._lineReceived(line)
