@@ -15,7 +15,8 @@ not advertised.  The mailbox is a snapshot taken at login; deletions are
 only marks until QUIT, and a dropped connection changes nothing.  Messages
 larger than a chunk are streamed from disk with a producer, so their size
 never matters to memory; smaller ones are read and written whole, which
-saves a producer and a reactor turn per RETR.
+saves a producer and a reactor turn per RETR.  The answers to the
+commands found in one read from the client go out in one write.
 
 Public surface: L{POP3Factory}, and L{POP3Server} for tests.
 """
