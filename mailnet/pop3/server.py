@@ -733,21 +733,24 @@ class POP3Server(Protocol):
         info = self._messages[index]
         maildir = self.mailbox.maildir
         size = self.factory.chunkSize
+        data = None
         try:
-            data = None
             if bodyLines is None and info.size <= size:
                 # Small: read it whole, if it is (one octet more is asked).
                 data = maildir.readWhole(info, size)
-            f = maildir.open(info) if data is None else io.BytesIO(data)
+            if data is None:
+                f = maildir.open(info)
         except MessageGone:
             # Removed behind our back (another program): it will not come back.
             raise POP3Error("[SYS/PERM] Message %d is no longer available" % (index + 1,))
         except OSError:
             log.failure("POP3 cannot open message {uid} of {address}", uid=info.uid, address=self.mailbox.address)
             raise POP3Error("[SYS/TEMP] Cannot read message %d, try again later" % (index + 1,), countsAsError=False)
-        if data is not None and self._undrained + len(data) <= MAX_UNDRAINED_OUTPUT:
-            self._sendWhole(first, data)
-            return None
+        if data is not None:
+            if self._undrained + len(data) <= MAX_UNDRAINED_OUTPUT:
+                self._sendWhole(first, data)
+                return None
+            f = io.BytesIO(data)
         # Larger than a chunk (or than listed), or we have written enough
         # without knowing that the client reads: stream it.
         chunks: Iterator[bytes]
