@@ -287,7 +287,7 @@ class Maildir:
         try:
             # The listed size fits the file (files hold LF, the size counts
             # CRLF): usually one read for the data, one that finds the end.
-            pieces = []
+            pieces: List[bytes] = []
             total = 0
             want = min(info.size, limit) + 1
             while total <= limit:
