@@ -1100,6 +1100,29 @@ class WholeMessageTests(POP3Mixin, SynchronousTestCase):
         self.assertEqual(lines[-4:], [b"-ERR Unknown command", lines[-3], b"+OK", b""])
         self.assertTrue(lines[-3].startswith(b"+OK 1 "))
 
+    def test_gatheredRepliesPrecedeTheClose(self) -> None:
+        """
+        Replies gathered in a pass are written before the connection is
+        closed (QUIT, too many errors): a transport drops what is written
+        after loseConnection.
+        """
+
+        class Closing(TLSStringTransport):
+            def write(self, data: bytes) -> None:
+                if not self.disconnecting:
+                    super().write(data)
+
+        self.limits = Limits(max_errors=2)
+        for data, last in ((b"NOOP\r\nQUIT\r\n", b"signing off"), (b"BOGUS\r\nBOGUS\r\nNOOP\r\n", b"too many errors")):
+            protocol = self.makeFactory().buildProtocol(None)
+            transport = Closing()
+            protocol.makeConnection(transport)
+            protocol.dataReceived(data)
+            self.assertTrue(transport.disconnecting)
+            lines = transport.value().split(b"\r\n")
+            self.assertEqual(len(lines), 4, lines)
+            self.assertIn(last, lines[-2])
+
     def test_readFailsBeforeAnything(self) -> None:
         """
         A small message that cannot be read is answered C{-ERR [SYS/TEMP]}
