@@ -1100,6 +1100,23 @@ class WholeMessageTests(POP3Mixin, SynchronousTestCase):
         self.assertEqual(lines[-4:], [b"-ERR Unknown command", lines[-3], b"+OK", b""])
         self.assertTrue(lines[-3].startswith(b"+OK 1 "))
 
+    def test_topWhole(self) -> None:
+        """
+        TOP of a small message is cut in memory and sent like RETR: no
+        producer, one write with the answers that follow.
+        """
+        self.deliver(SECOND)
+        protocol, transport = self.loggedIn()
+        transport.clear()
+        del transport.writes[:]
+        protocol.dataReceived(b"TOP 1 1\r\nNOOP\r\n")
+        self.assertIsNone(transport.producer)
+        self.assertEqual(
+            transport.value().split(b"\r\n"),
+            [b"+OK Top of message follows", RP.encode(), b"Subject: two", b"X-Other: y", b"", b"line 1", b".", b"+OK", b""],
+        )
+        self.assertEqual(transport.writes, [len(transport.value())])
+
     def test_gatheredRepliesPrecedeTheClose(self) -> None:
         """
         Replies gathered in a pass are written before the connection is

@@ -14,8 +14,8 @@ administrator allowed plaintext logins) USER, PASS and AUTH are refused and
 not advertised.  The mailbox is a snapshot taken at login; deletions are
 only marks until QUIT, and a dropped connection changes nothing.  Messages
 larger than a chunk are streamed from disk with a producer, so their size
-never matters to memory; smaller ones are read and written whole, which
-saves a producer and a reactor turn per RETR.  The answers to the
+never matters to memory; smaller ones are read and written whole (RETR,
+and TOP cut in memory), which saves a producer and a reactor turn each.  The answers to the
 commands found in one read from the client go out in one write.
 
 Public surface: L{POP3Factory}, and L{POP3Server} for tests.
@@ -735,7 +735,7 @@ class POP3Server(Protocol):
         size = self.factory.chunkSize
         data = None
         try:
-            if bodyLines is None and info.size <= size:
+            if info.size <= size:
                 # Small: read it whole, if it is (one octet more is asked).
                 data = maildir.readWhole(info, size)
             if data is None:
@@ -747,6 +747,11 @@ class POP3Server(Protocol):
             log.failure("POP3 cannot open message {uid} of {address}", uid=info.uid, address=self.mailbox.address)
             raise POP3Error("[SYS/TEMP] Cannot read message %d, try again later" % (index + 1,), countsAsError=False)
         if data is not None:
+            if bodyLines is not None:
+                # TOP: cut it here, by the same rules as when streaming;
+                # what is left is sent whole.
+                data = b"".join(headersAndLines(io.BytesIO(data), bodyLines, size))
+                bodyLines = None
             if self._undrained + len(data) <= MAX_UNDRAINED_OUTPUT:
                 self._sendWhole(first, data)
                 return None
@@ -767,7 +772,7 @@ class POP3Server(Protocol):
 
     def _sendWhole(self, first: str, data: bytes) -> None:
         """
-        Send a small message at once: the status line, the dot-stuffed
+        Send a small message (or its top) at once: the status line, the dot-stuffed
         message and its end in one write, with no producer (RFC 1939 §3).
         Pipelined commands then run in the same pass over the input.
         """
