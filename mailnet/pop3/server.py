@@ -353,8 +353,9 @@ class POP3Server(Protocol):
             self._processing = False
             self._buffer = self._buffer[self._pos :]
             self._pos = 0
-            self._flush()
-            self._pending = None
+            pending, self._pending = self._pending, None
+            if pending and not self._disconnected:
+                self.transport.write(b"".join(pending))
         if self._readPaused and not self._busy and not self._disconnected:
             self._readPaused = False
             self.transport.resumeProducing()
