@@ -253,6 +253,16 @@ class IMaildir(Interface):
         @raise mailnet.errors.MessageGone: it was removed meanwhile.
         """
 
+    def readWhole(info, limit):
+        """
+        Read a small message whole, wherever it is now, as L{open} would.
+
+        @param limit: the most octets wanted.
+        @return: the file's octets (L{bytes}), or L{None} if it holds more
+            than C{limit} (then L{open} it and read it in pieces).
+        @raise mailnet.errors.MessageGone: it was removed meanwhile.
+        """
+
     def markSeen(infos):
         """
         Move messages from C{new/} to C{cur/} with the C{S} flag, keeping

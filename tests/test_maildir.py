@@ -17,6 +17,11 @@ from mailnet.interfaces import IMaildir, IMailStore, IMessageReceiver
 from mailnet.store.maildir import SPOOL_IN_MEMORY, DirectorySyncer, MaildirStore, runSynchronously, uniqueName
 
 
+def readFile(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 class MaildirStoreTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.root = self.mktemp()
@@ -318,6 +323,27 @@ class MaildirStoreTests(SynchronousTestCase):
         self.assertRaises(MessageGone, maildir.open, first)
         # Removing again is harmless.
         self.successResultOf(maildir.remove([first]))
+
+    def test_readWhole(self) -> None:
+        """
+        L{Maildir.readWhole} returns the file, wherever it went since the
+        snapshot, or L{None} when it holds more than the limit.
+        """
+        self.deliver(b"one\r\n")
+        maildir = self.store.maildir("alice@example.test")
+        [before] = self.successResultOf(maildir.snapshot())
+        data = readFile(before.path)
+        self.assertEqual(maildir.readWhole(before, len(data)), data)
+        self.assertIsNone(maildir.readWhole(before, len(data) - 1))
+        # Larger than listed (another program appended): read all of it.
+        with open(before.path, "ab") as f:
+            f.write(b"x" * 100000)
+        self.assertEqual(maildir.readWhole(before, 200000), data + b"x" * 100000)
+        self.assertIsNone(maildir.readWhole(before, 100000))
+        self.successResultOf(maildir.markSeen([before]))
+        self.assertEqual(maildir.readWhole(before, 200000), data + b"x" * 100000)
+        self.successResultOf(maildir.remove([before]))
+        self.assertRaises(MessageGone, maildir.readWhole, before, 100)
 
     def test_foreignFilesTolerated(self) -> None:
         """Files written by other MDAs (Dovecot-style names) are listed too."""

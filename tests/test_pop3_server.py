@@ -63,7 +63,9 @@ class TLSStringTransport(StringTransport):
         self.writes: List[int] = []
 
     def startTLS(self, contextFactory) -> None:
+        # What was written before the handshake began.
         self.tlsStarted.append(contextFactory)
+        self.beforeTLS = self.value()
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         self.noDelay = enabled
@@ -220,6 +222,8 @@ class AuthorizationTests(POP3Mixin, SynchronousTestCase):
         protocol, transport = self.connect(self.makeFactory(allowPlaintextAuth=False))
         self.assertEqual(self.lines(protocol, transport, b"STLS\r\n"), ["+OK Begin TLS negotiation"])
         self.assertEqual(transport.tlsStarted, ["tls-options"])
+        # The answer went out in the clear, before the handshake.
+        self.assertEqual(transport.beforeTLS, b"+OK Begin TLS negotiation\r\n")
         caps = self.lines(protocol, transport, b"CAPA\r\n")
         self.assertIn("USER", caps)
         self.assertIn("SASL PLAIN", caps)
@@ -878,6 +882,21 @@ class TransactionTests(POP3Mixin, SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
 
 
+class VerbCaseTests(POP3Mixin, SynchronousTestCase):
+    """
+    RFC 1939 §3: keywords are case-insensitive, whatever the spelling.
+    """
+
+    def test_anyCase(self) -> None:
+        self.deliver(FIRST)
+        [info] = self.snapshot()
+        protocol, transport = self.loggedIn()
+        for verb in (b"STAT", b"stat", b"Stat", b"sTaT"):
+            self.assertEqual(self.lines(protocol, transport, verb + b"\r\n"), ["+OK 1 %d" % info.size])
+        for line in (b"STAT1", b"ST4T", b"STATS", b"\xc3\xa9", b"STA\x00"):
+            self.assertEqual(self.lines(protocol, transport, line + b"\r\n"), ["-ERR Unknown command"], line)
+
+
 class StreamingTests(POP3Mixin, SynchronousTestCase):
     """
     RETR and TOP go through a pull producer, chunk by chunk.
@@ -1012,6 +1031,8 @@ class StreamingTests(POP3Mixin, SynchronousTestCase):
         """
         self.deliver(FIRST)
         protocol, transport = self.loggedIn()
+        # Streamed, not read whole: the +OK line goes out before the read.
+        self.factory.chunkSize = 8
         real = self.maildir.open
 
         class Broken:
@@ -1046,16 +1067,111 @@ class WholeMessageTests(POP3Mixin, SynchronousTestCase):
         transport.clear()
         del transport.writes[:]
         protocol.dataReceived(b"RETR 1\r\nNOOP\r\n")
-        # No producer, and the pipelined NOOP already answered.
+        # No producer, and the pipelined NOOP already answered, in the
+        # same write.
         self.assertIsNone(transport.producer)
         with open(info.path, "rb") as f:
             stored = onTheWire(f.read())
         message = b"+OK %d octets\r\n" % info.size + stored.replace(b"\r\n.", b"\r\n..") + b".\r\n"
         self.assertEqual(transport.value(), message + b"+OK\r\n")
-        self.assertEqual(transport.writes[0], len(message))
+        self.assertEqual(transport.writes, [len(message) + len(b"+OK\r\n")])
         # RFC 1939 §6: marked seen at QUIT, as a streamed one.
         self.send(protocol, transport, b"QUIT\r\n")
         self.assertEqual(len(self.files("cur")), 1)
+
+    def test_pipelinedRepliesInOneWrite(self) -> None:
+        """
+        The replies of pipelined commands read in one piece are written
+        together, in order, in one transport write.
+        """
+        self.deliver(FIRST)
+        self.deliver(SECOND)
+        first, second = self.snapshot()
+        protocol, transport = self.loggedIn()
+        transport.clear()
+        del transport.writes[:]
+        protocol.dataReceived(b"RETR 1\r\nSTAT\r\nRETR 2\r\nBOGUS\r\nUIDL 1\r\nNOOP\r\n")
+        reply = transport.value()
+        self.assertEqual(transport.writes, [len(reply)])
+        lines = reply.split(b"\r\n")
+        self.assertEqual(lines[0], b"+OK %d octets" % first.size)
+        self.assertIn(b"+OK 2 %d" % (first.size + second.size), lines)
+        self.assertIn(b"+OK %d octets" % second.size, lines)
+        self.assertEqual(lines[-4:], [b"-ERR Unknown command", lines[-3], b"+OK", b""])
+        self.assertTrue(lines[-3].startswith(b"+OK 1 "))
+
+    def test_topWhole(self) -> None:
+        """
+        TOP of a small message is cut in memory and sent like RETR: no
+        producer, one write with the answers that follow.
+        """
+        self.deliver(SECOND)
+        protocol, transport = self.loggedIn()
+        transport.clear()
+        del transport.writes[:]
+        protocol.dataReceived(b"TOP 1 1\r\nNOOP\r\n")
+        self.assertIsNone(transport.producer)
+        self.assertEqual(
+            transport.value().split(b"\r\n"),
+            [b"+OK Top of message follows", RP.encode(), b"Subject: two", b"X-Other: y", b"", b"line 1", b".", b"+OK", b""],
+        )
+        self.assertEqual(transport.writes, [len(transport.value())])
+
+    def test_gatheredRepliesPrecedeTheClose(self) -> None:
+        """
+        Replies gathered in a pass are written before the connection is
+        closed (QUIT, too many errors): a transport drops what is written
+        after loseConnection.
+        """
+
+        class Closing(TLSStringTransport):
+            def write(self, data: bytes) -> None:
+                if not self.disconnecting:
+                    super().write(data)
+
+        self.limits = Limits(max_errors=2)
+        for data, last in ((b"NOOP\r\nQUIT\r\n", b"signing off"), (b"BOGUS\r\nBOGUS\r\nNOOP\r\n", b"too many errors")):
+            protocol = self.makeFactory().buildProtocol(None)
+            transport = Closing()
+            protocol.makeConnection(transport)
+            protocol.dataReceived(data)
+            self.assertTrue(transport.disconnecting)
+            lines = transport.value().split(b"\r\n")
+            self.assertEqual(len(lines), 4, lines)
+            self.assertIn(last, lines[-2])
+
+    def test_readFailsBeforeAnything(self) -> None:
+        """
+        A small message that cannot be read is answered C{-ERR [SYS/TEMP]}
+        before anything of it is sent; the session goes on.
+        """
+        self.deliver(FIRST)
+        protocol, transport = self.loggedIn()
+
+        def broken(info, limit):
+            raise OSError("I/O error")
+
+        self.maildir.readWhole = broken
+        self.assertEqual(
+            self.lines(protocol, transport, b"RETR 1\r\nNOOP\r\n"),
+            ["-ERR [SYS/TEMP] Cannot read message 1, try again later", "+OK"],
+        )
+        self.assertFalse(transport.disconnected)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_movedMeanwhile(self) -> None:
+        """
+        A small message that another session moved from new/ to cur/ since
+        the listing is still sent, whole.
+        """
+        self.deliver(FIRST)
+        protocol, transport = self.loggedIn()
+        [info] = self.snapshot()
+        stored = onTheWire(readFile(info.path))
+        os.rename(info.path, os.path.join(self.maildir.path, "cur", os.path.basename(info.path) + ":2,S"))
+        reply = self.send(protocol, transport, b"RETR 1\r\n")
+        self.assertEqual(reply, b"+OK %d octets\r\n" % info.size + stored + b".\r\n")
+        self.assertTrue(stored.endswith(FIRST))
 
     def test_chunkSizeIsTheLimit(self) -> None:
         """
@@ -1168,7 +1284,26 @@ class DotStufferTests(SynchronousTestCase):
             out = [s.feed(data[a:b]) for a, b in zip([0] + cuts, cuts + [len(data)])]
             self.assertEqual(b"".join(out) + s.end(), reference(data), (data, cuts))
 
+    def test_wholeAgainstReference(self) -> None:
+        """
+        L{_wire.stuffed} (a whole message at once) gives what a
+        L{_wire.DotStuffer} gives, for CRLF, LF-only and mixed input.
+        """
+        import random
+
+        rng = random.Random(2449)
+        for pieces in (
+            [b"a", b"text", b".", b"\r\n", b"\r\n.", b"x" * 100],
+            [b"a", b"text", b".", b"..", b"\n", b"\n.", b"x" * 100],
+            [b"a", b".", b"\r\n", b"\n", b"\r", b"\n.", b"\r\n."],
+        ):
+            for _ in range(500):
+                data = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+                self.assertEqual(_wire.stuffed(data), self.stuffWhole(data), data)
+
     def test_values(self) -> None:
+        self.assertEqual(_wire.stuffed(b"a\nb\n.c\n"), b"a\r\nb\r\n..c\r\n.\r\n")
+        self.assertEqual(_wire.stuffed(b""), b".\r\n")
         self.assertEqual(self.stuffWhole(b""), b".\r\n")
         self.assertEqual(self.stuffWhole(b".a\r\n"), b"..a\r\n.\r\n")
         self.assertEqual(self.stuffWhole(b"a\nb"), b"a\r\nb\r\n.\r\n")

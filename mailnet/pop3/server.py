@@ -14,8 +14,9 @@ administrator allowed plaintext logins) USER, PASS and AUTH are refused and
 not advertised.  The mailbox is a snapshot taken at login; deletions are
 only marks until QUIT, and a dropped connection changes nothing.  Messages
 larger than a chunk are streamed from disk with a producer, so their size
-never matters to memory; smaller ones are read and written whole, which
-saves a producer and a reactor turn per RETR.
+never matters to memory; smaller ones are read and written whole (RETR,
+and TOP cut in memory), which saves a producer and a reactor turn each.  The answers to the
+commands found in one read from the client go out in one write.
 
 Public surface: L{POP3Factory}, and L{POP3Server} for tests.
 """
@@ -24,8 +25,8 @@ import base64
 import binascii
 import enum
 import hashlib
+import io
 import re
-from itertools import chain
 from typing import Any, Callable, Iterator, List, Optional, Set, cast
 
 from twisted.cred.credentials import UsernamePassword
@@ -39,7 +40,7 @@ from twisted.python.failure import Failure
 from mailnet.config import Limits
 from mailnet.errors import LoginBusy, MailboxInUse, MessageGone
 from mailnet.interfaces import IAuthenticator, IMailbox
-from mailnet.pop3._wire import DotStuffer, MessageProducer, headersAndLines, wholeMessage
+from mailnet.pop3._wire import MessageProducer, headersAndLines, stuffed, wholeMessage
 
 __all__ = ["POP3Factory", "POP3Server", "State"]
 
@@ -150,12 +151,6 @@ def _parseNumber(arg: bytes) -> int:
     return int(arg)
 
 
-def _failed(failure: Failure) -> Iterator[bytes]:
-    """The chunks of a message whose reading failed: the failure again."""
-    failure.raiseException()
-    yield b""  # pragma: no cover - makes this a generator
-
-
 class POP3Server(Protocol):
     """
     One POP3 session.  Built by L{POP3Factory}, whose settings it reads.
@@ -191,6 +186,9 @@ class POP3Server(Protocol):
         self._idleCall: Optional[IDelayedCall] = None
         self._abortCall: Optional[IDelayedCall] = None
         self._producer: Optional[MessageProducer] = None
+        # Replies of the commands run in one pass over the input, written
+        # together at its end (L{None}: outside such a pass, write at once).
+        self._pending: Optional[List[bytes]] = None
         # Octets written by RETRs sent whole since the transport last drained.
         self._undrained = 0
         self._resetSession()
@@ -264,6 +262,7 @@ class POP3Server(Protocol):
             return
         self._closing = True
         self._dropInput()
+        self._flush()
         self.transport.loseConnection()
         self._abortCall = self.factory.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
@@ -327,6 +326,7 @@ class POP3Server(Protocol):
         if self._processing:
             return
         self._processing = True
+        self._pending = []
         try:
             while not self._busy and not self._closing:
                 # Lines are taken by offset, not by slicing the buffer
@@ -343,7 +343,9 @@ class POP3Server(Protocol):
                 self._pos = end + 1
                 if line.endswith(b"\r"):
                     line = line[:-1]
-                if len(line) > self._lineLimit(line):
+                # Most lines are short: the limit that depends on them is
+                # worked out only for the others.
+                if len(line) > MAX_COMMAND_LINE and len(line) > self._lineLimit(line):
                     self._lineTooLong()
                     continue
                 self._lineReceived(line)
@@ -351,6 +353,9 @@ class POP3Server(Protocol):
             self._processing = False
             self._buffer = self._buffer[self._pos :]
             self._pos = 0
+            pending, self._pending = self._pending, None
+            if pending and not self._disconnected:
+                self.transport.write(b"".join(pending))
         if self._readPaused and not self._busy and not self._disconnected:
             self._readPaused = False
             self.transport.resumeProducing()
@@ -366,11 +371,11 @@ class POP3Server(Protocol):
             self._run(self._saslResponse, line)
             return
         verb, _, args = line.partition(b" ")
-        if not _VERB.match(verb):
-            self._sendError(POP3Error("Unknown command"))
-            return
-        name = verb.decode("ascii").upper()
-        entry = _COMMANDS.get(name)
+        # The usual spellings are looked up as they come; others (mixed
+        # case, junk) are checked and folded first.
+        entry = _VERBS.get(verb)
+        if entry is None and _VERB.match(verb):
+            entry = _COMMANDS.get(verb.decode("ascii").upper())
         if entry is None:
             log.debug("POP3 unknown command from {peer}", peer=self.peer)
             self._sendError(POP3Error("Unknown command"))
@@ -419,9 +424,25 @@ class POP3Server(Protocol):
 
     # --- output ------------------------------------------------------------
 
+    def _write(self, data: bytes) -> None:
+        if self._pending is not None:
+            self._pending.append(data)
+        elif not self._disconnected:
+            self.transport.write(data)
+
+    def _flush(self) -> None:
+        """
+        Write the replies gathered so far: before anything else reaches
+        the transport (a producer, TLS, the end of the connection).
+        """
+        pending = self._pending
+        if pending:
+            self._pending = []
+            if not self._disconnected:
+                self.transport.write(b"".join(pending))
+
     def _sendLine(self, line: bytes) -> None:
-        if not self._disconnected:
-            self.transport.write(line + b"\r\n")
+        self._write(line + b"\r\n")
 
     def _sendOK(self, text: str = "") -> None:
         self._sendLine(("+OK " + text if text else "+OK").encode("utf-8"))
@@ -433,8 +454,7 @@ class POP3Server(Protocol):
             data = line.encode("utf-8")
             out.append(b"." + data if data.startswith(b".") else data)
         out.append(b".")
-        if not self._disconnected:
-            self.transport.write(b"\r\n".join(out) + b"\r\n")
+        self._write(b"\r\n".join(out) + b"\r\n")
 
     def _sendError(self, error: POP3Error) -> None:
         if self._closing:
@@ -487,6 +507,7 @@ class POP3Server(Protocol):
         # it is thrown away, never executed.
         self._dropInput()
         self._discarding = False
+        self._flush()
         self.transport.startTLS(self.factory.tlsOptions)
         self.secure = True
         self._resetSession()
@@ -711,36 +732,40 @@ class POP3Server(Protocol):
             that fires when it has been streamed.
         """
         info = self._messages[index]
+        maildir = self.mailbox.maildir
+        size = self.factory.chunkSize
+        data = None
         try:
-            f = self.mailbox.maildir.open(info)
+            if info.size <= size:
+                # Small: read it whole, if it is (one octet more is asked).
+                data = maildir.readWhole(info, size)
+            if data is None:
+                f = maildir.open(info)
         except MessageGone:
             # Removed behind our back (another program): it will not come back.
             raise POP3Error("[SYS/PERM] Message %d is no longer available" % (index + 1,))
         except OSError:
             log.failure("POP3 cannot open message {uid} of {address}", uid=info.uid, address=self.mailbox.address)
             raise POP3Error("[SYS/TEMP] Cannot read message %d, try again later" % (index + 1,), countsAsError=False)
-        size = self.factory.chunkSize
+        if data is not None:
+            if bodyLines is not None:
+                # TOP: cut it here, by the same rules as when streaming;
+                # what is left is sent whole.
+                data = b"".join(headersAndLines(io.BytesIO(data), bodyLines, size))
+                bodyLines = None
+            if self._undrained + len(data) <= MAX_UNDRAINED_OUTPUT:
+                self._sendWhole(first, data)
+                return None
+            f = io.BytesIO(data)
+        # Larger than a chunk (or than listed), or we have written enough
+        # without knowing that the client reads: stream it.
         chunks: Iterator[bytes]
         if bodyLines is not None:
             chunks = headersAndLines(f, bodyLines, size)
-        elif info.size > size:
-            chunks = wholeMessage(f, size)
         else:
-            # Small: read it whole, and one octet more to be sure it is.
-            try:
-                data = f.read(size + 1)
-            except Exception:
-                # Reported by the streaming path, as half way through.
-                chunks = _failed(Failure())
-            else:
-                if len(data) <= size and self._undrained + len(data) <= MAX_UNDRAINED_OUTPUT:
-                    f.close()
-                    self._sendWhole(first, data)
-                    return None
-                # Larger than listed, or we have written enough without
-                # knowing that the client reads: stream it after all.
-                chunks = chain([data], wholeMessage(f, size))
+            chunks = wholeMessage(f, size)
         self._sendOK(first)
+        self._flush()
         producer = self._producer = MessageProducer(self.transport, f, chunks, size, self._activity)
         d = producer.start()
         d.addBoth(self._streamed)
@@ -748,15 +773,13 @@ class POP3Server(Protocol):
 
     def _sendWhole(self, first: str, data: bytes) -> None:
         """
-        Send a small message at once: the status line, the dot-stuffed
+        Send a small message (or its top) at once: the status line, the dot-stuffed
         message and its end in one write, with no producer (RFC 1939 §3).
         Pipelined commands then run in the same pass over the input.
         """
-        stuffer = DotStuffer()
-        out = b"".join([("+OK " + first).encode("utf-8"), b"\r\n", stuffer.feed(data), stuffer.end()])
+        out = b"".join([("+OK " + first).encode("utf-8"), b"\r\n", stuffed(data)])
         self._undrained += len(out)
-        if not self._disconnected:
-            self.transport.write(out)
+        self._write(out)
 
     def _streamed(self, result: object) -> object:
         self._producer = None
@@ -821,9 +844,10 @@ class POP3Server(Protocol):
 
 # Which commands are valid in which state (RFC 1939 §§4-6, RFC 2449 §5,
 # RFC 2595 §4, RFC 5034 §4).  Nothing else is dispatched.
-_AUTHORIZATION = frozenset([State.AUTHORIZATION])
-_TRANSACTION = frozenset([State.TRANSACTION])
-_BOTH = _AUTHORIZATION | _TRANSACTION
+# Tuples: an enum's hash is computed in Python, an identity test is not.
+_AUTHORIZATION = (State.AUTHORIZATION,)
+_TRANSACTION = (State.TRANSACTION,)
+_BOTH = _AUTHORIZATION + _TRANSACTION
 _COMMANDS = {
     "CAPA": (_BOTH, POP3Server.do_CAPA),
     "QUIT": (_BOTH, POP3Server.do_QUIT),
@@ -840,6 +864,10 @@ _COMMANDS = {
     "RSET": (_TRANSACTION, POP3Server.do_RSET),
     "NOOP": (_TRANSACTION, POP3Server.do_NOOP),
 }
+
+
+# The spellings clients use, looked up without folding case.
+_VERBS = {spelling: entry for name, entry in _COMMANDS.items() for spelling in (name.encode(), name.lower().encode())}
 
 
 class POP3Factory(Factory):

@@ -276,6 +276,33 @@ class Maildir:
         except FileNotFoundError:
             raise MessageGone(uid=info.uid)
 
+    def readWhole(self, info: MessageInfo, limit: int) -> Optional[bytes]:
+        # Bare descriptors: an open file object costs five more system calls
+        # (fstat twice, ioctl, lseek, a second read) per POP3 RETR.
+        try:
+            fd = os.open(info.path, os.O_RDONLY)
+        except FileNotFoundError:
+            try:
+                fd = os.open(self._moved(info), os.O_RDONLY)
+            except FileNotFoundError:
+                raise MessageGone(uid=info.uid)
+        try:
+            # The listed size fits the file (files hold LF, the size counts
+            # CRLF): usually one read for the data, one that finds the end.
+            pieces: List[bytes] = []
+            total = 0
+            want = min(info.size, limit) + 1
+            while total <= limit:
+                piece = os.read(fd, want)
+                if not piece:
+                    return b"".join(pieces)
+                pieces.append(piece)
+                total += len(piece)
+                want = limit + 1 - total
+            return None
+        finally:
+            os.close(fd)
+
     def markSeen(self, infos: Sequence[MessageInfo]) -> Deferred:
         return self._run(self._markSeen, list(infos))
 
