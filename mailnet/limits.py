@@ -49,7 +49,11 @@ class ConnectionLimiter:
     @ivar maxPerClient: connections open at once from one client (see
         L{mailnet.cred.peerKey}).
     @ivar open: connections open now.
+    @ivar watcher: called with L{open} whenever it changes, or L{None}
+        (the load table of L{mailnet.workers}).
     """
+
+    watcher: Optional[Callable[[int], None]] = None
 
     def __init__(self, maxConnections: int, maxPerClient: int) -> None:
         self.maxConnections = maxConnections
@@ -97,11 +101,15 @@ class ConnectionLimiter:
                 return False
             self._clients[key] = count + 1
         self.open += 1
+        if self.watcher is not None:
+            self.watcher(self.open)
         return True
 
     def release(self, peerHost: Optional[str]) -> None:
         """Forget a connection that L{admit} counted."""
         self.open -= 1
+        if self.watcher is not None:
+            self.watcher(self.open)
         if self._fullRefusals and not self.full():
             log.info("{n} connection(s) refused in all while the server was full", n=self._fullRefusals)
             self._fullRefusals = 0

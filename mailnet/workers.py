@@ -44,10 +44,13 @@ while C{max_connections_per_client} applies in each process.
 """
 
 import json
+import mmap
 import os
 import pickle
 import socket
+import struct
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -87,6 +90,11 @@ STOP_GRACE = 15.0
 PARENT_CHECK = 1.0
 #: The longest line a worker may write to the parent (a log event).
 MAX_LINE = 1024 * 1024
+#: A process with more open connections than the least loaded one plus
+#: this many leaves a new connection to the others for a while...
+BALANCE_SLACK = 1
+#: ... this long (seconds), then takes it if it is still waiting.
+BALANCE_PAUSE = 0.002
 
 
 def resolveWorkers(text: str, cpus: Optional[int] = None) -> int:
@@ -132,12 +140,14 @@ class Inherited:
     @ivar processes: how many processes serve (the parent included).
     @ivar listeners: C{(role, endpoint description, file descriptor)}.
     @ivar queuedFD: where to write the ids of queued messages, or L{None}.
+    @ivar loadFD: the parent's L{LoadTable} file, or L{None}.
     """
 
     index: int
     processes: int
     listeners: Tuple[Tuple[str, str, int], ...]
     queuedFD: Optional[int] = QUEUED_FD
+    loadFD: Optional[int] = None
 
     def descriptor(self, role: str, description: str) -> int:
         """
@@ -186,6 +196,139 @@ def acceptOneAtATime(port: Any) -> None:
         return doRead()
 
     port.doRead = acceptOne
+
+
+class LoadTable:
+    """
+    The open connections of every process, in a small file all of them map
+    (C{MAP_SHARED}): one signed 64-bit slot per process index (the parent
+    is 0), holding 0 while the process does not serve (not started yet, or
+    dead) and 1 + its open connections while it does.  Each process writes
+    only its own slot; the parent also clears and sets a worker's slot when
+    the worker ends and starts.  An aligned 8-octet store is not torn on the
+    systems we run on, and a stale value only makes one accept less even.
+    """
+
+    _slot = struct.Struct("=q")
+
+    def __init__(self, fd: int, processes: int) -> None:
+        self.processes = processes
+        self._map = mmap.mmap(fd, self._slot.size * processes)
+
+    @classmethod
+    def create(cls, processes: int) -> "LoadTable":
+        """
+        A new table, all slots cleared, in an unnamed temporary file (the
+        workers inherit its descriptor, L{fileno}).
+        """
+        f = tempfile.TemporaryFile(prefix="mailnet-load-")
+        f.truncate(cls._slot.size * processes)
+        table = cls(f.fileno(), processes)
+        table._file = f
+        return table
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def set(self, index: int, connections: Optional[int]) -> None:
+        """Process C{index} serves C{connections}, or is gone (L{None})."""
+        value = 0 if connections is None else connections + 1
+        self._slot.pack_into(self._map, index * self._slot.size, value)
+
+    def get(self, index: int) -> Optional[int]:
+        """@return: the connections of process C{index}; L{None} if it does not serve."""
+        value = self._slot.unpack_from(self._map, index * self._slot.size)[0]
+        return value - 1 if value > 0 else None
+
+    def least(self) -> Optional[int]:
+        """@return: the fewest connections of a serving process, or L{None}."""
+        loads = [self.get(i) for i in range(self.processes)]
+        serving = [n for n in loads if n is not None]
+        return min(serving) if serving else None
+
+    def close(self) -> None:
+        self._map.close()
+        f = getattr(self, "_file", None)
+        if f is not None:
+            f.close()
+
+
+class Balancer:
+    """
+    Least-connections balancing of the shared listening sockets.
+
+    The kernel wakes every process waiting on a shared socket and the
+    connection goes to whichever calls C{accept} first -- often the idle
+    one, sometimes not: ten connections opened at once could land 9/1.  So
+    a process with more than L{BALANCE_SLACK} connections over the least
+    loaded serving process does not accept at once: it stops reading the
+    port for L{BALANCE_PAUSE} seconds, leaving the connection to the
+    others, then tries once (the others may be stuck or dead: nothing
+    waits longer than the pause) and reads the port again.
+
+    @ivar table: the shared L{LoadTable}.
+    @ivar index: this process's slot.
+    @ivar open: returns this process's open connections.
+    """
+
+    def __init__(self, table: LoadTable, index: int, clock: Any, open: Callable[[], int]) -> None:
+        self.table = table
+        self.index = index
+        self.clock = clock
+        self.open = open
+        #: Connections left to the others, for tests and curious readers.
+        self.deferred = 0
+
+    def publish(self, connections: int) -> None:
+        """This process now has C{connections} open (a limiter's watcher)."""
+        self.table.set(self.index, connections)
+
+    def overloaded(self) -> bool:
+        """@return: whether a less loaded process should take the next connection."""
+        least = self.table.least()
+        return least is not None and self.open() > least + BALANCE_SLACK
+
+    def install(self, port: Any) -> None:
+        """Balance C{port} (a listening port; see L{acceptOneAtATime})."""
+        doRead = getattr(port, "doRead", None)
+        if doRead is None or self.table.processes < 2 or getattr(port, "mailnetBalanced", False):
+            return
+        port.mailnetBalanced = True
+        clock = self.clock
+
+        def resume() -> None:
+            if not getattr(port, "connected", True):
+                return  # stopped listening meanwhile
+            port.startReading()
+            doRead()  # nothing waiting: accept finds none (EAGAIN)
+
+        def balancedRead() -> Any:
+            if not self.overloaded():
+                return doRead()
+            self.deferred += 1
+            port.stopReading()
+            clock.callLater(BALANCE_PAUSE, resume)
+            return None
+
+        port.doRead = balancedRead
+
+
+def balance(mail: Any, table: LoadTable, index: int, clock: Any) -> Optional[Balancer]:
+    """
+    Balance every listener of C{mail} (a L{mailnet.service.MailService})
+    through C{table}: its limiter publishes this process's connections.
+    """
+    limiter = getattr(mail, "limiter", None)
+    if limiter is None:
+        return None
+    balancer = Balancer(table, index, clock, lambda: limiter.open)
+    limiter.watcher = balancer.publish
+    balancer.publish(limiter.open)
+    for services in mail.listeners.values():
+        for listener in services:
+            if listener.port is not None:
+                balancer.install(listener.port)
+    return balancer
 
 
 @implementer(IStreamServerEndpoint)
@@ -293,6 +436,8 @@ class WorkerPool(service.Service):
     parent's own service).  Started after the listeners are bound.
 
     @ivar processes: index -> the running worker's L{_WorkerProcess}.
+    @ivar table: the processes' open connections (L{LoadTable}), or L{None}
+        if it could not be made (then the kernel alone spreads them).
     """
 
     def __init__(self, mail: Any, processes: int, reactor: Any, executable: str = sys.executable) -> None:
@@ -305,6 +450,8 @@ class WorkerPool(service.Service):
         self._restarts: Dict[int, Any] = {}
         self._stopping = False
         self._rescanner: Optional[LoopingCall] = None
+        self.table: Optional[LoadTable] = None
+        self.balancer: Optional[Balancer] = None
 
     def startService(self) -> None:
         service.Service.startService(self)
@@ -333,6 +480,13 @@ class WorkerPool(service.Service):
         for services in self.mail.listeners.values():
             for listener in services:
                 acceptOneAtATime(listener.port)
+        if self.table is None:
+            try:
+                self.table = LoadTable.create(self.count)
+            except (OSError, ValueError) as e:
+                log.warn("cannot share connection counts with the workers ({error}): not balancing", error=e)
+        if self.table is not None:
+            self.balancer = balance(self.mail, self.table, 0, self.reactor)
         for index in range(1, self.count):
             self.spawn(index)
         self._rescanner = LoopingCall(self.rescan)
@@ -352,7 +506,13 @@ class WorkerPool(service.Service):
                 childFDs[fd] = listener.port.fileno()
                 listeners.append((role, listener.description, fd))
                 fd += 1
-        boot = pickle.dumps({"config": self.mail.config, "inherited": Inherited(index, self.count, tuple(listeners))})
+        loadFD = None
+        if self.table is not None:
+            # The worker sets its slot once it serves.
+            self.table.set(index, None)
+            childFDs[fd] = loadFD = self.table.fileno()
+        inherited = Inherited(index, self.count, tuple(listeners), loadFD=loadFD)
+        boot = pickle.dumps({"config": self.mail.config, "inherited": inherited})
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([here] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -398,6 +558,9 @@ class WorkerPool(service.Service):
         index = worker.index
         if self.processes.get(index) is worker:
             del self.processes[index]
+            if self.table is not None:
+                # Not serving: the others stop leaving connections to it.
+                self.table.set(index, None)
         value = reason.value
         how = (
             "exited with status %s" % (value.exitCode,)
@@ -523,6 +686,13 @@ def main(reactor: Any = None) -> None:
             reactor.stop()
             return
         reactor.addSystemEventTrigger("before", "shutdown", mail.stopService)
+        if inherited.loadFD is not None:
+            try:
+                table = LoadTable(inherited.loadFD, inherited.processes)
+            except (OSError, ValueError) as e:
+                log.warn("cannot share connection counts with the parent ({error}): not balancing", error=e)
+            else:
+                balance(mail, table, inherited.index, reactor)
         watch = LoopingCall(orphaned)
         watch.clock = reactor
         watch.start(PARENT_CHECK, now=False)
