@@ -510,7 +510,8 @@ class WorkerPool(service.Service):
         if self.table is not None:
             # The worker sets its slot once it serves.
             self.table.set(index, None)
-            childFDs[fd] = loadFD = self.table.fileno()
+            childFDs[fd] = self.table.fileno()
+            loadFD = fd
         inherited = Inherited(index, self.count, tuple(listeners), loadFD=loadFD)
         boot = pickle.dumps({"config": self.mail.config, "inherited": inherited})
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

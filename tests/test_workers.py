@@ -6,6 +6,7 @@ sharing the listeners, one of them owning the relay queue.
 
 import io
 import os
+import pickle
 import poplib
 import signal
 import smtplib
@@ -20,13 +21,19 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailnet.config import loadConfig
 from mailnet.errors import ConfigError
+from mailnet.limits import ConnectionLimiter
 from mailnet.workers import (
+    BALANCE_PAUSE,
+    BALANCE_SLACK,
     RESTART_FIRST,
     RESTART_MAX,
+    Balancer,
     Inherited,
+    LoadTable,
     WorkerLogObserver,
     WorkerPool,
     acceptOneAtATime,
+    balance,
     checkPlatform,
     connectionShare,
     resolveWorkers,
@@ -109,6 +116,206 @@ class AcceptTests(TestCase):
             p.transport.loseConnection()
 
 
+class Backlog:
+    """A listening socket's queue of connections, shared by fake ports."""
+
+    def __init__(self, waiting: int = 0) -> None:
+        self.waiting = waiting
+
+
+class FakePort:
+    """
+    A listening port of one process, on a shared L{Backlog}: each
+    C{doRead} accepts one waiting connection, which its process's limiter
+    admits.
+    """
+
+    connected = True
+    numberAccepts = 100
+
+    def __init__(self, backlog: Backlog, limiter: ConnectionLimiter) -> None:
+        self.backlog = backlog
+        self.limiter = limiter
+        self.reading = True
+        self.accepted = 0
+
+    def doRead(self) -> None:
+        if self.backlog.waiting:
+            self.backlog.waiting -= 1
+            self.accepted += 1
+            self.limiter.admit("192.0.2.%d" % (self.accepted,))
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def fileno(self) -> int:
+        return 99
+
+
+class FakeListener:
+    description = "tcp:110"
+
+    def __init__(self, port) -> None:
+        self.port = port
+
+
+class LoadMail:
+    """What L{balance} needs of a L{MailService}: a limiter and its listeners."""
+
+    def __init__(self, backlog: Backlog) -> None:
+        self.limiter = ConnectionLimiter(100, 100)
+        self.port = FakePort(backlog, self.limiter)
+        self.listeners = {"pop3": [FakeListener(self.port), FakeListener(None)]}
+
+
+class LoadTableTests(SynchronousTestCase):
+    def table(self, processes: int) -> LoadTable:
+        table = LoadTable.create(processes)
+        self.addCleanup(table.close)
+        return table
+
+    def test_slots(self) -> None:
+        """Each process has a slot; a process not serving has none in use."""
+        table = self.table(3)
+        self.assertEqual([table.get(i) for i in range(3)], [None, None, None])
+        self.assertIsNone(table.least())
+        table.set(0, 4)
+        table.set(2, 0)
+        self.assertEqual([table.get(i) for i in range(3)], [4, None, 0])
+        self.assertEqual(table.least(), 0)
+        table.set(2, None)
+        self.assertEqual(table.least(), 4)
+
+    def test_shared(self) -> None:
+        """Another mapping of the file (a worker's, from the descriptor) sees the same slots."""
+        table = self.table(2)
+        other = LoadTable(os.dup(table.fileno()), 2)
+        self.addCleanup(other.close)
+        table.set(0, 7)
+        other.set(1, 2)
+        self.assertEqual((other.get(0), table.get(1)), (7, 2))
+
+
+class BalanceTests(SynchronousTestCase):
+    """
+    Two processes (0 and 1) sharing one listening socket, with fake ports
+    and a fake clock.
+    """
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.table = LoadTable.create(2)
+        self.addCleanup(self.table.close)
+        self.backlog = Backlog()
+        self.mails = [LoadMail(self.backlog), LoadMail(self.backlog)]
+        self.balancers = [balance(mail, self.table, i, self.clock) for i, mail in enumerate(self.mails)]
+
+    def test_published(self) -> None:
+        """Each process's slot follows its limiter's count, both ways."""
+        self.assertEqual((self.table.get(0), self.table.get(1)), (0, 0))
+        self.mails[0].limiter.admit("192.0.2.1")
+        self.mails[0].limiter.admit("192.0.2.2")
+        self.assertEqual(self.table.get(0), 2)
+        self.mails[0].limiter.release("192.0.2.1")
+        self.assertEqual(self.table.get(0), 1)
+
+    def test_loadedDefers(self) -> None:
+        """
+        A process with more than the slack over the other leaves a new
+        connection alone; the idle one takes it; then after the pause the
+        loaded one reads its port again and finds nothing to accept.
+        """
+        loaded, idle = self.mails
+        for n in range(BALANCE_SLACK + 1):
+            loaded.limiter.admit("192.0.2.%d" % (100 + n,))
+        self.backlog.waiting = 1
+        loaded.port.doRead()
+        self.assertEqual((loaded.port.accepted, loaded.port.reading, self.backlog.waiting), (0, False, 1))
+        self.assertEqual(self.balancers[0].deferred, 1)
+        idle.port.doRead()
+        self.assertEqual((idle.port.accepted, self.backlog.waiting), (1, 0))
+        self.clock.advance(BALANCE_PAUSE)
+        self.assertEqual((loaded.port.accepted, loaded.port.reading), (0, True))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_withinSlack(self) -> None:
+        """Up to the slack over the least loaded, a process accepts at once."""
+        loaded, idle = self.mails
+        for n in range(BALANCE_SLACK):
+            loaded.limiter.admit("192.0.2.%d" % (100 + n,))
+        self.backlog.waiting = 1
+        loaded.port.doRead()
+        self.assertEqual(loaded.port.accepted, 1)
+        self.assertEqual(self.balancers[0].deferred, 0)
+
+    def test_neverStarves(self) -> None:
+        """If nobody took the connection during the pause, the loaded process accepts it."""
+        loaded, idle = self.mails
+        for n in range(BALANCE_SLACK + 1):
+            loaded.limiter.admit("192.0.2.%d" % (100 + n,))
+        self.backlog.waiting = 1
+        loaded.port.doRead()
+        self.clock.advance(BALANCE_PAUSE - 0.0001)
+        self.assertEqual(loaded.port.accepted, 0)
+        self.clock.advance(0.0001)
+        self.assertEqual((loaded.port.accepted, loaded.port.reading, self.backlog.waiting), (1, True, 0))
+
+    def test_burstSpread(self) -> None:
+        """
+        Ten connections at once, woken in the worst order (the loaded
+        process always first): they end up 6/4 at worst, not 10/0.
+        """
+        first, second = self.mails
+        self.backlog.waiting = 10
+        while self.backlog.waiting:
+            if first.port.reading:
+                first.port.doRead()
+            second.port.doRead()
+            self.clock.advance(BALANCE_PAUSE)
+        self.assertLessEqual(abs(first.port.accepted - second.port.accepted), BALANCE_SLACK + 1)
+        self.assertEqual(first.port.accepted + second.port.accepted, 10)
+
+    def test_deadNotCounted(self) -> None:
+        """A process that does not serve (slot cleared) takes nothing: the others accept at once."""
+        loaded = self.mails[0]
+        for n in range(5):
+            loaded.limiter.admit("192.0.2.%d" % (100 + n,))
+        self.table.set(1, None)
+        self.backlog.waiting = 1
+        loaded.port.doRead()
+        self.assertEqual(loaded.port.accepted, 1)
+
+    def test_stoppedDuringPause(self) -> None:
+        """A port closed during the pause is not read again."""
+        loaded = self.mails[0]
+        for n in range(BALANCE_SLACK + 1):
+            loaded.limiter.admit("192.0.2.%d" % (100 + n,))
+        self.backlog.waiting = 1
+        loaded.port.doRead()
+        loaded.port.connected = False
+        self.clock.advance(BALANCE_PAUSE)
+        self.assertEqual((loaded.port.accepted, loaded.port.reading), (0, False))
+
+    def test_onceOnly(self) -> None:
+        """Balancing a port twice (a restarted service) wraps it once."""
+        port = self.mails[0].port
+        read = port.doRead
+        self.balancers[0].install(port)
+        self.assertIs(port.doRead, read)
+
+    def test_oneProcess(self) -> None:
+        """With one process, ports are left as they are."""
+        table = LoadTable.create(1)
+        self.addCleanup(table.close)
+        port = FakePort(Backlog(), ConnectionLimiter(1, 1))
+        read = port.doRead
+        Balancer(table, 0, self.clock, lambda: 1000).install(port)
+        self.assertEqual(port.doRead, read)
+
+
 class FakeTransport:
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -172,6 +379,7 @@ class PoolTests(SynchronousTestCase):
         self.clock = SpawningClock()
         self.mail = FakeMail()
         self.pool = WorkerPool(self.mail, 3, self.clock, executable="/bin/python")
+        self.addCleanup(lambda: self.pool.table is not None and self.pool.table.close())
         self.events: list = []
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
@@ -184,6 +392,37 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(args, ["/bin/python", "-m", "mailnet.workers"])
         self.assertEqual(childFDs[0], "w")
         self.assertEqual(protocol.transport.written[0][0], 0)
+
+    def test_loadTable(self) -> None:
+        """
+        The parent balances its own ports, passes the load table to each
+        worker, clears a worker's slot when it ends and again when it
+        starts (the worker sets it once it serves).
+        """
+        backlog = Backlog()
+        parent = LoadMail(backlog)
+        self.mail.limiter = parent.limiter
+        self.mail.listeners = parent.listeners
+        self.pool.startService()
+        table = self.pool.table
+        self.assertEqual([table.get(i) for i in range(3)], [0, None, None])
+        self.assertTrue(parent.port.mailnetBalanced)
+        protocol, args, childFDs = self.clock.spawned[0]
+        inherited = pickle.loads(protocol.transport.written[0][1])["inherited"]
+        self.assertEqual(childFDs[inherited.loadFD], table.fileno())
+        self.assertEqual(inherited.processes, 3)
+        worker = LoadTable(os.dup(childFDs[inherited.loadFD]), 3)
+        self.addCleanup(worker.close)
+        worker.set(1, 5)
+        worker.set(2, 0)
+        self.assertEqual(table.least(), 0)
+        self.pool.processes[2].processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.assertEqual([table.get(i) for i in range(3)], [0, 5, None])
+        self.assertEqual(table.least(), 0)
+        worker.set(2, 3)  # (a stale write, say)
+        self.clock.advance(RESTART_FIRST)
+        self.assertIn(2, self.pool.processes)
+        self.assertIsNone(table.get(2))
 
     def test_restartWithBackoff(self) -> None:
         """A worker that dies is started again, later each time it keeps dying."""
@@ -312,6 +551,37 @@ class TwoProcessTests(TestCase):
 
     def pids(self) -> set:
         return {os.path.basename(p).split("P")[1].split("Q")[0] for p in self.server.newFiles("alice@example.test")}
+
+    @inlineCallbacks
+    def test_loadShared(self):
+        """
+        The worker maps the parent's load table: its slot appears once it
+        serves, and follows its connections.
+        """
+        table = self.server.service.workers.table
+        for _ in range(400):
+            if table.get(1) is not None:
+                break
+            yield task.deferLater(reactor, 0.025, lambda: None)
+        self.assertEqual((table.get(0), table.get(1)), (0, 0))
+        workerPid = self.worker.transport.pid
+        parentPorts = [listener.port for listeners in self.server.service.listeners.values() for listener in listeners]
+        for port in parentPorts:
+            port.stopReading()
+        try:
+            client = yield deferToThread(poplib.POP3, "127.0.0.1", self.server.ports["pop3"], timeout=10)
+            try:
+                for _ in range(400):
+                    if table.get(1) == 1:
+                        break
+                    yield task.deferLater(reactor, 0.025, lambda: None)
+                self.assertEqual(table.get(1), 1)
+            finally:
+                yield deferToThread(client.quit)
+        finally:
+            for port in parentPorts:
+                port.startReading()
+        self.assertEqual(self.worker.transport.pid, workerPid)
 
     @inlineCallbacks
     def test_bothServe(self):
