@@ -297,7 +297,7 @@ class Balancer:
         clock = self.clock
 
         def resume() -> None:
-            if not getattr(port, "connected", True):
+            if not getattr(port, "connected", True) or getattr(port, "disconnecting", False):
                 return  # stopped listening meanwhile
             port.startReading()
             doRead()  # nothing waiting: accept finds none (EAGAIN)

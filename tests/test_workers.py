@@ -131,6 +131,7 @@ class FakePort:
     """
 
     connected = True
+    disconnecting = False
     numberAccepts = 100
 
     def __init__(self, backlog: Backlog, limiter: ConnectionLimiter) -> None:
@@ -295,6 +296,11 @@ class BalanceTests(SynchronousTestCase):
             loaded.limiter.admit("192.0.2.%d" % (100 + n,))
         self.backlog.waiting = 1
         loaded.port.doRead()
+        loaded.port.disconnecting = True
+        self.clock.advance(BALANCE_PAUSE)
+        self.assertEqual((loaded.port.accepted, loaded.port.reading), (0, False))
+        loaded.port.doRead()
+        loaded.port.disconnecting = False
         loaded.port.connected = False
         self.clock.advance(BALANCE_PAUSE)
         self.assertEqual((loaded.port.accepted, loaded.port.reading), (0, False))
