@@ -13,7 +13,11 @@ CPU) the daemon runs N processes:
   - N-1 I{workers}, started by the parent after the drop with
     C{spawnProcess}, inherit the listening sockets as file descriptors
     (C{childFDs}) and adopt them (C{reactor.adoptStreamPort}).  The kernel
-    hands each new connection to whichever process accepts it first.
+    hands each new connection to whichever process accepts it first; to
+    spread them evenly, every process publishes its open connections in a
+    shared L{LoadTable}, and one with more than the least loaded process
+    (plus L{BALANCE_SLACK}) leaves a new connection to the others for
+    L{BALANCE_PAUSE} seconds before it takes it (L{Balancer}).
 
 Shared listening sockets were chosen over C{SO_REUSEPORT}: they work on
 every POSIX system, keep ports below 1024 bindable by root only once, and
