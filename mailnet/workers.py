@@ -217,6 +217,7 @@ class LoadTable:
 
     def __init__(self, fd: int, processes: int) -> None:
         self.processes = processes
+        self._all = struct.Struct("=%dq" % (processes,))
         self._map = mmap.mmap(fd, self._slot.size * processes)
 
     @classmethod
@@ -246,9 +247,8 @@ class LoadTable:
 
     def least(self) -> Optional[int]:
         """@return: the fewest connections of a serving process, or L{None}."""
-        loads = [self.get(i) for i in range(self.processes)]
-        serving = [n for n in loads if n is not None]
-        return min(serving) if serving else None
+        serving = [value for value in self._all.unpack_from(self._map) if value > 0]
+        return min(serving) - 1 if serving else None
 
     def close(self) -> None:
         self._map.close()
