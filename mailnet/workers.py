@@ -214,6 +214,8 @@ class LoadTable:
     """
 
     _slot = struct.Struct("=q")
+    #: The file, in the process that created it (L{create}).
+    _file: Any = None
 
     def __init__(self, fd: int, processes: int) -> None:
         self.processes = processes
@@ -233,6 +235,7 @@ class LoadTable:
         return table
 
     def fileno(self) -> int:
+        """@return: the descriptor to pass on (of a table from L{create})."""
         return self._file.fileno()
 
     def set(self, index: int, connections: Optional[int]) -> None:
@@ -252,9 +255,8 @@ class LoadTable:
 
     def close(self) -> None:
         self._map.close()
-        f = getattr(self, "_file", None)
-        if f is not None:
-            f.close()
+        if self._file is not None:
+            self._file.close()
 
 
 class Balancer:
