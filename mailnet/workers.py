@@ -700,6 +700,8 @@ def main(reactor: Any = None) -> None:
                 log.warn("cannot share connection counts with the parent ({error}): not balancing", error=e)
             else:
                 balance(mail, table, inherited.index, reactor)
+            finally:
+                os.close(inherited.loadFD)  # the mapping stays
         watch = LoopingCall(orphaned)
         watch.clock = reactor
         watch.start(PARENT_CHECK, now=False)
