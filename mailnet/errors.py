@@ -84,7 +84,10 @@ class SMTPReply(MailnetError):
     def __init__(self, code: int, text: str) -> None:
         self.code = code
         self.text = text
-        super().__init__(code=code, text=text)
+        # MailnetError.__init__ inlined (a reply is made for every command):
+        # the same details and message, without the keyword round trip.
+        self.details = {"code": code, "text": text}
+        Exception.__init__(self, "%s %s" % (code, text))
 
     def _message(self) -> str:
         # The docstring's template, without str.format: a reply is made
