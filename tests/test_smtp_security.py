@@ -7,6 +7,7 @@ attack or the RFC rule it pins.
 import base64
 from typing import List
 
+from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -337,6 +338,58 @@ class SlowlorisTests(SynchronousTestCase):
             h.send(b"y" * 40 + b"\r\n")
             h.clock.advance(1)
         self.assertEqual(h.send(b".\r\n"), ["250 2.0.0 Ok: queued as test-id"])
+
+    def test_noIdleTimeoutWhileAwaited(self) -> None:
+        """
+        A reply awaited longer than idle_timeout (a slow store) does not
+        time the client out; the idle timeout starts again in full once the
+        reply is written.
+        """
+        h = Harness(limits=Limits(idle_timeout=60, command_timeout=100))
+        slow: Deferred = Deferred()
+        original = h.delivery.receive
+
+        def receive(returnPath: str, recipients: List[str]):
+            receiver = original(returnPath, recipients)
+            receiver.finish = lambda: slow  # type: ignore[method-assign]
+            return receiver
+
+        h.delivery.receive = receive  # type: ignore[method-assign]
+        h.ehlo()
+        h.envelope()
+        h.command("DATA")
+        self.assertEqual(h.send(b"Subject: x\r\n\r\nbody\r\n.\r\n"), [])
+        h.clock.advance(250)
+        self.assertEqual(h.take(), [])
+        self.assertFalse(h.transport.disconnecting)
+        slow.callback("slow-id")
+        self.assertEqual(h.take(), ["250 2.0.0 Ok: queued as slow-id"])
+        h.clock.advance(59)
+        self.assertFalse(h.transport.disconnecting)
+        h.clock.advance(1)
+        self.assertEqual(h.take(), ["421 4.4.2 mx.example.test idle timeout"])
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_deadlineAfterMessages(self) -> None:
+        """
+        After messages, a trickled command still gets exactly
+        command_timeout, counted from its first octet.
+        """
+        h = Harness(limits=Limits(idle_timeout=1000, command_timeout=100))
+        h.ehlo()
+        for _ in range(3):
+            h.envelope()
+            h.command("DATA")
+            h.send(b"Subject: x\r\n")
+            h.clock.advance(50)
+            self.assertEqual(h.send(b"\r\nbody\r\n.\r\n"), ["250 2.0.0 Ok: queued as test-id"])
+        h.clock.advance(70)
+        h.send(b"NO")
+        h.clock.advance(99)
+        self.assertFalse(h.transport.disconnecting)
+        h.clock.advance(1)
+        self.assertEqual(h.take(), ["421 4.4.2 mx.example.test idle timeout"])
+        self.assertTrue(h.transport.disconnecting)
 
 
 class FuzzTests(SynchronousTestCase):

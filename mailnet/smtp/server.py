@@ -289,6 +289,9 @@ class SMTPServer(Protocol):
         self._peer = "unknown"
         self._idleCall: Optional[IDelayedCall] = None
         self._deadlineCall: Optional[IDelayedCall] = None
+        # The deadline's call is kept while disarmed and reset when armed
+        # again: cheaper than a new call for every message (issue 14).
+        self._deadlineArmed = False
         self._abortCall: Optional[IDelayedCall] = None
         self._dataWindowBytes = 0
         self._handlers: Dict[str, Callable[[str], object]] = {
@@ -407,6 +410,7 @@ class SMTPServer(Protocol):
             if call is not None and call.active():
                 call.cancel()
             setattr(self, name, None)
+        self._deadlineArmed = False
 
     def _restartIdleTimer(self) -> None:
         if self._closed:
@@ -414,12 +418,16 @@ class SMTPServer(Protocol):
         if self._idleCall is not None and self._idleCall.active():
             self._idleCall.reset(self.limits.idle_timeout)
         else:
-            self._idleCall = self.clock.callLater(self.limits.idle_timeout, self._timedOut, "idle timeout")
+            self._idleCall = self.clock.callLater(self.limits.idle_timeout, self._idleReached)
 
-    def _stopIdleTimer(self) -> None:
-        if self._idleCall is not None and self._idleCall.active():
-            self._idleCall.cancel()
-        self._idleCall = None
+    def _idleReached(self) -> None:
+        # While a reply is awaited the idle timer is not cancelled (a new
+        # call per awaited reply costs more) but does nothing: it starts
+        # again in full once the reply is written (L{_resume}).
+        if self._waiting:
+            self._idleCall = None
+            return
+        self._timedOut("idle timeout")
 
     def _updateDeadline(self) -> None:
         """
@@ -430,23 +438,32 @@ class SMTPServer(Protocol):
             return
         inData = self._mode in (_DATA, _BDAT) and not self._waiting
         partial = self._mode == _COMMAND and (self._pending() or self._discarding) and not self._waiting
-        running = self._deadlineCall is not None and self._deadlineCall.active()
         if inData or partial:
-            if not running:
-                self._dataWindowBytes = 0
-                self._deadlineCall = self.clock.callLater(self.limits.command_timeout, self._deadlineReached)
-        elif self._deadlineCall is not None and running:
-            self._deadlineCall.cancel()
-            self._deadlineCall = None
+            if not self._deadlineArmed:
+                self._armDeadline()
+        else:
+            self._deadlineArmed = False
+
+    def _armDeadline(self) -> None:
+        """Start the command deadline, resetting the kept call if there is one."""
+        self._dataWindowBytes = 0
+        self._deadlineArmed = True
+        call = self._deadlineCall
+        if call is not None and call.active():
+            call.reset(self.limits.command_timeout)
+        else:
+            self._deadlineCall = self.clock.callLater(self.limits.command_timeout, self._deadlineReached)
 
     def _deadlineReached(self) -> None:
         self._deadlineCall = None
+        if not self._deadlineArmed:
+            return
+        self._deadlineArmed = False
         if self._mode in (_DATA, _BDAT):
             # A slow client may take long over a big message, as long as
             # the data keeps coming at a usable rate.
             if self._dataWindowBytes >= MIN_DATA_RATE * self.limits.command_timeout:
-                self._dataWindowBytes = 0
-                self._deadlineCall = self.clock.callLater(self.limits.command_timeout, self._deadlineReached)
+                self._armDeadline()
                 return
             self._timedOut("data too slow")
         else:
@@ -549,9 +566,7 @@ class SMTPServer(Protocol):
 
     def _lineReceived(self, line: bytes) -> None:
         # A complete line: the command deadline starts again with the next.
-        if self._deadlineCall is not None and self._deadlineCall.active():
-            self._deadlineCall.cancel()
-        self._deadlineCall = None
+        self._deadlineArmed = False
         if self._auth is not None:
             step, self._auth = self._auth, None
             self._dispatch(lambda: step(line.decode("ascii", "replace").strip()))
@@ -621,8 +636,7 @@ class SMTPServer(Protocol):
         if fired:
             self._settle(fired[0])
             return
-        self._waiting = True
-        self._stopIdleTimer()
+        self._waiting = True  # the idle timer does nothing meanwhile (_idleReached)
         self._updateReading()
 
     def _settle(self, outcome: object) -> None:
