@@ -23,7 +23,7 @@ import os
 import socket
 import threading
 import time
-from typing import IO, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import attr
 from twisted.internet.defer import Deferred
@@ -40,6 +40,8 @@ from mailnet.interfaces import IDeliveryJournal, IMaildir, IMailStore, IMessageR
 log = Logger()
 
 _counter = itertools.count()
+#: L{mailnet.store.journal.JournalRecord}, once a receiver has used it.
+JournalRecord: Any = None
 _SUBDIRS = ("tmp", "new", "cur")
 
 
@@ -510,8 +512,11 @@ class MaildirReceiver:
         record is synced, published right after.  L{None} if the journal
         does not take it (then the message is synced here, as without one).
         """
-        from mailnet.store.journal import JournalRecord
-
+        global JournalRecord
+        if JournalRecord is None:
+            # Imported on first use (the journal builds on this module);
+            # then kept, not imported again for every message.
+            from mailnet.store.journal import JournalRecord
         journal = self._journal
         root = journal.root  # type: ignore[union-attr]
         prefix = len(root) + 1
