@@ -14,6 +14,7 @@ from zope.interface.verify import verifyObject
 
 from mailnet.errors import BadAddress, MessageGone
 from mailnet.interfaces import IMaildir, IMailStore, IMessageReceiver
+from mailnet.store import maildir as maildirModule
 from mailnet.store.maildir import SPOOL_IN_MEMORY, DirectorySyncer, MaildirStore, runSynchronously, uniqueName
 
 
@@ -281,6 +282,25 @@ class MaildirStoreTests(SynchronousTestCase):
         for bad in ["../../etc@example.test", "a/b@example.test", "alice@.."]:
             self.assertRaises(BadAddress, self.store.maildir, bad)
             self.assertRaises(BadAddress, self.store.receive, "", [bad])
+
+    def test_unsafeNamesAgain(self) -> None:
+        """An unsafe address is refused every time, not remembered."""
+        for _ in range(2):
+            self.assertRaises(BadAddress, self.store.pathFor, "../x@example.test")
+
+    def test_pathForRemembered(self) -> None:
+        """
+        pathFor answers the same for an address asked again (from its
+        cache), in whatever case, and the cache is bounded.
+        """
+        first = self.store.pathFor("Alice@Example.Test")
+        self.assertEqual(first, os.path.join(self.root, "example.test", "alice"))
+        self.assertEqual(self.store.pathFor("Alice@Example.Test"), first)
+        self.assertEqual(self.store.pathFor("alice@example.test"), first)
+        self.patch(maildirModule, "PATH_CACHE_SIZE", 3)
+        for i in range(10):
+            self.assertEqual(self.store.pathFor("u%d@example.test" % (i,)), os.path.join(self.root, "example.test", "u%d" % (i,)))
+            self.assertLessEqual(len(self.store._paths), 3)
 
     def test_snapshotOrderAndSizes(self) -> None:
         for i in range(5):

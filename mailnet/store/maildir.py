@@ -667,6 +667,10 @@ def returnPathHeader(returnPath: str) -> bytes:
     return b"Return-Path: <" + returnPath.encode("utf-8") + b">\r\n"
 
 
+#: How many addresses L{MaildirStore.pathFor} remembers (then it starts again).
+PATH_CACHE_SIZE = 4096
+
+
 @implementer(IMailStore)
 class MaildirStore:
     """
@@ -675,6 +679,8 @@ class MaildirStore:
 
     def __init__(self, root: str, run: Callable[..., Deferred], hostname: str = "", journal: Optional[IDeliveryJournal] = None) -> None:
         self._syncer = DirectorySyncer()
+        # pathFor's answers (one per recipient of every message; issue 14).
+        self._paths: Dict[str, str] = {}
         #: Where small messages are made durable first (L{mailnet.store.journal}), or L{None}.
         self.journal = journal
         self.root = root
@@ -682,11 +688,18 @@ class MaildirStore:
         self._hostname = hostname or socket.gethostname()
 
     def pathFor(self, address: str) -> str:
-        address = address.lower()
-        if not isSafeMailboxName(address):
-            raise BadAddress(address=address, reason="it cannot name a mailbox")
-        local, domain = splitAddress(address)
-        return os.path.join(self.root, domain, local)
+        path = self._paths.get(address)
+        if path is not None:
+            return path
+        lowered = address.lower()
+        if not isSafeMailboxName(lowered):
+            raise BadAddress(address=lowered, reason="it cannot name a mailbox")
+        local, domain = splitAddress(lowered)
+        path = os.path.join(self.root, domain, local)
+        if len(self._paths) >= PATH_CACHE_SIZE:
+            self._paths.clear()
+        self._paths[address] = path
+        return path
 
     def maildir(self, address: str) -> Maildir:
         path = self.pathFor(address)
