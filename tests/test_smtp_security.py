@@ -308,6 +308,27 @@ class SlowlorisTests(SynchronousTestCase):
         self.assertEqual(h.take(), ["421 4.4.2 mx.example.test idle timeout"])
         self.assertTrue(h.transport.disconnecting)
 
+    def test_deadlineClosesOnce(self) -> None:
+        """
+        A connection the command deadline closes is not timed out again
+        later by its idle timer: one log line, no timer left.
+        """
+        events: List[str] = []
+
+        def observe(event: dict) -> None:
+            events.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        h = Harness(limits=Limits(idle_timeout=60, command_timeout=10))
+        h.send(b"NO")
+        h.clock.advance(10)
+        self.assertEqual(h.take(), ["421 4.4.2 mx.example.test idle timeout"])
+        h.clock.advance(100)
+        closing = [e for e in events if "closing" in e]
+        self.assertEqual(closing, ["SMTP 192.0.2.7: command not completed in time, closing"])
+        self.assertEqual([c for c in h.clock.getDelayedCalls() if c.func != h.transport.abortConnection], [])
+
     def test_deadlineRestartsPerCommand(self) -> None:
         h = Harness(limits=Limits(idle_timeout=60, command_timeout=10))
         for _ in range(5):

@@ -424,8 +424,8 @@ class SMTPServer(Protocol):
         # While a reply is awaited the idle timer is not cancelled (a new
         # call per awaited reply costs more) but does nothing: it starts
         # again in full once the reply is written (L{_resume}).
+        self._idleCall = None
         if self._waiting:
-            self._idleCall = None
             return
         self._timedOut("idle timeout")
 
@@ -470,7 +470,8 @@ class SMTPServer(Protocol):
             self._timedOut("command not completed in time")
 
     def _timedOut(self, why: str) -> None:
-        self._idleCall = None
+        # The idle timer, if this is the deadline, is cancelled by _close:
+        # it must not time the closed connection out a second time.
         log.info("SMTP {peer}: {why}, closing", peer=self._peer, why=why)
         self._abortTransaction(why)
         self._close(reply(codes.SERVICE_UNAVAILABLE, codes.T_IDLE_TIMEOUT, "%s idle timeout" % (self.hostname,)))
