@@ -13,7 +13,8 @@ import subprocess
 import sys
 import time
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,6 +26,7 @@ if BENCHMARKS not in sys.path:
 from mailnetbench import procstat  # noqa: E402
 from mailnetbench.driver import percentile  # noqa: E402
 from mailnetbench.messages import findIds, header, idsOnDisk, makeBody  # noqa: E402
+from mailnetbench.peer import settle  # noqa: E402
 from mailnetbench.pop3load import POP3LoadProtocol, POP3Session  # noqa: E402
 from mailnetbench.report import buildRows, formatTable  # noqa: E402
 from mailnetbench.smtpload import SMTPLoadProtocol, SMTPRun, Workload  # noqa: E402
@@ -200,6 +202,45 @@ class POP3LoadTests(SynchronousTestCase):
         protocol.makeConnection(StringTransport())
         protocol.dataReceived(b"+OK\r\n+OK\r\n.\r\n")
         self.assertIs(session.pipelining, False)
+    def test_warmUpOnly(self):
+        """With a limit of 0 a session logs in and quits without a RETR."""
+        session = POP3Session("p0@bench.test")
+        ready: Deferred = Deferred()
+        protocol = POP3LoadProtocol(session, "secret", ready, Deferred(), limit=0)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"+OK hi\r\n+OK\r\nPIPELINING\r\n.\r\n+OK\r\n+OK\r\n+OK 3 300\r\n")
+        self.assertIs(self.successResultOf(ready), protocol)
+        transport.clear()
+        protocol.startRetrieving()
+        self.assertEqual(transport.value(), b"QUIT\r\n")
+
+
+class SettleTests(SynchronousTestCase):
+    def test_waitsUntilIdle(self):
+        """
+        The wait for an idle server (after the warm-up logins, whose
+        rehashes run in the background) lasts while the server works and
+        ends at the first quiet interval.
+        """
+        clock = Clock()
+        used = iter([0.0, 0.2, 0.4, 0.41, 5.0])
+        d = ensureDeferred(settle(clock, lambda: next(used), interval=0.25, quiet=0.02))
+        clock.advance(0.25)
+        clock.advance(0.25)
+        self.assertNoResult(d)
+        clock.advance(0.25)
+        self.assertEqual(self.successResultOf(d), 0.75)
+
+    def test_timeout(self):
+        """A server that never goes idle is waited for at most C{timeout}."""
+        clock = Clock()
+        used = iter(range(100))
+        d = ensureDeferred(settle(clock, lambda: float(next(used)), interval=1, timeout=3))
+        clock.pump([1, 1])
+        self.assertNoResult(d)
+        clock.advance(1)
+        self.assertEqual(self.successResultOf(d), 3)
 
 
 class ProcStatTests(SynchronousTestCase):

@@ -365,6 +365,24 @@ class MaildirStoreTests(SynchronousTestCase):
         self.successResultOf(maildir.remove([before]))
         self.assertRaises(MessageGone, maildir.readWhole, before, 100)
 
+    def test_readWholeShorterOrEmpty(self) -> None:
+        """
+        L{Maildir.readWhole} returns what the file holds when it is shorter
+        than listed (another program truncated it), or empty.
+        """
+        self.deliver(b"one\r\n")
+        maildir = self.store.maildir("alice@example.test")
+        [before] = self.successResultOf(maildir.snapshot())
+        with open(before.path, "wb") as f:
+            f.write(b"x")
+        self.assertEqual(maildir.readWhole(before, 100), b"x")
+        self.assertEqual(maildir.readWhole(before, 1), b"x")
+        self.assertIsNone(maildir.readWhole(before, 0))
+        with open(before.path, "wb"):
+            pass
+        self.assertEqual(maildir.readWhole(before, 100), b"")
+        self.assertEqual(maildir.readWhole(before, 0), b"")
+
     def test_foreignFilesTolerated(self) -> None:
         """Files written by other MDAs (Dovecot-style names) are listed too."""
         maildir = self.store.maildir("alice@example.test")

@@ -403,7 +403,8 @@ class POP3Server(Protocol):
             log.failure("POP3 command from {peer} failed", peer=self.peer)
             self._sendError(POP3Error(SYS_TEMP, countsAsError=False))
             return
-        if isinstance(result, Deferred):
+        # Most commands answer at once (None): no isinstance for them.
+        if result is not None and isinstance(result, Deferred):
             self._busy = True
             result.addErrback(self._commandFailed)
             result.addBoth(self._commandDone)
@@ -708,9 +709,17 @@ class POP3Server(Protocol):
         self._sendOK()
 
     def do_RETR(self, args: bytes) -> Optional[Deferred]:
-        [arg] = self._arguments(args, 1, 1, "RETR message")
-        index = self._message(arg)
-        d = self._stream(index, "%d octets" % (self._messages[index].size,), None)
+        # The usual "RETR n" of a message that is there is checked in one
+        # match and two tests; anything else goes the long way, which
+        # answers its errors.
+        if _NUMBER.match(args) is not None:
+            index = int(args) - 1
+            if index >= len(self._messages) or index in self._deleted:
+                index = self._message(args)
+        else:
+            [arg] = self._arguments(args, 1, 1, "RETR message")
+            index = self._message(arg)
+        d = self._stream(index, b"%d octets" % (self._messages[index].size,), None)
         if d is None:
             self._retrieved.add(index)
             return None
@@ -722,9 +731,9 @@ class POP3Server(Protocol):
         index = self._message(number)
         if not _COUNT.match(count):
             raise POP3Error("Invalid line count")
-        return self._stream(index, "Top of message follows", int(count))
+        return self._stream(index, b"Top of message follows", int(count))
 
-    def _stream(self, index: int, first: str, bodyLines: Optional[int]) -> Optional[Deferred]:
+    def _stream(self, index: int, first: bytes, bodyLines: Optional[int]) -> Optional[Deferred]:
         """
         Send a message (RETR) or its top (TOP) as a multi-line response.
 
@@ -764,20 +773,20 @@ class POP3Server(Protocol):
             chunks = headersAndLines(f, bodyLines, size)
         else:
             chunks = wholeMessage(f, size)
-        self._sendOK(first)
+        self._sendLine(b"+OK " + first)
         self._flush()
         producer = self._producer = MessageProducer(self.transport, f, chunks, size, self._activity)
         d = producer.start()
         d.addBoth(self._streamed)
         return d
 
-    def _sendWhole(self, first: str, data: bytes) -> None:
+    def _sendWhole(self, first: bytes, data: bytes) -> None:
         """
         Send a small message (or its top) at once: the status line, the dot-stuffed
         message and its end in one write, with no producer (RFC 1939 §3).
         Pipelined commands then run in the same pass over the input.
         """
-        out = b"".join([("+OK " + first).encode("utf-8"), b"\r\n", stuffed(data)])
+        out = b"".join([b"+OK ", first, b"\r\n", stuffed(data)])
         self._undrained += len(out)
         self._write(out)
 

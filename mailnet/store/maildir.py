@@ -290,10 +290,19 @@ class Maildir:
                 raise MessageGone(uid=info.uid)
         try:
             # The listed size fits the file (files hold LF, the size counts
-            # CRLF): usually one read for the data, one that finds the end.
-            pieces: List[bytes] = []
-            total = 0
+            # CRLF): usually one read for the data, one that finds the end,
+            # done here before the general loop.
             want = min(info.size, limit) + 1
+            first = os.read(fd, want)
+            total = len(first)
+            if not total or total > limit:
+                return None if total else first
+            piece = os.read(fd, limit + 1 - total)
+            if not piece:
+                return first
+            pieces: List[bytes] = [first, piece]
+            total += len(piece)
+            want = limit + 1 - total
             while total <= limit:
                 piece = os.read(fd, want)
                 if not piece:
