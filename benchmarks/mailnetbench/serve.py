@@ -50,14 +50,20 @@ class _WatchStdin(Protocol):
 
 
 def preload(maildir: str, address: str, count: int, size: int, hostname: str) -> None:
-    """Write C{count} messages into C{maildir}'s C{new/} (no fsync: set-up only)."""
+    """
+    Write C{count} messages into C{maildir}'s C{new/} (no fsync: set-up
+    only) as mailnet's own delivery stores them: LF line ends, the stored
+    size C{S=} and the wire size C{W=} in the name (the peer's preload
+    writes the same LF files).
+    """
     from mailnet.store.maildir import ensureMaildir, uniqueName
 
     ensureMaildir(maildir)
     body = makeBody(size)
     for i in range(count):
-        data = header("pre-%s-%d" % (address, i), address) + body
-        name = "%s,S=%d" % (uniqueName(hostname), len(data))
+        wire = header("pre-%s-%d" % (address, i), address) + body
+        data = wire.replace(b"\r\n", b"\n")
+        name = "%s,S=%d,W=%d" % (uniqueName(hostname), len(data), len(wire))
         with open(os.path.join(maildir, "new", name), "xb") as f:
             f.write(data)
 
