@@ -90,7 +90,9 @@ class JournalTestsMixin:
         def syncAll(root, paths):
             self.checkpoints.append(list(paths))
 
-        defaults = dict(size=self.size, sync=self.syncs.append, syncAll=syncAll, threaded=False)
+        # Publishes go through run (which tests control) unless a test asks
+        # for the reactor-thread publish of the daemon.
+        defaults = dict(size=self.size, sync=self.syncs.append, syncAll=syncAll, threaded=False, inlineBoxes=0)
         defaults.update(kwargs)
         journal = DeliveryJournal(self.path, self.root, self.clock, run, **defaults)
         journal.start()
@@ -180,6 +182,48 @@ class DeliveryJournalTests(JournalTestsMixin, SynchronousTestCase):
         self.successResultOf(ack)
         self.assertEqual(len(self.checkpoints), 1)
         self.assertEqual(self.onDisk(), [])
+
+    def test_inlinePublish(self) -> None:
+        """
+        A message for few mailboxes is published on the calling thread, not
+        through the disk pool, before its record is synced; the 250 still
+        waits for the sync.  One for more mailboxes goes through the pool.
+        """
+        run = HeldRunner()
+        journal = self.makeJournal(run=run, inlineBoxes=2)
+        r = record()
+        ack = journal.deliver(r)
+        self.assertEqual(self.delivered(), [r.name])
+        self.assertEqual(run.pending, [])
+        self.assertNoResult(ack)
+        journal.flush()
+        self.successResultOf(ack)
+        many = JournalRecord(r.name + "x", ("example.test/a", "example.test/b", "example.test/c"), None, r.size, r.wireSize, r.data)
+        ack = journal.deliver(many)
+        journal.flush()
+        self.assertNoResult(ack)
+        self.assertEqual([f.__name__ for _, f, _ in run.pending], ["publishRecord"])
+        run.runAll()
+        self.successResultOf(ack)
+        self.assertEqual(self.delivered("example.test/c"), [many.name])
+
+    def test_inlinePublishFailureRetried(self) -> None:
+        """
+        An inline publish that fails (the mailbox cannot be created) is
+        acknowledged once journaled, kept, and tried again through the pool.
+        """
+        journal = self.makeJournal(inlineBoxes=4)
+        # A file where the domain's directory should be: the Maildir cannot be made.
+        with open(os.path.join(self.root, "example.test"), "w") as f:
+            f.write("in the way")
+        r = record()
+        ack = journal.deliver(r)
+        journal.flush()
+        self.successResultOf(ack)
+        self.assertEqual(self.onDisk(), [r])
+        os.unlink(os.path.join(self.root, "example.test"))
+        self.clock.advance(1)
+        self.assertEqual(self.delivered(), [r.name])
 
     def _deliverAndFlush(self, journal, r) -> Deferred:
         d = journal.deliver(r)
