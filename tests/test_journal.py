@@ -27,7 +27,7 @@ from mailnet.store.journal import (
     readRecords,
     recoverJournal,
 )
-from mailnet.store.maildir import SPOOL_IN_MEMORY, chooseBox, MaildirStore, runSynchronously, uniqueName
+from mailnet.store.maildir import SPOOL_IN_MEMORY, chooseBox, ensureMaildir, MaildirStore, runSynchronously, uniqueName
 
 
 class ThreadClock(Clock):
@@ -191,6 +191,7 @@ class DeliveryJournalTests(JournalTestsMixin, SynchronousTestCase):
         """
         run = HeldRunner()
         journal = self.makeJournal(run=run, inlineBoxes=2)
+        ensureMaildir(os.path.join(self.root, "example.test/alice"))
         r = record()
         ack = journal.deliver(r)
         self.assertEqual(self.delivered(), [r.name])
@@ -206,6 +207,23 @@ class DeliveryJournalTests(JournalTestsMixin, SynchronousTestCase):
         run.runAll()
         self.successResultOf(ack)
         self.assertEqual(self.delivered("example.test/c"), [many.name])
+
+    def test_inlinePublishNeverSyncs(self) -> None:
+        """
+        A mailbox that does not exist yet (creating it syncs directories)
+        is published through the disk pool, not on the calling thread.
+        """
+        run = HeldRunner()
+        journal = self.makeJournal(run=run, inlineBoxes=2)
+        r = record()
+        ack = journal.deliver(r)
+        journal.flush()
+        self.assertEqual([f.__name__ for _, f, _ in run.pending], ["publishRecord"])
+        self.assertEqual(self.delivered(), [])
+        self.assertNoResult(ack)
+        run.runAll()
+        self.successResultOf(ack)
+        self.assertEqual(self.delivered(), [r.name])
 
     def test_inlinePublishFailureRetried(self) -> None:
         """
