@@ -30,9 +30,9 @@ from typing import Any, Dict, List
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(_HERE), _HERE]
 
-from twisted.internet.defer import Deferred  # noqa: E402
 
 from mailnetbench import machine, procstat  # noqa: E402
+from mailnetbench.driver import runMain  # noqa: E402
 from mailnetbench.peer import (  # noqa: E402
     POP3_USERS,
     SMTP_USERS,
@@ -223,18 +223,7 @@ async def main(reactor, argv: List[str]) -> int:
 
 
 def run(argv: List[str]) -> None:
-    from twisted.internet.task import react
-
-    def start(reactor) -> Deferred:
-        d = Deferred.fromCoroutine(main(reactor, argv))
-
-        def exit(code: int) -> None:
-            if code:
-                raise SystemExit(code)
-
-        return d.addCallback(exit)
-
-    react(start, [])
+    runMain(main, argv)
 
 
 if __name__ == "__main__":

@@ -370,18 +370,7 @@ async def main(reactor, argv: List[str]) -> int:
 
 
 def run(argv: List[str]) -> None:
-    from twisted.internet import reactor
-    from twisted.internet.task import react
-
-    def go(reactor_) -> Deferred:
-        d = Deferred.fromCoroutine(main(reactor_, argv))
-
-        def exit(code: int) -> None:
-            if code:
-                raise SystemExit(code)
-
-        return d.addCallback(exit)
+    from mailnetbench.driver import runMain
 
     procstat.raiseFileLimit()
-    react(go)
-    del reactor
+    runMain(main, argv)

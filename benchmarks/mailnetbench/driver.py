@@ -537,8 +537,11 @@ async def main(reactor, argv: List[str]) -> int:
     return 0 if results["ok"] else 1
 
 
-def run(argv: List[str]) -> None:
-    """The entry point: C{python benchmarks/run.py [--short] ...}."""
+def runMain(main: Any, argv: List[str]) -> None:
+    """
+    Run the coroutine C{main(reactor, argv)} on a new reactor and exit with
+    the status it returns (the benchmarks' entry points).
+    """
     from twisted.internet.task import react
 
     def start(reactor) -> Deferred:
@@ -551,3 +554,8 @@ def run(argv: List[str]) -> None:
         return d.addCallback(exit)
 
     react(start, [])
+
+
+def run(argv: List[str]) -> None:
+    """The entry point: C{python benchmarks/run.py [--short] ...}."""
+    runMain(main, argv)
