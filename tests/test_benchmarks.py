@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any, Tuple
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
@@ -279,24 +280,35 @@ class ReportTests(SynchronousTestCase):
         self.assertEqual({r.met for r in buildRows(self.results("short"))}, {None})
 
 
+def shortRun(case: SynchronousTestCase, script: str) -> Tuple[Any, str, str]:
+    """
+    Run C{benchmarks/SCRIPT --short} with a JSON report and a data
+    directory of its own; it must exit 0.
+
+    @return: the report, the script's output (for failure messages) and
+        the data directory.
+    """
+    output = os.path.abspath(case.mktemp())
+    tmp = os.path.abspath(case.mktemp())
+    os.makedirs(tmp)
+    process = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, script), "--short", "--json", output, "--tmp", tmp],
+        capture_output=True,
+        timeout=180,
+    )
+    detail = (process.stdout + process.stderr).decode("utf-8", "replace")
+    case.assertEqual(process.returncode, 0, detail)
+    with open(output, encoding="utf-8") as f:
+        return json.load(f), detail, tmp
+
+
 class SmokeTests(SynchronousTestCase):
     def test_shortRun(self):
         """
         C{python benchmarks/run.py --short} runs every case, exits 0, and
         every message the server accepted is on disk.  No time is asserted.
         """
-        output = os.path.abspath(self.mktemp())
-        tmp = os.path.abspath(self.mktemp())
-        os.makedirs(tmp)
-        process = subprocess.run(
-            [sys.executable, os.path.join(BENCHMARKS, "run.py"), "--short", "--json", output, "--tmp", tmp],
-            capture_output=True,
-            timeout=180,
-        )
-        detail = (process.stdout + process.stderr).decode("utf-8", "replace")
-        self.assertEqual(process.returncode, 0, detail)
-        with open(output, encoding="utf-8") as f:
-            results = json.load(f)
+        results, detail, tmp = shortRun(self, "run.py")
         self.assertEqual((results["lost"], results["refused"], results["errors"]), (0, 0, []), detail)
         cases = results["cases"]
         for name in ("smtp-2k-c1", "smtp-2k-c10", "smtp-2k-c50", "smtp-1m-c10", "stock-2k-c50", "big"):
@@ -337,18 +349,7 @@ class AuthFloodTests(SynchronousTestCase):
         deliveries and logins, exits 0 (none of them failed).  No time is
         asserted.
         """
-        output = os.path.abspath(self.mktemp())
-        tmp = os.path.abspath(self.mktemp())
-        os.makedirs(tmp)
-        process = subprocess.run(
-            [sys.executable, os.path.join(BENCHMARKS, "authflood.py"), "--short", "--json", output, "--tmp", tmp],
-            capture_output=True,
-            timeout=180,
-        )
-        detail = (process.stdout + process.stderr).decode("utf-8", "replace")
-        self.assertEqual(process.returncode, 0, detail)
-        with open(output, encoding="utf-8") as f:
-            results = json.load(f)
+        results, detail, tmp = shortRun(self, "authflood.py")
         for phase in ("idle", "flood"):
             self.assertEqual(results[phase]["failed"], [], detail)
             self.assertEqual(len(results[phase]["deliveries_s"]), 2)
